@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Creates .venv and installs visionloom with its test tools. torch is pinned to 2.13.0 and installed
+# first: on the project's machines pip takes that CPU build from disk, on a GPU machine PyPI's CUDA
+# build of the same version; a looser pin would pull a multi-GB CUDA build onto a CPU machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q "torch==2.13.0"
+.venv/bin/python -m pip install -q -e ".[dev]"

@@ -1,0 +1,52 @@
+"""Workarounds for gaps in the pinned `transformers` (5.23), each with the reason it exists.
+
+`Qwen2_5_VLProcessor` insists on a video processor at construction and type-checks it against
+`transformers.VideoProcessorMixin`. Without torchvision that name is not exported (the lazy import
+table lists it only under the torchvision branch) and the only video processor for Qwen needs
+torchvision, so the processor cannot be built at all, even for images. PyPI's torchvision does not
+load beside the CPU build of torch these machines use. So, only when the name is missing, we
+export the class from the module that defines it (importable without torchvision) and give the
+processor a video processor that refuses videos. Written by hand because no library covers it.
+"""
+
+from __future__ import annotations
+
+import transformers
+from transformers import video_processing_utils
+
+
+def ensure_video_processor_mixin() -> None:
+    if not hasattr(transformers, "VideoProcessorMixin"):
+        transformers.VideoProcessorMixin = video_processing_utils.VideoProcessorMixin
+
+
+class ImagesOnlyVideoProcessor(video_processing_utils.VideoProcessorMixin):
+    """Fills the processor's video slot where torchvision is missing; videos are refused."""
+
+    def __init__(self, merge_size: int = 2, temporal_patch_size: int = 2, patch_size: int = 14, **kwargs):
+        super().__init__(**kwargs)
+        self.merge_size = merge_size
+        self.temporal_patch_size = temporal_patch_size
+        self.patch_size = patch_size
+
+    def __call__(self, *args, **kwargs):
+        raise NotImplementedError("video input needs torchvision, which is not installed")
+
+
+def qwen_video_processor(image_processor):
+    """The real Qwen video processor where torchvision works, else the images-only stand-in."""
+    try:
+        from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+        return Qwen2VLVideoProcessor(
+            patch_size=image_processor.patch_size,
+            merge_size=image_processor.merge_size,
+            temporal_patch_size=image_processor.temporal_patch_size,
+        )
+    except (ImportError, RuntimeError):
+        ensure_video_processor_mixin()
+        return ImagesOnlyVideoProcessor(
+            merge_size=image_processor.merge_size,
+            temporal_patch_size=image_processor.temporal_patch_size,
+            patch_size=image_processor.patch_size,
+        )

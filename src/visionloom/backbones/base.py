@@ -1,0 +1,407 @@
+"""The adapter every model family implements: inputs in, one vision pass, tokens inserted, outputs out.
+
+A family module (llava.py, qwen2_5_vl.py, ...) subclasses `ImageTokenAdapter` and fills in what
+differs: the geometry of its image tokens, how its processor is called, how one tower pass is
+read, and how its language model is run on `inputs_embeds`. Everything that must be the same for
+every family lives here: marker handling, span bookkeeping, the checks before the language model,
+insertion of the embeddings, and attention maps reshaped to each image's token grid.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoProcessor, PreTrainedModel
+
+from visionloom.backbones.checks import (
+    ImageTokenMismatch,
+    check_attention_weights,
+    check_counts,
+    check_width,
+)
+from visionloom.backbones.types import ImageGeometry, LayerOutput, MultimodalInputs, VisionTokens
+
+logger = logging.getLogger("visionloom")
+
+GENERIC_MARKER = "<image>"
+_said: set[str] = set()
+
+
+def say_once(message: str) -> None:
+    """Log a notice the first time it comes up in this process."""
+    if message not in _said:
+        _said.add(message)
+        logger.warning(message)
+
+
+def as_rgb(image: Image.Image | np.ndarray) -> Image.Image:
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected a PIL image or an HxWx3 uint8 array, got {type(image).__name__}")
+    return image.convert("RGB")
+
+
+def nearest_multiples(value: int, step: int, count: int = 2) -> list[int]:
+    """The `count` multiples of `step` just below and just above `value` (positive only)."""
+    below = (value // step) * step
+    candidates = [below - step * i for i in range(count)] + [below + step * (i + 1) for i in range(count)]
+    return sorted({c for c in candidates if c > 0}, key=lambda c: (abs(c - value), c))[: 2 * count]
+
+
+class ImageTokenAdapter:
+    """One model family's image-token layer over a real `transformers` model and processor."""
+
+    family: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]]  # config.json `model_type` values this adapter serves
+    model_class: ClassVar[type[PreTrainedModel]]
+    marker: ClassVar[str]  # what the family's processor expects in the text where an image goes
+    supports_native_resolution: ClassVar[bool] = True
+
+    def __init__(self, model: PreTrainedModel, processor: Any, *, native_resolution: bool = False):
+        if native_resolution and not self.supports_native_resolution:
+            raise ValueError(
+                f"{self.family} has no native-resolution mode: its any-res tiling is its resolution policy"
+            )
+        self.model = model
+        self.processor = processor
+        self.native_resolution = native_resolution
+        self.validate_config()
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, native_resolution: bool = False, **model_kwargs: Any):
+        """Load model and processor from a local checkpoint directory; refuse missing weights."""
+        model, info = cls.model_class.from_pretrained(str(path), output_loading_info=True, **model_kwargs)
+        missing = sorted(info.get("missing_keys", []))
+        if missing:
+            projector = [k for k in missing if any(p in k for p in cls.projector_key_parts())]
+            head = (
+                f"the projector weights are missing ({', '.join(projector[:4])}"
+                f"{' ...' if len(projector) > 4 else ''}): the image features would be projected by random weights"
+                if projector
+                else f"{len(missing)} weights are missing ({', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''})"
+            )
+            raise ImageTokenMismatch(
+                f"checkpoint {path}: {head}. Re-save the full model with save_pretrained."
+            )
+        model.eval()
+        return cls(model, cls.load_processor(Path(path)), native_resolution=native_resolution)
+
+    @classmethod
+    def load_processor(cls, path: Path) -> Any:
+        return AutoProcessor.from_pretrained(str(path))
+
+    @classmethod
+    def projector_key_parts(cls) -> tuple[str, ...]:
+        return ("multi_modal_projector",)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        self.model.save_pretrained(str(path))
+        self.processor.save_pretrained(str(path))
+
+    # ------------------------------------------------------------------ config facts
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.config.image_token_id)
+
+    @property
+    def image_token(self) -> str:
+        return self.tokenizer.convert_ids_to_tokens(self.image_token_id)
+
+    @property
+    def vision_tower(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    @property
+    def text_width(self) -> int:
+        return int(self.config.get_text_config().hidden_size)
+
+    @property
+    def vision_width(self) -> int:
+        """Width of the raw features the projector consumes."""
+        raise NotImplementedError
+
+    projector_name: ClassVar[str] = "multi_modal_projector"
+
+    def configured_image_size(self) -> tuple[int, int]:
+        """The size the checkpoint's processor produces (the doctor's default)."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, str]:
+        """What the layer does for this checkpoint, for `visionloom doctor`."""
+        raise NotImplementedError
+
+    def validate_config(self) -> None:
+        """Refuse processor/config combinations that expand the wrong number of placeholders."""
+
+    def attention_implementation(self) -> str:
+        return str(self.config.get_text_config()._attn_implementation)
+
+    # ------------------------------------------------------------------ geometry
+    def geometry(self, height: int, width: int) -> ImageGeometry:
+        """Token geometry of an image of this size as build_inputs receives it."""
+        raise NotImplementedError
+
+    def tokens_per_image(self, height: int, width: int) -> int:
+        return self.geometry(height, width).num_tokens
+
+    # ------------------------------------------------------------------ inputs
+    def build_inputs(
+        self,
+        images: Sequence[Image.Image | np.ndarray] | Sequence[Sequence[Image.Image | np.ndarray]],
+        texts: Sequence[str],
+    ) -> MultimodalInputs:
+        """Tokenize texts and images together: one image per sample, or a list of images per sample.
+
+        Each text holds one marker per image where the image goes: `<image>` works for every family,
+        and the family's own marker (e.g. Qwen's `<|vision_start|><|image_pad|><|vision_end|>`) too.
+        """
+        texts = list(texts)
+        per_sample = [
+            [as_rgb(im) for im in (item if isinstance(item, (list, tuple)) else [item])] for item in images
+        ]
+        if len(per_sample) != len(texts):
+            raise ValueError(
+                f"{len(texts)} texts but {len(per_sample)} image entries; give one entry per text"
+            )
+        texts = [self._family_markers(text) for text in texts]
+        for index, (text, sample_images) in enumerate(zip(texts, per_sample, strict=True)):
+            found = text.count(self.marker)
+            if found != len(sample_images):
+                raise ImageTokenMismatch(
+                    f"sample {index} has {found} image marker(s) but {len(sample_images)} image(s): put "
+                    f"{GENERIC_MARKER!r} (or {self.marker!r}) in the text where each image goes; text: {text[:80]!r}"
+                )
+        flat = [im for sample_images in per_sample for im in sample_images]
+        geometries = [self.geometry(im.height, im.width) for im in flat]
+        for geometry in geometries:
+            if geometry.drops_anything:
+                say_once(f"{self.family}: {geometry.drop_report()}")
+        encoded = self._process(texts, per_sample, geometries)
+        input_ids = encoded.pop("input_ids")
+        attention_mask = encoded.pop("attention_mask")
+        image_token_mask = input_ids == self.image_token_id
+        counts = [
+            [g.num_tokens for g in geometries[i : i + len(s)]] for i, s in self._sample_offsets(per_sample)
+        ]
+        spans = self._spans(image_token_mask, counts)
+        return MultimodalInputs(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            image_token_mask=image_token_mask,
+            image_spans=spans,
+            geometries=geometries,
+            model_inputs=dict(encoded),
+        )
+
+    def _family_markers(self, text: str) -> str:
+        if self.marker != GENERIC_MARKER and GENERIC_MARKER not in self.tokenizer.get_vocab():
+            return text.replace(GENERIC_MARKER, self.marker)
+        return text
+
+    def _process(
+        self,
+        texts: list[str],
+        images: list[list[Image.Image]],
+        geometries: list[ImageGeometry],
+        **kwargs: Any,
+    ) -> dict:
+        """Run the processor on text and images together (seed 001: never apart); images per sample."""
+        flat = [image for sample_images in images for image in sample_images]
+        encoded = self.processor(text=texts, images=flat or None, padding=True, return_tensors="pt", **kwargs)
+        return dict(encoded)
+
+    @staticmethod
+    def _sample_offsets(per_sample: list[list]) -> list[tuple[int, list]]:
+        offsets, start = [], 0
+        for sample_images in per_sample:
+            offsets.append((start, sample_images))
+            start += len(sample_images)
+        return offsets
+
+    def _spans(self, image_token_mask: torch.Tensor, counts: list[list[int]]) -> list[list[tuple[int, int]]]:
+        """Cut each sample's placeholder positions into one contiguous run per image."""
+        spans: list[list[tuple[int, int]]] = []
+        for sample, sample_counts in enumerate(counts):
+            positions = image_token_mask[sample].nonzero().flatten().tolist()
+            if len(positions) != sum(sample_counts):
+                raise ImageTokenMismatch(
+                    f"sample {sample}: the processor wrote {len(positions)} image placeholders but the model config "
+                    f"gives {sum(sample_counts)} tokens for its image(s) ({sample_counts}): processor and model "
+                    f"config disagree on the token count"
+                )
+            sample_spans, cursor = [], 0
+            for count in sample_counts:
+                run = positions[cursor : cursor + count]
+                if run and run[-1] - run[0] + 1 != count:
+                    raise ImageTokenMismatch(
+                        f"sample {sample}: an image's {count} placeholders are not contiguous"
+                    )
+                sample_spans.append((run[0], run[-1] + 1) if run else (0, 0))
+                cursor += count
+            spans.append(sample_spans)
+        return spans
+
+    def image_span_ids(self, geometry: ImageGeometry) -> list[int]:
+        """The token ids that stand for one image in a sequence (placeholders and any wrappers)."""
+        return [self.image_token_id] * geometry.num_tokens
+
+    def splice(
+        self,
+        input_ids: torch.Tensor,
+        geometries: Sequence[ImageGeometry],
+        *,
+        marker_id: int,
+        aligned: dict[str, torch.Tensor] | None = None,
+        fill: int = -1,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Replace each `marker_id` in a 1-D id sequence by an image's token span, in order.
+
+        For pipelines that tokenize text on their own (seed 001). Every per-token array in `aligned`
+        (such as the seed's `mask_ids`) is stretched with it, `fill` over the inserted span.
+        Returns the new ids and the stretched arrays.
+        """
+        if input_ids.ndim != 1:
+            raise ValueError(f"splice works on one sequence [S], got shape {tuple(input_ids.shape)}")
+        aligned = dict(aligned or {})
+        for name, values in aligned.items():
+            if values.shape[0] != input_ids.shape[0]:
+                raise ValueError(
+                    f"aligned array {name!r} has length {values.shape[0]}, ids have {input_ids.shape[0]}"
+                )
+        positions = (input_ids == marker_id).nonzero().flatten().tolist()
+        if len(positions) != len(geometries):
+            raise ImageTokenMismatch(
+                f"the ids hold {len(positions)} image marker(s) (id {marker_id}) but {len(geometries)} image(s) were given"
+            )
+        pieces: list[torch.Tensor] = []
+        stretched: dict[str, list[torch.Tensor]] = {name: [] for name in aligned}
+        cursor = 0
+        for position, geometry in zip(positions, geometries, strict=True):
+            span = torch.tensor(self.image_span_ids(geometry), dtype=input_ids.dtype)
+            pieces += [input_ids[cursor:position], span]
+            for name, values in aligned.items():
+                filler = torch.full((len(span),), fill, dtype=values.dtype)
+                stretched[name] += [values[cursor:position], filler]
+            cursor = position + 1
+        pieces.append(input_ids[cursor:])
+        for name, values in aligned.items():
+            stretched[name].append(values[cursor:])
+        return torch.cat(pieces), {name: torch.cat(parts) for name, parts in stretched.items()}
+
+    # ------------------------------------------------------------------ vision
+    def encode_images(self, inputs: MultimodalInputs) -> VisionTokens:
+        """One vision-tower pass: raw features and the projected embeddings the LM receives."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ language model
+    def text_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings as the model computes them before image features go in."""
+        return self.model.get_input_embeddings()(input_ids)
+
+    def check(self, inputs: MultimodalInputs, tokens: VisionTokens) -> None:
+        """Everything the model would check, and what it would let through, before the LM runs."""
+        check_width(
+            tokens.embeds,
+            text_width=self.text_width,
+            vision_width=self.vision_width,
+            projector=self.projector_name,
+        )
+        check_counts(
+            inputs, tokens, marker=self.marker, image_token=f"{self.image_token!r}, id {self.image_token_id}"
+        )
+
+    def insert(self, inputs: MultimodalInputs, tokens: VisionTokens) -> torch.Tensor:
+        """inputs_embeds [B, S, D] with the image embeddings at the placeholders, after the checks."""
+        self.check(inputs, tokens)
+        embeds = self.text_embeddings(inputs.input_ids)  # [B, S, D]
+        mask = inputs.image_token_mask.to(embeds.device).unsqueeze(-1)  # [B, S, 1]
+        image_embeds = tokens.embeds.to(embeds.device, embeds.dtype)  # [T, D]
+        return embeds.masked_scatter(mask, image_embeds)
+
+    def forward(
+        self,
+        inputs: MultimodalInputs,
+        vision_tokens: VisionTokens | None = None,
+        *,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        **model_kwargs: Any,
+    ) -> LayerOutput:
+        """Run the language model on the given (possibly modified) vision tokens.
+
+        With `output_attentions`, also returns per image the attention from every position to the
+        image's token grid, [layers, heads, S, h, w].
+        """
+        if vision_tokens is None:
+            vision_tokens = self.encode_images(inputs)
+        inputs_embeds = self.insert(inputs, vision_tokens)
+        if output_attentions:
+            self.use_eager_attention()
+        output = self._run_language_model(
+            inputs,
+            inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            **model_kwargs,
+        )
+        if output_attentions:
+            batch, seq_len = inputs.input_ids.shape
+            output.attentions = check_attention_weights(output.attentions, batch=batch, seq_len=seq_len)
+            output.image_attentions = self.image_attention_maps(output.attentions, inputs)
+        return output
+
+    def _run_language_model(
+        self, inputs: MultimodalInputs, inputs_embeds: torch.Tensor, **flags: Any
+    ) -> LayerOutput:
+        """Decoder-only families: the full model on inputs_embeds, no pixels."""
+        out = self.model(inputs_embeds=inputs_embeds, attention_mask=inputs.attention_mask, **flags)
+        hidden_states = out.hidden_states
+        return LayerOutput(
+            logits=out.logits,
+            last_hidden_state=hidden_states[-1] if hidden_states else None,
+            inputs_embeds=inputs_embeds,
+            hidden_states=hidden_states,
+            attentions=out.attentions,
+        )
+
+    def attention_config_key(self) -> dict | str:
+        """The `set_attn_implementation` argument that makes the language model eager."""
+        return {"text_config": "eager"}
+
+    def use_eager_attention(self) -> None:
+        """Attention weights exist only with eager attention; switch the language model once, and say so."""
+        if self.attention_implementation() != "eager":
+            say_once(
+                f"{self.family}: attention weights were asked for; the language model's attention "
+                f"'{self.attention_implementation()}' returns none, so it now runs 'eager'"
+            )
+            self.model.set_attn_implementation(self.attention_config_key())
+
+    def image_attention_maps(
+        self, attentions: tuple[torch.Tensor, ...], inputs: MultimodalInputs
+    ) -> list[torch.Tensor]:
+        """Per image: [layers, heads, S, h, w], the attention to each cell of its token grid."""
+        stacked = torch.stack(attentions)  # [L, B, H, S, S]
+        maps = []
+        for (sample, (start, _end)), geometry in zip(inputs.image_owner(), inputs.geometries, strict=True):
+            h, w = geometry.token_grid
+            columns = start + geometry.offsets().to(stacked.device)  # [h*w] sequence positions
+            per_cell = stacked[:, sample, :, :, columns]  # [L, H, S, h*w]
+            maps.append(per_cell.reshape(*per_cell.shape[:-1], h, w))
+        return maps

@@ -1,0 +1,180 @@
+"""LLaVA-1.5 (`LlavaForConditionalGeneration`): a CLIP/SigLIP tower, a chosen layer, an MLP projector.
+
+The tower runs at its fixed size; the model picks `vision_feature_layer` (an int, or a list whose
+layers are concatenated) from the tower's hidden states and, with strategy "default", drops the
+first token as CLS. Seed 004 is this family: features taken with the CLS kept (577 vs 576), and a
+second tower pass that did not reproduce the first.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlavaForConditionalGeneration
+
+from visionloom.backbones.base import ImageTokenAdapter
+from visionloom.backbones.checks import ImageTokenMismatch
+from visionloom.backbones.types import ImageGeometry, VisionTokens
+
+
+def tower_has_cls(vision_config) -> bool:
+    """CLIP towers prepend a class token; SigLIP towers do not."""
+    return vision_config.model_type in ("clip_vision_model", "clip")
+
+
+def feature_layers(config) -> list[int]:
+    layer = config.vision_feature_layer
+    return [layer] if isinstance(layer, int) else list(layer)
+
+
+def select_features(hidden_states: tuple[torch.Tensor, ...], config) -> torch.Tensor:
+    """The tower features the projector consumes, selected exactly as LLaVA's get_image_features does.
+
+    hidden_states: per tower layer [N_img, P(+1 CLS), C]  ->  [N_img, P', C * len(layers)]
+    """
+    layers = feature_layers(config)
+    pool = [hidden_states[layer] for layer in layers]
+    if config.vision_feature_select_strategy == "default":
+        pool = [h[:, 1:] for h in pool]
+    return torch.cat(pool, dim=-1)
+
+
+def feature_source(config) -> str:
+    layers = feature_layers(config)
+    text = " + ".join(f"hidden_states[{layer}]" for layer in layers)
+    if -1 in layers or (config.vision_config.num_hidden_layers in layers):
+        text += " (an encoder layer's output: before post_layernorm, not last_hidden_state)"
+    strategy = config.vision_feature_select_strategy
+    if strategy == "default":
+        text += ", first token (CLS) dropped"
+    else:
+        text += ", all tokens kept" + (" (CLS included)" if tower_has_cls(config.vision_config) else "")
+    return text
+
+
+class LlavaAdapter(ImageTokenAdapter):
+    family = "llava"
+    model_types = ("llava",)
+    model_class = LlavaForConditionalGeneration
+    marker = "<image>"
+
+    @property
+    def vision_tower(self) -> torch.nn.Module:
+        return self.model.model.vision_tower
+
+    @property
+    def vision_width(self) -> int:
+        return self.config.vision_config.hidden_size * len(feature_layers(self.config))
+
+    def configured_image_size(self) -> tuple[int, int]:
+        side = self.config.vision_config.image_size
+        return side, side
+
+    def _tokens_from_tower(self) -> int:
+        vision = self.config.vision_config
+        side = vision.image_size // vision.patch_size
+        extra = 1 if tower_has_cls(vision) else 0
+        drop = 1 if self.config.vision_feature_select_strategy == "default" else 0
+        return side * side + extra - drop
+
+    def validate_config(self) -> None:
+        config, vision = self.config, self.config.vision_config
+        if config.vision_feature_select_strategy == "default" and not tower_has_cls(vision):
+            raise ImageTokenMismatch(
+                f"vision_feature_select_strategy='default' drops the first token as CLS, but the "
+                f"{vision.model_type} tower has no CLS: a real patch would be dropped. Use 'full'."
+            )
+        processor = self.processor
+        if processor.patch_size is not None and processor.patch_size != vision.patch_size:
+            raise ImageTokenMismatch(
+                f"processor patch_size={processor.patch_size} but the vision tower's patch_size={vision.patch_size}"
+            )
+        if processor.vision_feature_select_strategy not in (None, config.vision_feature_select_strategy):
+            raise ImageTokenMismatch(
+                f"processor vision_feature_select_strategy={processor.vision_feature_select_strategy!r} but the "
+                f"model config says {config.vision_feature_select_strategy!r}: the processor would expand "
+                f"{'one placeholder too few' if processor.vision_feature_select_strategy == 'default' else 'one placeholder too many'}"
+            )
+        side = vision.image_size // vision.patch_size
+        written = side * side + processor.num_additional_image_tokens
+        if processor.vision_feature_select_strategy == "default":
+            written -= 1
+        produced = self._tokens_from_tower()
+        if written != produced:
+            raise ImageTokenMismatch(
+                f"the processor expands each image to {written} placeholders "
+                f"(num_additional_image_tokens={processor.num_additional_image_tokens}, strategy "
+                f"{processor.vision_feature_select_strategy!r}) but the model produces {produced} features "
+                f"({'CLIP tower with CLS' if tower_has_cls(vision) else 'tower without CLS'}, strategy "
+                f"{config.vision_feature_select_strategy!r}): set num_additional_image_tokens="
+                f"{processor.num_additional_image_tokens + produced - written}"
+            )
+
+    def geometry(self, height: int, width: int) -> ImageGeometry:
+        vision = self.config.vision_config
+        size, side = vision.image_size, vision.image_size // vision.patch_size
+        if self.native_resolution and (height, width) != (size, size):
+            raise ImageTokenMismatch(
+                f"{height}x{width} does not fit: the {self.family} tower runs at {size}x{size} only (no position "
+                f"interpolation in the model); sizes that work: {size}x{size}"
+            )
+        count = self._tokens_from_tower()
+        cls_kept = count == side * side + 1
+        offsets = tuple(range(1, side * side + 1)) if cls_kept else None
+        return ImageGeometry(
+            image_size=(height, width),
+            pixel_size=(size, size),
+            patch_grid=(side, side),
+            token_grid=(side, side),
+            num_tokens=count,
+            grid_offsets=offsets,
+        )
+
+    def _process(self, texts, images, geometries) -> dict:
+        native = {"do_resize": False, "do_center_crop": False} if self.native_resolution else {}
+        return super()._process(texts, images, geometries, **native)
+
+    def encode_images(self, inputs) -> VisionTokens:
+        # One pass: get_image_features with every tower layer returned; raw features are selected
+        # from those same hidden states, so raw and embeds cannot disagree (seed 004).
+        out = self.model.model.get_image_features(
+            pixel_values=inputs.model_inputs["pixel_values"], output_hidden_states=True, return_dict=True
+        )
+        embeds = torch.cat(list(out.pooler_output), dim=0)  # [N_img * P', D_text]
+        raw = select_features(out.hidden_states, self.config)  # [N_img, P', C_vision]
+        counts = [int(x.shape[0]) for x in out.pooler_output]
+        return VisionTokens(
+            embeds=embeds,
+            raw=raw.flatten(0, 1),
+            counts=counts,
+            raw_counts=counts,
+            geometries=list(inputs.geometries),
+            feature_source=feature_source(self.config),
+            tower_hidden_states=tuple(out.hidden_states),
+        )
+
+    def project(self, raw: torch.Tensor) -> torch.Tensor:
+        """The model's projector applied to raw features [N, C_vision] -> [N, D_text]."""
+        return self.model.model.multi_modal_projector(raw)
+
+    def describe(self) -> dict[str, str]:
+        vision = self.config.vision_config
+        size = self.configured_image_size()
+        return {
+            "family": self.family,
+            "vision tower": f"{vision.model_type} ({vision.num_hidden_layers} layers)",
+            "patch size": str(vision.patch_size),
+            "pooling / merge": "none",
+            "CLS policy": f"{self.config.vision_feature_select_strategy}"
+            + (
+                " (CLS dropped)"
+                if self.config.vision_feature_select_strategy == "default"
+                else " (all tokens)"
+            ),
+            "feature layer(s)": feature_source(self.config),
+            "image size": f"{size[0]}x{size[1]}"
+            + (" native" if self.native_resolution else " (processor resizes)"),
+            "vision width": str(self.vision_width),
+            "text width": str(self.text_width),
+            "image token id": f"{self.image_token_id} ({self.image_token})",
+            "attention": self.attention_implementation(),
+        }

@@ -1,0 +1,98 @@
+"""LLaVA-NeXT (`LlavaNextForConditionalGeneration`): any-res tiles, unpadding, image-newline tokens.
+
+An image becomes a base view (the whole image at the tower's size) followed by the tiles of the
+best-fitting grid resolution, stitched into one feature map, cropped back to the image's aspect
+ratio ("unpad") and written row by row with a learned newline token after each row. The token
+grid used for attention maps is that unpadded high-resolution map; `grid_offsets` skip the base
+view and the newlines.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlavaNextForConditionalGeneration
+from transformers.image_processing_utils import select_best_resolution
+from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+from visionloom.backbones.checks import ImageTokenMismatch
+from visionloom.backbones.llava import LlavaAdapter, select_features, tower_has_cls
+from visionloom.backbones.types import ImageGeometry, VisionTokens
+
+
+def unpadded_grid(height: int, width: int, grid_rows: int, grid_cols: int) -> tuple[int, int]:
+    """The feature-map size left after LLaVA-NeXT's `unpad_image` for an image of height x width."""
+    if width / height > grid_cols / grid_rows:
+        new_rows = int(round(height * (grid_cols / width), 7))
+        padding = (grid_rows - new_rows) // 2
+        return grid_rows - 2 * padding, grid_cols
+    new_cols = int(round(width * (grid_rows / height), 7))
+    padding = (grid_cols - new_cols) // 2
+    return grid_rows, grid_cols - 2 * padding
+
+
+class LlavaNextAdapter(LlavaAdapter):
+    family = "llava-next"
+    model_types = ("llava_next",)
+    model_class = LlavaNextForConditionalGeneration
+    supports_native_resolution = False
+
+    def validate_config(self) -> None:
+        config, vision = self.config, self.config.vision_config
+        strategy = config.vision_feature_select_strategy
+        if tower_has_cls(vision) != (strategy == "default"):
+            raise ImageTokenMismatch(
+                f"LLaVA-NeXT reshapes each tile's features to a {vision.image_size // vision.patch_size}-square grid: "
+                f"strategy {strategy!r} with a {vision.model_type} tower "
+                f"({'with' if tower_has_cls(vision) else 'without'} CLS) leaves a token count that is not that square"
+            )
+        super().validate_config()
+
+    def geometry(self, height: int, width: int) -> ImageGeometry:
+        vision = self.config.vision_config
+        size, side = vision.image_size, vision.image_size // vision.patch_size
+        best_h, best_w = select_best_resolution((height, width), self.config.image_grid_pinpoints)
+        tiles_h, tiles_w = best_h // size, best_w // size
+        rows, cols = unpadded_grid(height, width, tiles_h * side, tiles_w * side)
+        base = self._tokens_from_tower()  # the base view, CLS policy applied
+        count = base + rows * (cols + 1)  # one newline token closes each row
+        offsets = tuple(base + r * (cols + 1) + c for r in range(rows) for c in range(cols))
+        return ImageGeometry(
+            image_size=(height, width),
+            pixel_size=(size, size),
+            patch_grid=(side, side),
+            token_grid=(rows, cols),
+            num_tokens=count,
+            grid_offsets=offsets,
+        )
+
+    def encode_images(self, inputs) -> VisionTokens:
+        image_sizes = inputs.model_inputs["image_sizes"]
+        out = self.model.model.get_image_features(
+            pixel_values=inputs.model_inputs["pixel_values"],
+            image_sizes=image_sizes,
+            output_hidden_states=True,
+            return_dict=True,
+        )
+        embeds = torch.cat(list(out.pooler_output), dim=0)  # [sum counts, D_text]
+        raw = select_features(out.hidden_states, self.config)  # [all tiles, P', C_vision]
+        tiles = [
+            image_size_to_num_patches(
+                size, self.config.image_grid_pinpoints, self.config.vision_config.image_size
+            )
+            for size in image_sizes.tolist()
+        ]
+        return VisionTokens(
+            embeds=embeds,
+            raw=raw.flatten(0, 1),
+            counts=[int(x.shape[0]) for x in out.pooler_output],
+            raw_counts=[t * raw.shape[1] for t in tiles],
+            geometries=list(inputs.geometries),
+            feature_source=f"every tile: {super().describe()['feature layer(s)']}",
+            tower_hidden_states=tuple(out.hidden_states),
+        )
+
+    def describe(self) -> dict[str, str]:
+        info = super().describe()
+        info["pooling / merge"] = f"any-res tiles {self.config.image_grid_pinpoints}, unpad, newline per row"
+        info["image size"] = "any (tiled)"
+        return info

@@ -1,0 +1,222 @@
+"""Qwen2.5-VL (`Qwen2_5_VLForConditionalGeneration`): dynamic resolution, 2x2 patch merge, 3-D rotary positions.
+
+The processor resizes each image to multiples of patch_size * merge_size (`smart_resize`), cuts
+it into patches and writes `<|vision_start|>`, one `<|image_pad|>` per merged token and
+`<|vision_end|>`; `image_grid_thw` holds each image's patch grid. The tower runs windowed
+attention on a window-permuted sequence and un-permutes only its merged output, so its hidden
+states are in window order.
+
+Two silent traps, both closed here: the ids must be built with the images (seed 001: "tokens: 0"),
+and the multimodal rotary positions must be computed on the full sequence with the image tokens
+marked. The model itself falls back to plain 1-D positions without `mm_token_type_ids`, or uses a
+stale `rope_deltas` from an earlier call when only `inputs_embeds` is given; `forward` here always
+passes position ids computed by the model's own `get_rope_index`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil, smart_resize
+from transformers.vision_utils import get_vision_window_index
+
+from visionloom.backbones._compat import qwen_video_processor
+from visionloom.backbones.base import ImageTokenAdapter, nearest_multiples
+from visionloom.backbones.checks import ImageTokenMismatch
+from visionloom.backbones.types import ImageGeometry, LayerOutput, MultimodalInputs, VisionTokens
+
+
+def build_qwen_processor(image_processor, tokenizer, chat_template: str | None = None) -> Qwen2_5_VLProcessor:
+    return Qwen2_5_VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=qwen_video_processor(image_processor),
+        chat_template=chat_template,
+    )
+
+
+class Qwen2_5_VLAdapter(ImageTokenAdapter):
+    family = "qwen2.5-vl"
+    model_types = ("qwen2_5_vl",)
+    model_class = Qwen2_5_VLForConditionalGeneration
+    marker = "<|vision_start|><|image_pad|><|vision_end|>"
+    projector_name = "visual.merger"
+
+    @classmethod
+    def projector_key_parts(cls) -> tuple[str, ...]:
+        return ("visual.merger",)
+
+    @classmethod
+    def load_processor(cls, path: Path) -> Qwen2_5_VLProcessor:
+        # AutoProcessor would also build the video processor, which needs torchvision (see _compat).
+        saved = json.loads((path / "processor_config.json").read_text())
+        image_config = {k: v for k, v in saved["image_processor"].items() if not k.endswith("_type")}
+        image_processor = Qwen2VLImageProcessorPil(**image_config)
+        return build_qwen_processor(image_processor, AutoTokenizer.from_pretrained(str(path)))
+
+    def save_pretrained(self, path: str | Path) -> None:
+        self.model.save_pretrained(str(path))
+        self.processor.save_pretrained(str(path))
+        # Record the real video processor class, so AutoProcessor builds it where torchvision exists.
+        config_file = Path(path) / "processor_config.json"
+        saved = json.loads(config_file.read_text())
+        video = saved.get("video_processor")
+        if isinstance(video, dict):
+            video["video_processor_type"] = "Qwen2VLVideoProcessor"
+            config_file.write_text(json.dumps(saved, indent=2))
+
+    @property
+    def vision_tower(self) -> torch.nn.Module:
+        return self.model.model.visual
+
+    @property
+    def vision_width(self) -> int:
+        return int(self.config.vision_config.hidden_size)
+
+    @property
+    def merge_size(self) -> int:
+        return int(self.config.vision_config.spatial_merge_size)
+
+    @property
+    def factor(self) -> int:
+        return int(self.config.vision_config.patch_size) * self.merge_size
+
+    def configured_image_size(self) -> tuple[int, int]:
+        return self.factor * 8, self.factor * 8
+
+    def validate_config(self) -> None:
+        vision, image_processor = self.config.vision_config, self.processor.image_processor
+        for name, model_value, processor_value in (
+            ("patch_size", vision.patch_size, image_processor.patch_size),
+            ("merge_size", vision.spatial_merge_size, image_processor.merge_size),
+            ("temporal_patch_size", vision.temporal_patch_size, image_processor.temporal_patch_size),
+        ):
+            if model_value != processor_value:
+                raise ImageTokenMismatch(
+                    f"image processor {name}={processor_value} but the vision config says {model_value}: "
+                    f"image_grid_thw and the placeholders would not match the tower's output"
+                )
+
+    def geometry(self, height: int, width: int) -> ImageGeometry:
+        factor, patch = self.factor, self.config.vision_config.patch_size
+        if self.native_resolution:
+            if height % factor or width % factor:
+                raise ImageTokenMismatch(
+                    f"{height}x{width} does not fit: native resolution needs multiples of {factor} "
+                    f"(patch {patch} x merge {self.merge_size}); nearest heights {nearest_multiples(height, factor)}, "
+                    f"nearest widths {nearest_multiples(width, factor)}"
+                )
+            resized = (height, width)
+        else:
+            size = self.processor.image_processor.size
+            resized = smart_resize(
+                height,
+                width,
+                factor=factor,
+                min_pixels=size["shortest_edge"],
+                max_pixels=size["longest_edge"],
+            )
+        rows, cols = resized[0] // factor, resized[1] // factor
+        return ImageGeometry(
+            image_size=(height, width),
+            pixel_size=tuple(resized),
+            patch_grid=(resized[0] // patch, resized[1] // patch),
+            token_grid=(rows, cols),
+            num_tokens=rows * cols,
+        )
+
+    def _process(self, texts, images, geometries) -> dict:
+        native = {"do_resize": False} if self.native_resolution else {}
+        encoded = super()._process(texts, images, geometries, **native)
+        # The image token mask carries the same information, and forward derives positions from it.
+        encoded.pop("mm_token_type_ids", None)
+        return encoded
+
+    def image_span_ids(self, geometry: ImageGeometry) -> list[int]:
+        start = int(self.config.vision_start_token_id)
+        end = int(self.config.vision_end_token_id)
+        return [start] + [self.image_token_id] * geometry.num_tokens + [end]
+
+    def encode_images(self, inputs: MultimodalInputs) -> VisionTokens:
+        grid_thw = inputs.model_inputs["image_grid_thw"]
+        out = self.model.model.get_image_features(
+            pixel_values=inputs.model_inputs["pixel_values"],
+            image_grid_thw=grid_thw,
+            output_hidden_states=True,
+            return_dict=True,
+        )
+        embeds = torch.cat(list(out.pooler_output), dim=0)  # [T, D_text], raster order
+        # The tower's last hidden state is in window order, one merge unit (2x2 patches) at a time;
+        # undo that permutation so raw row group i is the four patches of embedding i.
+        vision = self.config.vision_config
+        window_index, _ = get_vision_window_index(
+            grid_thw.cpu(),
+            spatial_merge_size=vision.spatial_merge_size,
+            window_size=vision.window_size,
+            patch_size=vision.patch_size,
+        )
+        unit = self.merge_size**2
+        hidden = out.last_hidden_state  # [patches, C], window order
+        raw = hidden.view(-1, unit, hidden.shape[-1])[torch.argsort(window_index).to(hidden.device)]
+        return VisionTokens(
+            embeds=embeds,
+            raw=raw.reshape(-1, hidden.shape[-1]),  # [4T, C_vision], merge-unit order
+            counts=[int(x.shape[0]) for x in out.pooler_output],
+            raw_counts=[int(x.shape[0]) * unit for x in out.pooler_output],
+            geometries=list(inputs.geometries),
+            feature_source="last block output before the merger (window order undone), 4 patches per token",
+            tower_hidden_states=tuple(out.hidden_states),
+        )
+
+    def project(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.model.model.visual.merger(raw)
+
+    def position_ids(self, inputs: MultimodalInputs) -> torch.Tensor:
+        """3-D rotary positions [3, B, S] from the model's own get_rope_index, on the full sequence."""
+        positions, _ = self.model.model.get_rope_index(
+            inputs.input_ids,
+            mm_token_type_ids=inputs.image_token_mask.long(),
+            image_grid_thw=inputs.model_inputs.get("image_grid_thw"),
+            attention_mask=inputs.attention_mask,
+        )
+        return positions
+
+    def _run_language_model(
+        self, inputs: MultimodalInputs, inputs_embeds: torch.Tensor, **flags: Any
+    ) -> LayerOutput:
+        out = self.model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=inputs.attention_mask,
+            position_ids=self.position_ids(inputs),
+            **flags,
+        )
+        hidden_states = out.hidden_states
+        return LayerOutput(
+            logits=out.logits,
+            last_hidden_state=hidden_states[-1] if hidden_states else None,
+            inputs_embeds=inputs_embeds,
+            hidden_states=hidden_states,
+            attentions=out.attentions,
+        )
+
+    def describe(self) -> dict[str, str]:
+        vision = self.config.vision_config
+        return {
+            "family": self.family,
+            "vision tower": f"Qwen2.5-VL ViT ({vision.depth} blocks, window {vision.window_size}px)",
+            "patch size": str(vision.patch_size),
+            "pooling / merge": f"{self.merge_size}x{self.merge_size} patch merge (visual.merger)",
+            "CLS policy": "no CLS",
+            "feature layer(s)": "last block (merger input)",
+            "image size": "dynamic, multiples of "
+            + str(self.factor)
+            + (" native" if self.native_resolution else " (smart_resize)"),
+            "vision width": str(self.vision_width),
+            "text width": str(self.text_width),
+            "image token id": f"{self.image_token_id} ({self.image_token})",
+            "attention": self.attention_implementation(),
+        }

@@ -1,0 +1,364 @@
+"""Tiny random-weight presets of each supported family, with offline tokenizers and real processors.
+
+Each preset is the real `transformers` model class at a size that runs on two CPU cores, with its
+real processor class and a byte-level BPE tokenizer trained here (by the `tokenizers` library) on
+a small built-in corpus, carrying the family's real special tokens. Nothing is downloaded.
+
+Random initialisation leaves some weights at exactly zero (Gemma3's and T5Gemma2's
+`mm_input_projection_weight`, T5Gemma2's end-of-image embedding); an equality test on all-zero
+image embeddings proves nothing, so those are drawn at random here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    CLIPVisionConfig,
+    DeepseekVLConfig,
+    DeepseekVLProcessor,
+    Gemma3Config,
+    Gemma3Processor,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaNextConfig,
+    LlavaNextProcessor,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    SiglipVisionConfig,
+    T5Gemma2Config,
+)
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers.models.deepseek_vl.image_processing_pil_deepseek_vl import DeepseekVLImageProcessorPil
+from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from visionloom.backbones.base import ImageTokenAdapter
+from visionloom.backbones.deepseek_vl import DeepseekVLAdapter
+from visionloom.backbones.gemma3 import Gemma3Adapter
+from visionloom.backbones.llava import LlavaAdapter
+from visionloom.backbones.llava_next import LlavaNextAdapter
+from visionloom.backbones.qwen2_5_vl import Qwen2_5_VLAdapter, build_qwen_processor
+from visionloom.backbones.t5gemma2 import T5Gemma2Adapter
+
+WIDTH, LAYERS, HEADS = 64, 2, 4
+
+# Words the synthetic data sets speak (pedestrians, scenes, questions), so the tiny tokenizer
+# splits them into few pieces.
+CORPUS = """
+a an the this that these those is are was with without and or of in on at to from near next left right
+above below behind front between top bottom middle center small large big tiny medium short long tall
+man woman person people boy girl he she his her they their wearing wears carrying holds walking standing
+red orange yellow green blue purple pink brown black white gray grey dark light striped plain checked
+shirt t-shirt jacket coat sweater hoodie dress skirt pants trousers jeans shorts shoes sneakers boots
+sandals hat cap bag backpack handbag umbrella glasses scarf belt hair long-haired short-haired bald
+circle square triangle star ring cross diamond object shape one two three four five how many what which
+color where is there yes no image picture describe question answer user assistant photo of scene
+"""
+
+
+def build_tokenizer(
+    special_tokens: list[str], named: dict[str, str], **roles: str
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on CORPUS; special tokens get the first ids, in the order given."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=768,
+        special_tokens=special_tokens,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    lines = [line for line in CORPUS.strip().splitlines() for _ in range(4)]
+    tokenizer.train_from_iterator(lines, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, extra_special_tokens=named, **roles)
+
+
+def _llama(vocab_size: int, **overrides: Any) -> LlamaConfig:
+    return LlamaConfig(
+        hidden_size=WIDTH,
+        intermediate_size=2 * WIDTH,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=HEADS,
+        vocab_size=vocab_size,
+        max_position_embeddings=1024,
+        **overrides,
+    )
+
+
+def _clip(image_size: int, patch_size: int = 14) -> CLIPVisionConfig:
+    return CLIPVisionConfig(
+        hidden_size=WIDTH,
+        intermediate_size=2 * WIDTH,
+        num_hidden_layers=3,
+        num_attention_heads=HEADS,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=WIDTH,
+    )
+
+
+def _siglip(image_size: int, patch_size: int = 14) -> SiglipVisionConfig:
+    return SiglipVisionConfig(
+        hidden_size=WIDTH + 32,
+        intermediate_size=2 * WIDTH,
+        num_hidden_layers=3,
+        num_attention_heads=HEADS,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
+
+
+def _llava_tokenizer() -> PreTrainedTokenizerFast:
+    return build_tokenizer(
+        ["<unk>", "<s>", "</s>", "<pad>", "<image>"],
+        {"image_token": "<image>"},
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+
+
+def tiny_llava(*, vision: str = "clip", **config_overrides: Any) -> LlavaAdapter:
+    """LLaVA-1.5 shape: 112x112 images, patch 14 -> 8x8 tokens; CLIP tower with CLS by default."""
+    tokenizer = _llava_tokenizer()
+    vision_config = _clip(112) if vision == "clip" else _siglip(112)
+    settings = {
+        "vision_feature_layer": -2,
+        "vision_feature_select_strategy": "default" if vision == "clip" else "full",
+    }
+    settings.update(config_overrides)
+    config = LlavaConfig(
+        vision_config=vision_config,
+        text_config=_llama(len(tokenizer), pad_token_id=tokenizer.pad_token_id),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        **settings,
+    )
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": 112}, crop_size={"height": 112, "width": 112}
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        num_additional_image_tokens=1 if vision == "clip" else 0,
+    )
+    return LlavaAdapter(LlavaAdapter.model_class(config).eval(), processor)
+
+
+def tiny_llava_next(**config_overrides: Any) -> LlavaNextAdapter:
+    """LLaVA-NeXT shape: 56-px tiles (4x4 tokens each), any-res grids up to 112x112."""
+    tokenizer = _llava_tokenizer()
+    pinpoints = [[56, 112], [112, 56], [112, 112]]
+    config = LlavaNextConfig(
+        vision_config=_clip(56),
+        text_config=_llama(len(tokenizer), pad_token_id=tokenizer.pad_token_id),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=pinpoints,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        **config_overrides,
+    )
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}, image_grid_pinpoints=pinpoints
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
+    return LlavaNextAdapter(LlavaNextAdapter.model_class(config).eval(), processor)
+
+
+def tiny_qwen2_5_vl(**config_overrides: Any) -> Qwen2_5_VLAdapter:
+    """Qwen2.5-VL shape: patch 14, 2x2 merge, 112-px attention windows, up to 64 tokens an image."""
+    specials = [
+        "<|endoftext|>",
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|image_pad|>",
+        "<|video_pad|>",
+    ]
+    tokenizer = build_tokenizer(
+        specials,
+        {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
+        pad_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+    )
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in specials}
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "hidden_size": WIDTH,
+            "intermediate_size": 2 * WIDTH,
+            "num_hidden_layers": LAYERS,
+            "num_attention_heads": HEADS,
+            "num_key_value_heads": 2,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": 1024,
+            "bos_token_id": ids["<|im_start|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        },
+        vision_config={
+            "depth": 3,
+            "hidden_size": WIDTH,
+            "intermediate_size": 2 * WIDTH,
+            "num_heads": HEADS,
+            "out_hidden_size": WIDTH,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 112,
+            "fullatt_block_indexes": [2],
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        **config_overrides,
+    )
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=56 * 56, max_pixels=28 * 28 * 64, patch_size=14, merge_size=2, temporal_patch_size=2
+    )
+    processor = build_qwen_processor(image_processor, tokenizer)
+    return Qwen2_5_VLAdapter(Qwen2_5_VLAdapter.model_class(config).eval(), processor)
+
+
+def _gemma_tokenizer() -> PreTrainedTokenizerFast:
+    return build_tokenizer(
+        ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_image>", "<end_of_image>", "<image_soft_token>"],
+        {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"},
+        pad_token="<pad>",
+        eos_token="<eos>",
+        bos_token="<bos>",
+        unk_token="<unk>",
+    )
+
+
+def _gemma_text(vocab_size: int, tokenizer) -> dict[str, Any]:
+    return {
+        "hidden_size": WIDTH,
+        "intermediate_size": 2 * WIDTH,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "num_key_value_heads": 1,
+        "head_dim": WIDTH // HEADS,
+        "vocab_size": vocab_size,
+        "sliding_window": 64,
+        "max_position_embeddings": 1024,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+
+
+def _gemma_processor(tokenizer, image_size: int, tokens: int) -> Gemma3Processor:
+    image_processor = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size})
+    return Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=tokens)
+
+
+def _randomise_zero_init(model: torch.nn.Module) -> None:
+    """Draw the weights that initialisation leaves at zero, so image embeddings differ per image."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("mm_input_projection_weight") or name.endswith("eoi_embedding"):
+                parameter.normal_(0.0, parameter.shape[0] ** -0.5)
+
+
+def tiny_gemma3(**config_overrides: Any) -> Gemma3Adapter:
+    """Gemma3 shape: SigLIP at 224 px, patch 14 (16x16 patches), pooled 4x4 -> 4x4 = 16 tokens."""
+    tokenizer = _gemma_tokenizer()
+    settings = {"mm_tokens_per_image": 16}
+    settings.update(config_overrides)
+    config = Gemma3Config(
+        vision_config=_siglip(224).to_dict(),
+        text_config=_gemma_text(len(tokenizer), tokenizer),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image_soft_token>"),
+        boi_token_id=tokenizer.convert_tokens_to_ids("<start_of_image>"),
+        eoi_token_id=tokenizer.convert_tokens_to_ids("<end_of_image>"),
+        **settings,
+    )
+    model = Gemma3Adapter.model_class(config).eval()
+    _randomise_zero_init(model)
+    return Gemma3Adapter(model, _gemma_processor(tokenizer, 224, config.mm_tokens_per_image))
+
+
+def tiny_t5gemma2(**encoder_overrides: Any) -> T5Gemma2Adapter:
+    """T5Gemma2 shape: the Gemma3 image path (224 px, 16 tokens) in an encoder-decoder; 384x128 gives 12."""
+    tokenizer = _gemma_tokenizer()
+    text = _gemma_text(len(tokenizer), tokenizer)
+    encoder = {
+        "vision_config": _siglip(224).to_dict(),
+        "text_config": text,
+        "mm_tokens_per_image": 16,
+        "boi_token_index": tokenizer.convert_tokens_to_ids("<start_of_image>"),
+        "eoi_token_index": tokenizer.convert_tokens_to_ids("<end_of_image>"),
+        **encoder_overrides,
+    }
+    config = T5Gemma2Config(
+        encoder=encoder,
+        decoder=dict(text),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image_soft_token>"),
+    )
+    model = T5Gemma2Adapter.model_class(config).eval()
+    _randomise_zero_init(model)
+    processor = _gemma_processor(tokenizer, 224, config.encoder.mm_tokens_per_image)
+    return T5Gemma2Adapter(model, processor)
+
+
+def tiny_deepseek_vl(**config_overrides: Any) -> DeepseekVLAdapter:
+    """DeepSeek-VL shape: SigLIP at 112 px, patch 14 -> 8x8 = 64 tokens, two-layer aligner."""
+    specials = ["<unk>", "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<image_placeholder>", "<pad>"]
+    tokenizer = build_tokenizer(
+        specials,
+        {"image_token": "<image_placeholder>"},
+        bos_token=specials[1],
+        eos_token=specials[2],
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+    config = DeepseekVLConfig(
+        vision_config=_siglip(112).to_dict(),
+        text_config=_llama(len(tokenizer), pad_token_id=tokenizer.pad_token_id).to_dict(),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image_placeholder>"),
+        **config_overrides,
+    )
+    image_processor = DeepseekVLImageProcessorPil(size={"height": 112, "width": 112})
+    processor = DeepseekVLProcessor(image_processor=image_processor, tokenizer=tokenizer, num_image_tokens=64)
+    return DeepseekVLAdapter(DeepseekVLAdapter.model_class(config).eval(), processor)
+
+
+PRESETS: dict[str, Callable[..., ImageTokenAdapter]] = {
+    "tiny-llava": tiny_llava,
+    "tiny-llava-next": tiny_llava_next,
+    "tiny-qwen2.5-vl": tiny_qwen2_5_vl,
+    "tiny-t5gemma2": tiny_t5gemma2,
+    "tiny-gemma3": tiny_gemma3,
+    "tiny-deepseek-vl": tiny_deepseek_vl,
+}
+
+
+def build_preset(
+    name: str, *, seed: int = 0, native_resolution: bool = False, **overrides: Any
+) -> ImageTokenAdapter:
+    """A preset by name, with weights drawn from `seed`; `overrides` go to the model config."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    torch.manual_seed(seed)
+    adapter = PRESETS[name](**overrides)
+    if native_resolution:
+        adapter = type(adapter)(adapter.model, adapter.processor, native_resolution=True)
+    return adapter
