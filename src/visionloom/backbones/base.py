@@ -309,6 +309,33 @@ class ImageTokenAdapter:
         """One vision-tower pass: raw features and the projected embeddings the LM receives."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ the model's own path
+    @property
+    def language_module(self) -> torch.nn.Module:
+        """The module whose forward receives the merged inputs_embeds."""
+        return self.model.model.language_model
+
+    def model_own_call(self, inputs: MultimodalInputs) -> Any:
+        """Run the model exactly as its authors intend, pixels in (the reference for every equality)."""
+        return self.model(
+            input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, **inputs.model_inputs
+        )
+
+    @torch.no_grad()
+    def model_inserted_embeds(self, inputs: MultimodalInputs) -> torch.Tensor:
+        """[T, D_text]: the image embeddings the model itself places into inputs_embeds, captured."""
+        captured: dict[str, torch.Tensor] = {}
+
+        def capture(_module, _args, kwargs):
+            captured["inputs_embeds"] = kwargs["inputs_embeds"]
+
+        handle = self.language_module.register_forward_pre_hook(capture, with_kwargs=True)
+        try:
+            self.model_own_call(inputs)
+        finally:
+            handle.remove()
+        return captured["inputs_embeds"][inputs.image_token_mask.to(captured["inputs_embeds"].device)]
+
     # ------------------------------------------------------------------ language model
     def text_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings as the model computes them before image features go in."""

@@ -209,6 +209,14 @@ class Gemma3Adapter(ImageTokenAdapter):
         )
 
     # --- language model
+    def model_own_call(self, inputs: MultimodalInputs) -> Any:
+        return self.model(
+            input_ids=inputs.input_ids,
+            attention_mask=inputs.attention_mask,
+            token_type_ids=inputs.image_token_mask.long(),
+            **inputs.model_inputs,
+        )
+
     def text_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
         # Gemma3 maps an out-of-vocabulary image token id to 0 before embedding; do the same.
         if self.image_token_id >= self.config.text_config.vocab_size:

@@ -62,6 +62,15 @@ class T5Gemma2Adapter(Gemma3Adapter):
             pixel_values=pixel_values, output_hidden_states=True, return_dict=True
         )
 
+    @property
+    def language_module(self) -> torch.nn.Module:
+        return self.encoder.text_model
+
+    def model_own_call(self, inputs: MultimodalInputs) -> Any:
+        return self.encoder(
+            input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, **inputs.model_inputs
+        )
+
     def text_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
         # The encoder's own embedding: scaled by sqrt(width), with the end-of-image token's learned vector.
         return self.encoder.text_model.embed_tokens(input_ids)

@@ -1,0 +1,81 @@
+"""The `visionloom` command: doctor on every preset and on broken checkpoints, and preset save."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import FAMILIES, cached_preset
+from tests.test_registry import _drop_weights
+from visionloom.cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_doctor_passes_on_every_preset(name):
+    result = runner.invoke(app, ["doctor", name, "--json"])
+    report = json.loads(result.stdout)
+    assert result.exit_code == 0, report
+    assert report["ok"]
+    checks = {c["name"]: c for c in report["checks"]}
+    assert checks["one tower pass"]["detail"].startswith("vision tower ran 1 time")
+    assert "bit-identical" in checks["matches the model's own insertion"]["detail"]
+    for fact in (
+        "family",
+        "patch size",
+        "CLS policy",
+        "feature layer(s)",
+        "tokens per image",
+        "vision width",
+        "text width",
+        "image token id",
+        "attention",
+        "pooling / merge",
+        "vision tower",
+    ):
+        assert fact in report["facts"]
+
+
+def test_doctor_table_and_native_person_size():
+    result = runner.invoke(app, ["doctor", "tiny-t5gemma2", "--native", "--image-size", "384x128"])
+    assert result.exit_code == 0, result.stdout
+    assert "12 at 384x128 (grid 6x2)" in result.stdout
+    assert "healthy" in result.stdout
+
+
+def test_doctor_fails_on_missing_projector(tmp_path):
+    cached_preset("tiny-deepseek-vl").save_pretrained(tmp_path)
+    _drop_weights(tmp_path, "aligner")
+    result = runner.invoke(app, ["doctor", str(tmp_path), "--json"])
+    assert result.exit_code == 1
+    error = json.loads(result.stdout)["error"]
+    assert "projector weights are missing" in error and "aligner" in error
+
+
+def test_doctor_fails_on_mm_tokens_disagreement(tmp_path):
+    cached_preset("tiny-t5gemma2").save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["encoder"]["mm_tokens_per_image"] = 25
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    result = runner.invoke(app, ["doctor", str(tmp_path), "--json"])
+    assert result.exit_code == 1
+    assert "mm_tokens_per_image=25" in json.loads(result.stdout)["error"]
+
+
+def test_doctor_rejects_a_size_that_does_not_fit_and_a_malformed_size():
+    result = runner.invoke(app, ["doctor", "tiny-qwen2.5-vl", "--native", "--image-size", "100x56", "--json"])
+    assert result.exit_code == 1 and "multiples of 28" in json.loads(result.stdout)["error"]
+    result = runner.invoke(app, ["doctor", "tiny-llava", "--image-size", "big"])
+    assert result.exit_code == 2 and "HEIGHTxWIDTH" in result.output
+
+
+def test_preset_save_writes_a_checkpoint_that_doctor_accepts(tmp_path):
+    result = runner.invoke(app, ["preset", "save", "tiny-qwen2.5-vl", str(tmp_path / "qwen")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "qwen" / "model.safetensors").is_file()
+    assert runner.invoke(app, ["doctor", str(tmp_path / "qwen")]).exit_code == 0
+    result = runner.invoke(app, ["preset", "save", "tiny-nothing", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "unknown preset" in result.output

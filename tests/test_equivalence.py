@@ -1,0 +1,138 @@
+"""The layer's embeddings are bit-identical to what each model itself inserts, from one tower pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import FAMILIES, cached_preset
+from visionloom.backbones.doctor import CallCounter
+from visionloom.backbones.tiny import build_preset
+
+# Two images per batch, of different sizes, so per-image bookkeeping is exercised everywhere.
+SIZES = [(90, 60), (50, 120)]
+
+
+def _batch(adapter, image):
+    images = [image(*size, seed=i) for i, size in enumerate(SIZES)]
+    return adapter.build_inputs(images, ["<image> describe it", "what is <image> here"])
+
+
+def assert_matches_model(adapter, inputs):
+    with CallCounter(adapter.vision_tower) as counter:
+        tokens = adapter.encode_images(inputs)
+    assert counter.calls == 1
+    inserted = adapter.model_inserted_embeds(inputs)
+    assert inserted.shape == tokens.embeds.shape
+    assert torch.equal(inserted, tokens.embeds)
+    # Random weights left at zero would make the equality vacuous: embeddings are non-zero and differ per image.
+    per_image = tokens.per_image()
+    assert all(e.abs().sum() > 0 for e in per_image)
+    assert not torch.equal(per_image[0][: per_image[1].shape[0]], per_image[1][: per_image[0].shape[0]])
+    return tokens
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_embeddings_bit_identical_and_logits_equal(name, image):
+    adapter = cached_preset(name)
+    inputs = _batch(adapter, image)
+    tokens = assert_matches_model(adapter, inputs)
+    with torch.no_grad(), CallCounter(adapter.vision_tower) as counter:
+        ours = adapter.forward(inputs, tokens, output_hidden_states=True)
+        reference = adapter.model_own_call(inputs)
+    assert counter.calls == 1  # only the reference ran the tower; forward reused the tokens
+    reference_hidden = reference.last_hidden_state if name == "tiny-t5gemma2" else reference.logits
+    ours_hidden = ours.last_hidden_state if name == "tiny-t5gemma2" else ours.logits
+    assert torch.equal(ours_hidden, reference_hidden)
+
+
+@pytest.mark.parametrize(
+    "name", ["tiny-llava", "tiny-qwen2.5-vl", "tiny-deepseek-vl", "tiny-gemma3", "tiny-t5gemma2"]
+)
+def test_raw_features_project_to_the_embeddings(name, image):
+    """raw and embeds come from one pass: the model's projector applied to raw gives embeds exactly."""
+    adapter = cached_preset(name)
+    inputs = _batch(adapter, image)
+    tokens = adapter.encode_images(inputs)
+    with torch.no_grad():
+        if name in ("tiny-gemma3", "tiny-t5gemma2"):
+            patches = tokens.raw.view(len(tokens.counts), -1, tokens.raw.shape[-1])
+            projected = adapter.project(patches, inputs.geometries[0].patch_grid).flatten(0, 1)
+        else:
+            projected = adapter.project(tokens.raw)
+    assert torch.equal(projected, tokens.embeds)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"vision_feature_layer": [-3, -1], "vision_feature_select_strategy": "default"},
+        {"vision_feature_layer": -2, "vision_feature_select_strategy": "full"},
+        {"vision_feature_layer": [-2, -1], "vision_feature_select_strategy": "full"},
+    ],
+)
+def test_llava_non_default_feature_settings(overrides, image):
+    adapter = build_preset("tiny-llava", **overrides)
+    inputs = _batch(adapter, image)
+    tokens = assert_matches_model(adapter, inputs)
+    layers = overrides["vision_feature_layer"]
+    assert tokens.raw.shape[-1] == 64 * (len(layers) if isinstance(layers, list) else 1)
+    expected = [65, 65] if overrides["vision_feature_select_strategy"] == "full" else [64, 64]
+    assert tokens.counts == expected
+
+
+def test_siglip_layer_minus_one_is_not_last_hidden_state(image):
+    """LLaVA with a SigLIP tower and layer -1 uses the encoder output before post_layernorm."""
+    adapter = build_preset("tiny-llava", vision="siglip", vision_feature_layer=-1)
+    inputs = _batch(adapter, image)
+    tokens = assert_matches_model(adapter, inputs)
+    tower_out = adapter.vision_tower(inputs.model_inputs["pixel_values"])
+    with torch.no_grad():
+        from_last = adapter.project(tower_out.last_hidden_state.flatten(0, 1))
+    assert not torch.allclose(from_last, tokens.embeds)
+    assert "before post_layernorm" in adapter.describe()["feature layer(s)"]
+
+
+def test_qwen_two_sizes_in_one_batch(image):
+    adapter = cached_preset("tiny-qwen2.5-vl")
+    inputs = adapter.build_inputs([image(56, 112), image(140, 84, seed=1)], ["<image> a", "b <image>"])
+    tokens = assert_matches_model(adapter, inputs)
+    assert tokens.grids == [(2, 4), (5, 3)]
+    assert tokens.raw_counts == [4 * 8, 4 * 15]
+
+
+def test_llava_next_two_aspect_ratios(image):
+    adapter = cached_preset("tiny-llava-next")
+    inputs = adapter.build_inputs([image(40, 90), image(100, 50, seed=1)], ["<image> a", "b <image>"])
+    tokens = assert_matches_model(adapter, inputs)
+    wide, tall = tokens.grids
+    assert wide[1] > wide[0] and tall[0] > tall[1]
+
+
+@pytest.mark.parametrize("name", ["tiny-gemma3", "tiny-t5gemma2"])
+def test_dynamic_path_is_bit_identical_to_stock_at_configured_size(name, image):
+    stock = cached_preset(name)
+    native = build_preset(name, native_resolution=True)  # same seed, same weights
+    picture = image(224, 224)
+    stock_inputs = stock.build_inputs([picture], ["<image> hi"])
+    native_inputs = native.build_inputs([picture], ["<image> hi"])
+    assert torch.equal(stock_inputs.input_ids, native_inputs.input_ids)
+    stock_tokens = stock.encode_images(stock_inputs)
+    native_tokens = native.encode_images(native_inputs)
+    assert torch.equal(native_tokens.embeds, stock_tokens.embeds)
+    assert torch.equal(native_tokens.embeds, stock.model_inserted_embeds(stock_inputs))
+
+
+def test_t5gemma2_native_384x128_runs_through_encoder_and_decoder(image):
+    adapter = cached_preset("tiny-t5gemma2", native=True)
+    inputs = adapter.build_inputs(
+        [image(384, 128), image(384, 128, seed=1)], ["<image> a man", "<image> a woman"]
+    )
+    tokens = adapter.encode_images(inputs)
+    assert tokens.counts == [12, 12] and tokens.grids == [(6, 2), (6, 2)]
+    assert tokens.embeds.shape[-1] == adapter.text_width
+    decoder_ids = torch.tensor([[2, 20, 21], [2, 22, 23]])
+    with torch.no_grad():
+        out = adapter.forward(inputs, tokens, decoder_input_ids=decoder_ids)
+    assert out.logits.shape[:2] == (2, 3)
+    assert torch.equal(out.inputs_embeds[inputs.image_token_mask], tokens.embeds)
