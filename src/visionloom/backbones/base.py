@@ -144,6 +144,17 @@ class ImageTokenAdapter:
 
     def describe(self) -> dict[str, str]:
         """What the layer does for this checkpoint, for `visionloom doctor`."""
+        return {
+            "family": self.family,
+            **self.describe_vision(),
+            "vision width": str(self.vision_width),
+            "text width": str(self.text_width),
+            "image token id": f"{self.image_token_id} ({self.image_token})",
+            "attention": self.attention_implementation(),
+        }
+
+    def describe_vision(self) -> dict[str, str]:
+        """The family's vision facts: tower, patch size, pooling/merge, CLS policy, feature layer(s), image size."""
         raise NotImplementedError
 
     def validate_config(self) -> None:
@@ -393,11 +404,20 @@ class ImageTokenAdapter:
             output.image_attentions = self.image_attention_maps(output.attentions, inputs)
         return output
 
+    def language_model_kwargs(self, inputs: MultimodalInputs) -> dict[str, Any]:
+        """What the family's model needs besides inputs_embeds and the attention mask."""
+        return {}
+
     def _run_language_model(
         self, inputs: MultimodalInputs, inputs_embeds: torch.Tensor, **flags: Any
     ) -> LayerOutput:
         """Decoder-only families: the full model on inputs_embeds, no pixels."""
-        out = self.model(inputs_embeds=inputs_embeds, attention_mask=inputs.attention_mask, **flags)
+        out = self.model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=inputs.attention_mask,
+            **self.language_model_kwargs(inputs),
+            **flags,
+        )
         hidden_states = out.hidden_states
         return LayerOutput(
             logits=out.logits,

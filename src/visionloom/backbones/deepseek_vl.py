@@ -88,10 +88,9 @@ class DeepseekVLAdapter(ImageTokenAdapter):
     def project(self, raw: torch.Tensor) -> torch.Tensor:
         return self.model.model.aligner(raw)
 
-    def describe(self) -> dict[str, str]:
+    def describe_vision(self) -> dict[str, str]:
         vision, size = self.config.vision_config, self.configured_image_size()
         return {
-            "family": self.family,
             "vision tower": f"{vision.model_type} ({vision.num_hidden_layers} layers)",
             "patch size": str(vision.patch_size),
             "pooling / merge": "none",
@@ -99,8 +98,4 @@ class DeepseekVLAdapter(ImageTokenAdapter):
             "feature layer(s)": "last_hidden_state (after post_layernorm)",
             "image size": f"{size[0]}x{size[1]}"
             + (" native" if self.native_resolution else " (processor resizes)"),
-            "vision width": str(self.vision_width),
-            "text width": str(self.text_width),
-            "image token id": f"{self.image_token_id} ({self.image_token})",
-            "attention": self.attention_implementation(),
         }

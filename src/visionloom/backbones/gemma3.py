@@ -20,7 +20,7 @@ from transformers import Gemma3ForConditionalGeneration
 
 from visionloom.backbones.base import ImageTokenAdapter, nearest_multiples
 from visionloom.backbones.checks import ImageTokenMismatch
-from visionloom.backbones.types import ImageGeometry, LayerOutput, MultimodalInputs, VisionTokens
+from visionloom.backbones.types import ImageGeometry, MultimodalInputs, VisionTokens
 
 
 class Gemma3Adapter(ImageTokenAdapter):
@@ -223,30 +223,14 @@ class Gemma3Adapter(ImageTokenAdapter):
             input_ids = input_ids.masked_fill(input_ids == self.image_token_id, 0)
         return self.model.get_input_embeddings()(input_ids)
 
-    def _run_language_model(
-        self, inputs: MultimodalInputs, inputs_embeds: torch.Tensor, **flags: Any
-    ) -> LayerOutput:
+    def language_model_kwargs(self, inputs: MultimodalInputs) -> dict[str, Any]:
         # token_type_ids make the image tokens attend to each other bidirectionally, as the model expects.
-        out = self.model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=inputs.attention_mask,
-            token_type_ids=inputs.image_token_mask.long(),
-            **flags,
-        )
-        hidden_states = out.hidden_states
-        return LayerOutput(
-            logits=out.logits,
-            last_hidden_state=hidden_states[-1] if hidden_states else None,
-            inputs_embeds=inputs_embeds,
-            hidden_states=hidden_states,
-            attentions=out.attentions,
-        )
+        return {"token_type_ids": inputs.image_token_mask.long()}
 
-    def describe(self) -> dict[str, str]:
+    def describe_vision(self) -> dict[str, str]:
         vision, size = self.vision_config, self.configured_image_size()
         side = math.isqrt(self.mm_tokens_per_image)
         return {
-            "family": self.family,
             "vision tower": f"{vision.model_type} ({vision.num_hidden_layers} layers)",
             "patch size": str(vision.patch_size),
             "pooling / merge": f"avg pool {self.pool_kernel}x{self.pool_kernel} -> {side}x{side} "

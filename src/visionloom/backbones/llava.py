@@ -156,11 +156,10 @@ class LlavaAdapter(ImageTokenAdapter):
         """The model's projector applied to raw features [N, C_vision] -> [N, D_text]."""
         return self.model.model.multi_modal_projector(raw)
 
-    def describe(self) -> dict[str, str]:
+    def describe_vision(self) -> dict[str, str]:
         vision = self.config.vision_config
         size = self.configured_image_size()
         return {
-            "family": self.family,
             "vision tower": f"{vision.model_type} ({vision.num_hidden_layers} layers)",
             "patch size": str(vision.patch_size),
             "pooling / merge": "none",
@@ -173,8 +172,4 @@ class LlavaAdapter(ImageTokenAdapter):
             "feature layer(s)": feature_source(self.config),
             "image size": f"{size[0]}x{size[1]}"
             + (" native" if self.native_resolution else " (processor resizes)"),
-            "vision width": str(self.vision_width),
-            "text width": str(self.text_width),
-            "image token id": f"{self.image_token_id} ({self.image_token})",
-            "attention": self.attention_implementation(),
         }

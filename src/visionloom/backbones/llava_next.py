@@ -15,7 +15,7 @@ from transformers.image_processing_utils import select_best_resolution
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
 from visionloom.backbones.checks import ImageTokenMismatch
-from visionloom.backbones.llava import LlavaAdapter, select_features, tower_has_cls
+from visionloom.backbones.llava import LlavaAdapter, feature_source, select_features, tower_has_cls
 from visionloom.backbones.types import ImageGeometry, VisionTokens
 
 
@@ -87,12 +87,12 @@ class LlavaNextAdapter(LlavaAdapter):
             counts=[int(x.shape[0]) for x in out.pooler_output],
             raw_counts=[t * raw.shape[1] for t in tiles],
             geometries=list(inputs.geometries),
-            feature_source=f"every tile: {super().describe()['feature layer(s)']}",
+            feature_source=f"every tile: {feature_source(self.config)}",
             tower_hidden_states=tuple(out.hidden_states),
         )
 
-    def describe(self) -> dict[str, str]:
-        info = super().describe()
+    def describe_vision(self) -> dict[str, str]:
+        info = super().describe_vision()
         info["pooling / merge"] = f"any-res tiles {self.config.image_grid_pinpoints}, unpad, newline per row"
         info["image size"] = "any (tiled)"
         return info

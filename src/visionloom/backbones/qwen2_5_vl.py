@@ -27,7 +27,7 @@ from transformers.vision_utils import get_vision_window_index
 from visionloom.backbones._compat import qwen_video_processor
 from visionloom.backbones.base import ImageTokenAdapter, nearest_multiples
 from visionloom.backbones.checks import ImageTokenMismatch
-from visionloom.backbones.types import ImageGeometry, LayerOutput, MultimodalInputs, VisionTokens
+from visionloom.backbones.types import ImageGeometry, MultimodalInputs, VisionTokens
 
 
 def build_qwen_processor(image_processor, tokenizer, chat_template: str | None = None) -> Qwen2_5_VLProcessor:
@@ -193,28 +193,12 @@ class Qwen2_5_VLAdapter(ImageTokenAdapter):
         )
         return positions
 
-    def _run_language_model(
-        self, inputs: MultimodalInputs, inputs_embeds: torch.Tensor, **flags: Any
-    ) -> LayerOutput:
-        out = self.model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=inputs.attention_mask,
-            position_ids=self.position_ids(inputs),
-            **flags,
-        )
-        hidden_states = out.hidden_states
-        return LayerOutput(
-            logits=out.logits,
-            last_hidden_state=hidden_states[-1] if hidden_states else None,
-            inputs_embeds=inputs_embeds,
-            hidden_states=hidden_states,
-            attentions=out.attentions,
-        )
+    def language_model_kwargs(self, inputs: MultimodalInputs) -> dict[str, Any]:
+        return {"position_ids": self.position_ids(inputs)}
 
-    def describe(self) -> dict[str, str]:
+    def describe_vision(self) -> dict[str, str]:
         vision = self.config.vision_config
         return {
-            "family": self.family,
             "vision tower": f"Qwen2.5-VL ViT ({vision.depth} blocks, window {vision.window_size}px)",
             "patch size": str(vision.patch_size),
             "pooling / merge": f"{self.merge_size}x{self.merge_size} patch merge (visual.merger)",
@@ -223,8 +207,4 @@ class Qwen2_5_VLAdapter(ImageTokenAdapter):
             "image size": "dynamic, multiples of "
             + str(self.factor)
             + (" native" if self.native_resolution else " (smart_resize)"),
-            "vision width": str(self.vision_width),
-            "text width": str(self.text_width),
-            "image token id": f"{self.image_token_id} ({self.image_token})",
-            "attention": self.attention_implementation(),
         }
