@@ -22,15 +22,21 @@ def relevant_ranks(similarity: torch.Tensor, relevant: torch.Tensor) -> torch.Te
     num_relevant = relevant.sum(1)  # [C]
     r_max = int(num_relevant.max())
     # Column index of each relevant item, packed left: [C, R_max], -1 where a row has fewer.
-    order = torch.argsort((~relevant).to(torch.int8), dim=1, stable=True)[:, :r_max]
-    slot_used = torch.arange(r_max, device=similarity.device)[None] < num_relevant[:, None]
-    columns = torch.where(slot_used, order, -1)
+    rows, cols = relevant.nonzero(as_tuple=True)  # row-major, so each row's columns ascend
+    first_of_row = torch.cumsum(num_relevant, 0) - num_relevant
+    slots = torch.arange(len(rows), device=similarity.device) - first_of_row[rows]
+    columns = torch.full((similarity.shape[0], r_max), -1, dtype=torch.long, device=similarity.device)
+    columns[rows, slots] = cols
+    slot_used = columns >= 0
     gallery_index = torch.arange(similarity.shape[1], device=similarity.device)[None]  # [1, G]
     ranks = torch.full_like(columns, -1)
     for slot in range(r_max):
         column = columns[:, slot : slot + 1].clamp(min=0)  # [C, 1]
         score = similarity.gather(1, column)  # [C, 1]
-        ahead = (similarity > score).sum(1) + ((similarity == score) & (gallery_index < column)).sum(1)
+        ahead = (similarity > score).sum(1)
+        equal = similarity == score
+        if int(equal.sum()) > equal.shape[0]:  # ties beyond each item itself: order them by gallery index
+            ahead += (equal & (gallery_index < column)).sum(1)
         ranks[:, slot] = torch.where(slot_used[:, slot], ahead, -1)
     ranks = torch.where(ranks < 0, torch.iinfo(ranks.dtype).max, ranks).sort(1).values
     return torch.where(ranks == torch.iinfo(ranks.dtype).max, -1, ranks)
