@@ -326,10 +326,17 @@ class ImageTokenAdapter:
         """The module whose forward receives the merged inputs_embeds."""
         return self.model.model.language_model
 
+    def image_token_types(self, inputs: MultimodalInputs) -> dict[str, torch.Tensor]:
+        """The per-token modality ids the family's model takes (Qwen, Gemma3), from the image token mask."""
+        return {}
+
     def model_own_call(self, inputs: MultimodalInputs) -> Any:
         """Run the model exactly as its authors intend, pixels in (the reference for every equality)."""
         return self.model(
-            input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, **inputs.model_inputs
+            input_ids=inputs.input_ids,
+            attention_mask=inputs.attention_mask,
+            **self.image_token_types(inputs),
+            **inputs.model_inputs,
         )
 
     @torch.no_grad()

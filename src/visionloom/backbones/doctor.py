@@ -132,13 +132,8 @@ def _run_path(adapter: ImageTokenAdapter, image: Image.Image, report: DoctorRepo
             f"vision tower ran {counter.calls} time(s) for encode_images + forward",
         )
     )
-    report.checks.append(
-        Check(
-            "embeddings non-zero",
-            bool(tokens.embeds.abs().sum() > 0),
-            f"|embeds| sum {float(tokens.embeds.abs().sum()):.3g}",
-        )
-    )
+    magnitude = float(tokens.embeds.abs().sum())
+    report.checks.append(Check("embeddings non-zero", magnitude > 0, f"|embeds| sum {magnitude:.3g}"))
     stock_size = adapter.configured_image_size()
     if adapter.native_resolution and (image.height, image.width) != stock_size:
         # The model's own path reshapes to its configured square and cannot run here; check the

@@ -209,13 +209,9 @@ class Gemma3Adapter(ImageTokenAdapter):
         )
 
     # --- language model
-    def model_own_call(self, inputs: MultimodalInputs) -> Any:
-        return self.model(
-            input_ids=inputs.input_ids,
-            attention_mask=inputs.attention_mask,
-            token_type_ids=inputs.image_token_mask.long(),
-            **inputs.model_inputs,
-        )
+    def image_token_types(self, inputs: MultimodalInputs) -> dict[str, torch.Tensor]:
+        # token_type_ids make the image tokens attend to each other bidirectionally, as the model expects.
+        return {"token_type_ids": inputs.image_token_mask.long()}
 
     def text_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
         # Gemma3 maps an out-of-vocabulary image token id to 0 before embedding; do the same.
@@ -224,8 +220,7 @@ class Gemma3Adapter(ImageTokenAdapter):
         return self.model.get_input_embeddings()(input_ids)
 
     def language_model_kwargs(self, inputs: MultimodalInputs) -> dict[str, Any]:
-        # token_type_ids make the image tokens attend to each other bidirectionally, as the model expects.
-        return {"token_type_ids": inputs.image_token_mask.long()}
+        return self.image_token_types(inputs)
 
     def describe_vision(self) -> dict[str, str]:
         vision, size = self.vision_config, self.configured_image_size()

@@ -175,13 +175,8 @@ class Qwen2_5_VLAdapter(ImageTokenAdapter):
     def project(self, raw: torch.Tensor) -> torch.Tensor:
         return self.model.model.visual.merger(raw)
 
-    def model_own_call(self, inputs: MultimodalInputs) -> Any:
-        return self.model(
-            input_ids=inputs.input_ids,
-            attention_mask=inputs.attention_mask,
-            mm_token_type_ids=inputs.image_token_mask.long(),
-            **inputs.model_inputs,
-        )
+    def image_token_types(self, inputs: MultimodalInputs) -> dict[str, torch.Tensor]:
+        return {"mm_token_type_ids": inputs.image_token_mask.long()}
 
     def position_ids(self, inputs: MultimodalInputs) -> torch.Tensor:
         """3-D rotary positions [3, B, S] from the model's own get_rope_index, on the full sequence."""
