@@ -79,3 +79,10 @@ def test_preset_save_writes_a_checkpoint_that_doctor_accepts(tmp_path):
     assert runner.invoke(app, ["doctor", str(tmp_path / "qwen")]).exit_code == 0
     result = runner.invoke(app, ["preset", "save", "tiny-nothing", str(tmp_path / "x")])
     assert result.exit_code == 2 and "unknown preset" in result.output
+
+
+def test_preset_list_names_every_preset():
+    result = runner.invoke(app, ["preset", "list"])
+    assert result.exit_code == 0
+    for name in FAMILIES:
+        assert name in result.stdout
