@@ -1,0 +1,301 @@
+"""Training pairs, evaluation sets, samplers and collate for retrieval: the model's `InputSpec` decides the fields.
+
+Randomness never comes from a worker's or a process's RNG: the batch samplers draw a seed for every
+sample from (run seed, epoch), and the dataset's augmentation and masking use only that seed. So a
+batch is the same whatever the number of workers or processes, and a resumed run sees exactly the
+batches an uninterrupted one would have seen.
+
+Samplers are sharded by whole batches: with P processes, process r takes global batches r, r+P, ...
+(identity-balanced batches stay balanced; no sample is seen by two processes in an epoch).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from visionloom.data.pedes import PedesSplit
+
+GREY = 128  # the value of masked pixels: the middle of the uint8 range, about the mean after normalising
+
+
+def load_image(path: Path, size: tuple[int, int] | None) -> Image.Image:
+    """RGB image resized (bicubic) to `size` = (height, width) when it is not already that size (None: as stored)."""
+    try:
+        image = Image.open(path).convert("RGB")
+    except (OSError, ValueError) as error:
+        raise OSError(
+            f"cannot read image {path}: {error} (run `visionloom data check` on the data set)"
+        ) from None
+    if size is None:
+        return image
+    height, width = size
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BICUBIC)
+    return image
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)  # uint8 [3, H, W]
+
+
+# ---------------------------------------------------------------------------------------- samplers
+class _Batches:
+    """Base: per-epoch global batches of (index, draw seed), this process's share, a resume offset."""
+
+    def __init__(self, seed: int, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+        self.start = 0  # batches of this process to skip in the current epoch (resume)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+
+    def global_batches(self) -> list[list[tuple[int, int]]]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        batches = self.global_batches()
+        per_process = len(batches) // self.world_size  # equal counts, so processes step together
+        mine = batches[self.rank :: self.world_size][:per_process]
+        yield from mine[self.start :]
+
+    def __len__(self) -> int:
+        return len(self.global_batches()) // self.world_size
+
+
+class RandomBatches(_Batches):
+    """Shuffled samples in batches of `batch_size`; the last incomplete batch is dropped."""
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        super().__init__(seed, rank, world_size)
+        if num_samples < batch_size * world_size:
+            raise ValueError(
+                f"{num_samples} samples cannot fill one batch of {batch_size} on each of {world_size} processes"
+            )
+        self.num_samples, self.batch_size = num_samples, batch_size
+
+    def global_batches(self) -> list[list[tuple[int, int]]]:
+        generator = self.generator()
+        order = torch.randperm(self.num_samples, generator=generator).tolist()
+        seeds = torch.randint(0, 2**62, (self.num_samples,), generator=generator).tolist()
+        pairs = list(zip(order, seeds, strict=True))
+        count = self.num_samples // self.batch_size
+        return [pairs[i * self.batch_size : (i + 1) * self.batch_size] for i in range(count)]
+
+
+class IdentityBatches(_Batches):
+    """IRRA's RandomIdentitySampler as batches: `ids_per_batch` identities x `batch_size / ids_per_batch` samples.
+
+    Each identity's samples are shuffled and cut into groups of that size (topped up by repetition
+    when an identity has fewer); batches take one group from each of `ids_per_batch` identities
+    drawn at random among those with groups left.
+    """
+
+    def __init__(
+        self,
+        pids: list[int],
+        batch_size: int,
+        ids_per_batch: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        super().__init__(seed, rank, world_size)
+        if batch_size % ids_per_batch:
+            raise ValueError(f"batch_size {batch_size} is not a multiple of ids_per_batch {ids_per_batch}")
+        self.instances = batch_size // ids_per_batch
+        self.ids_per_batch = ids_per_batch
+        self.by_pid: dict[int, list[int]] = defaultdict(list)
+        for index, pid in enumerate(pids):
+            self.by_pid[pid].append(index)
+        if len(self.by_pid) < ids_per_batch:
+            raise ValueError(f"ids_per_batch {ids_per_batch} but the split has {len(self.by_pid)} identities")
+
+    def global_batches(self) -> list[list[tuple[int, int]]]:
+        generator = self.generator()
+        rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        groups: dict[int, list[list[int]]] = {}
+        for pid in sorted(self.by_pid):
+            indices = list(self.by_pid[pid])
+            if len(indices) < self.instances:
+                indices += rng.choices(indices, k=self.instances - len(indices))
+            rng.shuffle(indices)
+            cut = len(indices) - len(indices) % self.instances
+            groups[pid] = [indices[i : i + self.instances] for i in range(0, cut, self.instances)]
+        batches = []
+        while True:
+            available = [pid for pid in groups if groups[pid]]
+            if len(available) < self.ids_per_batch:
+                break
+            chosen = rng.sample(available, self.ids_per_batch)
+            batch = [index for pid in chosen for index in groups[pid].pop()]
+            batches.append([(index, rng.getrandbits(62)) for index in batch])
+        return batches
+
+
+# ---------------------------------------------------------------------------------------- datasets
+class TrainPairs(Dataset):
+    """(image, caption) training samples of a split, with the fields the model's InputSpec asks for."""
+
+    def __init__(self, split: PedesSplit, spec, vq_cache=None):
+        self.split = split
+        self.pairs = split.pairs()
+        self.spec = spec
+        self.vq_cache = vq_cache
+        if spec.vq_code_grid is not None and vq_cache is None:
+            raise ValueError(
+                "this model needs VQ codes but no cache was given (build one with `visionloom vq cache`)"
+            )
+        tokenizer = spec.tokenizer
+        self.mask_token_id = tokenizer.mask_token_id
+        if spec.text_mask_ratio > 0 and self.mask_token_id is None:
+            raise ValueError(f"text masking needs a mask token; {type(tokenizer).__name__} has none")
+        self.special_ids = set(tokenizer.all_special_ids)
+
+    @property
+    def pids(self) -> list[int]:
+        return [pid for _, pid, _ in self.pairs]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, draw_seed = key
+        rng = random.Random(draw_seed)
+        image_index, pid, caption = self.pairs[index]
+        record = self.split.images[image_index]
+        image = load_image(record.path, self.spec.image_size)
+        flipped = rng.random() < 0.5
+        if flipped:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        pixels = to_tensor(image)  # uint8 [3, H, W]
+        caption_ids = self.spec.tokenizer(caption, truncation=True, max_length=self.spec.max_text_length)[
+            "input_ids"
+        ]
+        item = {
+            "images": pixels,
+            "caption_ids": caption_ids,
+            "pids": pid,
+            "image_ids": image_index,
+            "index": index,
+        }
+        if self.spec.text_mask_ratio > 0:
+            item["masked_caption_ids"] = self.mask_caption(caption_ids, rng)
+        if self.spec.image_mask_grid is not None:
+            item["masked_images"] = self.mask_image(pixels, rng)
+        if self.spec.vq_code_grid is not None:
+            item["vq_ids"] = self.vq_cache.codes(record.path, flipped)
+        return item
+
+    def mask_caption(self, caption_ids: list[int], rng: random.Random) -> list[int]:
+        """A masked copy: the clean caption is never written to (IRRA's in-place bug)."""
+        masked = list(caption_ids)
+        candidates = [i for i, token in enumerate(masked) if token not in self.special_ids]
+        chosen = [i for i in candidates if rng.random() < self.spec.text_mask_ratio]
+        if not chosen and candidates:
+            chosen = [rng.choice(candidates)]
+        for position in chosen:
+            masked[position] = self.mask_token_id
+        return masked
+
+    def mask_image(self, pixels: torch.Tensor, rng: random.Random) -> torch.Tensor:
+        """A copy with `image_mask_ratio` of the blocks of the VQ grid greyed out."""
+        rows, cols = self.spec.image_mask_grid
+        height, width = pixels.shape[1:]
+        masked = pixels.clone()
+        blocks = rng.sample(range(rows * cols), round(self.spec.image_mask_ratio * rows * cols))
+        for block in blocks:
+            row, col = divmod(block, cols)
+            masked[
+                :,
+                row * height // rows : (row + 1) * height // rows,
+                col * width // cols : (col + 1) * width // cols,
+            ] = GREY
+        return masked
+
+
+def pad(sequences: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids [B, S_max] and their attention mask."""
+    longest = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), longest), value, dtype=torch.long)
+    mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+        mask[row, : len(sequence)] = 1
+    return ids, mask
+
+
+class Collate:
+    """Items -> the batch contract of `retrieval/model.py`."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        batch = {
+            "images": torch.stack([item["images"] for item in items]),
+            "pids": torch.tensor([item["pids"] for item in items]),
+            "image_ids": torch.tensor([item["image_ids"] for item in items]),
+            "index": torch.tensor([item["index"] for item in items]),
+        }
+        batch["caption_ids"], batch["caption_mask"] = pad(
+            [item["caption_ids"] for item in items], self.pad_token_id
+        )
+        if "masked_caption_ids" in items[0]:
+            batch["masked_caption_ids"], _ = pad(
+                [item["masked_caption_ids"] for item in items], self.pad_token_id
+            )
+        if "masked_images" in items[0]:
+            batch["masked_images"] = torch.stack([item["masked_images"] for item in items])
+        if "vq_ids" in items[0]:
+            batch["vq_ids"] = torch.stack([item["vq_ids"] for item in items])
+        return batch
+
+
+class GalleryImages(Dataset):
+    """A split's images at the model's size, unaugmented, in split order."""
+
+    def __init__(self, split: PedesSplit, image_size: tuple[int, int] | None):
+        self.split, self.image_size = split, image_size
+
+    def __len__(self) -> int:
+        return len(self.split.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return to_tensor(load_image(self.split.images[index].path, self.image_size))
+
+
+def train_loader(dataset: TrainPairs, sampler: _Batches, num_workers: int, pin_memory: bool) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=Collate(dataset.spec.tokenizer.pad_token_id),
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        # Its own generator: creating an iterator draws a worker base seed, which from the global
+        # RNG would shift the model's dropout stream on every epoch and on resume.
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+def make_sampler(
+    dataset: TrainPairs, batch_size: int, ids_per_batch: int, seed: int, rank: int = 0, world_size: int = 1
+) -> _Batches:
+    """Identity-balanced when ids_per_batch > 0 (IRRA's default for SDM), else random."""
+    if ids_per_batch > 0:
+        return IdentityBatches(dataset.pids, batch_size, ids_per_batch, seed, rank, world_size)
+    return RandomBatches(len(dataset), batch_size, seed, rank, world_size)
