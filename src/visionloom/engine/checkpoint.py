@@ -1,0 +1,132 @@
+"""Atomic checkpoints: weights in safetensors, optimizer, scheduler, every process's RNG, the step.
+
+    RUN/checkpoints/step_0000200/   model.safetensors  optimizer.pt  scheduler.pt  rng_0.pt ...  state.json
+    RUN/checkpoints/latest          the name of the newest complete checkpoint
+
+A checkpoint is written into a hidden temporary directory and renamed into place only when every
+file is on disk; `latest` is replaced by rename too. A run killed mid-write leaves a stray
+temporary directory and the previous checkpoint, still named by `latest`, intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+
+LATEST = "latest"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        handle = os.open(path, os.O_RDONLY)
+    except OSError:  # not every platform opens directories
+        return
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def capture_rng() -> dict[str, Any]:
+    """The RNG streams training draws from (augmentation draws from sampler seeds, not from these)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    directory: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, Any],
+    rng_state: dict[str, Any],
+    accelerator,
+    keep_last: int = 2,
+) -> Path:
+    """Write checkpoint `step` atomically (every process calls this: each writes its own RNG)."""
+    final = directory / f"step_{step:07d}"
+    temporary = directory / f".tmp_step_{step:07d}"
+    if accelerator.is_main_process:
+        directory.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(temporary, ignore_errors=True)
+        temporary.mkdir()
+    accelerator.wait_for_everyone()
+    torch.save(rng_state, temporary / f"rng_{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_model(accelerator.unwrap_model(model), str(temporary / "model.safetensors"))
+        torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
+        torch.save(scheduler.state_dict(), temporary / "scheduler.pt")
+        (temporary / "state.json").write_text(
+            json.dumps({**state, "step": step, "processes": accelerator.num_processes}, indent=1)
+        )
+        for file in temporary.iterdir():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+        if final.exists():  # a re-run of the same step: move the old one aside first
+            shutil.rmtree(final)
+        os.replace(temporary, final)
+        _fsync_dir(directory)
+        write_text_atomic(directory / LATEST, final.name)
+        complete = sorted(p for p in directory.glob("step_*") if p.is_dir())
+        for old in complete[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    pointer = directory / LATEST
+    if not pointer.is_file():
+        return None
+    path = directory / pointer.read_text().strip()
+    if not (path / "state.json").is_file():
+        raise FileNotFoundError(f"{pointer} names {path.name}, which is incomplete or missing")
+    return path
+
+
+def load_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer, scheduler, accelerator
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load weights, optimizer and scheduler in place; return (trainer state, this process's RNG state)."""
+    state = json.loads((path / "state.json").read_text())
+    if state["processes"] != accelerator.num_processes:
+        raise RuntimeError(
+            f"{path} was written by {state['processes']} process(es) but this run has {accelerator.num_processes}; "
+            f"resume with the same number of processes to continue bit for bit"
+        )
+    load_model(
+        accelerator.unwrap_model(model), str(path / "model.safetensors"), device=str(accelerator.device)
+    )
+    optimizer.load_state_dict(
+        torch.load(path / "optimizer.pt", map_location=accelerator.device, weights_only=True)
+    )
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    rng = torch.load(path / f"rng_{accelerator.process_index}.pt", weights_only=True)
+    return state, rng

@@ -1,0 +1,332 @@
+"""The training loop: one for every model that returns a dict of losses.
+
+It knows three things about a model: `model(batch)` returns a dict whose keys containing "loss"
+are summed and back-propagated; its parameters; and, through a `validate` callback, one number to
+select the best weights on (the validation split, never the test split).
+
+AdamW with linear warm-up and cosine decay, gradient clipping, mixed precision where the device
+has it, gradient accumulation, all through `accelerate` (so `accelerate launch` runs it on several
+processes); per-step logs to CSV and TensorBoard; a rich progress bar; atomic checkpoints every
+`checkpoint_every` steps and at the end, from which `resume` continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from visionloom.engine.checkpoint import (
+    capture_rng,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+    write_text_atomic,
+)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 500  # optimizer steps
+    batch_size: int = 32  # per process and micro-batch
+    ids_per_batch: int = 8  # identity-balanced batches of this many identities; 0 = random batches
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    grad_clip: float = 1.0  # max gradient norm; 0 = off
+    grad_accum: int = 1
+    precision: str = "auto"  # auto (bf16 on a GPU that has it, else fp32) | no | bf16 | fp16
+    checkpoint_every: int = 100
+    log_every: int = 10
+    eval_every: int = 0  # validate every N steps; 0 = only at the end
+    num_workers: int = 0
+    seed: int = 0
+
+
+def resolve_precision(precision: str) -> str:
+    if precision != "auto":
+        return precision
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def make_accelerator(config: TrainConfig) -> Accelerator:
+    """The Accelerator for `config`; without a GPU, processes started by `accelerate launch
+    --multi_gpu` (accelerate's torchrun launcher) train together on CPU over gloo."""
+    return Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=resolve_precision(config.precision),
+        gradient_accumulation_steps=config.grad_accum,
+    )
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
+    """Linear warm-up from 0, then cosine decay to 0 at `total_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norms and 1-d parameters (as CLIP and IRRA train)."""
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (decay if parameter.ndim >= 2 else no_decay).append(parameter)
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def move(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+
+
+@dataclass
+class TrainResult:
+    step: int
+    seconds: float
+    best: dict[str, Any] | None  # {"step", metric: value} of the selected weights
+    run_dir: Path
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loader,
+        config: TrainConfig,
+        run_dir: Path,
+        *,
+        accelerator: Accelerator | None = None,
+        validate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+        select_key: str = "R1",
+        progress: bool = True,
+    ):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.accelerator = accelerator or make_accelerator(config)
+        self.loader = loader  # its batch_sampler has set_epoch(epoch, start)
+        optimizer = make_optimizer(model, config)
+        # The scheduler is stepped here once per optimizer step, not through accelerate, which
+        # would step it once per process.
+        self.scheduler = warmup_cosine(optimizer, config.warmup_steps, config.steps)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.validate = validate
+        self.select_key = select_key
+        self.progress = progress and self.accelerator.is_main_process
+        self.checkpoints = self.run_dir / "checkpoints"
+
+    # ------------------------------------------------------------------ state
+    def _state(self, step: int, epoch: int, batch_in_epoch: int, best, seconds: float) -> dict[str, Any]:
+        return {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "best": best, "seconds": seconds}
+
+    def _save(self, step, epoch, batch_in_epoch, best, seconds, rng_state) -> None:
+        save_checkpoint(
+            self.checkpoints,
+            step,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self._state(step, epoch, batch_in_epoch, best, seconds),
+            rng_state,
+            self.accelerator,
+        )
+
+    def _select(self, step: int, best: dict | None) -> dict | None:
+        """Validate; keep the weights in RUN/best when they beat the best so far (main process)."""
+        if self.validate is None:
+            return best
+        self.model.eval()
+        with torch.no_grad():
+            metrics = (
+                self.validate(self.accelerator.unwrap_model(self.model))
+                if self.accelerator.is_main_process
+                else {}
+            )
+        self.model.train()
+        self._log_validation(step, metrics)
+        if self.accelerator.is_main_process:
+            value = metrics[self.select_key]
+            if best is None or value > best[self.select_key]:
+                best = {"step": step, **metrics}
+                from safetensors.torch import save_model
+
+                target = self.run_dir / "best"
+                target.mkdir(parents=True, exist_ok=True)
+                temporary = target / ".model.safetensors.tmp"
+                save_model(self.accelerator.unwrap_model(self.model), str(temporary))
+                temporary.replace(target / "model.safetensors")
+                write_text_atomic(target / "selection.json", __import__("json").dumps(best, indent=1))
+        best = self.accelerator.gather_for_metrics([best])[0] if self.accelerator.num_processes > 1 else best
+        return best
+
+    # ------------------------------------------------------------------ logs
+    def _open_logs(self, start_step: int):
+        if not self.accelerator.is_main_process:
+            return None, None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        log_file = self.run_dir / "train_log.csv"
+        rows = []
+        if log_file.exists() and start_step > 0:  # drop rows a killed run wrote after its last checkpoint
+            with open(log_file) as handle:
+                rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= start_step]
+        self._csv_rows = rows
+        tensorboard = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=start_step + 1)
+        except ImportError:
+            pass
+        return log_file, tensorboard
+
+    def _write_csv(self, log_file: Path) -> None:
+        if not self._csv_rows:
+            return
+        fields = list(dict.fromkeys(key for row in self._csv_rows for key in row))
+        temporary = log_file.with_name(".train_log.csv.tmp")
+        with open(temporary, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(self._csv_rows)
+        temporary.replace(log_file)
+
+    def _log_validation(self, step: int, metrics: dict) -> None:
+        if self.accelerator.is_main_process and metrics:
+            row = {"step": step, **{f"val_{k}": round(v, 4) for k, v in metrics.items()}}
+            self._csv_rows.append(row)
+            if self._tensorboard is not None:
+                for key, value in metrics.items():
+                    self._tensorboard.add_scalar(f"val/{key}", value, step)
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, resume: bool = False) -> TrainResult:
+        config, accelerator = self.config, self.accelerator
+        step, epoch, batch_in_epoch, best, seconds_before = 0, 0, 0, None, 0.0
+        if resume:
+            checkpoint = latest_checkpoint(self.checkpoints)
+            if checkpoint is None:
+                raise FileNotFoundError(f"--resume: no checkpoint in {self.checkpoints}")
+            state, rng = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler, accelerator)
+            restore_rng(rng)
+            step = int(checkpoint.name.split("_")[1])
+            epoch, batch_in_epoch, best, seconds_before = (
+                state["epoch"],
+                state["batch_in_epoch"],
+                state["best"],
+                state["seconds"],
+            )
+        log_file, self._tensorboard = self._open_logs(step)
+        sampler = self.loader.batch_sampler
+        batches_per_epoch = len(sampler)
+        if batches_per_epoch < config.grad_accum:
+            raise ValueError(
+                f"an epoch has {batches_per_epoch} batches, fewer than grad_accum={config.grad_accum}"
+            )
+
+        self.model.train()
+        started = time.perf_counter()
+        progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeRemainingColumn(),
+            disable=not self.progress,
+        )
+        task = progress.add_task("train", total=config.steps, completed=step, status="")
+        window_samples, window_start = 0, time.perf_counter()
+        rng_at_step, position = capture_rng(), (epoch, batch_in_epoch)
+        try:
+            with progress:
+                while step < config.steps:
+                    sampler.set_epoch(epoch, start=batch_in_epoch)
+                    for batch in self.loader:
+                        batch_in_epoch += 1
+                        batch = move(batch, accelerator.device)
+                        with accelerator.accumulate(self.model):
+                            outputs = self.model(batch)
+                            losses = {key: value for key, value in outputs.items() if "loss" in key}
+                            if not losses:
+                                raise KeyError(f"the model returned no *loss* key, only {sorted(outputs)}")
+                            total = sum(losses.values())
+                            accelerator.backward(total)
+                            if accelerator.sync_gradients and config.grad_clip > 0:
+                                accelerator.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+                            self.optimizer.step()
+                            self.optimizer.zero_grad(set_to_none=True)
+                        window_samples += len(batch["pids"]) * accelerator.num_processes
+                        if not accelerator.sync_gradients:
+                            continue
+                        self.scheduler.step()
+                        step += 1
+                        seconds = seconds_before + time.perf_counter() - started
+                        if step % config.log_every == 0 or step == config.steps:
+                            throughput = window_samples / max(1e-9, time.perf_counter() - window_start)
+                            window_samples, window_start = 0, time.perf_counter()
+                            self._log_step(step, epoch, losses, total, throughput, seconds, log_file)
+                            progress.update(
+                                task, status=f"loss {total.item():.3f}  {throughput:.0f} samples/s"
+                            )
+                        progress.update(task, completed=step)
+                        at_end = step == config.steps
+                        if config.eval_every and step % config.eval_every == 0 or at_end:
+                            best = self._select(step, best)
+                        # Where the next step starts: what a checkpoint of this step records.
+                        rng_at_step = capture_rng()
+                        done = batch_in_epoch >= batches_per_epoch
+                        position = (epoch + 1, 0) if done else (epoch, batch_in_epoch)
+                        if step % config.checkpoint_every == 0 or at_end:
+                            self._save(step, *position, best, seconds, rng_at_step)
+                            if log_file is not None:
+                                self._write_csv(log_file)
+                        if at_end:
+                            break
+                    else:
+                        epoch, batch_in_epoch = epoch + 1, 0
+                        continue
+                    break
+        except KeyboardInterrupt:
+            # Keep what is done: the last completed step, with the RNG as it was at that step.
+            if step > 0 and accelerator.num_processes == 1:
+                self._save(step, *position, best, seconds_before + time.perf_counter() - started, rng_at_step)
+            raise
+        finally:
+            if log_file is not None:
+                self._write_csv(log_file)
+            if self._tensorboard is not None:
+                self._tensorboard.close()
+        return TrainResult(step, seconds_before + time.perf_counter() - started, best, self.run_dir)
+
+    def _log_step(self, step, epoch, losses, total, throughput, seconds, log_file) -> None:
+        if log_file is None:
+            return
+        row = {
+            "step": step,
+            "epoch": epoch,
+            "lr": self.scheduler.get_last_lr()[0],
+            "loss": round(total.item(), 6),
+            **{key: round(value.item(), 6) for key, value in losses.items()},
+            "samples_per_s": round(throughput, 2),
+            "seconds": round(seconds, 2),
+        }
+        self._csv_rows.append(row)
+        if self._tensorboard is not None:
+            for key in ("loss", *losses, "lr", "samples_per_s"):
+                self._tensorboard.add_scalar(f"train/{key}", row[key], step)

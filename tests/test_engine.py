@@ -1,0 +1,255 @@
+"""The trainer: loss summing, schedule, samplers and sharding, atomic checkpoints, bit-for-bit resume,
+selection on val with test evaluated once, and `accelerate launch` with two processes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import small_config
+from visionloom.data.build import IdentityBatches, RandomBatches
+from visionloom.engine import checkpoint as checkpoint_module
+from visionloom.engine.checkpoint import latest_checkpoint
+from visionloom.engine.trainer import warmup_cosine
+from visionloom.retrieval import evaluate
+from visionloom.retrieval.train import train_retrieval
+
+
+def test_warmup_then_cosine_to_zero():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = warmup_cosine(optimizer, warmup_steps=4, total_steps=12)
+    rates = []
+    for _ in range(12):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert rates[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert rates[4] == pytest.approx(1.0) and rates[8] == pytest.approx(0.5)
+    assert scheduler.get_last_lr()[0] == pytest.approx(0.0)
+
+
+def test_identity_batches_are_balanced_and_shards_are_disjoint_and_complete():
+    pids = [pid for pid in range(10) for _ in range(6)]
+    whole = IdentityBatches(pids, batch_size=8, ids_per_batch=4, seed=5)
+    shards = [IdentityBatches(pids, 8, 4, seed=5, rank=r, world_size=2) for r in range(2)]
+    global_batches = whole.global_batches()
+    for batch in global_batches:
+        counts = torch.bincount(torch.tensor([pids[i] for i, _ in batch]))
+        assert sorted(c for c in counts.tolist() if c) == [2, 2, 2, 2]
+    seen = [[tuple(b) for b in shard] for shard in shards]
+    assert len(seen[0]) == len(seen[1]) == len(global_batches) // 2
+    assert not set(seen[0]) & set(seen[1])
+    assert set(seen[0]) | set(seen[1]) == {tuple(b) for b in global_batches[: 2 * len(seen[0])]}
+    shards[0].set_epoch(1)
+    assert [tuple(b) for b in shards[0]] != seen[0]  # a new order each epoch
+    shards[0].set_epoch(0, start=2)
+    assert [tuple(b) for b in shards[0]] == seen[0][2:]  # resume skips what was done
+
+
+def test_random_batches_shard_without_overlap():
+    shards = [RandomBatches(50, batch_size=4, seed=1, rank=r, world_size=3) for r in range(3)]
+    indices = [[i for batch in shard for i, _ in batch] for shard in shards]
+    flat = [i for part in indices for i in part]
+    assert len(flat) == len(set(flat)) == 48  # 12 full batches over 3 processes, each sample once
+
+
+def _train(root, run_dir, *overrides, **kwargs):
+    config = small_config("phase1", "model.text.tiny={dropout_rate: 0.1}", *overrides)
+    return train_retrieval(config, root, run_dir, progress=False, **kwargs)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "model.safetensors"))
+
+
+def _losses(run_dir: Path) -> list[tuple[str, str]]:
+    with open(run_dir / "train_log.csv") as handle:
+        return [(row["step"], row["loss"]) for row in csv.DictReader(handle) if row["loss"]]
+
+
+def test_resumed_run_equals_uninterrupted_run_bit_for_bit(pedes_root, tmp_path):
+    full = tmp_path / "full"
+    _train(pedes_root, full, evaluate_test=False)
+    assert [name.name for name in sorted((full / "checkpoints").glob("step_*"))] == [
+        "step_0000002",
+        "step_0000004",
+    ]
+
+    # A run that stopped after its step-2 checkpoint: its files, then --resume.
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step_0000002", resumed / "checkpoints" / "step_0000002")
+    (resumed / "checkpoints" / "latest").write_text("step_0000002")
+    shutil.copy(full / "config.yaml", resumed / "config.yaml")
+    _train(pedes_root, resumed, resume=True, evaluate_test=False)
+
+    final_full = _weights(full / "checkpoints" / "step_0000004")
+    final_resumed = _weights(resumed / "checkpoints" / "step_0000004")
+    assert final_full.keys() == final_resumed.keys()
+    assert all(torch.equal(final_full[k], final_resumed[k]) for k in final_full)
+    assert _losses(full)[2:] == _losses(resumed)
+    # and the step-2 weights really differ from the end: the test compares trained weights
+    start = _weights(full / "checkpoints" / "step_0000002")
+    assert not all(torch.equal(start[k], final_full[k]) for k in start)
+
+
+def test_a_run_killed_mid_write_keeps_the_previous_checkpoint(pedes_root, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    real_save = checkpoint_module.save_model
+
+    def dies_at_step_4(model, filename, *args, **kwargs):
+        if "step_0000004" in filename:
+            Path(filename).write_bytes(b"half a file")
+            raise OSError("killed")
+        return real_save(model, filename, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module, "save_model", dies_at_step_4)
+    with pytest.raises(OSError, match="killed"):
+        _train(pedes_root, run, evaluate_test=False)
+    latest = latest_checkpoint(run / "checkpoints")
+    assert latest.name == "step_0000002"
+    assert (run / "checkpoints" / ".tmp_step_0000004").exists()
+    monkeypatch.setattr(checkpoint_module, "save_model", real_save)
+    summary = _train(pedes_root, run, resume=True, evaluate_test=False)
+    assert summary["steps"] == 4
+    assert latest_checkpoint(run / "checkpoints").name == "step_0000004"
+
+
+def test_selection_uses_val_and_test_is_evaluated_once_at_the_end(pedes_root, tmp_path, monkeypatch):
+    seen = []
+    real = evaluate.evaluate_split
+
+    def recording(model, split, *args, **kwargs):
+        seen.append(split.name)
+        return real(model, split, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "evaluate_split", recording)
+    summary = _train(pedes_root, tmp_path / "run", "train.eval_every=2")
+    assert seen == ["val", "val", "test"]
+    selection = json.loads((tmp_path / "run" / "best" / "selection.json").read_text())
+    assert selection["step"] == summary["selected"]["step"]
+    notes = json.loads((tmp_path / "run" / "run.json").read_text())["notes"]
+    assert any("selected on the validation split" in note for note in notes)
+    assert set(summary["test"]) == {"R1", "R5", "R10", "mAP", "mINP"}
+
+
+def test_trainer_sums_only_loss_keys(pedes_root, tmp_path):
+    _train(pedes_root, tmp_path / "run", evaluate_test=False)
+    with open(tmp_path / "run" / "train_log.csv") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["loss"]]
+    for row in rows:
+        assert float(row["loss"]) == pytest.approx(float(row["sdm_loss"]) + float(row["id_loss"]), abs=1e-5)
+
+
+def test_resume_with_another_config_is_refused(pedes_root, tmp_path):
+    run = tmp_path / "run"
+    _train(pedes_root, run, evaluate_test=False)
+    with pytest.raises(ValueError, match="another config"):
+        _train(pedes_root, run, "train.lr=0.5", resume=True, evaluate_test=False)
+
+
+SHARD_SCRIPT = """
+import json, sys
+from accelerate import Accelerator
+from visionloom.data.build import make_sampler, TrainPairs
+from visionloom.data.pedes import read_pedes
+from tests.conftest import small_config
+from visionloom.retrieval.build import create_model
+root, out = sys.argv[1], sys.argv[2]
+accelerator = Accelerator(cpu=True)
+split = read_pedes(root)["train"]
+config = small_config("baseline")
+model = create_model(config, split.num_identities)
+pairs = TrainPairs(split, model.input_spec)
+result = {}
+for ids_per_batch in (0, 2):
+    sampler = make_sampler(pairs, 4, ids_per_batch, 0, accelerator.process_index, accelerator.num_processes)
+    result[ids_per_batch] = [i for batch in sampler for i, _ in batch]
+json.dump(result, open(f"{out}/rank{accelerator.process_index}.json", "w"))
+"""
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_cpu_processes(pedes_root, tmp_path):
+    # accelerate's torchrun launcher; without a GPU the Accelerator puts both processes on CPU (gloo).
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
+    script = tmp_path / "shards.py"
+    script.write_text(textwrap.dedent(SHARD_SCRIPT))
+    repo = Path(__file__).resolve().parents[1]
+    env = {"PYTHONPATH": str(repo), "PATH": str(Path(sys.executable).parent), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [*launch, str(script), str(pedes_root), str(tmp_path)],
+        env=env,
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for sampler in ("0", "2"):
+        first, second = ranks[0][sampler], ranks[1][sampler]
+        assert first and second and len(first) == len(second)
+        if sampler == "0":
+            assert not set(first) & set(second)  # random batches: every sample on one process only
+
+    run = tmp_path / "run"
+    done = subprocess.run(
+        [
+            *launch,
+            "-m",
+            "visionloom.cli",
+            "retrieval",
+            "train",
+            "baseline",
+            "--data",
+            str(pedes_root),
+            "--out",
+            str(run),
+            "--set",
+            "model.image_size=[64, 32]",
+            "--set",
+            "train.steps=3",
+            "--set",
+            "train.batch_size=4",
+            "--set",
+            "train.ids_per_batch=2",
+            "--set",
+            "train.checkpoint_every=2",
+        ],
+        env=env,
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = json.loads((latest_checkpoint(run / "checkpoints") / "state.json").read_text())
+    assert state["processes"] == 2 and state["step"] == 3
+    assert {p.name for p in latest_checkpoint(run / "checkpoints").glob("rng_*.pt")} == {
+        "rng_0.pt",
+        "rng_1.pt",
+    }
+    assert json.loads((run / "test_metrics.json").read_text())["test"]["R1"] >= 0
