@@ -86,3 +86,26 @@ def test_preset_list_names_every_preset():
     assert result.exit_code == 0
     for name in FAMILIES:
         assert name in result.stdout
+
+
+@pytest.mark.slow
+def test_demo_writes_the_report_folder(tmp_path):
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(
+        app, ["demo", "--out", str(out), "--ids", "20", "--steps", "3", "--vq-steps", "2", "--phases", "baseline,phase4"]
+    )
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["phases"]) == {"baseline", "phase4"}
+    for phase in ("baseline", "phase4"):
+        assert set(results["phases"][phase]["test"]) == {"R1", "R5", "R10", "mAP", "mINP"}
+        assert (out / f"search_{phase}.png").stat().st_size > 0
+    assert (out / "loss_curves.png").stat().st_size > 0
+    table = (out / "table.md").read_text()
+    assert "| baseline |" in table and "| phase4 |" in table and "Chance R@1" in table
+
+
+def test_demo_rejects_unknown_phases():
+    result = CliRunner().invoke(app, ["demo", "--phases", "baseline,phase9"])
+    assert result.exit_code != 0
+    assert "phase9" in result.output

@@ -16,6 +16,14 @@ app = typer.Typer(
 )
 preset_app = typer.Typer(no_args_is_help=True, help="Tiny random-weight presets of each supported family.")
 app.add_typer(preset_app, name="preset")
+data_app = typer.Typer(no_args_is_help=True, help="Data sets: check them, generate synthetic ones.")
+app.add_typer(data_app, name="data")
+vq_app = typer.Typer(no_args_is_help=True, help="Phase 4's VQ image tokenizer and its offline code cache.")
+app.add_typer(vq_app, name="vq")
+retrieval_app = typer.Typer(
+    no_args_is_help=True, help="Text-based person retrieval: train, evaluate, search."
+)
+app.add_typer(retrieval_app, name="retrieval")
 console = Console()
 
 
@@ -90,6 +98,201 @@ def preset_save(
     directory.mkdir(parents=True, exist_ok=True)
     adapter.save_pretrained(directory)
     console.print(f"wrote {name} to {directory}")
+
+
+def _size(value: str | None, hint: str) -> tuple[int, int] | None:
+    from visionloom.backbones.doctor import parse_size
+
+    try:
+        return parse_size(value) if value else None
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint=hint) from None
+
+
+# ---------------------------------------------------------------------------------------- data
+@data_app.command("check")
+def data_check(
+    root: Path = typer.Argument(..., help="Data set root (CUHK-PEDES, ICFG-PEDES or RSTPReid layout)."),
+    image_size: str | None = typer.Option(
+        None, "--image-size", help="Expected HEIGHTxWIDTH; default: the most common."
+    ),
+) -> None:
+    """Report every problem of a data set: missing or unreadable images, empty captions, sizes, identities."""
+    from rich.progress import track
+
+    from visionloom.data.check import check_pedes
+
+    expected = _size(image_size, "--image-size")
+    name, problems = check_pedes(
+        root, expected, progress=lambda it: track(it, description="checking entries")
+    )
+    for problem in problems:
+        console.print(f"[red]problem[/] {problem}", highlight=False)
+    if problems:
+        console.print(f"[red]{len(problems)} problem(s)[/] in {root} ({name})")
+        raise typer.Exit(1)
+    console.print(f"[green]ok[/] {root} ({name}): no problems")
+
+
+@data_app.command("synth-pedes")
+def data_synth_pedes(
+    out: Path = typer.Argument(..., help="Directory to write (CUHK-PEDES layout)."),
+    ids: int = typer.Option(300, "--ids", help="Number of identities (70% train, 10% val, 20% test)."),
+    seed: int = typer.Option(0, "--seed"),
+    images_per_id: int = typer.Option(4, "--images-per-id"),
+) -> None:
+    """Draw a synthetic pedestrian data set: 384x128 images, two captions each."""
+    from visionloom.data.synth_pedes import generate
+
+    try:
+        annotation = generate(out, ids, seed=seed, images_per_identity=images_per_id)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--ids") from None
+    console.print(f"wrote {ids * images_per_id} images of {ids} identities; annotations in {annotation}")
+
+
+# ---------------------------------------------------------------------------------------- vq
+@vq_app.command("fit")
+def vq_fit(
+    data: Path = typer.Argument(..., help="Data set root; the tokenizer is fitted on its training images."),
+    out: Path | None = typer.Option(None, "--out", help="Tokenizer directory (default DATA/vq)."),
+    steps: int = typer.Option(200, "--steps"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Train a small diffusers VQModel on the training images."""
+    from visionloom.data.pedes import read_pedes
+    from visionloom.retrieval.vq import VQFitConfig, fit_vq
+
+    report = fit_vq(read_pedes(data)["train"], out or data / "vq", VQFitConfig(steps=steps, seed=seed))
+    console.print(f"wrote {out or data / 'vq'}: {report}")
+
+
+@vq_app.command("cache")
+def vq_cache(
+    data: Path = typer.Argument(..., help="Data set root."),
+    vq: Path | None = typer.Option(
+        None, "--vq", help="Tokenizer directory (default DATA/vq); any diffusers VQModel."
+    ),
+) -> None:
+    """Encode every training image once; store the codes in DATA/vq_cache, keyed by the tokenizer's hash."""
+    from visionloom.data.pedes import read_pedes
+    from visionloom.retrieval.vq import build_cache
+
+    path = build_cache(data, read_pedes(data)["train"], vq or data / "vq")
+    console.print(f"wrote {path}")
+
+
+# ---------------------------------------------------------------------------------------- retrieval
+@retrieval_app.command("train")
+def retrieval_train(
+    config: str = typer.Argument(
+        ..., help="A config name under configs/retrieval (baseline, phase1..4, ...) or a YAML path."
+    ),
+    data: Path = typer.Option(..., "--data", help="Data set root."),
+    out: Path = typer.Option(..., "--out", help="Run directory."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run's latest checkpoint."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override a config field, e.g. --set train.steps=50."
+    ),
+) -> None:
+    """Train a retrieval model; select on val; evaluate test once. Works under `accelerate launch`."""
+    from visionloom.config import ConfigError
+    from visionloom.retrieval.build import load_config
+    from visionloom.retrieval.train import train_retrieval
+
+    try:
+        experiment = load_config(config, overrides)
+    except ConfigError as error:
+        raise typer.BadParameter(str(error), param_hint="CONFIG / --set") from None
+    summary = train_retrieval(experiment, data, out, resume=resume)
+    if "test" in summary:
+        _print_metrics(
+            f"{experiment.name}: test split (weights selected on val at step {summary['selected']['step']})",
+            summary["test"],
+        )
+
+
+def _print_metrics(title: str, metrics: dict[str, float]) -> None:
+    table = Table(title=title)
+    for key in metrics:
+        table.add_column(key, justify="right")
+    table.add_row(*(f"{value:.2f}" for value in metrics.values()))
+    console.print(table)
+
+
+@retrieval_app.command("eval")
+def retrieval_eval(
+    checkpoint: Path = typer.Argument(
+        ..., help="A run directory (its selected weights) or one of its checkpoints."
+    ),
+    data: Path = typer.Option(..., "--data", help="Data set root."),
+    split: str = typer.Option("test", "--split"),
+    out: Path | None = typer.Option(
+        None, "--json", help="Where to write the metrics (default CHECKPOINT/eval_<split>.json)."
+    ),
+) -> None:
+    """R@1/5/10, mAP and mINP, text to image, on a split."""
+    from visionloom.data.pedes import read_pedes
+    from visionloom.retrieval.evaluate import evaluate_split
+    from visionloom.retrieval.train import load_trained
+
+    model = load_trained(checkpoint)
+    metrics = evaluate_split(model, read_pedes(data)[split])
+    _print_metrics(f"{checkpoint} on {data} ({split})", metrics)
+    target = out or checkpoint / f"eval_{split}.json"
+    target.write_text(json.dumps(metrics, indent=1))
+    console.print(f"wrote {target}")
+
+
+@retrieval_app.command("search")
+def retrieval_search(
+    checkpoint: Path = typer.Argument(..., help="A run directory or checkpoint."),
+    query: str = typer.Argument(..., help="The text to search for."),
+    data: Path = typer.Option(..., "--data", help="Data set root; its gallery is searched."),
+    split: str = typer.Option("test", "--split"),
+    top: int = typer.Option(10, "--top"),
+    pid: int | None = typer.Option(
+        None,
+        "--pid",
+        help="The query's identity, to mark correct hits (found automatically when the query is one of the split's captions).",
+    ),
+    out: Path | None = typer.Option(None, "--out", help="PNG to write (default CHECKPOINT/search.png)."),
+) -> None:
+    """Rank the gallery for a text query and write the ranking as a PNG grid."""
+    from visionloom.data.pedes import read_pedes
+    from visionloom.retrieval.search import draw_grid, known_pid, search
+    from visionloom.retrieval.train import load_trained
+
+    gallery_split = read_pedes(data)[split]
+    hits = search(load_trained(checkpoint), gallery_split, query, top)
+    true_pid = pid if pid is not None else known_pid(gallery_split, query)
+    for hit in hits:
+        mark = "" if true_pid is None else (" [green]correct[/]" if hit.pid == true_pid else "")
+        console.print(f"#{hit.rank}  {hit.score:.3f}  id {hit.pid}  {hit.path}{mark}", highlight=False, soft_wrap=True)
+    path = draw_grid(query, hits, out or checkpoint / "search.png", true_pid)
+    console.print(f"wrote {path}")
+
+
+# ---------------------------------------------------------------------------------------- demo
+@app.command()
+def demo(
+    phases: str = typer.Option("baseline,phase4", "--phases", help="Comma-separated phases, or all."),
+    out: Path | None = typer.Option(None, "--out", help="Report folder (default runs/demo-<time>)."),
+    ids: int = typer.Option(300, "--ids", help="Identities in the synthetic data set."),
+    seed: int = typer.Option(0, "--seed"),
+    steps: int | None = typer.Option(
+        None, "--steps", help="Training steps per phase (default: each config's)."
+    ),
+    vq_steps: int = typer.Option(200, "--vq-steps", help="Steps to fit the VQ tokenizer (when a phase needs it)."),
+) -> None:
+    """The main job: synthetic data, VQ tokenizer, train the phases, evaluate, write a report under runs/."""
+    from visionloom.demo import parse_phases, run_demo
+
+    try:
+        names = parse_phases(phases)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--phases") from None
+    run_demo(out, names, identities=ids, seed=seed, steps=steps, vq_steps=vq_steps, console=console)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ R@k = [p_1 < k], AP = mean_i i / (p_i + 1), INP = R / (p_R + 1).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 KS = (1, 5, 10)
@@ -42,30 +44,32 @@ def relevant_ranks(similarity: torch.Tensor, relevant: torch.Tensor) -> torch.Te
     return torch.where(ranks == torch.iinfo(ranks.dtype).max, -1, ranks)
 
 
-def retrieval_metrics(
-    similarity: torch.Tensor,
-    query_pids: torch.Tensor,
-    gallery_pids: torch.Tensor,
-    *,
-    memory_budget_bytes: int = 256 * 2**20,
-) -> dict[str, float]:
-    """{"R1", "R5", "R10", "mAP", "mINP"} in percent for a [queries, gallery] similarity matrix."""
-    if similarity.ndim != 2:
-        raise ValueError(f"similarity must be [queries, gallery], got shape {tuple(similarity.shape)}")
-    num_queries, gallery_size = similarity.shape
+def _check_pids(
+    num_queries: int, gallery_size: int, query_pids: torch.Tensor, gallery_pids: torch.Tensor
+) -> None:
     if query_pids.shape != (num_queries,) or gallery_pids.shape != (gallery_size,):
         raise ValueError(
             f"pids must be [{num_queries}] and [{gallery_size}], got {tuple(query_pids.shape)} and "
             f"{tuple(gallery_pids.shape)}"
         )
+
+
+def _rows_per_chunk(gallery_size: int, memory_budget_bytes: int) -> int:
     # Per query row: the float row, two bool temporaries and the relevance mask.
-    chunk = max(1, memory_budget_bytes // (gallery_size * 8))
-    gallery_pids = gallery_pids.to(similarity.device)
+    return max(1, memory_budget_bytes // (gallery_size * 8))
+
+
+def _metrics(
+    row_chunks: Iterator[tuple[int, torch.Tensor]], query_pids: torch.Tensor, gallery_pids: torch.Tensor
+) -> dict[str, float]:
+    """Accumulate the metrics over (first query index, similarity rows [C, G]) chunks."""
+    num_queries = len(query_pids)
     hits = torch.zeros(len(KS), dtype=torch.float64)
     ap_sum = inp_sum = 0.0
-    for start in range(0, num_queries, chunk):
-        rows = similarity[start : start + chunk].float()  # [C, G]
-        relevant = query_pids[start : start + chunk].to(similarity.device)[:, None] == gallery_pids[None]
+    for start, rows in row_chunks:
+        rows = rows.float()  # [C, G]
+        gallery_pids = gallery_pids.to(rows.device)
+        relevant = query_pids[start : start + len(rows)].to(rows.device)[:, None] == gallery_pids[None]
         num_relevant = relevant.sum(1)
         if bool((num_relevant == 0).any()):
             query = start + int((num_relevant == 0).nonzero()[0])
@@ -89,3 +93,43 @@ def retrieval_metrics(
     result["mAP"] = ap_sum / num_queries * 100
     result["mINP"] = inp_sum / num_queries * 100
     return result
+
+
+def retrieval_metrics(
+    similarity: torch.Tensor,
+    query_pids: torch.Tensor,
+    gallery_pids: torch.Tensor,
+    *,
+    memory_budget_bytes: int = 256 * 2**20,
+) -> dict[str, float]:
+    """{"R1", "R5", "R10", "mAP", "mINP"} in percent for a [queries, gallery] similarity matrix."""
+    if similarity.ndim != 2:
+        raise ValueError(f"similarity must be [queries, gallery], got shape {tuple(similarity.shape)}")
+    num_queries, gallery_size = similarity.shape
+    _check_pids(num_queries, gallery_size, query_pids, gallery_pids)
+    chunk = _rows_per_chunk(gallery_size, memory_budget_bytes)
+    chunks = ((start, similarity[start : start + chunk]) for start in range(0, num_queries, chunk))
+    return _metrics(chunks, query_pids, gallery_pids)
+
+
+def retrieval_metrics_from_features(
+    query_features: torch.Tensor,
+    gallery_features: torch.Tensor,
+    query_pids: torch.Tensor,
+    gallery_pids: torch.Tensor,
+    *,
+    memory_budget_bytes: int = 256 * 2**20,
+) -> dict[str, float]:
+    """The same metrics with the similarity (dot products) made one chunk of queries at a time.
+
+    query_features [Q, D], gallery_features [G, D], normalised by the caller: the [Q, G] matrix is
+    never held, so a million-image gallery needs memory for a chunk of rows only.
+    """
+    num_queries, gallery_size = len(query_features), len(gallery_features)
+    _check_pids(num_queries, gallery_size, query_pids, gallery_pids)
+    chunk = _rows_per_chunk(gallery_size, memory_budget_bytes)
+    gallery_t = gallery_features.t()  # [D, G]
+    chunks = (
+        (start, query_features[start : start + chunk] @ gallery_t) for start in range(0, num_queries, chunk)
+    )
+    return _metrics(chunks, query_pids, gallery_pids)

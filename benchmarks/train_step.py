@@ -1,0 +1,74 @@
+"""Training-step time of phase 3, phase 4 with the offline VQ cache, and phase 4 encoding VQ online.
+
+All three at the tiny configs' size (384x128 images, batch 32), on the same synthetic batch, after
+warm-up; median of --repeats forward + backward + AdamW steps. Prints the ratios to phase 3, and
+online / cached: what the offline cache saves.
+
+    .venv/bin/python benchmarks/train_step.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from visionloom.data.build import Collate, TrainPairs
+from visionloom.data.pedes import read_pedes
+from visionloom.data.synth_pedes import generate
+from visionloom.retrieval.build import create_model, load_config
+from visionloom.retrieval.train import prepare_vq
+from visionloom.retrieval.vq import VQFitConfig, build_cache, fit_vq
+
+
+def step_time(config, root: Path, repeats: int, batch_size: int) -> float:
+    split = read_pedes(root)["train"]
+    vq, cache = prepare_vq(config, root) if config.model.architecture == "phase4" else (None, None)
+    model = create_model(config, split.num_identities, vq)
+    pairs = TrainPairs(split, model.input_spec, cache)
+    batch = Collate(model.input_spec.tokenizer.pad_token_id)([pairs[(i, i)] for i in range(batch_size)])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    times = []
+    for index in range(repeats + 2):
+        started = time.perf_counter()
+        loss = sum(value for key, value in model(batch).items() if "loss" in key)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if index >= 2:  # the first two warm up
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as directory:
+        root = Path(directory)
+        generate(root, 20, seed=0, progress=False)
+        split = read_pedes(root)["train"]
+        fit_vq(split, root / "vq", VQFitConfig(steps=2), progress=False)  # speed does not depend on quality
+        build_cache(root, split, root / "vq", progress=False)
+        phase3 = step_time(load_config("phase3"), root, args.repeats, args.batch_size)
+        cached = step_time(load_config("phase4"), root, args.repeats, args.batch_size)
+        online = step_time(load_config("phase4", ["vq.online=true"]), root, args.repeats, args.batch_size)
+    print(
+        f"step time (batch {args.batch_size}, 384x128): phase3 {phase3 * 1000:.0f} ms, phase4 cached "
+        f"{cached * 1000:.0f} ms, phase4 online {online * 1000:.0f} ms"
+    )
+    print(
+        f"phase4 cached / phase3 = {cached / phase3:.2f}; phase4 online / phase3 = {online / phase3:.2f}; "
+        f"online / cached = {online / cached:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

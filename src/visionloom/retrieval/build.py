@@ -1,0 +1,269 @@
+"""One place to build a retrieval model by name: `create_model(config, num_identities)`.
+
+    baseline          CLIP vision + CLIP text (IRRA's starting point)
+    phase1            CLIP vision + T5 encoder text
+    phase2            SigLIP vision + T5 encoder text
+    phase3            SigLIP patches -> Linear -> one shared T5 encoder, text through the same encoder
+    phase3-t5gemma2   the T5Gemma2 encoder shared, images through the image-token layer; caption decoder
+    phase4            phase 3 + a T5 decoder predicting the image's VQ codes from text and masked image
+
+Each backbone is a real `transformers` class: from `pretrained: DIR` (a local checkpoint directory,
+nothing is downloaded) or, when that is null, a tiny random-weight config (`retrieval/tiny.py`)
+with `tiny:` overrides.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    AutoTokenizer,
+    CLIPTextModelWithProjection,
+    CLIPVisionModelWithProjection,
+    SiglipVisionModel,
+    T5EncoderModel,
+)
+from transformers.image_utils import (
+    IMAGENET_STANDARD_MEAN,
+    IMAGENET_STANDARD_STD,
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+)
+
+from visionloom import config as config_io
+from visionloom.engine.trainer import TrainConfig
+from visionloom.retrieval import tiny
+from visionloom.retrieval.encoders import (
+    ClipImageEncoder,
+    ClipTextEncoder,
+    SiglipImageEncoder,
+    T5Gemma2ImageEncoder,
+    T5Gemma2TextEncoder,
+    T5ImageEncoder,
+    T5TextEncoder,
+)
+from visionloom.retrieval.model import (
+    CaptionGenerator,
+    DualEncoder,
+    InputSpec,
+    LossConfig,
+    MaskedImageGenerator,
+)
+
+
+@dataclass
+class BackboneConfig:
+    pretrained: str | None = None  # a local checkpoint directory; null = the tiny random-weight config
+    tiny: dict[str, Any] = field(default_factory=dict)  # overrides of the tiny config
+
+
+@dataclass
+class ModelConfig:
+    architecture: str = "baseline"
+    embed_dim: int = 64
+    image_size: tuple[int, int] = (384, 128)  # height x width fed to the vision tower
+    vision: BackboneConfig = field(default_factory=BackboneConfig)
+    text: BackboneConfig = field(default_factory=BackboneConfig)
+    max_text_length: int = 64
+    use_cls: bool = True  # phase 3/4: a learnable CLS in front of the image tokens
+    text_mask_ratio: float = 0.15  # phase 4: caption tokens masked for the generator
+    image_mask_ratio: float = 0.5  # phase 4: VQ-grid blocks of the image masked for the generator
+    decoder_layers: int = 2
+    codebook_size: int | None = None  # phase 4: filled from the VQ model when training starts
+    code_grid: tuple[int, int] | None = None
+
+
+@dataclass
+class VQConfig:
+    path: str | None = None  # a diffusers VQModel directory; null = DATA_ROOT/vq (what `vq fit` writes)
+    online: bool = False  # encode VQ codes in the training step instead of reading the offline cache
+
+
+@dataclass
+class RetrievalConfig:
+    name: str = "baseline"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    vq: VQConfig = field(default_factory=VQConfig)
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> RetrievalConfig:
+    path = config_io.find_config("retrieval", name_or_path)
+    return config_io.load(RetrievalConfig, path, overrides)
+
+
+def _processor_stats(directory: str | None, default_mean, default_std) -> tuple[tuple, tuple]:
+    """The image processor's mean and std from a checkpoint's preprocessor_config.json, or the family's."""
+    if directory:
+        file = Path(directory) / "preprocessor_config.json"
+        if file.is_file():
+            saved = json.loads(file.read_text())
+            return tuple(saved.get("image_mean", default_mean)), tuple(saved.get("image_std", default_std))
+    return tuple(default_mean), tuple(default_std)
+
+
+def _tokenizer(backbone: BackboneConfig, make_tiny: Callable):
+    return AutoTokenizer.from_pretrained(backbone.pretrained) if backbone.pretrained else make_tiny()
+
+
+def clip_vision(config: ModelConfig) -> ClipImageEncoder:
+    backbone = config.vision
+    if backbone.pretrained:
+        model = CLIPVisionModelWithProjection.from_pretrained(backbone.pretrained)
+    else:
+        model = CLIPVisionModelWithProjection(tiny.clip_vision_config(**backbone.tiny))
+    mean, std = _processor_stats(backbone.pretrained, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+    return ClipImageEncoder(model, config.image_size, mean, std)
+
+
+def siglip_vision(config: ModelConfig) -> SiglipImageEncoder:
+    backbone = config.vision
+    if backbone.pretrained:
+        model = SiglipVisionModel.from_pretrained(backbone.pretrained)
+    else:
+        model = SiglipVisionModel(tiny.siglip_vision_config(**backbone.tiny))
+    mean, std = _processor_stats(backbone.pretrained, IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD)
+    return SiglipImageEncoder(model, config.image_size, mean, std)
+
+
+def clip_text(config: ModelConfig):
+    tokenizer = _tokenizer(config.text, tiny.clip_tokenizer)
+    if config.text.pretrained:
+        model = CLIPTextModelWithProjection.from_pretrained(config.text.pretrained)
+    else:
+        model = CLIPTextModelWithProjection(tiny.clip_text_config(tokenizer, **config.text.tiny))
+    return (
+        ClipTextEncoder(model),
+        tokenizer,
+        min(config.max_text_length, model.config.max_position_embeddings),
+    )
+
+
+def t5_text(config: ModelConfig):
+    tokenizer = _tokenizer(config.text, tiny.t5_tokenizer)
+    if config.text.pretrained:
+        model = T5EncoderModel.from_pretrained(config.text.pretrained)
+    else:
+        model = T5EncoderModel(tiny.t5_config(tokenizer, **config.text.tiny))
+    return T5TextEncoder(model), tokenizer, config.max_text_length
+
+
+def _dual(
+    config: RetrievalConfig, image, text, tokenizer, max_length, num_identities, generator=None, **spec
+):
+    spec = InputSpec(config.model.image_size, tokenizer, max_length, **spec)
+    return DualEncoder(
+        image,
+        text,
+        embed_dim=config.model.embed_dim,
+        num_identities=num_identities,
+        input_spec=spec,
+        loss=config.loss,
+        generator=generator,
+    )
+
+
+def _baseline(config: RetrievalConfig, num_identities: int, vq_model: nn.Module | None) -> DualEncoder:
+    text, tokenizer, max_length = clip_text(config.model)
+    return _dual(config, clip_vision(config.model), text, tokenizer, max_length, num_identities)
+
+
+def _phase1(config: RetrievalConfig, num_identities: int, vq_model: nn.Module | None) -> DualEncoder:
+    text, tokenizer, max_length = t5_text(config.model)
+    return _dual(config, clip_vision(config.model), text, tokenizer, max_length, num_identities)
+
+
+def _phase2(config: RetrievalConfig, num_identities: int, vq_model: nn.Module | None) -> DualEncoder:
+    text, tokenizer, max_length = t5_text(config.model)
+    return _dual(config, siglip_vision(config.model), text, tokenizer, max_length, num_identities)
+
+
+def _phase3(config: RetrievalConfig, num_identities: int, vq_model: nn.Module | None) -> DualEncoder:
+    text, tokenizer, max_length = t5_text(config.model)
+    image = T5ImageEncoder(siglip_vision(config.model), text.model, use_cls=config.model.use_cls)
+    return _dual(config, image, text, tokenizer, max_length, num_identities)
+
+
+def _phase4(config: RetrievalConfig, num_identities: int, vq_model: nn.Module | None) -> DualEncoder:
+    model_config = config.model
+    if model_config.codebook_size is None or model_config.code_grid is None:
+        raise ValueError(
+            "phase4 needs model.codebook_size and model.code_grid; they are filled from the VQ model "
+            "(`visionloom vq fit`, or vq.path) when training starts"
+        )
+    text, tokenizer, max_length = t5_text(model_config)
+    image = T5ImageEncoder(siglip_vision(model_config), text.model, use_cls=model_config.use_cls)
+    generator = None
+    if config.loss.enable_gen:
+        online = vq_model if config.vq.online else None
+        generator = MaskedImageGenerator(
+            image, text.model, model_config.codebook_size, model_config.decoder_layers, vq_model=online
+        )
+    return _dual(
+        config,
+        image,
+        text,
+        tokenizer,
+        max_length,
+        num_identities,
+        generator,
+        text_mask_ratio=model_config.text_mask_ratio if generator else 0.0,
+        image_mask_grid=model_config.code_grid if generator else None,
+        image_mask_ratio=model_config.image_mask_ratio if generator else 0.0,
+        vq_code_grid=model_config.code_grid if generator and not config.vq.online else None,
+    )
+
+
+def _phase3_t5gemma2(config: RetrievalConfig, num_identities: int, vq_model: nn.Module | None) -> DualEncoder:
+    from visionloom.backbones import load
+    from visionloom.backbones.tiny import build_preset
+
+    pretrained = config.model.vision.pretrained or config.model.text.pretrained
+    if pretrained:
+        adapter = load(pretrained, native_resolution=True)
+    else:
+        adapter = build_preset(
+            "tiny-t5gemma2", seed=config.train.seed, native_resolution=True, **config.model.vision.tiny
+        )
+    height, width = config.model.image_size
+    tokens = adapter.tokens_per_image(height, width)  # from the layer's geometry, never typed in
+    adapter.model.train()
+    generator = CaptionGenerator(adapter) if config.loss.enable_gen else None
+    return _dual(
+        config,
+        T5Gemma2ImageEncoder(adapter),
+        T5Gemma2TextEncoder(adapter),
+        adapter.tokenizer,
+        config.model.max_text_length,
+        num_identities,
+        generator,
+        notes=[f"T5Gemma2: {tokens} image tokens per {height}x{width} image, from the image-token layer"],
+    )
+
+
+ARCHITECTURES: dict[str, Callable[[RetrievalConfig, int, nn.Module | None], DualEncoder]] = {
+    "baseline": _baseline,
+    "phase1": _phase1,
+    "phase2": _phase2,
+    "phase3": _phase3,
+    "phase3-t5gemma2": _phase3_t5gemma2,
+    "phase4": _phase4,
+}
+
+
+def create_model(
+    config: RetrievalConfig, num_identities: int, vq_model: nn.Module | None = None
+) -> DualEncoder:
+    """The model named by `config.model.architecture`, weights drawn from `config.train.seed`."""
+    architecture = config.model.architecture
+    if architecture not in ARCHITECTURES:
+        raise KeyError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+    torch.manual_seed(config.train.seed)
+    return ARCHITECTURES[architecture](config, num_identities, vq_model)

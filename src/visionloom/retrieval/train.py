@@ -1,0 +1,160 @@
+"""`visionloom retrieval train`: data -> model (from config) -> engine.trainer -> metrics, IRRA's chain.
+
+    RUN/config.yaml        the resolved config (phase 4's codebook size and grid filled in)
+    RUN/run.json           data root, identities, notes on the protocol
+    RUN/checkpoints/       atomic training checkpoints (resume from `latest`)
+    RUN/best/              the weights selected on the validation split, and why
+    RUN/train_log.csv      per-step losses, learning rate, throughput; RUN/tensorboard/ the same
+    RUN/test_metrics.json  the test split, evaluated once with the selected weights
+
+Checkpoint selection uses the validation split only; the test split is evaluated once, at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_model
+
+from visionloom import config as config_io
+from visionloom.data.build import TrainPairs, make_sampler, train_loader
+from visionloom.data.pedes import read_pedes
+from visionloom.engine.trainer import Trainer, TrainResult, make_accelerator
+from visionloom.retrieval import evaluate
+from visionloom.retrieval.build import RetrievalConfig, create_model
+from visionloom.retrieval.model import DualEncoder
+
+
+def needs_vq(config: RetrievalConfig) -> bool:
+    return config.model.architecture == "phase4" and config.loss.enable_gen
+
+
+def vq_directory(config: RetrievalConfig, data_root: Path) -> Path:
+    return Path(config.vq.path) if config.vq.path else Path(data_root) / "vq"
+
+
+def prepare_vq(config: RetrievalConfig, data_root: Path):
+    """Load the tokenizer, fill the model's codebook size and grid, open the cache (or refuse)."""
+    from visionloom.retrieval.vq import VQCache, code_grid, load_vq
+
+    directory = vq_directory(config, data_root)
+    model = load_vq(directory)
+    config.model.codebook_size = int(model.config.num_vq_embeddings)
+    config.model.code_grid = code_grid(model)
+    cache = None if config.vq.online else VQCache.open(data_root, directory)
+    return model, cache
+
+
+def train_retrieval(
+    config: RetrievalConfig,
+    data_root: str | Path,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    evaluate_test: bool = True,
+) -> dict:
+    """Train, select on val, evaluate test once; returns the run summary (also in RUN/summary.json)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    data_root, run_dir = Path(data_root), Path(run_dir)
+    dataset = read_pedes(data_root)
+    train_split, val_split = dataset["train"], dataset["val"]
+    vq_model, cache = prepare_vq(config, data_root) if needs_vq(config) else (None, None)
+    accelerator = make_accelerator(config.train)
+    model = create_model(config, train_split.num_identities, vq_model)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        saved = run_dir / "config.yaml"
+        resolved = yaml.safe_dump(config_io.to_dict(config), sort_keys=False)
+        if resume and saved.is_file() and saved.read_text() != resolved:
+            raise ValueError(
+                f"--resume with another config than {saved} was trained with; use the same config"
+            )
+        saved.write_text(resolved)
+        notes = [
+            *val_split.notes,
+            *model.input_spec.notes,
+            "best weights selected on the validation split; the test split is evaluated once, at the end",
+        ]
+        (run_dir / "run.json").write_text(
+            json.dumps(
+                {
+                    "data_root": str(data_root.resolve()),
+                    "dataset": dataset.name,
+                    "num_identities": train_split.num_identities,
+                    "notes": notes,
+                },
+                indent=1,
+            )
+        )
+
+    train_set = TrainPairs(train_split, model.input_spec, cache)
+    sampler = make_sampler(
+        train_set,
+        config.train.batch_size,
+        config.train.ids_per_batch,
+        config.train.seed,
+        accelerator.process_index,
+        accelerator.num_processes,
+    )
+    loader = train_loader(train_set, sampler, config.train.num_workers, pin_memory=torch.cuda.is_available())
+    trainer = Trainer(
+        model,
+        loader,
+        config.train,
+        run_dir,
+        accelerator=accelerator,
+        validate=lambda m: evaluate.evaluate_split(m, val_split),
+        progress=progress,
+    )
+    result: TrainResult = trainer.fit(resume=resume)
+    summary = {
+        "name": config.name,
+        "steps": result.step,
+        "train_seconds": round(result.seconds, 1),
+        "selected": result.best,
+    }
+    if evaluate_test and accelerator.is_main_process:
+        best_model = load_trained(run_dir)
+        summary["test"] = evaluate.evaluate_split(best_model, dataset["test"])
+        (run_dir / "test_metrics.json").write_text(json.dumps(summary, indent=1))
+    if accelerator.is_main_process:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def find_run(path: str | Path) -> tuple[Path, Path]:
+    """(run dir, weights file) for a run directory (its selected weights) or one of its checkpoints."""
+    path = Path(path)
+    if (path / "model.safetensors").is_file() and (path / "state.json").is_file():
+        return path.parent.parent, path / "model.safetensors"
+    if (path / "config.yaml").is_file():
+        best = path / "best" / "model.safetensors"
+        if best.is_file():
+            return path, best
+        from visionloom.engine.checkpoint import latest_checkpoint
+
+        latest = latest_checkpoint(path / "checkpoints")
+        if latest is not None:
+            return path, latest / "model.safetensors"
+    raise FileNotFoundError(
+        f"{path} is neither a retrieval run directory (config.yaml + weights) nor a checkpoint"
+    )
+
+
+def load_trained(path: str | Path, device: str | torch.device = "cpu") -> DualEncoder:
+    """A trained model from a run directory or checkpoint, in eval mode."""
+    run_dir, weights = find_run(path)
+    config = config_io.from_dict(
+        RetrievalConfig, yaml.safe_load((run_dir / "config.yaml").read_text()), str(run_dir / "config.yaml")
+    )
+    config.vq.online = False  # encoding needs no tokenizer; the generator's weights load all the same
+    run = json.loads((run_dir / "run.json").read_text())
+    model = create_model(config, run["num_identities"])
+    load_model(model, str(weights))
+    return model.to(device).eval()

@@ -1,0 +1,147 @@
+"""Retrieval models: every phase builds, trains a step, encodes; the protocol mistakes of the reference code."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import small_config
+from visionloom.backbones.checks import ImageTokenMismatch
+from visionloom.data.build import Collate, TrainPairs
+from visionloom.data.pedes import read_pedes
+from visionloom.retrieval.build import ARCHITECTURES, create_model
+from visionloom.retrieval.train import prepare_vq
+from visionloom.retrieval.vq import VQCache
+
+
+def _batch(model, split, cache=None, size=4):
+    pairs = TrainPairs(split, model.input_spec, cache)
+    return Collate(model.input_spec.tokenizer.pad_token_id)([pairs[(i, 1000 + i)] for i in range(size)])
+
+
+def _model_and_batch(architecture, pedes_root, *overrides):
+    config = small_config(architecture, *overrides)
+    split = read_pedes(pedes_root)["train"]
+    vq, cache = prepare_vq(config, pedes_root) if architecture == "phase4" else (None, None)
+    model = create_model(config, split.num_identities, vq)
+    return model, _batch(model, split, cache), config
+
+
+@pytest.mark.parametrize("architecture", list(ARCHITECTURES))
+def test_every_phase_trains_a_step_and_encodes(architecture, pedes_root, vq_dir):
+    model, batch, config = _model_and_batch(architecture, pedes_root)
+    out = model(batch)
+    expected = {"sdm_loss", "id_loss"} | ({"gen_loss"} if config.loss.enable_gen else set())
+    assert set(out) == expected
+    assert all(torch.isfinite(value) for value in out.values())
+    sum(out.values()).backward()
+    trained = [name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+    assert any("image" in name for name in trained) and any("text" in name for name in trained)
+    model.eval()
+    with torch.no_grad():
+        image = model.encode_image(batch["images"])
+        text = model.encode_text(batch["caption_ids"], batch["caption_mask"])
+    assert image.shape == text.shape == (4, config.model.embed_dim)
+
+
+def test_phase4_encoders_never_run_the_generator(pedes_root, vq_dir):
+    model, batch, _ = _model_and_batch("phase4", pedes_root)
+    calls = []
+    model.generator.decoder.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        model.encode_image(batch["images"])
+        model.encode_text(batch["caption_ids"], batch["caption_mask"])
+    assert calls == []
+    model(batch)
+    assert calls == [1]
+
+
+def test_clean_captions_feed_retrieval_masked_ones_only_the_generator(pedes_root, vq_dir):
+    """The reference code masked captions in place, so SDM and ID saw masked text. Not here."""
+    model, batch, _ = _model_and_batch("phase4", pedes_root)
+    tokenizer = model.input_spec.tokenizer
+    split = read_pedes(pedes_root)["train"]
+    clean = model.tokenize([caption for _, _, caption in split.pairs()[:4]])
+    assert torch.equal(batch["caption_ids"], clean["caption_ids"])  # masking left the captions alone
+    assert (batch["masked_caption_ids"] == tokenizer.mask_token_id).any()
+    assert not (batch["caption_ids"] == tokenizer.mask_token_id).any()
+
+    model.eval()  # no dropout: the two passes differ only in their inputs
+    torch.manual_seed(0)
+    first = model(batch)
+    scrambled = dict(
+        batch, masked_caption_ids=torch.randint_like(batch["masked_caption_ids"], 3, len(tokenizer))
+    )
+    torch.manual_seed(0)
+    second = model(scrambled)
+    assert torch.equal(first["sdm_loss"], second["sdm_loss"])
+    assert torch.equal(first["id_loss"], second["id_loss"])
+    assert not torch.equal(first["gen_loss"], second["gen_loss"])
+
+
+def test_masked_images_are_copies_greyed_on_the_vq_grid(pedes_root, vq_dir):
+    model, batch, config = _model_and_batch("phase4", pedes_root)
+    assert not torch.equal(batch["images"], batch["masked_images"])
+    rows, cols = config.model.code_grid
+    grey_blocks = 0
+    height, width = batch["images"].shape[-2:]
+    for row in range(rows):
+        for col in range(cols):
+            block = batch["masked_images"][
+                0,
+                :,
+                row * height // rows : (row + 1) * height // rows,
+                col * width // cols : (col + 1) * width // cols,
+            ]
+            grey_blocks += int((block == 128).all())
+    assert grey_blocks == round(config.model.image_mask_ratio * rows * cols)
+    assert batch["vq_ids"].shape == (4, rows * cols)
+
+
+def test_phase4_refuses_to_start_without_its_cache(pedes_root, vq_dir, tmp_path):
+    config = small_config("phase4", f"vq.path={tmp_path / 'other_vq'}")
+    import shutil
+
+    shutil.copytree(vq_dir, tmp_path / "other_vq")
+    (tmp_path / "other_vq" / "visionloom_vq.json").write_text('{"image_size": [96, 32], "note": "changed"}')
+    with pytest.raises(FileNotFoundError, match=r"no VQ code cache for tokenizer .* belong to tokenizer"):
+        prepare_vq(config, pedes_root)
+    online = small_config("phase4", f"vq.path={tmp_path / 'other_vq'}", "vq.online=true")
+    vq, cache = prepare_vq(online, pedes_root)
+    assert cache is None and vq is not None
+
+
+def test_online_codes_equal_cached_codes(pedes_root, vq_dir):
+    config = small_config("phase4", "vq.online=true", "model.image_size=[384, 128]")
+    split = read_pedes(pedes_root)["train"]
+    vq, _ = prepare_vq(config, pedes_root)
+    model = create_model(config, split.num_identities, vq)
+    batch = _batch(model, split)
+    assert "vq_ids" not in batch
+    cache = VQCache.open(pedes_root, vq_dir)
+    # Online codes come from the loader's image (384x128 here, the files' size), cached ones from
+    # the file: the same pixels through the same resize must give the same codes.
+    from visionloom.data.build import load_image, to_tensor
+    from visionloom.retrieval.vq import encode_codes
+
+    image = split.images[0]
+    pixels = to_tensor(load_image(image.path, None))[None]
+    assert torch.equal(pixels[0], batch["images"][0]) or torch.equal(pixels[0].flip(-1), batch["images"][0])
+    assert torch.equal(encode_codes(vq, pixels).flatten(), cache.codes(image.path, flipped=False))
+    assert torch.equal(encode_codes(vq, pixels.flip(-1)).flatten(), cache.codes(image.path, flipped=True))
+    assert torch.isfinite(model(batch)["gen_loss"])
+
+
+def test_image_size_off_the_patch_grid_is_an_error_naming_sizes_that_work(pedes_root):
+    config = small_config("phase2", "model.image_size=[390, 128]")
+    with pytest.raises(ImageTokenMismatch, match=r"390x128 is not a multiple of the patch size 16.*384"):
+        create_model(config, 4)
+
+
+def test_t5gemma2_phase_takes_its_token_count_from_the_layer(pedes_root):
+    model, batch, _ = _model_and_batch("phase3-t5gemma2", pedes_root)
+    encoder = model.image_encoder
+    assert "12 image tokens per 384x128 image" in model.input_spec.notes[0]
+    output = encoder(batch["images"])
+    assert output.token_mask.sum(1).tolist() == [encoder.adapter.tokens_per_image(384, 128)] * 4 == [12] * 4
+    assert output.pooled.shape[-1] == encoder.adapter.text_width
