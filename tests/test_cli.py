@@ -92,7 +92,20 @@ def test_preset_list_names_every_preset():
 def test_demo_writes_the_report_folder(tmp_path):
     out = tmp_path / "demo"
     result = CliRunner().invoke(
-        app, ["demo", "--out", str(out), "--ids", "20", "--steps", "3", "--vq-steps", "2", "--phases", "baseline,phase4"]
+        app,
+        [
+            "demo",
+            "--out",
+            str(out),
+            "--ids",
+            "20",
+            "--steps",
+            "3",
+            "--vq-steps",
+            "2",
+            "--phases",
+            "baseline,phase4",
+        ],
     )
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())

@@ -145,3 +145,21 @@ def test_t5gemma2_phase_takes_its_token_count_from_the_layer(pedes_root):
     output = encoder(batch["images"])
     assert output.token_mask.sum(1).tolist() == [encoder.adapter.tokens_per_image(384, 128)] * 4 == [12] * 4
     assert output.pooled.shape[-1] == encoder.adapter.text_width
+
+
+def test_image_features_at_the_wrong_width_are_one_clear_error(pedes_root, monkeypatch):
+    """Seed 000 at the retrieval level: features that skipped a projection never reach the head."""
+    model, batch, _ = _model_and_batch("phase2", pedes_root)
+    encoder = model.image_encoder
+    real_forward = encoder.forward
+
+    def unprojected(images):
+        output = real_forward(images)
+        output.pooled = torch.cat([output.pooled, output.pooled], dim=-1)  # wider than declared
+        return output
+
+    monkeypatch.setattr(encoder, "forward", unprojected)
+    with pytest.raises(
+        ImageTokenMismatch, match=rf"{2 * encoder.width} wide but the projection expects {encoder.width}"
+    ):
+        model.encode_image(batch["images"])

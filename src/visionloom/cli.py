@@ -268,7 +268,9 @@ def retrieval_search(
     true_pid = pid if pid is not None else known_pid(gallery_split, query)
     for hit in hits:
         mark = "" if true_pid is None else (" [green]correct[/]" if hit.pid == true_pid else "")
-        console.print(f"#{hit.rank}  {hit.score:.3f}  id {hit.pid}  {hit.path}{mark}", highlight=False, soft_wrap=True)
+        console.print(
+            f"#{hit.rank}  {hit.score:.3f}  id {hit.pid}  {hit.path}{mark}", highlight=False, soft_wrap=True
+        )
     path = draw_grid(query, hits, out or checkpoint / "search.png", true_pid)
     console.print(f"wrote {path}")
 
@@ -283,7 +285,9 @@ def demo(
     steps: int | None = typer.Option(
         None, "--steps", help="Training steps per phase (default: each config's)."
     ),
-    vq_steps: int = typer.Option(200, "--vq-steps", help="Steps to fit the VQ tokenizer (when a phase needs it)."),
+    vq_steps: int = typer.Option(
+        200, "--vq-steps", help="Steps to fit the VQ tokenizer (when a phase needs it)."
+    ),
 ) -> None:
     """The main job: synthetic data, VQ tokenizer, train the phases, evaluate, write a report under runs/."""
     from visionloom.demo import parse_phases, run_demo

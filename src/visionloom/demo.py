@@ -66,6 +66,7 @@ def plot_curves(runs: dict[str, Path], out: Path) -> Path:
         axis.set_title(phase)
         axis.set_xlabel("step")
         axis.set_ylabel("loss")
+        handles, labels = axis.get_legend_handles_labels()
         val_rows = [row for row in rows if row.get("val_R1")]
         if val_rows:
             twin = axis.twinx()
@@ -76,8 +77,10 @@ def plot_curves(runs: dict[str, Path], out: Path) -> Path:
                 label="val R@1",
             )
             twin.set_ylabel("val R@1 (%)")
-            twin.legend(loc="upper center", fontsize=7)
-        axis.legend(fontsize=7)
+            twin_handles, twin_labels = twin.get_legend_handles_labels()
+            handles, labels = handles + twin_handles, labels + twin_labels
+        # One legend below the axes, so neither curve family hides under it.
+        axis.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=5)
     figure.tight_layout()
     figure.savefig(out, dpi=110)
     plt.close(figure)
@@ -118,7 +121,9 @@ def run_demo(
         vq_dir = data / "vq"
         if not (vq_dir / "config.json").is_file():
             fit_started = time.perf_counter()
-            report = fit_vq(dataset["train"], vq_dir, VQFitConfig(steps=vq_steps, seed=seed), progress=progress)
+            report = fit_vq(
+                dataset["train"], vq_dir, VQFitConfig(steps=vq_steps, seed=seed), progress=progress
+            )
             console.print(f"VQ tokenizer: {report} ({time.perf_counter() - fit_started:.0f} s)")
         cache = build_cache(data, dataset["train"], vq_dir, progress=progress)
         console.print(f"VQ code cache: {cache}")

@@ -33,7 +33,7 @@ from transformers import PreTrainedTokenizerBase, T5Config, T5EncoderModel
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.t5.modeling_t5 import T5Stack
 
-from visionloom.retrieval.encoders import ImageOutput, T5ImageEncoder
+from visionloom.retrieval.encoders import ImageOutput, T5ImageEncoder, ensure_width
 from visionloom.retrieval.loss import generation_loss, id_loss, itc_loss, sdm_loss
 
 
@@ -202,6 +202,7 @@ class DualEncoder(nn.Module):
 
     def _image(self, images: torch.Tensor) -> tuple[torch.Tensor, ImageOutput]:
         output = self.image_encoder(images)
+        ensure_width(output, self.image_encoder.width, type(self.image_encoder).__name__)
         return self.image_proj(output.pooled), output  # [B, E]
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from visionloom.data.build import load_image
 from visionloom.data.pedes import PedesSplit
@@ -51,14 +51,17 @@ def draw_grid(query: str, hits: list[Hit], out: Path, true_pid: int | None = Non
     pad, header = 6, 64
     canvas = Image.new("RGB", (pad + len(hits) * (width + pad), header + height + 22 + pad), "white")
     draw = ImageDraw.Draw(canvas)
-    draw.multiline_text((pad, 4), "\n".join(textwrap.wrap(f"query: {query}", 110)[:3]), fill="black")
+    font = ImageFont.load_default(size=12)  # Pillow's bundled TrueType font: no system fonts needed
+    draw.multiline_text(
+        (pad, 4), "\n".join(textwrap.wrap(f"query: {query}", 100)[:3]), fill="black", font=font
+    )
     for column, hit in enumerate(hits):
         x = pad + column * (width + pad)
         canvas.paste(load_image(hit.path, thumb), (x, header))
         if true_pid is not None:
             colour = (20, 170, 40) if hit.pid == true_pid else (210, 30, 30)
             draw.rectangle([x - 3, header - 3, x + width + 2, header + height + 2], outline=colour, width=3)
-        draw.text((x, header + height + 5), f"#{hit.rank} {hit.score:.2f}", fill="black")
+        draw.text((x, header + height + 5), f"#{hit.rank} {hit.score:.2f}", fill="black", font=font)
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out)
     return out
