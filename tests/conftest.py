@@ -69,3 +69,13 @@ def small_config(architecture: str, *overrides: str):
     if architecture == "phase3-t5gemma2":
         base[0] = "model.image_size=[384, 128]"
     return load_config(architecture, [*base, *overrides])
+
+
+@pytest.fixture(scope="session")
+def scenes_root(tmp_path_factory):
+    """A small synthetic RefCOCO-style data set: 30 scenes of 224x224."""
+    from visionloom.data.synth_scenes import generate
+
+    root = tmp_path_factory.mktemp("scenes")
+    generate(root, scenes=30, seed=5, progress=False)
+    return root

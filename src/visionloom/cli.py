@@ -24,6 +24,12 @@ retrieval_app = typer.Typer(
     no_args_is_help=True, help="Text-based person retrieval: train, evaluate, search."
 )
 app.add_typer(retrieval_app, name="retrieval")
+ground_app = typer.Typer(
+    no_args_is_help=True, help="Referring segmentation from a frozen VLM's attention, refined by SAM."
+)
+app.add_typer(ground_app, name="ground")
+vlm_app = typer.Typer(no_args_is_help=True, help="A tiny VLM that has learned the synthetic scenes.")
+app.add_typer(vlm_app, name="vlm")
 console = Console()
 
 
@@ -149,6 +155,122 @@ def data_synth_pedes(
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--ids") from None
     console.print(f"wrote {ids * images_per_id} images of {ids} identities; annotations in {annotation}")
+
+
+@data_app.command("synth-scenes")
+def data_synth_scenes(
+    out: Path = typer.Argument(
+        ..., help="Directory to write (RefCOCO-style refs.json + COCO instances.json)."
+    ),
+    scenes: int = typer.Option(1000, "--scenes", help="Number of scenes (80% train, 10% val, 10% test)."),
+    seed: int = typer.Option(0, "--seed"),
+    size: int = typer.Option(224, "--size", help="Image side in pixels."),
+) -> None:
+    """Draw scenes of shapes with referring expressions, masks, captions and questions."""
+    from visionloom.data.synth_scenes import generate
+
+    try:
+        refs = generate(out, scenes, seed=seed, size=size)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--scenes") from None
+    count = len(json.loads(refs.read_text()))
+    console.print(f"wrote {scenes} scenes with {count} referring objects to {out}")
+
+
+# ---------------------------------------------------------------------------------------- vlm
+@vlm_app.command("pretrain")
+def vlm_pretrain(
+    out: Path = typer.Argument(..., help="Checkpoint directory to write (save_pretrained, with processor)."),
+    family: str = typer.Option("llava", "--family", help="llava | qwen2.5-vl"),
+    data: Path = typer.Option(..., "--data", help="A synth-scenes directory."),
+    steps: int = typer.Option(1500, "--steps"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    seed: int = typer.Option(0, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/run/checkpoints."),
+) -> None:
+    """Train a tiny VLM of the real class from random weights on captions and questions about scenes."""
+    from visionloom.vlm.pretrain import PretrainConfig, pretrain
+
+    config = PretrainConfig(family=family, seed=seed)
+    config.train.steps, config.train.batch_size, config.train.seed = steps, batch_size, seed
+    config.train.eval_every = config.train.checkpoint_every = max(1, min(500, steps))
+    try:
+        report = pretrain(data, out, config, resume=resume)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    _print_metrics(f"{family}: answer accuracy on held-out scenes (%)", report["test_accuracy"])
+    _print_metrics("the same model with random weights (%)", report["test_accuracy_random_weights"])
+    console.print(
+        f"saved to {out} ({report['train_seconds']:.0f} s of training); report in {out / 'pretrain.json'}"
+    )
+
+
+# ---------------------------------------------------------------------------------------- ground
+@ground_app.command("train")
+def ground_train(
+    config: str = typer.Argument(..., help="A name under configs/grounding/ or a YAML path."),
+    data: Path = typer.Option(
+        ..., "--data", help="RefCOCO-style root: refs.json (or refs(unc).p) + instances.json."
+    ),
+    out: Path = typer.Option(..., "--out", help="Run directory."),
+    vlm: str | None = typer.Option(
+        None, "--vlm", help="Frozen VLM: a checkpoint directory or a preset name."
+    ),
+    resume: bool = typer.Option(False, "--resume"),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. train.steps=100."),
+) -> None:
+    """Train the mask head, text projection and SAM decoder on a frozen VLM; select on val, test once."""
+    from visionloom.config import ConfigError
+    from visionloom.grounding.train import load_config, train_grounding
+
+    try:
+        settings = load_config(config, overrides)
+        if vlm is not None:
+            settings.vlm = vlm
+        summary = train_grounding(settings, data, out, resume=resume)
+    except (ConfigError, ValueError) as error:
+        raise typer.BadParameter(str(error)) from None
+    _print_metrics(
+        f"{settings.name}: test split (selected on val at step {summary['selected']['step']})",
+        summary["test"],
+    )
+    console.print(f"run: {out}")
+
+
+@ground_app.command("eval")
+def ground_eval(
+    checkpoint: Path = typer.Argument(..., help="A `ground train` run directory."),
+    data: Path = typer.Option(..., "--data"),
+    split: str = typer.Option("test", "--split"),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the metrics here."),
+) -> None:
+    """cIoU, mIoU and P@0.5 of the coarse and the SAM-refined masks."""
+    from visionloom.grounding.train import evaluate, load_trained
+
+    model, config, features = load_trained(checkpoint, data_root=data, split=split)
+    metrics = evaluate(model, features)
+    _print_metrics(f"{config.name} on {split} ({len(features)} expressions), %", metrics)
+    if json_out is not None:
+        json_out.write_text(json.dumps(metrics, indent=1))
+
+
+@ground_app.command("show")
+def ground_show(
+    checkpoint: Path = typer.Argument(..., help="A `ground train` run directory."),
+    data: Path = typer.Option(..., "--data"),
+    n: int = typer.Option(8, "--n", help="How many samples."),
+    split: str = typer.Option("test", "--split"),
+    out: Path | None = typer.Option(None, "--out", help="Folder for the PNGs (default CHECKPOINT/show)."),
+) -> None:
+    """A PNG per sample: image, expression, attention map, coarse and refined masks."""
+    from visionloom.data.refcoco import read_refcoco
+    from visionloom.grounding.show import show
+    from visionloom.grounding.train import load_trained, read_run_config
+
+    samples = read_refcoco(data, split, image_dir=read_run_config(checkpoint).image_dir)[:n]
+    model, _, features = load_trained(checkpoint, samples=samples, split=split)
+    paths = show(model, samples, features, out or checkpoint / "show")
+    console.print(f"wrote {len(paths)} images to {paths[0].parent}")
 
 
 # ---------------------------------------------------------------------------------------- vq

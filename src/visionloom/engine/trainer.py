@@ -93,8 +93,12 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
-def move(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+def move(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Tensors and anything else with `.to(device)` (such as MultimodalInputs) onto the device."""
+    return {
+        key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value.to(device)
+        for key, value in batch.items()
+    }
 
 
 @dataclass
@@ -271,7 +275,7 @@ class Trainer:
                                 accelerator.clip_grad_norm_(self.model.parameters(), config.grad_clip)
                             self.optimizer.step()
                             self.optimizer.zero_grad(set_to_none=True)
-                        window_samples += len(batch["pids"]) * accelerator.num_processes
+                        window_samples += config.batch_size * accelerator.num_processes
                         if not accelerator.sync_gradients:
                             continue
                         self.scheduler.step()

@@ -1,0 +1,146 @@
+"""Readers for RefCOCO, RefCOCO+ and RefCOCOg (and the synthetic scenes, which use their format).
+
+The released data (github.com/lichengunc/refer) is a refs file (`refs(unc).p`, `refs(umd).p`,
+`refs(google).p`: a pickled list of refs with `ref_id`, `ann_id`, `image_id`, `split`, `sentences`)
+next to COCO's `instances.json`, with the images in COCO's train2014 folder. Pickle runs code on
+load, so a `.p` file is read only with `allow_pickle=True`; a JSON export of the same list
+(`refs(unc).json` or `refs.json`) is always preferred. Masks are decoded with pycocotools
+(polygons or RLE). Every sentence is its own sample, as in the papers' evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from visionloom.data.pedes import DatasetFormatError
+
+DEFAULT_SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
+
+
+@dataclass(frozen=True)
+class RefSample:
+    """One referring expression and the object it refers to."""
+
+    ref_id: int
+    sent_id: int
+    image_id: int
+    image_path: Path
+    expression: str
+    split: str
+    box: tuple[float, float, float, float]  # x, y, w, h in image pixels (COCO)
+    height: int
+    width: int
+    segmentation: object  # COCO polygons or RLE; `mask()` decodes it
+
+    def mask(self) -> np.ndarray:
+        """bool [H, W]: the object's mask in image pixels."""
+        return decode_segmentation(self.segmentation, self.height, self.width)
+
+
+def decode_segmentation(segmentation, height: int, width: int) -> np.ndarray:
+    from pycocotools import mask as mask_utils
+
+    if isinstance(segmentation, list):  # polygons: merge the parts into one RLE
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation.get("counts"), list):  # uncompressed RLE
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    else:
+        rle = dict(segmentation)
+        if isinstance(rle["counts"], str):
+            rle["counts"] = rle["counts"].encode("ascii")
+    return mask_utils.decode(rle).astype(bool)
+
+
+def find_refs_file(root: Path, split_by: str | None) -> Path:
+    names = [f"refs({split_by}).json", f"refs({split_by}).p"] if split_by else []
+    names += ["refs.json", "refs.p"]
+    for name in names:
+        if (root / name).exists():
+            return root / name
+    if split_by is None:  # one refs(<split_by>) file and no choice to make
+        found = sorted(root.glob("refs(*).json")) or sorted(root.glob("refs(*).p"))
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise DatasetFormatError(
+                f"{root}: several refs files ({', '.join(p.name for p in found)}); choose one with --split-by"
+            )
+    raise DatasetFormatError(f"{root}: no refs file; looked for {', '.join(names)}")
+
+
+def load_refs(path: Path, allow_pickle: bool = False) -> list[dict]:
+    if path.suffix == ".json":
+        return json.loads(path.read_text())
+    if not allow_pickle:
+        raise DatasetFormatError(
+            f"{path} is a pickle, and unpickling runs whatever code the file holds. Export it to JSON "
+            f"(refs = pickle.load(open(...,'rb')); json.dump(refs, ...)) from a trusted copy, or pass "
+            f"--allow-pickle if you trust where this file came from"
+        )
+    import pickle
+
+    with open(path, "rb") as handle:
+        return pickle.load(handle)
+
+
+def read_refcoco(
+    root: str | Path,
+    split: str | None = None,
+    *,
+    dataset: str | None = None,
+    split_by: str | None = None,
+    image_dir: str | Path | None = None,
+    allow_pickle: bool = False,
+) -> list[RefSample]:
+    """Every (expression, object) sample of `split` (all splits when None).
+
+    `root` holds the refs file and `instances.json`; `dataset` (refcoco, refcoco+, refcocog) picks
+    the default `split_by`; images are looked up in `image_dir`, else `root/images`.
+    """
+    root = Path(root)
+    if split_by is None and dataset is not None:
+        if dataset not in DEFAULT_SPLIT_BY:
+            raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DEFAULT_SPLIT_BY)}")
+        split_by = DEFAULT_SPLIT_BY[dataset]
+    refs = load_refs(find_refs_file(root, split_by), allow_pickle)
+    instances_file = root / "instances.json"
+    if not instances_file.exists():
+        raise DatasetFormatError(f"{root}: instances.json (COCO instance annotations) is missing")
+    instances = json.loads(instances_file.read_text())
+    images = {image["id"]: image for image in instances["images"]}
+    annotations = {annotation["id"]: annotation for annotation in instances["annotations"]}
+    image_dir = Path(image_dir) if image_dir else root / "images"
+
+    samples = []
+    for ref in refs:
+        if split is not None and ref["split"] != split:
+            continue
+        annotation = annotations.get(ref["ann_id"])
+        if annotation is None:
+            raise DatasetFormatError(
+                f"ref {ref['ref_id']}: annotation {ref['ann_id']} is not in instances.json"
+            )
+        image = images[ref["image_id"]]
+        for sentence in ref["sentences"]:
+            samples.append(
+                RefSample(
+                    ref_id=ref["ref_id"],
+                    sent_id=sentence.get("sent_id", -1),
+                    image_id=ref["image_id"],
+                    image_path=image_dir / image["file_name"],
+                    expression=sentence["sent"].strip(),
+                    split=ref["split"],
+                    box=tuple(annotation["bbox"]),
+                    height=image["height"],
+                    width=image["width"],
+                    segmentation=annotation["segmentation"],
+                )
+            )
+    if not samples:
+        found = sorted({ref["split"] for ref in refs})
+        raise DatasetFormatError(f"{root}: no samples in split {split!r}; splits present: {found}")
+    return samples

@@ -1,0 +1,1 @@
+"""Frozen-VLM referring segmentation (F-LMM style): attention collection, mask head, SAM refiner."""

@@ -1,0 +1,137 @@
+"""Frozen features of a split, computed once: the VLM's attention and hidden states, SAM's image embeddings.
+
+Both models are frozen, so their outputs are the same on every epoch; computing them once makes
+training the head cost what the head costs. Nothing here keeps a reference to the VLM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from visionloom.backbones.base import ImageTokenAdapter
+from visionloom.data.refcoco import RefSample
+from visionloom.grounding.attention import DEFAULT_PROMPT, Padding, collect
+from visionloom.grounding.model import GroundingBatch
+from visionloom.grounding.sam import SamRefiner
+
+
+@dataclass
+class SampleFeatures:
+    name: str
+    attention: torch.Tensor  # [L*H, h, w]
+    hidden: torch.Tensor  # [K, n, D]
+    padding: Padding
+    mask: torch.Tensor  # bool [H, W]
+    sam_embedding: torch.Tensor | None  # [C, e, e]
+    sam_size: torch.Tensor | None  # [2]
+
+
+def sample_name(sample: RefSample) -> str:
+    return f"{sample.image_path.name} ref {sample.ref_id} sentence {sample.sent_id} ({sample.expression!r})"
+
+
+def load_image(sample: RefSample) -> Image.Image:
+    try:
+        with Image.open(sample.image_path) as image:
+            image = image.convert("RGB")
+    except (OSError, FileNotFoundError) as error:
+        raise OSError(f"{sample_name(sample)}: cannot read {sample.image_path}: {error}") from None
+    if image.size != (sample.width, sample.height):
+        raise ValueError(
+            f"{sample.image_path}: {image.width}x{image.height} but the annotations say "
+            f"{sample.width}x{sample.height}"
+        )
+    return image
+
+
+def compute_features(
+    adapter: ImageTokenAdapter,
+    samples: list[RefSample],
+    refiner: SamRefiner | None,
+    *,
+    prompt: str = DEFAULT_PROMPT,
+    merge: str = "mean",
+    text_layers: int = 2,
+    batch_size: int = 32,
+    description: str = "features",
+    progress: bool = True,
+) -> list[SampleFeatures]:
+    adapter.model.eval()
+    starts = range(0, len(samples), batch_size)
+    if progress:
+        from rich.progress import track
+
+        starts = track(
+            starts, description=f"{description}: {len(samples)} expressions through the frozen VLM"
+        )
+    sam_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    features = []
+    for start in starts:
+        chunk = samples[start : start + batch_size]
+        images = [load_image(sample) for sample in chunk]
+        names = [sample_name(sample) for sample in chunk]
+        collected = collect(
+            adapter,
+            images,
+            [s.expression for s in chunk],
+            names=names,
+            prompt=prompt,
+            merge=merge,
+            text_layers=text_layers,
+        )
+        if refiner is not None:
+            new = [
+                (str(s.image_path), image)
+                for s, image in zip(chunk, images, strict=True)
+                if str(s.image_path) not in sam_cache
+            ]
+            new = list(dict(new).items())
+            if new:
+                embeddings, sizes = refiner.embed_images([image for _, image in new])
+                for (key, _), embedding, size in zip(new, embeddings, sizes, strict=True):
+                    sam_cache[key] = (embedding, size)
+        for sample, name, item in zip(chunk, names, collected, strict=True):
+            sam_embedding, sam_size = sam_cache.get(str(sample.image_path), (None, None))
+            features.append(
+                SampleFeatures(
+                    name=name,
+                    attention=item.attention,
+                    hidden=item.hidden,
+                    padding=item.padding,
+                    mask=torch.from_numpy(sample.mask()),
+                    sam_embedding=sam_embedding,
+                    sam_size=sam_size,
+                )
+            )
+    return features
+
+
+class FeatureSet(Dataset):
+    def __init__(self, features: list[SampleFeatures]):
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, key) -> SampleFeatures:
+        index = key[0] if isinstance(key, tuple) else key  # samplers hand (index, draw seed)
+        return self.features[index]
+
+
+def collate(items: list[SampleFeatures]) -> dict[str, GroundingBatch]:
+    with_sam = items[0].sam_embedding is not None
+    return {
+        "features": GroundingBatch(
+            attention=torch.stack([item.attention for item in items]),
+            hidden=[item.hidden for item in items],
+            paddings=[item.padding for item in items],
+            masks=[item.mask for item in items],
+            sam_embeddings=torch.stack([item.sam_embedding for item in items]) if with_sam else None,
+            sam_sizes=torch.stack([item.sam_size for item in items]) if with_sam else None,
+            names=[item.name for item in items],
+        )
+    }

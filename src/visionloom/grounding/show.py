@@ -1,0 +1,70 @@
+"""`visionloom ground show`: one PNG per sample, image | attention | coarse | refined, with the expression."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from visionloom.data.refcoco import RefSample
+from visionloom.grounding.features import SampleFeatures, collate, load_image
+from visionloom.grounding.model import Grounder
+
+TILE = 224
+
+
+def _overlay(image: Image.Image, mask: np.ndarray, colour: tuple[int, int, int]) -> Image.Image:
+    base = np.asarray(image.convert("RGB")).astype(np.float32)
+    tint = np.array(colour, dtype=np.float32)
+    base[mask] = 0.45 * base[mask] + 0.55 * tint
+    return Image.fromarray(base.astype(np.uint8))
+
+
+def _heat(attention: torch.Tensor, feature: SampleFeatures, image: Image.Image) -> Image.Image:
+    """Mean attention over layers and heads, on the image (cropped from the padded square)."""
+    grid = attention.mean(0)  # [h, w]
+    grid = (grid - grid.min()) / (grid.max() - grid.min()).clamp_min(1e-8)
+    on_image = feature.padding.crop(grid[None])[0].numpy()  # [H, W]
+    heat = np.stack([on_image * 255, on_image * 80, (1 - on_image) * 120], axis=-1)
+    return Image.blend(image.convert("RGB"), Image.fromarray(heat.astype(np.uint8)), 0.6)
+
+
+@torch.no_grad()
+def show(model: Grounder, samples: list[RefSample], features: list[SampleFeatures], out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    font = ImageFont.load_default(size=13)
+    prediction = model.predict(collate(features)["features"])
+    paths = []
+    for index, (sample, feature) in enumerate(zip(samples, features, strict=True)):
+        image = load_image(sample)
+        truth = sample.mask()
+        panels = [
+            ("image + ground truth", _overlay(image, truth, (0, 200, 0))),
+            ("attention (mean of layers x heads)", _heat(feature.attention, feature, image)),
+            ("coarse mask (head)", _overlay(image, (prediction.coarse[index] > 0).numpy(), (230, 40, 40))),
+        ]
+        if prediction.refined is not None:
+            panels.append(
+                ("refined (SAM)", _overlay(image, (prediction.refined[index] > 0).numpy(), (40, 80, 230)))
+            )
+        header = 40
+        canvas = Image.new("RGB", (len(panels) * (TILE + 8) + 8, TILE + header + 24), "white")
+        draw = ImageDraw.Draw(canvas)
+        draw.text(
+            (8, 6),
+            "\n".join(textwrap.wrap(f"expression: {sample.expression}", 90)[:2]),
+            fill="black",
+            font=font,
+        )
+        for column, (title, panel) in enumerate(panels):
+            x = 8 + column * (TILE + 8)
+            panel.thumbnail((TILE, TILE))
+            canvas.paste(panel, (x, header))
+            draw.text((x, header + TILE + 4), title, fill="black", font=font)
+        path = out / f"{index:02d}_ref{sample.ref_id}_{sample.sent_id}.png"
+        canvas.save(path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,217 @@
+"""`visionloom ground train|eval|show`: data -> frozen features -> Grounder -> engine.trainer -> metrics.
+
+RUN/config.yaml        the resolved config
+RUN/checkpoints/       atomic training checkpoints (resume from `latest`)
+RUN/best/              the weights selected on the validation split, and why
+RUN/train_log.csv      per-step losses; RUN/tensorboard/ the same
+RUN/test_metrics.json  the test split, evaluated once with the selected weights
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_model
+from torch.utils.data import DataLoader
+
+from visionloom import config as config_io
+from visionloom.backbones import load
+from visionloom.data.build import RandomBatches
+from visionloom.data.refcoco import RefSample, read_refcoco
+from visionloom.engine.trainer import TrainConfig, Trainer, make_accelerator
+from visionloom.grounding.attention import DEFAULT_PROMPT
+from visionloom.grounding.features import FeatureSet, SampleFeatures, collate, compute_features
+from visionloom.grounding.head import HeadConfig
+from visionloom.grounding.metrics import MaskMetrics
+from visionloom.grounding.model import Grounder
+from visionloom.grounding.sam import SamRefiner, SamSettings, load_sam
+
+
+@dataclass
+class GroundingConfig:
+    name: str = "grounding"
+    vlm: str | None = None  # a local checkpoint directory, or a preset name (random weights: the control)
+    vlm_seed: int = 0  # weights of a preset
+    prompt: str = DEFAULT_PROMPT
+    merge: str = "mean"  # how attention is merged over the expression's tokens: mean | max
+    text_layers: int = 2  # hidden states of the last K layers, weighted, go to text_proj
+    image_dir: str | None = None  # images, when not DATA/images (COCO's train2014 for RefCOCO)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    sam: SamSettings = field(default_factory=SamSettings)
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            steps=400, batch_size=32, ids_per_batch=0, lr=1e-3, warmup_steps=30
+        )
+    )
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> GroundingConfig:
+    return config_io.load(GroundingConfig, config_io.find_config("grounding", name_or_path), overrides)
+
+
+def load_vlm(config: GroundingConfig):
+    if config.vlm is None:
+        raise ValueError(
+            "no VLM: give --vlm DIR (a checkpoint from `visionloom vlm pretrain` or a real one), "
+            "or a preset name for the random-weight control"
+        )
+    adapter = load(config.vlm, seed=config.vlm_seed) if not Path(config.vlm).is_dir() else load(config.vlm)
+    adapter.model.eval().requires_grad_(False)
+    return adapter
+
+
+def build_refiner(config: GroundingConfig) -> SamRefiner | None:
+    return SamRefiner(*load_sam(config.sam), config.sam) if config.sam.enabled else None
+
+
+def split_features(
+    config, adapter, refiner, data_root: Path, split: str, progress: bool
+) -> list[SampleFeatures]:
+    samples = read_refcoco(data_root, split, image_dir=config.image_dir)
+    return compute_features(
+        adapter,
+        samples,
+        refiner,
+        prompt=config.prompt,
+        merge=config.merge,
+        text_layers=config.text_layers,
+        description=split,
+        progress=progress,
+    )
+
+
+def build_model(config: GroundingConfig, features: list[SampleFeatures], refiner) -> Grounder:
+    channels, text_width = features[0].attention.shape[0], features[0].hidden.shape[-1]
+    torch.manual_seed(config.train.seed)
+    return Grounder(channels, config.text_layers, text_width, config.head, refiner)
+
+
+@torch.no_grad()
+def evaluate(model: Grounder, features: list[SampleFeatures], batch_size: int = 64) -> dict[str, float]:
+    """cIoU, mIoU and P@0.5 of the coarse masks, and of the refined ones when SAM is used (percent)."""
+    model.eval()
+    coarse, refined = MaskMetrics(), MaskMetrics()
+    for start in range(0, len(features), batch_size):
+        batch = collate(features[start : start + batch_size])["features"]
+        prediction = model.predict(batch)
+        for i, target in enumerate(batch.masks):
+            coarse.update(prediction.coarse[i] > 0, target)
+            if prediction.refined is not None:
+                refined.update(prediction.refined[i] > 0, target)
+    metrics = {f"coarse_{key}": value for key, value in coarse.result().items()}
+    if refined.ious:
+        metrics.update({f"refined_{key}": value for key, value in refined.result().items()})
+    return metrics
+
+
+def select_key(config: GroundingConfig) -> str:
+    return "refined_cIoU" if config.sam.enabled else "coarse_cIoU"
+
+
+def train_grounding(
+    config: GroundingConfig,
+    data_root: str | Path,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict:
+    data_root, run_dir = Path(data_root), Path(run_dir)
+    accelerator = make_accelerator(config.train)
+    adapter = load_vlm(config)
+    refiner = build_refiner(config)
+    train_features = split_features(config, adapter, refiner, data_root, "train", progress)
+    val_features = split_features(config, adapter, refiner, data_root, "val", progress)
+    model = build_model(config, train_features, refiner)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        saved, resolved = run_dir / "config.yaml", yaml.safe_dump(config_io.to_dict(config), sort_keys=False)
+        if resume and saved.is_file() and saved.read_text() != resolved:
+            raise ValueError(
+                f"--resume with another config than {saved} was trained with; use the same config"
+            )
+        saved.write_text(resolved)
+    sampler = RandomBatches(
+        len(train_features),
+        config.train.batch_size,
+        config.train.seed,
+        accelerator.process_index,
+        accelerator.num_processes,
+    )
+    loader = DataLoader(FeatureSet(train_features), batch_sampler=sampler, collate_fn=collate)
+    trainer = Trainer(
+        model,
+        loader,
+        config.train,
+        run_dir,
+        accelerator=accelerator,
+        validate=lambda m: evaluate(m, val_features),
+        select_key=select_key(config),
+        progress=progress,
+    )
+    result = trainer.fit(resume=resume)
+    summary = {
+        "name": config.name,
+        "vlm": config.vlm,
+        "steps": result.step,
+        "train_seconds": round(result.seconds, 1),
+        "selected": result.best,
+    }
+    if accelerator.is_main_process:
+        test_features = split_features(config, adapter, refiner, data_root, "test", progress)
+        best = load_trained(run_dir, test_features)[0]
+        summary["test"] = evaluate(best, test_features)
+        (run_dir / "test_metrics.json").write_text(json.dumps(summary, indent=1))
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def read_run_config(run_dir: str | Path) -> GroundingConfig:
+    config_file = Path(run_dir) / "config.yaml"
+    if not config_file.is_file():
+        raise FileNotFoundError(
+            f"{run_dir}: no config.yaml; expected a `visionloom ground train` run directory"
+        )
+    return config_io.from_dict(GroundingConfig, yaml.safe_load(config_file.read_text()), str(config_file))
+
+
+def load_trained(
+    run_dir: str | Path,
+    features: list[SampleFeatures] | None = None,
+    *,
+    samples: list[RefSample] | None = None,
+    data_root: str | Path | None = None,
+    split: str = "test",
+):
+    """(Grounder with the selected weights, config, features).
+
+    Features are computed when not given: for `samples`, else for `split` of `data_root`.
+    """
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    weights = run_dir / "best" / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(
+            f"{run_dir}: no selected weights in best/ (did training finish a validation?)"
+        )
+    refiner = build_refiner(config)
+    if features is None:
+        if samples is None:
+            samples = read_refcoco(data_root, split, image_dir=config.image_dir)
+        features = compute_features(
+            load_vlm(config),
+            samples,
+            refiner,
+            prompt=config.prompt,
+            merge=config.merge,
+            text_layers=config.text_layers,
+            description=split,
+        )
+    model = build_model(config, features, refiner)
+    load_model(model, str(weights))
+    return model.eval(), config, features

@@ -1,0 +1,67 @@
+"""The tiny scene VLM: labels, answer accuracy, and a saved checkpoint that loads back."""
+
+from __future__ import annotations
+
+import torch
+
+from tests.conftest import cached_preset
+from visionloom.backbones import load
+from visionloom.vlm.pretrain import (
+    AnswerCollate,
+    PretrainConfig,
+    answer_accuracy,
+    answers_correct,
+    pretrain,
+    read_scene_texts,
+)
+
+
+def test_texts_cover_captions_questions_and_where_without_leaks(scenes_root):
+    texts = read_scene_texts(scenes_root, "train")
+    tasks = {text.task.split(":")[0] for text in texts}
+    assert tasks == {"caption", "qa", "where"}
+    for text in texts:
+        if text.task == "where":  # the question must not name the answer's location
+            assert " at the " not in text.prompt and " in the " not in text.prompt
+
+
+def test_loss_on_text_after_the_image_accuracy_on_the_answer_only(scenes_root):
+    for name in ("tiny-llava", "tiny-qwen2.5-vl"):
+        adapter = cached_preset(name)
+        texts = read_scene_texts(scenes_root, "val")[:3]
+        batch = AnswerCollate(adapter)(texts)
+        inputs = batch["inputs"]
+        for row, text in enumerate(texts):
+            labelled = inputs.input_ids[row][batch["labels"][row] != -100]
+            answered = inputs.input_ids[row][batch["answer_labels"][row] != -100]
+            question = text.prompt.replace("<image>", "")
+            assert (
+                adapter.tokenizer.decode(labelled) == f"{question} {text.answer}{adapter.tokenizer.eos_token}"
+            )
+            assert adapter.tokenizer.decode(answered) == f" {text.answer}{adapter.tokenizer.eos_token}"
+            assert not inputs.image_token_mask[row][batch["labels"][row] != -100].any()
+
+
+def test_exact_match_needs_every_answer_token_right():
+    labels = torch.tensor([[-100, -100, 5, 6], [-100, -100, 5, 6]])
+    logits = torch.zeros(2, 4, 10)
+    logits[0, 1, 5] = logits[0, 2, 6] = 1.0  # both answer tokens predicted
+    logits[1, 1, 5] = logits[1, 2, 7] = 1.0  # the second one wrong
+    assert answers_correct(logits, labels).tolist() == [True, False]
+
+
+def test_pretrain_saves_a_checkpoint_that_loads_back_and_answers_the_same(scenes_root, tmp_path):
+    config = PretrainConfig(family="llava")
+    config.train.steps, config.train.batch_size, config.train.warmup_steps = 4, 8, 1
+    config.train.checkpoint_every = config.train.eval_every = 4
+    report = pretrain(scenes_root, tmp_path / "vlm", config, progress=False)
+    assert set(report["test_accuracy"]) >= {"all", "caption", "qa", "where"}
+    adapter = load(tmp_path / "vlm")
+    assert type(adapter).__name__ == "LlavaAdapter"
+    texts = read_scene_texts(scenes_root, "test")
+    assert answer_accuracy(adapter, texts) == report["test_accuracy"]
+    trained = load(tmp_path / "vlm")
+    random = load("tiny-llava")
+    assert not torch.equal(
+        trained.model.get_input_embeddings().weight, random.model.get_input_embeddings().weight
+    )
