@@ -122,3 +122,41 @@ def test_demo_rejects_unknown_phases():
     result = CliRunner().invoke(app, ["demo", "--phases", "baseline,phase9"])
     assert result.exit_code != 0
     assert "phase9" in result.output
+
+
+@pytest.mark.slow
+def test_scenes_pretrain_ground_eval_show_from_the_command_line(tmp_path):
+    runner = CliRunner()
+    data, vlm, run = tmp_path / "scenes", tmp_path / "vlm", tmp_path / "ground"
+    result = runner.invoke(app, ["data", "synth-scenes", str(data), "--scenes", "20", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(
+        app, ["vlm", "pretrain", str(vlm), "--data", str(data), "--steps", "2", "--batch-size", "4"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (vlm / "config.json").is_file() and (vlm / "pretrain.json").is_file()
+    small = ["--set", "train.steps=2", "--set", "train.batch_size=4", "--set", "head.width=8"]
+    result = runner.invoke(
+        app, ["ground", "train", "llava", "--vlm", str(vlm), "--data", str(data), "--out", str(run), *small]
+    )
+    assert result.exit_code == 0, result.output
+    assert "refined" in result.output and "cIoU" in result.output
+    result = runner.invoke(
+        app, ["ground", "eval", str(run), "--data", str(data), "--json", str(tmp_path / "m.json")]
+    )
+    assert result.exit_code == 0, result.output
+    assert (
+        json.loads((tmp_path / "m.json").read_text())
+        == json.loads((run / "test_metrics.json").read_text())["test"]
+    )
+    result = runner.invoke(app, ["ground", "show", str(run), "--data", str(data), "--n", "3"])
+    assert result.exit_code == 0, result.output
+    assert len(list((run / "show").glob("*.png"))) == 3
+
+
+def test_ground_train_without_a_vlm_says_how_to_give_one(tmp_path):
+    result = CliRunner().invoke(
+        app, ["ground", "train", "llava", "--data", str(tmp_path), "--out", str(tmp_path / "r")]
+    )
+    assert result.exit_code != 0
+    assert "--vlm" in result.output

@@ -44,6 +44,7 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show libra
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
 
 @app.command()
@@ -230,8 +231,8 @@ def ground_train(
         summary = train_grounding(settings, data, out, resume=resume)
     except (ConfigError, ValueError) as error:
         raise typer.BadParameter(str(error)) from None
-    _print_metrics(
-        f"{settings.name}: test split (selected on val at step {summary['selected']['step']})",
+    _print_mask_metrics(
+        f"{settings.name}: test split, % (selected on val at step {summary['selected']['step']})",
         summary["test"],
     )
     console.print(f"run: {out}")
@@ -249,7 +250,7 @@ def ground_eval(
 
     model, config, features = load_trained(checkpoint, data_root=data, split=split)
     metrics = evaluate(model, features)
-    _print_metrics(f"{config.name} on {split} ({len(features)} expressions), %", metrics)
+    _print_mask_metrics(f"{config.name} on {split} ({len(features)} expressions), %", metrics)
     if json_out is not None:
         json_out.write_text(json.dumps(metrics, indent=1))
 
@@ -332,6 +333,19 @@ def retrieval_train(
             f"{experiment.name}: test split (weights selected on val at step {summary['selected']['step']})",
             summary["test"],
         )
+
+
+def _print_mask_metrics(title: str, metrics: dict[str, float]) -> None:
+    """Rows coarse / refined, columns cIoU, mIoU, P@0.5."""
+    table = Table(title=title)
+    table.add_column("mask")
+    names = ("cIoU", "mIoU", "P@0.5")
+    for name in names:
+        table.add_column(name, justify="right")
+    for kind in ("coarse", "refined"):
+        if f"{kind}_cIoU" in metrics:
+            table.add_row(kind, *(f"{metrics[f'{kind}_{name}']:.2f}" for name in names))
+    console.print(table)
 
 
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:

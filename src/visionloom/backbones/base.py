@@ -268,6 +268,13 @@ class ImageTokenAdapter:
             spans.append(sample_spans)
         return spans
 
+    def structural_offsets(self, geometry: ImageGeometry) -> tuple[int, ...]:
+        """Placeholders of an image's span that are layout, not content (LLaVA-NeXT's row newlines).
+
+        A pruner never removes these; every other placeholder is one image token it may drop.
+        """
+        return ()
+
     def image_span_ids(self, geometry: ImageGeometry) -> list[int]:
         """The token ids that stand for one image in a sequence (placeholders and any wrappers)."""
         return [self.image_token_id] * geometry.num_tokens
@@ -398,7 +405,7 @@ class ImageTokenAdapter:
         inputs_embeds = self.insert(inputs, vision_tokens)
         if output_attentions:
             self.use_eager_attention()
-        output = self._run_language_model(
+        output = self.run_language_model(
             inputs,
             inputs_embeds,
             output_attentions=output_attentions,
@@ -415,14 +422,22 @@ class ImageTokenAdapter:
         """What the family's model needs besides inputs_embeds and the attention mask."""
         return {}
 
-    def _run_language_model(
-        self, inputs: MultimodalInputs, inputs_embeds: torch.Tensor, **flags: Any
+    def run_language_model(
+        self,
+        inputs: MultimodalInputs,
+        inputs_embeds: torch.Tensor,
+        model_kwargs: dict[str, Any] | None = None,
+        **flags: Any,
     ) -> LayerOutput:
-        """Decoder-only families: the full model on inputs_embeds, no pixels."""
+        """Decoder-only families: the full model on inputs_embeds, no pixels.
+
+        `model_kwargs` (position ids, per-token ids) default to `language_model_kwargs(inputs)`;
+        pruning passes its own, computed on the full sequence and gathered.
+        """
         out = self.model(
             inputs_embeds=inputs_embeds,
             attention_mask=inputs.attention_mask,
-            **self.language_model_kwargs(inputs),
+            **(self.language_model_kwargs(inputs) if model_kwargs is None else model_kwargs),
             **flags,
         )
         hidden_states = out.hidden_states

@@ -65,6 +65,11 @@ class LlavaNextAdapter(LlavaAdapter):
             grid_offsets=offsets,
         )
 
+    def structural_offsets(self, geometry: ImageGeometry) -> tuple[int, ...]:
+        rows, cols = geometry.token_grid
+        base = geometry.num_tokens - rows * (cols + 1)
+        return tuple(base + r * (cols + 1) + cols for r in range(rows))  # the newline closing each row
+
     def encode_images(self, inputs) -> VisionTokens:
         image_sizes = inputs.model_inputs["image_sizes"]
         out = self.model.model.get_image_features(

@@ -75,13 +75,21 @@ class T5Gemma2Adapter(Gemma3Adapter):
         # The encoder's own embedding: scaled by sqrt(width), with the end-of-image token's learned vector.
         return self.encoder.text_model.embed_tokens(input_ids)
 
-    def _run_language_model(
-        self, inputs: MultimodalInputs, inputs_embeds: torch.Tensor, **flags: Any
+    def run_language_model(
+        self,
+        inputs: MultimodalInputs,
+        inputs_embeds: torch.Tensor,
+        model_kwargs: dict[str, Any] | None = None,
+        **flags: Any,
     ) -> LayerOutput:
         """The encoder on inputs_embeds; the decoder too when `decoder_input_ids` are given."""
         decoder_input_ids = flags.pop("decoder_input_ids", None)
         encoded = self.encoder(
-            inputs_embeds=inputs_embeds, attention_mask=inputs.attention_mask, return_dict=True, **flags
+            inputs_embeds=inputs_embeds,
+            attention_mask=inputs.attention_mask,
+            return_dict=True,
+            **(model_kwargs or {}),
+            **flags,
         )
         logits = None
         if decoder_input_ids is not None:

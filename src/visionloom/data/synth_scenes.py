@@ -34,7 +34,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "purple": (130, 50, 170),
     "orange": (240, 130, 20),
 }
-SIZES = {"small": (0.08, 0.11), "large": (0.15, 0.2)}  # radius as a fraction of the image side
+SIZES = {"small": (0.09, 0.12), "large": (0.16, 0.21)}  # radius as a fraction of the image side
 NUMBERS = ["zero", "one", "two", "three", "four"]
 SPLITS = (("train", 0.8), ("val", 0.1), ("test", 0.1))
 
@@ -197,6 +197,7 @@ def questions(objects: list[SceneObject], rng: random.Random) -> list[tuple[str,
             pairs.append((f"where is the {obj.shape}?", obj.location))
         if colours.count(obj.colour) == 1:
             pairs.append((f"what shape is the {obj.colour} object?", obj.shape))
+            pairs.append((f"where is the {obj.colour} object?", obj.location))
     shape = rng.choice(SHAPES)
     pairs.append((f"how many {shape}s are there?", NUMBERS[shapes.count(shape)]))
     colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
@@ -257,6 +258,7 @@ def generate(out: Path, scenes: int, seed: int = 0, size: int = 224, progress: b
                     "area": int(mask.sum()),
                     "segmentation": encode_mask(mask),
                     "iscrowd": 0,
+                    "attributes": {"colour": obj.colour, "size": obj.size},
                 }
             )
             expressions = referring_expressions(index, objects, scene_rng)

@@ -35,7 +35,7 @@ from visionloom.backbones import load
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.backbones.types import MultimodalInputs
 from visionloom.data.build import RandomBatches
-from visionloom.data.synth_scenes import location_words
+from visionloom.data.synth_scenes import COLOURS, SHAPES, location_words
 from visionloom.engine.trainer import TrainConfig, Trainer
 from visionloom.grounding.attention import DEFAULT_PROMPT
 
@@ -53,13 +53,14 @@ class PretrainConfig:
             steps=1500,
             batch_size=32,
             ids_per_batch=0,
-            lr=2e-3,
+            lr=3e-3,
             warmup_steps=100,
             checkpoint_every=500,
             eval_every=500,
             log_every=20,
         )
     )
+    cell_weight: float = 1.0  # weight of the per-token colour/shape warm-up loss (0: off)
     seed: int = 0
 
 
@@ -114,6 +115,65 @@ def read_scene_texts(root: str | Path, split: str) -> list[SceneText]:
     return texts
 
 
+PLACES = ["top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right"]
+CELL_CLASSES = len(COLOURS) + 1 + len(SHAPES) + 1 + len(PLACES)
+
+
+def cell_places(grid: tuple[int, int]) -> torch.Tensor:
+    """long [h*w]: the location word (thirds of the image) of each grid cell's centre, raster order."""
+    rows, cols = grid
+    return torch.tensor(
+        [
+            PLACES.index(location_words(((col + 0.5) / cols, (row + 0.5) / rows), 1.0))
+            for row in range(rows)
+            for col in range(cols)
+        ]
+    )
+
+
+class SceneCells:
+    """Per image-token labels from the scene annotations: the colour and shape covering each grid cell.
+
+    (With the cell's own location, from the grid alone, they are the warm-up targets.)
+
+    A warm-up signal for a vision tower trained from random weights: with the answer loss alone
+    the tiny model learns the language prior and barely looks (measured: answer accuracy stays at
+    the blind level for thousands of steps). Labelling every image token with what lies under it
+    makes the tokens carry colour and shape where the object is, which the language model then
+    reads. The head that predicts them is not part of the saved VLM.
+    """
+
+    def __init__(self, root: str | Path):
+        from visionloom.data.refcoco import decode_segmentation
+
+        self.decode = decode_segmentation
+        instances = json.loads((Path(root) / "instances.json").read_text())
+        self.images = {image["file_name"]: image for image in instances["images"]}
+        self.annotations: dict[int, list[dict]] = defaultdict(list)
+        for annotation in instances["annotations"]:
+            self.annotations[annotation["image_id"]].append(annotation)
+        self.shape_names = {c["id"]: c["name"] for c in instances["categories"]}
+        self._cache: dict[tuple[str, tuple[int, int]], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def labels(self, file_name: str, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(colour ids, shape ids), each long [h*w] in raster order; 0 is background."""
+        key = (file_name, grid)
+        if key not in self._cache:
+            image = self.images[file_name]
+            colour = torch.zeros(grid, dtype=torch.long)
+            shape = torch.zeros(grid, dtype=torch.long)
+            best = torch.full(grid, 0.3)  # a cell is an object's when it covers 30% or more
+            for annotation in self.annotations[image["id"]]:
+                mask = self.decode(annotation["segmentation"], image["height"], image["width"])
+                cover = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(mask).float()[None], grid)[0]
+                wins = cover > best
+                best = torch.where(wins, cover, best)
+                colour[wins] = 1 + list(COLOURS).index(annotation["attributes"]["colour"])
+                shape[wins] = annotation["category_id"]
+            self._cache[key] = (colour.flatten(), shape.flatten())
+        return self._cache[key]
+
+
 class SceneTextSet(Dataset):
     def __init__(self, texts: list[SceneText]):
         self.texts = texts
@@ -133,8 +193,9 @@ class AnswerCollate:
     on the answer and its end token only.
     """
 
-    def __init__(self, adapter: ImageTokenAdapter):
+    def __init__(self, adapter: ImageTokenAdapter, cells: SceneCells | None = None):
         self.adapter = adapter
+        self.cells = cells
 
     def __call__(self, texts: list[SceneText]) -> dict:
         tokenizer = self.adapter.tokenizer
@@ -159,20 +220,51 @@ class AnswerCollate:
                     f"to {found} after its prompt"
                 )
             answer_labels[row, positions] = inputs.input_ids[row, positions]
-        return {"inputs": inputs, "labels": labels, "answer_labels": answer_labels}
+        batch = {"inputs": inputs, "labels": labels, "answer_labels": answer_labels}
+        if self.cells is not None:
+            per_image = [
+                self.cells.labels(text.image_path.name, geometry.token_grid)
+                for text, geometry in zip(texts, inputs.geometries, strict=True)
+            ]
+            batch["cell_colours"] = torch.cat([colour for colour, _ in per_image])  # [T]
+            batch["cell_shapes"] = torch.cat([shape for _, shape in per_image])  # [T]
+        return batch
 
 
 class AnswerModel(nn.Module):
-    """The VLM as the trainer sees it: forward(batch) -> {"lm_loss"} through the image-token layer."""
+    """The VLM as the trainer sees it: forward(batch) -> {"lm_loss", ["cell_loss"]} through the layer."""
 
-    def __init__(self, adapter: ImageTokenAdapter):
+    def __init__(self, adapter: ImageTokenAdapter, cell_weight: float = 0.0):
         super().__init__()
         self.adapter = adapter
         self.vlm = adapter.model  # registered, so the trainer optimises and checkpoints it
+        self.cell_weight = cell_weight
+        # Colour and shape of what lies under each image token (0: background); not saved with the VLM.
+        self.cell_head = nn.Linear(adapter.text_width, CELL_CLASSES) if cell_weight else None
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        logits = self.adapter.forward(batch["inputs"]).logits  # [B, S, V]
-        return {"lm_loss": answer_loss(logits, batch["labels"])}
+        inputs = batch["inputs"]
+        tokens = self.adapter.encode_images(inputs)  # one tower pass, shared by both losses
+        logits = self.adapter.forward(inputs, tokens).logits  # [B, S, V]
+        losses = {"lm_loss": answer_loss(logits, batch["labels"])}
+        if self.cell_head is not None and "cell_colours" in batch:
+            if any(g.grid_offsets is not None for g in tokens.geometries):
+                raise ValueError(
+                    "cell labels need image tokens in raster order of the grid (LLaVA, Qwen2.5-VL)"
+                )
+            cells = self.cell_head(tokens.embeds)  # [T, colours+1 + shapes+1 + places]
+            colour_logits, shape_logits, place_logits = cells.split(
+                [len(COLOURS) + 1, len(SHAPES) + 1, len(PLACES)], dim=-1
+            )
+            places = torch.cat([cell_places(g.token_grid) for g in tokens.geometries]).to(cells.device)
+            cross_entropy = nn.functional.cross_entropy
+            cell_loss = (
+                cross_entropy(colour_logits, batch["cell_colours"])
+                + cross_entropy(shape_logits, batch["cell_shapes"])
+                + cross_entropy(place_logits, places)
+            )
+            losses["cell_loss"] = self.cell_weight * cell_loss
+        return losses
 
 
 def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -237,8 +329,11 @@ def pretrain(
     train_texts = read_scene_texts(root, "train")
     val_texts = read_scene_texts(root, "val")
     sampler = RandomBatches(len(train_texts), config.train.batch_size, config.train.seed)
-    loader = DataLoader(SceneTextSet(train_texts), batch_sampler=sampler, collate_fn=AnswerCollate(adapter))
-    model = AnswerModel(adapter)
+    cells = SceneCells(root) if config.cell_weight else None
+    loader = DataLoader(
+        SceneTextSet(train_texts), batch_sampler=sampler, collate_fn=AnswerCollate(adapter, cells)
+    )
+    model = AnswerModel(adapter, config.cell_weight)
 
     def validate(_model) -> dict[str, float]:
         adapter.model.eval()

@@ -1,0 +1,154 @@
+"""Apply a pruning decision through the image-token layer, keeping the model consistent.
+
+A decision says, per image, which of its tokens stay (indices into the image's placeholders) or
+how much each counts (soft weights). Applying it:
+
+1. inserts the image embeddings as the layer does (same checks), scaled by the soft weights;
+2. computes everything position-dependent on the FULL sequence, as the unpruned model would:
+   position ids (`arange` for 1-D rotary models, Qwen2.5-VL's 3-D `get_rope_index`) and any
+   per-token ids the family takes (Gemma3's token types);
+3. gathers the kept positions of every one of those together (embeddings, attention mask,
+   position ids, per-token ids), so they cannot disagree, and right-pads samples that keep
+   different counts.
+
+Keeping everything therefore reproduces the unpruned inputs exactly, which the tests check as
+bit-identical logits for every family. Layout placeholders (LLaVA-NeXT's row newlines) are
+always kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from visionloom.backbones.base import ImageTokenAdapter
+from visionloom.backbones.types import LayerOutput, MultimodalInputs, VisionTokens
+
+
+@dataclass
+class Decision:
+    """Per image (batch order): kept token indices (sorted) and/or soft weights; None means all / ones."""
+
+    keep: list[torch.Tensor] | None = None  # long [k_i], indices into the image's placeholders
+    weights: list[torch.Tensor] | None = None  # float [counts_i]
+
+    def kept_counts(self, tokens: VisionTokens) -> list[int]:
+        return [len(k) for k in self.keep] if self.keep is not None else list(tokens.counts)
+
+
+@dataclass
+class PrunedSequence:
+    """The language model's inputs after pruning; every tensor has the same (shorter) sequence axis."""
+
+    inputs_embeds: torch.Tensor  # [B, S', D]
+    attention_mask: torch.Tensor  # [B, S']
+    model_kwargs: dict[str, torch.Tensor]  # position ids and per-token ids, gathered
+    kept_positions: list[torch.Tensor]  # per sample: positions of the full sequence that remain
+    image_token_mask: torch.Tensor  # [B, S'] which of the remaining positions are image tokens
+
+
+def full_sequence_kwargs(adapter: ImageTokenAdapter, inputs: MultimodalInputs) -> dict[str, torch.Tensor]:
+    """Position ids and per-token ids for the full sequence, exactly as the unpruned model has them."""
+    kwargs = dict(adapter.language_model_kwargs(inputs))
+    if "position_ids" not in kwargs:
+        batch, length = inputs.input_ids.shape
+        # What a 1-D rotary model uses when given none: 0..S-1 on every row (right padding).
+        kwargs["position_ids"] = torch.arange(length, device=inputs.input_ids.device).expand(batch, length)
+    return kwargs
+
+
+def validate(decision: Decision, tokens: VisionTokens, structural: list[tuple[int, ...]]) -> None:
+    for name in ("keep", "weights"):
+        values = getattr(decision, name)
+        if values is not None and len(values) != len(tokens.counts):
+            raise ValueError(
+                f"decision.{name} has {len(values)} entries but the batch has {len(tokens.counts)} images"
+            )
+    for image, count in enumerate(tokens.counts):
+        if decision.weights is not None and decision.weights[image].shape != (count,):
+            raise ValueError(
+                f"image {image}: {tuple(decision.weights[image].shape)} soft weights for {count} tokens"
+            )
+        if decision.keep is not None:
+            keep = decision.keep[image]
+            if keep.numel() and (int(keep.min()) < 0 or int(keep.max()) >= count):
+                raise ValueError(f"image {image}: kept indices outside 0..{count - 1}")
+            if keep.numel() != keep.unique().numel() or not torch.equal(keep, keep.sort().values):
+                raise ValueError(f"image {image}: kept indices must be sorted and distinct (raster order)")
+            missing = set(structural[image]) - set(keep.tolist())
+            if missing:
+                raise ValueError(
+                    f"image {image}: layout tokens {sorted(missing)} (row newlines) must be kept"
+                )
+
+
+def prune_sequence(
+    adapter: ImageTokenAdapter, inputs: MultimodalInputs, tokens: VisionTokens, decision: Decision
+) -> PrunedSequence:
+    structural = [adapter.structural_offsets(g) for g in inputs.geometries]
+    validate(decision, tokens, structural)
+    embeds = adapter.insert(inputs, tokens)  # [B, S, D], the layer's checks included
+    kwargs = full_sequence_kwargs(adapter, inputs)
+    batch, length = inputs.input_ids.shape
+    keep_mask = inputs.attention_mask.bool().clone()  # [B, S]; padding goes, and is re-added below
+    scale = torch.ones(batch, length, dtype=embeds.dtype, device=embeds.device)
+    for image, (sample, (start, end)) in enumerate(inputs.image_owner()):
+        if decision.weights is not None:
+            scale[sample, start:end] = decision.weights[image].to(embeds)
+        if decision.keep is not None:
+            keep_mask[sample, start:end] = False
+            keep_mask[sample, start + decision.keep[image].to(keep_mask.device)] = True
+    if decision.weights is not None:
+        embeds = embeds * scale.unsqueeze(-1)  # all-ones weights leave every value as it was
+
+    kept = [keep_mask[row].nonzero().flatten() for row in range(batch)]
+    longest = max(len(positions) for positions in kept)
+    # Each row: its kept tokens, then its own padding positions (so keeping everything reproduces
+    # the padded batch exactly), cut to the new length; rows still short are filled below.
+    padding = [(inputs.attention_mask[row] == 0).nonzero().flatten() for row in range(batch)]
+    rows = [torch.cat([kept[row], padding[row]])[:longest] for row in range(batch)]
+
+    def gather(tensor: torch.Tensor, fill) -> torch.Tensor:
+        """Gather the kept positions along the sequence axis (the last, or dim 1 for [B, S, D])."""
+        sequence_axis = 1 if tensor.dim() == 3 and tensor.shape[:2] == (batch, length) else tensor.dim() - 1
+        shape = list(tensor.shape)
+        shape[sequence_axis] = longest
+        out = torch.full(shape, fill, dtype=tensor.dtype, device=tensor.device)
+        for row, positions in enumerate(rows):
+            if sequence_axis == 1:
+                out[row, : len(positions)] = tensor[row, positions]
+            else:
+                out[..., row, : len(positions)] = tensor[..., row, positions]
+        return out
+
+    gathered = {
+        key: gather(value, 0) if isinstance(value, torch.Tensor) and value.shape[-1] == length else value
+        for key, value in kwargs.items()
+    }
+    return PrunedSequence(
+        inputs_embeds=gather(embeds, 0.0),
+        attention_mask=gather(inputs.attention_mask, 0),
+        model_kwargs=gathered,
+        kept_positions=kept,
+        image_token_mask=gather(inputs.image_token_mask, False),
+    )
+
+
+def forward_pruned(
+    adapter: ImageTokenAdapter,
+    inputs: MultimodalInputs,
+    tokens: VisionTokens,
+    decision: Decision,
+    **flags,
+) -> LayerOutput:
+    """The language model on the pruned sequence (decoder-only families and T5Gemma2's encoder)."""
+    pruned = prune_sequence(adapter, inputs, tokens, decision)
+    shortened = MultimodalInputs(
+        input_ids=torch.zeros_like(pruned.attention_mask),  # not read: embeddings go in directly
+        attention_mask=pruned.attention_mask,
+        image_token_mask=pruned.image_token_mask,
+        image_spans=[],
+        geometries=[],
+    )
+    return adapter.run_language_model(shortened, pruned.inputs_embeds, pruned.model_kwargs, **flags)

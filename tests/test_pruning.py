@@ -1,0 +1,230 @@
+"""Pruning: the invariant for every family, consistent application, and the pruners."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from tests.conftest import FAMILIES, cached_preset
+from visionloom.pruning.apply import Decision, forward_pruned, prune_sequence
+from visionloom.pruning.pruners import (
+    ClsAttention,
+    KeepAll,
+    LearnedScorer,
+    OnesSoft,
+    RandomPruner,
+    TextAttention,
+    cls_attention,
+)
+
+
+def _batch(adapter, image):
+    """Two samples of different lengths (so one is padded), one image each."""
+    inputs = adapter.build_inputs(
+        [image(112, 112, 1), image(112, 112, 2)],
+        ["<image> what is this?", "and <image> a longer question here?"],
+    )
+    flags = {"decoder_input_ids": torch.tensor([[1, 2], [1, 2]])} if adapter.family == "t5gemma2" else {}
+    return inputs, flags
+
+
+def _out(output):
+    return output.logits if output.logits is not None else output.last_hidden_state
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_keep_all_and_all_ones_are_bit_identical_to_the_unpruned_model(name, image):
+    adapter = cached_preset(name)
+    inputs, flags = _batch(adapter, image)
+    with torch.no_grad():
+        tokens = adapter.encode_images(inputs)
+        reference = _out(adapter.forward(inputs, tokens, **flags))
+        for pruner in (KeepAll(), OnesSoft()):
+            decision = pruner.decide(adapter, inputs, tokens)
+            assert torch.equal(_out(forward_pruned(adapter, inputs, tokens, decision, **flags)), reference), (
+                pruner.name
+            )
+    assert inputs.attention_mask[0].sum() < inputs.attention_mask.shape[1]  # the batch really is padded
+
+
+def test_seed_004_cls_features_or_a_second_pass_do_not_reproduce_the_model_but_vision_tokens_do(image):
+    """What cost the seed 7 points: keep-all built from the wrong features is not keep-all."""
+    adapter = cached_preset("tiny-llava")
+    inputs, _ = _batch(adapter, image)
+    with torch.no_grad():
+        tokens = adapter.encode_images(inputs)
+        reference = adapter.forward(inputs, tokens).logits
+        assert torch.equal(
+            forward_pruned(adapter, inputs, tokens, KeepAll().decide(adapter, inputs, tokens)).logits,
+            reference,
+        )
+        # A second tower pass through the last layer (as the seed's pruner did): other features.
+        last = adapter.vision_tower(inputs.model_inputs["pixel_values"]).last_hidden_state  # [2, 65, C]
+        second_pass = replace(tokens, embeds=adapter.project(last[:, 1:]).flatten(0, 1))
+        assert not torch.allclose(forward_pruned(adapter, inputs, second_pass, Decision()).logits, reference)
+        # Features with the CLS token kept: one too many, which the layer refuses.
+        with_cls = tokens.tower_hidden_states[-2]  # [2, 65, C]
+        from visionloom.backbones.checks import ImageTokenMismatch
+
+        broken = replace(tokens, embeds=adapter.project(with_cls).flatten(0, 1), counts=[65, 65])
+        with pytest.raises(ImageTokenMismatch, match="CLS token was kept"):
+            forward_pruned(adapter, inputs, broken, Decision())
+
+
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2.5-vl", "tiny-llava-next", "tiny-gemma3"])
+def test_pruned_sequences_shrink_together_and_keep_full_sequence_positions(name, image):
+    adapter = cached_preset(name)
+    inputs, _ = _batch(adapter, image)
+    tokens = adapter.encode_images(inputs)
+    keep = [RandomPruner(seed=1).decide(adapter, inputs, tokens, 0.5).keep[0], torch.arange(tokens.counts[1])]
+    decision = Decision(keep=keep)  # the two samples keep different counts
+    pruned = prune_sequence(adapter, inputs, tokens, decision)
+    dropped = tokens.counts[0] - len(keep[0])
+    real = inputs.attention_mask.sum(1)
+    assert pruned.attention_mask.sum(1).tolist() == [int(real[0]) - dropped, int(real[1])]
+    assert pruned.image_token_mask.sum(1).tolist() == [len(keep[0]), tokens.counts[1]]
+    length = pruned.inputs_embeds.shape[1]
+    for key, value in pruned.model_kwargs.items():
+        assert value.shape[-1] == length, key
+    # Position ids are the full sequence's, gathered: kept tokens keep the positions they had.
+    from visionloom.pruning.apply import full_sequence_kwargs
+
+    full = full_sequence_kwargs(adapter, inputs)["position_ids"]
+    for row in range(2):
+        kept = pruned.kept_positions[row]
+        assert torch.equal(pruned.model_kwargs["position_ids"][..., row, : len(kept)], full[..., row, kept])
+    # The kept image embeddings are the layer's, in order.
+    start = inputs.image_spans[0][0][0]
+    image_rows = pruned.inputs_embeds[0][pruned.image_token_mask[0]]
+    assert torch.equal(image_rows, adapter.insert(inputs, tokens)[0, start + keep[0]])
+    with torch.no_grad():
+        logits = forward_pruned(adapter, inputs, tokens, decision).logits
+    assert logits.shape[:2] == pruned.attention_mask.shape
+
+
+def test_qwen_positions_are_gathered_not_recomputed(image):
+    """Recomputing 3-D rotary positions on the shortened ids would renumber everything after the image."""
+    adapter = cached_preset("tiny-qwen2.5-vl")
+    inputs, _ = _batch(adapter, image)
+    tokens = adapter.encode_images(inputs)
+    decision = RandomPruner().decide(adapter, inputs, tokens, 0.25)
+    pruned = prune_sequence(adapter, inputs, tokens, decision)
+    positions = pruned.model_kwargs["position_ids"]  # [3, B, S']
+    assert positions.shape[0] == 3
+    row, kept = 0, pruned.kept_positions[0]
+    after_image = (
+        pruned.image_token_mask[0].nonzero().max() + 2
+    )  # first text token after the image's end marker
+    full = adapter.position_ids(inputs)
+    assert torch.equal(positions[:, row, after_image], full[:, row, kept[after_image]])
+    # Each kept image token keeps its grid row and column as its 2nd and 3rd rotary positions.
+    _, width = inputs.geometries[0].token_grid
+    image_rows = pruned.image_token_mask[0].nonzero().flatten()
+    grid_rows = torch.div(decision.keep[0], width, rounding_mode="floor")
+    base = positions[1, row, image_rows[0]] - grid_rows[0]
+    assert torch.equal(positions[1, row, image_rows], base + grid_rows)
+    assert torch.equal(
+        positions[2, row, image_rows] - positions[2, row, image_rows[0]],
+        (decision.keep[0] % width) - decision.keep[0][0] % width,
+    )
+
+
+def test_llava_next_newlines_are_never_dropped(image):
+    adapter = cached_preset("tiny-llava-next")
+    inputs, _ = _batch(adapter, image)
+    tokens = adapter.encode_images(inputs)
+    newlines = adapter.structural_offsets(tokens.geometries[0])
+    assert len(newlines) == tokens.geometries[0].token_grid[0]
+    decision = RandomPruner().decide(adapter, inputs, tokens, 0.11)
+    assert set(newlines) <= set(decision.keep[0].tolist())
+    bad = Decision(keep=[torch.tensor([0, 1]), torch.arange(tokens.counts[1])])
+    with pytest.raises(ValueError, match="layout tokens .* must be kept"):
+        prune_sequence(adapter, inputs, tokens, bad)
+
+
+def test_keep_ratio_counts_and_bad_decisions(image):
+    adapter = cached_preset("tiny-llava")
+    inputs, _ = _batch(adapter, image)
+    tokens = adapter.encode_images(inputs)
+    for ratio, expected in ((1.0, 64), (0.5, 32), (0.25, 16), (0.11, 8)):
+        assert [len(k) for k in RandomPruner().decide(adapter, inputs, tokens, ratio).keep] == [expected] * 2
+    with pytest.raises(ValueError, match="sorted and distinct"):
+        prune_sequence(adapter, inputs, tokens, Decision(keep=[torch.tensor([3, 1]), torch.arange(64)]))
+    with pytest.raises(ValueError, match="outside 0..63"):
+        prune_sequence(adapter, inputs, tokens, Decision(keep=[torch.tensor([64]), torch.arange(64)]))
+
+
+def test_cls_attention_is_the_towers_own_attention_from_the_same_pass(image):
+    """Recompute with the CLIP layer asked for eager attention weights: the same numbers."""
+    adapter = cached_preset("tiny-llava")
+    inputs, _ = _batch(adapter, image)
+    with torch.no_grad():
+        tokens = adapter.encode_images(inputs)
+        scores = cls_attention(adapter, tokens, layer=-2)
+        tower = adapter.vision_tower
+        block = tower.encoder.layers[-2]
+        hidden = tokens.tower_hidden_states[1]  # the input of block -2 (index 1 of 3), from the same pass
+        normed = block.layer_norm1(hidden)
+        tower.config._attn_implementation = "eager"
+        try:
+            _, weights = block.self_attn(normed)  # [2, heads, 65, 65]
+        finally:
+            tower.config._attn_implementation = "sdpa"
+    torch.testing.assert_close(torch.stack(scores), weights[:, :, 0, 1:].mean(1))
+    decision = ClsAttention().decide(adapter, inputs, tokens, 0.25)
+    assert torch.equal(decision.keep[0], scores[0].topk(16).indices.sort().values)
+
+
+def test_cls_attention_refuses_towers_without_cls(image):
+    adapter = cached_preset("tiny-qwen2.5-vl")
+    inputs, _ = _batch(adapter, image)
+    tokens = adapter.encode_images(inputs)
+    with pytest.raises(NotImplementedError, match="no CLS|has none"):
+        ClsAttention().decide(adapter, inputs, tokens, 0.5)
+
+
+def test_merging_moves_dropped_tokens_into_kept_ones(image):
+    adapter = cached_preset("tiny-llava")
+    inputs, _ = _batch(adapter, image)
+    tokens = adapter.encode_images(inputs)
+    pruner = ClsAttention(merge=True)
+    decision = pruner.decide(adapter, inputs, tokens, 0.25)
+    merged = pruner.merged_tokens(tokens, decision)
+    before, after = tokens.per_image()[0], merged.per_image()[0]
+    kept = decision.keep[0]
+    dropped = torch.ones(64, dtype=torch.bool)
+    dropped[kept] = False
+    normalise = torch.nn.functional.normalize
+    owner = (normalise(before[dropped], dim=-1) @ normalise(before[kept], dim=-1).T).argmax(-1)
+    for slot, index in enumerate(kept.tolist()):
+        group = torch.cat([before[index : index + 1], before[dropped][owner == slot]])
+        torch.testing.assert_close(after[index], group.mean(0))
+    assert torch.equal(after[dropped], before[dropped])  # the dropped rows are not read again
+
+
+def test_text_attention_ranks_by_the_last_tokens_attention_at_layer_k(image):
+    adapter = cached_preset("tiny-llava")
+    inputs, _ = _batch(adapter, image)
+    with torch.no_grad():
+        tokens = adapter.encode_images(inputs)
+        full = adapter.forward(inputs, tokens, output_attentions=True)
+        scores = TextAttention(layer=0).scores(adapter, inputs, tokens)
+    last = int(inputs.attention_mask[1].sum()) - 1
+    start, end = inputs.image_spans[1][0]
+    torch.testing.assert_close(scores[1], full.attentions[0][1, :, last, start:end].mean(0))
+    assert len(adapter.language_module.layers) == 2  # restored after the shallow pass
+
+
+def test_learned_scorer_is_soft_in_training_and_hard_at_inference(image):
+    adapter = cached_preset("tiny-llava")
+    inputs, _ = _batch(adapter, image)
+    tokens = adapter.encode_images(inputs)
+    scorer = LearnedScorer(adapter.text_width)
+    soft = scorer.soft(tokens)
+    loss = forward_pruned(adapter, inputs, tokens, soft).logits.pow(2).mean()
+    loss.backward()
+    assert scorer.net[1].weight.grad is not None
+    hard = scorer.decide(adapter, inputs, tokens, 0.25)
+    assert [len(k) for k in hard.keep] == [16, 16]
