@@ -79,3 +79,16 @@ def scenes_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("scenes")
     generate(root, scenes=30, seed=5, progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def scene_vlm(scenes_root, tmp_path_factory):
+    """A tiny LLaVA pretrained for a few steps on scenes_root, saved as a checkpoint directory."""
+    from visionloom.vlm.pretrain import PretrainConfig, pretrain
+
+    config = PretrainConfig(family="llava")
+    config.train.steps, config.train.batch_size, config.train.warmup_steps = 4, 8, 1
+    config.train.checkpoint_every = config.train.eval_every = 4
+    out = tmp_path_factory.mktemp("vlm") / "llava"
+    report = pretrain(scenes_root, out, config, progress=False)
+    return out, report

@@ -228,3 +228,35 @@ def test_learned_scorer_is_soft_in_training_and_hard_at_inference(image):
     assert scorer.net[1].weight.grad is not None
     hard = scorer.decide(adapter, inputs, tokens, 0.25)
     assert [len(k) for k in hard.keep] == [16, 16]
+
+
+def test_prune_eval_writes_table_plot_and_keeps_accuracy_at_full_keep(scenes_root, scene_vlm, tmp_path):
+    from visionloom.pruning.evaluate import PruneConfig, evaluate_pruning, read_questions, run_pruner
+    from visionloom.vlm.pretrain import answer_accuracy
+
+    directory, _ = scene_vlm
+    config = PruneConfig(vlm=str(directory), max_questions=12, batch_size=6, keep_ratios=[1.0, 0.25])
+    config.pruners = ["random", "cls-attention", "text-attention", "learned"]
+    config.scorer.steps, config.scorer.batch_size = 2, 4
+    report = evaluate_pruning(config, scenes_root, tmp_path, progress=False)
+    results = report["results"]
+    assert set(results) == {"keep-all", "random", "cls-attention", "text-attention", "learned"}
+    assert all(set(by_ratio) == {"0.25"} for name, by_ratio in results.items() if name != "keep-all")
+    assert results["random"]["0.25"]["image_tokens_kept"] == 16
+    assert (
+        results["random"]["0.25"]["mflops_per_question"] < results["keep-all"]["1.0"]["mflops_per_question"]
+    )
+    assert (tmp_path / "accuracy_vs_tokens.png").stat().st_size > 0
+    assert "| random | 25% | 16.0 |" in (tmp_path / "prune_table.md").read_text()
+    # Keep-all through the pruning path answers exactly as the plain model does.
+    from visionloom.backbones import load
+
+    adapter = load(directory)
+    texts = read_questions(config, scenes_root)
+    plain = answer_accuracy(adapter, texts, batch_size=6)["all"]
+    assert (
+        run_pruner(
+            adapter, __import__("visionloom.pruning.pruners", fromlist=["KeepAll"]).KeepAll(), texts, 1.0, 6
+        )["accuracy"]
+        == plain
+    )

@@ -8,10 +8,8 @@ from tests.conftest import cached_preset
 from visionloom.backbones import load
 from visionloom.vlm.pretrain import (
     AnswerCollate,
-    PretrainConfig,
     answer_accuracy,
     answers_correct,
-    pretrain,
     read_scene_texts,
 )
 
@@ -50,18 +48,38 @@ def test_exact_match_needs_every_answer_token_right():
     assert answers_correct(logits, labels).tolist() == [True, False]
 
 
-def test_pretrain_saves_a_checkpoint_that_loads_back_and_answers_the_same(scenes_root, tmp_path):
-    config = PretrainConfig(family="llava")
-    config.train.steps, config.train.batch_size, config.train.warmup_steps = 4, 8, 1
-    config.train.checkpoint_every = config.train.eval_every = 4
-    report = pretrain(scenes_root, tmp_path / "vlm", config, progress=False)
+def test_pretrain_saves_a_checkpoint_that_loads_back_and_answers_the_same(scenes_root, scene_vlm):
+    directory, report = scene_vlm
     assert set(report["test_accuracy"]) >= {"all", "caption", "qa", "where"}
-    adapter = load(tmp_path / "vlm")
+    adapter = load(directory)
     assert type(adapter).__name__ == "LlavaAdapter"
     texts = read_scene_texts(scenes_root, "test")
     assert answer_accuracy(adapter, texts) == report["test_accuracy"]
-    trained = load(tmp_path / "vlm")
     random = load("tiny-llava")
     assert not torch.equal(
-        trained.model.get_input_embeddings().weight, random.model.get_input_embeddings().weight
+        adapter.model.get_input_embeddings().weight, random.model.get_input_embeddings().weight
     )
+
+
+def test_cell_labels_follow_the_masks(scenes_root):
+    from visionloom.data.refcoco import read_refcoco
+    from visionloom.data.synth_scenes import COLOURS
+    from visionloom.vlm.pretrain import PLACES, SceneCells, cell_places
+
+    cells = SceneCells(scenes_root)
+    sample = read_refcoco(scenes_root, "train")[0]
+    colours, shapes = cells.labels(sample.image_path.name, (8, 8))
+    mask = torch.from_numpy(sample.mask()).float()
+    cover = torch.nn.functional.adaptive_avg_pool2d(mask[None], (8, 8))[0].flatten()
+    mostly = cover > 0.6  # cells the object covers mostly are labelled with it
+    assert mostly.any()
+    instances = __import__("json").loads((scenes_root / "instances.json").read_text())
+    annotation = next(
+        a
+        for a in instances["annotations"]
+        if a["bbox"] == list(sample.box) and a["image_id"] == sample.image_id
+    )
+    assert (colours[mostly] == 1 + list(COLOURS).index(annotation["attributes"]["colour"])).all()
+    assert (shapes[mostly] == annotation["category_id"]).all()
+    places = cell_places((3, 3))
+    assert [PLACES[i] for i in places.tolist()] == PLACES

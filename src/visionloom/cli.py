@@ -28,6 +28,8 @@ ground_app = typer.Typer(
     no_args_is_help=True, help="Referring segmentation from a frozen VLM's attention, refined by SAM."
 )
 app.add_typer(ground_app, name="ground")
+prune_app = typer.Typer(no_args_is_help=True, help="Vision-token pruning: accuracy kept, prefill saved.")
+app.add_typer(prune_app, name="prune")
 vlm_app = typer.Typer(no_args_is_help=True, help="A tiny VLM that has learned the synthetic scenes.")
 app.add_typer(vlm_app, name="vlm")
 console = Console()
@@ -272,6 +274,32 @@ def ground_show(
     model, _, features = load_trained(checkpoint, samples=samples, split=split)
     paths = show(model, samples, features, out or checkpoint / "show")
     console.print(f"wrote {len(paths)} images to {paths[0].parent}")
+
+
+# ---------------------------------------------------------------------------------------- prune
+@prune_app.command("eval")
+def prune_eval(
+    config: str = typer.Argument("scenes", help="A name under configs/pruning/ or a YAML path."),
+    data: Path = typer.Option(
+        ..., "--data", help="A synth-scenes directory (its qa.json), or any root for --set questions=..."
+    ),
+    out: Path = typer.Option(Path("runs/prune"), "--out"),
+    vlm: str | None = typer.Option(None, "--vlm", help="The VLM: a checkpoint directory."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. max_questions=100."),
+) -> None:
+    """Accuracy, prefill time and FLOPs for each pruner at keep ratios 100/50/25/11%."""
+    from visionloom.config import ConfigError
+    from visionloom.pruning.evaluate import evaluate_pruning, load_config
+
+    try:
+        settings = load_config(config, overrides)
+        if vlm is not None:
+            settings.vlm = vlm
+        evaluate_pruning(settings, data, out)
+    except (ConfigError, ValueError) as error:
+        raise typer.BadParameter(str(error)) from None
+    console.print((out / "prune_table.md").read_text())
+    console.print(f"plot: {out / 'accuracy_vs_tokens.png'}")
 
 
 # ---------------------------------------------------------------------------------------- vq

@@ -1,0 +1,256 @@
+"""`visionloom prune eval CONFIG`: accuracy kept and prefill saved, per pruner and keep ratio.
+
+For each pruner and each keep ratio, every question of the split is answered by the frozen VLM
+on the pruned sequence (exact match under greedy decoding, see `vlm/pretrain.py`). Prefill time
+is measured per batch (wall clock, the pruner's own cost included) and FLOPs are estimated from
+the language model's size and the kept sequence length. Output: RUN/prune_table.md, results.json
+and accuracy_vs_tokens.png (one line per pruner).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from visionloom import config as config_io
+from visionloom.backbones import load
+from visionloom.backbones.base import ImageTokenAdapter
+from visionloom.pruning.apply import forward_pruned
+from visionloom.pruning.pruners import (
+    ClsAttention,
+    KeepAll,
+    LearnedScorer,
+    RandomPruner,
+    TextAttention,
+)
+from visionloom.vlm.pretrain import AnswerCollate, SceneText, SceneTextSet, answers_correct, read_scene_texts
+
+
+@dataclass
+class ScorerConfig:
+    steps: int = 200
+    batch_size: int = 16
+    lr: float = 1e-3
+    budget_weight: float = 1.0  # pulls the mean soft weight toward the keep ratio being trained for
+    keep_ratio: float = 0.25
+
+
+@dataclass
+class PruneConfig:
+    name: str = "scenes"
+    vlm: str | None = None  # a checkpoint directory (from `vlm pretrain`, or a real VLM)
+    split: str = "test"
+    questions: str | None = None  # a JSON list of {"image", "question", "answer"}; None: the scenes' qa.json
+    max_questions: int = 400
+    batch_size: int = 32
+    keep_ratios: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25, 0.11])
+    pruners: list[str] = field(
+        default_factory=lambda: ["random", "cls-attention", "text-attention", "learned"]
+    )
+    text_layer: int = 0  # language-side pruner: rank at this layer
+    cls_layer: int = -2  # vision-side pruner: CLS attention at this tower layer
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    seed: int = 0
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> PruneConfig:
+    return config_io.load(PruneConfig, config_io.find_config("pruning", name_or_path), overrides)
+
+
+def read_questions(config: PruneConfig, data_root: Path) -> list[SceneText]:
+    if config.questions:
+        path = Path(config.questions)
+        items = json.loads(path.read_text())
+        texts = []
+        for index, item in enumerate(items):
+            missing = {"image", "question", "answer"} - set(item)
+            if missing:
+                raise ValueError(f"{path}: item {index} lacks {sorted(missing)}")
+            image = Path(item["image"])
+            texts.append(
+                SceneText(
+                    image if image.is_absolute() else path.parent / image,
+                    f"<image>\n{item['question']}",
+                    item["answer"],
+                    "qa",
+                )
+            )
+    else:
+        texts = [t for t in read_scene_texts(data_root, config.split) if t.task.startswith("qa")]
+    return texts[: config.max_questions]
+
+
+def prefill_flops(adapter: ImageTokenAdapter, lengths: torch.Tensor) -> float:
+    """2 * parameters * tokens for the projections, plus the attention's 4 * layers * S^2 * width."""
+    language = adapter.language_module
+    parameters = sum(p.numel() for p in language.parameters())
+    layers, width = len(language.layers), adapter.text_width
+    lengths = lengths.double()
+    return float((2 * parameters * lengths + 4 * layers * lengths**2 * width).sum())
+
+
+def train_scorer(
+    adapter: ImageTokenAdapter, texts: list[SceneText], config: ScorerConfig, seed: int
+) -> LearnedScorer:
+    """Soft weights during training (the VLM frozen); the budget term keeps them from all staying at one."""
+    torch.manual_seed(seed)
+    scorer = LearnedScorer(adapter.text_width)
+    optimizer = torch.optim.AdamW(scorer.parameters(), lr=config.lr)
+    collate = AnswerCollate(adapter)
+    generator = torch.Generator().manual_seed(seed)
+    adapter.model.requires_grad_(False)
+    for _ in range(config.steps):
+        picks = torch.randint(0, len(texts), (config.batch_size,), generator=generator).tolist()
+        batch = collate([texts[i] for i in picks])
+        with torch.no_grad():
+            tokens = adapter.encode_images(batch["inputs"])
+        decision = scorer.soft(tokens)
+        logits = forward_pruned(adapter, batch["inputs"], tokens, decision).logits
+        labels = batch["answer_labels"]
+        answer = torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100
+        )
+        budget = (torch.cat(decision.weights).mean() - config.keep_ratio) ** 2
+        loss = answer + config.budget_weight * budget
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return scorer.eval()
+
+
+def make_pruner(name: str, config: PruneConfig, adapter, train_texts):
+    if name == "random":
+        return RandomPruner(config.seed)
+    if name == "cls-attention":
+        return ClsAttention(config.cls_layer)
+    if name == "cls-attention-merge":
+        return ClsAttention(config.cls_layer, merge=True)
+    if name == "text-attention":
+        return TextAttention(config.text_layer)
+    if name == "learned":
+        return train_scorer(adapter, train_texts, config.scorer, config.seed)
+    raise ValueError(
+        f"unknown pruner {name!r}; known: random, cls-attention, cls-attention-merge, text-attention, learned"
+    )
+
+
+@torch.no_grad()
+def run_pruner(adapter, pruner, texts: list[SceneText], keep_ratio: float, batch_size: int) -> dict:
+    loader = DataLoader(SceneTextSet(texts), batch_size=batch_size, collate_fn=AnswerCollate(adapter))
+    correct, seconds, flops, kept_tokens, images = 0, 0.0, 0.0, 0, 0
+    for batch in loader:
+        inputs = batch["inputs"]
+        started = time.perf_counter()
+        tokens = adapter.encode_images(inputs)
+        decision = pruner.decide(adapter, inputs, tokens, keep_ratio)
+        if isinstance(pruner, ClsAttention) and pruner.merge:
+            tokens = pruner.merged_tokens(tokens, decision)
+        output = forward_pruned(adapter, inputs, tokens, decision)
+        seconds += time.perf_counter() - started
+        # Every dropped token comes before the answer (the image precedes the question), so the
+        # answer's positions shift left by the number dropped from that sample.
+        dropped = dropped_per_sample(inputs, tokens, decision)
+        labels = torch.full(output.logits.shape[:2], -100, dtype=torch.long)
+        for row, answer in enumerate(batch["answer_labels"]):
+            positions = (answer != -100).nonzero().flatten()
+            labels[row, positions - dropped[row]] = answer[positions]
+        correct += int(answers_correct(output.logits, labels).sum())
+        kept = decision.kept_counts(tokens)
+        kept_tokens += sum(kept)
+        images += len(kept)
+        lengths = inputs.attention_mask.sum(1) - torch.tensor(tokens.counts) + torch.tensor(kept)
+        flops += prefill_flops(adapter, lengths)
+    return {
+        "accuracy": 100.0 * correct / len(texts),
+        "prefill_ms_per_question": 1000.0 * seconds / len(texts),
+        "mflops_per_question": flops / len(texts) / 1e6,
+        "image_tokens_kept": kept_tokens / images,
+    }
+
+
+def dropped_per_sample(inputs, tokens, decision) -> list[int]:
+    kept = decision.kept_counts(tokens)
+    dropped = [0] * inputs.batch_size
+    for image, (sample, _) in enumerate(inputs.image_owner()):
+        dropped[sample] += tokens.counts[image] - kept[image]
+    return dropped
+
+
+def evaluate_pruning(
+    config: PruneConfig, data_root: str | Path, out: str | Path, progress: bool = True
+) -> dict:
+    if config.vlm is None:
+        raise ValueError("no VLM: give --vlm DIR (from `visionloom vlm pretrain`, or a real checkpoint)")
+    data_root, out = Path(data_root), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    adapter = load(config.vlm)
+    adapter.model.eval()
+    texts = read_questions(config, data_root)
+    train_texts = (
+        [t for t in read_scene_texts(data_root, "train") if t.task.startswith("qa")]
+        if "learned" in config.pruners
+        else []
+    )
+    results: dict[str, dict[str, dict]] = {
+        "keep-all": {"1.0": run_pruner(adapter, KeepAll(), texts, 1.0, config.batch_size)}
+    }
+    jobs = [(name, ratio) for name in config.pruners for ratio in config.keep_ratios if ratio < 1.0]
+    if progress:
+        from rich.progress import track
+
+        jobs = track(jobs, description=f"{len(texts)} questions x pruners x keep ratios")
+    pruners = {}
+    for name, ratio in jobs:
+        if name not in pruners:
+            pruners[name] = make_pruner(name, config, adapter, train_texts)
+        results.setdefault(name, {})[str(ratio)] = run_pruner(
+            adapter, pruners[name], texts, ratio, config.batch_size
+        )
+    report = {"vlm": config.vlm, "questions": len(texts), "results": results}
+    (out / "results.json").write_text(json.dumps(report, indent=1))
+    write_table(report, out / "prune_table.md")
+    plot(report, out / "accuracy_vs_tokens.png")
+    return report
+
+
+def write_table(report: dict, path: Path) -> None:
+    lines = [
+        "| pruner | keep | image tokens | accuracy % | prefill ms/question | MFLOPs/question |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, by_ratio in report["results"].items():
+        for ratio, row in by_ratio.items():
+            lines.append(
+                f"| {name} | {float(ratio):.0%} | {row['image_tokens_kept']:.1f} | {row['accuracy']:.1f} | "
+                f"{row['prefill_ms_per_question']:.2f} | {row['mflops_per_question']:.2f} |"
+            )
+    lines.append(f"\n{report['questions']} questions; VLM {report['vlm']}.")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    full = report["results"]["keep-all"]["1.0"]
+    for name, by_ratio in report["results"].items():
+        if name == "keep-all":
+            continue
+        rows = sorted(by_ratio.values(), key=lambda row: row["image_tokens_kept"]) + [full]
+        axis.plot([r["image_tokens_kept"] for r in rows], [r["accuracy"] for r in rows], "o-", label=name)
+    axis.axhline(full["accuracy"], color="grey", linestyle="--", label="unpruned")
+    axis.set_xlabel("image tokens kept per image")
+    axis.set_ylabel("answer accuracy (%)")
+    axis.set_xscale("log", base=2)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
