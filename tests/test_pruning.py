@@ -254,9 +254,4 @@ def test_prune_eval_writes_table_plot_and_keeps_accuracy_at_full_keep(scenes_roo
     adapter = load(directory)
     texts = read_questions(config, scenes_root)
     plain = answer_accuracy(adapter, texts, batch_size=6)["all"]
-    assert (
-        run_pruner(
-            adapter, __import__("visionloom.pruning.pruners", fromlist=["KeepAll"]).KeepAll(), texts, 1.0, 6
-        )["accuracy"]
-        == plain
-    )
+    assert run_pruner(adapter, KeepAll(), texts, 1.0, 6)["accuracy"] == plain
