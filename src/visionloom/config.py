@@ -98,3 +98,13 @@ def to_dict(config: Any) -> dict:
         return value
 
     return plain(dataclasses.asdict(config))
+
+
+def save_run_config(run_dir: Path, config: Any, resume: bool) -> None:
+    """Write RUN/config.yaml; on --resume, refuse a config other than the one the run was trained with."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved = run_dir / "config.yaml"
+    resolved = yaml.safe_dump(to_dict(config), sort_keys=False)
+    if resume and saved.is_file() and saved.read_text() != resolved:
+        raise ValueError(f"--resume with another config than {saved} was trained with; use the same config")
+    saved.write_text(resolved)

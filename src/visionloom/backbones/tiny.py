@@ -116,7 +116,7 @@ def _siglip(image_size: int, patch_size: int = 14) -> SiglipVisionConfig:
     )
 
 
-def _llava_tokenizer() -> PreTrainedTokenizerFast:
+def llava_tokenizer() -> PreTrainedTokenizerFast:
     return build_tokenizer(
         ["<unk>", "<s>", "</s>", "<pad>", "<image>"],
         {"image_token": "<image>"},
@@ -129,7 +129,7 @@ def _llava_tokenizer() -> PreTrainedTokenizerFast:
 
 def tiny_llava(*, vision: str = "clip", **config_overrides: Any) -> LlavaAdapter:
     """LLaVA-1.5 shape: 112x112 images, patch 14 -> 8x8 tokens; CLIP tower with CLS by default."""
-    tokenizer = _llava_tokenizer()
+    tokenizer = llava_tokenizer()
     vision_config = _clip(112) if vision == "clip" else _siglip(112)
     settings = {
         "vision_feature_layer": -2,
@@ -157,7 +157,7 @@ def tiny_llava(*, vision: str = "clip", **config_overrides: Any) -> LlavaAdapter
 
 def tiny_llava_next(**config_overrides: Any) -> LlavaNextAdapter:
     """LLaVA-NeXT shape: 56-px tiles (4x4 tokens each), any-res grids up to 112x112."""
-    tokenizer = _llava_tokenizer()
+    tokenizer = llava_tokenizer()
     pinpoints = [[56, 112], [112, 56], [112, 112]]
     config = LlavaNextConfig(
         vision_config=_clip(56),
@@ -181,8 +181,8 @@ def tiny_llava_next(**config_overrides: Any) -> LlavaNextAdapter:
     return LlavaNextAdapter(LlavaNextAdapter.model_class(config).eval(), processor)
 
 
-def tiny_qwen2_5_vl(**config_overrides: Any) -> Qwen2_5_VLAdapter:
-    """Qwen2.5-VL shape: patch 14, 2x2 merge, 112-px attention windows, up to 64 tokens an image."""
+def qwen_tokenizer() -> tuple[PreTrainedTokenizerFast, dict[str, int]]:
+    """The offline tokenizer with Qwen2.5-VL's special tokens, and their ids."""
     specials = [
         "<|endoftext|>",
         "<|im_start|>",
@@ -198,7 +198,12 @@ def tiny_qwen2_5_vl(**config_overrides: Any) -> Qwen2_5_VLAdapter:
         pad_token="<|endoftext|>",
         eos_token="<|im_end|>",
     )
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in specials}
+    return tokenizer, {token: tokenizer.convert_tokens_to_ids(token) for token in specials}
+
+
+def tiny_qwen2_5_vl(**config_overrides: Any) -> Qwen2_5_VLAdapter:
+    """Qwen2.5-VL shape: patch 14, 2x2 merge, 112-px attention windows, up to 64 tokens an image."""
+    tokenizer, ids = qwen_tokenizer()
     config = Qwen2_5_VLConfig(
         text_config={
             "hidden_size": WIDTH,

@@ -69,9 +69,11 @@ def build_refiner(config: GroundingConfig) -> SamRefiner | None:
 
 
 def split_features(
-    config, adapter, refiner, data_root: Path, split: str, progress: bool
+    config, adapter, refiner, data_root: Path, split: str, progress: bool, samples=None
 ) -> list[SampleFeatures]:
-    samples = read_refcoco(data_root, split, image_dir=config.image_dir)
+    """Frozen features of `samples`, else of the split's samples, with the config's prompt and merge."""
+    if samples is None:
+        samples = read_refcoco(data_root, split, image_dir=config.image_dir)
     return compute_features(
         adapter,
         samples,
@@ -128,13 +130,7 @@ def train_grounding(
     val_features = split_features(config, adapter, refiner, data_root, "val", progress)
     model = build_model(config, train_features, refiner)
     if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        saved, resolved = run_dir / "config.yaml", yaml.safe_dump(config_io.to_dict(config), sort_keys=False)
-        if resume and saved.is_file() and saved.read_text() != resolved:
-            raise ValueError(
-                f"--resume with another config than {saved} was trained with; use the same config"
-            )
-        saved.write_text(resolved)
+        config_io.save_run_config(run_dir, config, resume)
     sampler = RandomBatches(
         len(train_features),
         config.train.batch_size,
@@ -201,17 +197,7 @@ def load_trained(
         )
     refiner = build_refiner(config)
     if features is None:
-        if samples is None:
-            samples = read_refcoco(data_root, split, image_dir=config.image_dir)
-        features = compute_features(
-            load_vlm(config),
-            samples,
-            refiner,
-            prompt=config.prompt,
-            merge=config.merge,
-            text_layers=config.text_layers,
-            description=split,
-        )
+        features = split_features(config, load_vlm(config), refiner, data_root, split, True, samples)
     model = build_model(config, features, refiner)
     load_model(model, str(weights))
     return model.eval(), config, features

@@ -67,14 +67,7 @@ def train_retrieval(
     accelerator = make_accelerator(config.train)
     model = create_model(config, train_split.num_identities, vq_model)
     if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        saved = run_dir / "config.yaml"
-        resolved = yaml.safe_dump(config_io.to_dict(config), sort_keys=False)
-        if resume and saved.is_file() and saved.read_text() != resolved:
-            raise ValueError(
-                f"--resume with another config than {saved} was trained with; use the same config"
-            )
-        saved.write_text(resolved)
+        config_io.save_run_config(run_dir, config, resume)
         notes = [
             *val_split.notes,
             *model.input_spec.notes,
