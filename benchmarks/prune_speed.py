@@ -76,6 +76,8 @@ def qwen(layers: int) -> Qwen2_5_VLAdapter:
             "num_attention_heads": 28,
             "num_key_value_heads": 4,
             "vocab_size": len(tokenizer),
+            "bos_token_id": ids["<|im_start|>"],
+            "eos_token_id": ids["<|im_end|>"],
             "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
         },
         vision_config={

@@ -186,7 +186,7 @@ def vlm_pretrain(
     out: Path = typer.Argument(..., help="Checkpoint directory to write (save_pretrained, with processor)."),
     family: str = typer.Option("llava", "--family", help="llava | qwen2.5-vl"),
     data: Path = typer.Option(..., "--data", help="A synth-scenes directory."),
-    steps: int = typer.Option(1500, "--steps"),
+    steps: int = typer.Option(5000, "--steps"),
     batch_size: int = typer.Option(32, "--batch-size"),
     seed: int = typer.Option(0, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/run/checkpoints."),

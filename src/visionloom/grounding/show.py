@@ -23,6 +23,16 @@ def _overlay(image: Image.Image, mask: np.ndarray, colour: tuple[int, int, int])
     return Image.fromarray(base.astype(np.uint8))
 
 
+def _outline(image: Image.Image, mask: np.ndarray, colour=(255, 0, 255), width: int = 2) -> Image.Image:
+    """The mask's boundary drawn on the image: visible whatever the object's colour."""
+    inside = torch.from_numpy(mask).float()[None, None]
+    eroded = -torch.nn.functional.max_pool2d(-inside, 2 * width + 1, stride=1, padding=width)
+    boundary = (inside - eroded)[0, 0].bool().numpy()
+    base = np.asarray(image.convert("RGB")).copy()
+    base[boundary] = colour
+    return Image.fromarray(base)
+
+
 def _heat(attention: torch.Tensor, feature: SampleFeatures, image: Image.Image) -> Image.Image:
     """Mean attention over layers and heads, on the image (cropped from the padded square)."""
     grid = attention.mean(0)  # [h, w]
@@ -42,7 +52,7 @@ def show(model: Grounder, samples: list[RefSample], features: list[SampleFeature
         image = load_image(sample)
         truth = sample.mask()
         panels = [
-            ("image + ground truth", _overlay(image, truth, (0, 200, 0))),
+            ("image + ground truth (outline)", _outline(image, truth)),
             ("attention (mean of layers x heads)", _heat(feature.attention, feature, image)),
             ("coarse mask (head)", _overlay(image, (prediction.coarse[index] > 0).numpy(), (230, 40, 40))),
         ]

@@ -10,7 +10,10 @@ newlines) are never candidates; a ratio keeps `ceil(ratio * candidates)` of the 
   the one tower pass (transformers 5 returns no CLIP attention weights, sdpa none anywhere).
   With `merge=True` each dropped token is averaged into its most similar kept token.
 - `TextAttention`: language-side (FastV style): the attention image tokens receive from the
-  last text token at language-model layer K, from a pass through the first K+1 layers.
+  last text token at language-model layer K, from a pass through the first K+1 layers. The
+  dropped tokens then leave the whole prefill, not only the layers after K as in FastV: a
+  second pass on the shorter sequence. Splitting one forward at layer K would need the
+  decoder layers driven by hand, and this keeps every family on its own forward.
 - `LearnedScorer`: a small network over image-token embeddings, trained with the VLM frozen.
 """
 

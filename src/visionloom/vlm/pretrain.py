@@ -50,7 +50,7 @@ class PretrainConfig:
     family: str = "llava"
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            steps=1500,
+            steps=5000,
             batch_size=32,
             ids_per_batch=0,
             lr=3e-3,
