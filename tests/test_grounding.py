@@ -201,3 +201,23 @@ def test_grounder_losses_and_gradients_stop_at_the_features(scenes_root):
     assert all(not p.requires_grad for p in adapter.model.parameters()) or all(
         p.grad is None for p in adapter.model.parameters()
     )
+
+
+@pytest.mark.slow
+def test_qwen_pretrains_and_grounds_end_to_end(scenes_root, tmp_path):
+    """The Qwen2.5-VL path of both commands: its 3-D positions, merged grid and processor."""
+    from visionloom.grounding import train as grounding_train
+    from visionloom.vlm.pretrain import PretrainConfig, pretrain
+
+    config = PretrainConfig(family="qwen2.5-vl")
+    config.train.steps, config.train.batch_size, config.train.warmup_steps = 2, 4, 1
+    config.train.checkpoint_every = config.train.eval_every = 2
+    report = pretrain(scenes_root, tmp_path / "vlm", config, progress=False)
+    assert "where" in report["test_accuracy"]
+    ground = grounding_train.load_config(
+        "qwen2.5-vl", ["train.steps=2", "train.batch_size=4", "head.width=8"]
+    )
+    ground.vlm = str(tmp_path / "vlm")
+    ground.train.checkpoint_every = ground.train.eval_every = 2
+    summary = grounding_train.train_grounding(ground, scenes_root, tmp_path / "run", progress=False)
+    assert summary["selected"]["step"] == 2 and "refined_cIoU" in summary["test"]

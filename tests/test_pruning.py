@@ -255,3 +255,22 @@ def test_prune_eval_writes_table_plot_and_keeps_accuracy_at_full_keep(scenes_roo
     texts = read_questions(config, scenes_root)
     plain = answer_accuracy(adapter, texts, batch_size=6)["all"]
     assert run_pruner(adapter, KeepAll(), texts, 1.0, 6)["accuracy"] == plain
+
+
+def test_question_sets_load_from_a_local_json_with_errors_naming_the_item(scenes_root, tmp_path):
+    import json
+
+    from visionloom.pruning.evaluate import PruneConfig, read_questions
+
+    image = next((scenes_root / "images").glob("*.png"))
+    path = tmp_path / "questions.json"
+    path.write_text(
+        json.dumps([{"image": str(image), "question": "what color is the circle?", "answer": "red"}])
+    )
+    texts = read_questions(PruneConfig(questions=str(path)), scenes_root)
+    assert [(t.image_path, t.prompt, t.answer) for t in texts] == [
+        (image, "<image>\nwhat color is the circle?", "red")
+    ]
+    path.write_text(json.dumps([{"image": str(image), "question": "q"}]))
+    with pytest.raises(ValueError, match=r"questions.json: item 0 lacks \['answer'\]"):
+        read_questions(PruneConfig(questions=str(path)), scenes_root)

@@ -103,7 +103,7 @@ def test_refcoco_layout_with_polygons_and_a_sample_per_sentence(tmp_path):
 
 def test_pickled_refs_need_an_explicit_flag(tmp_path):
     root = _write_refcoco(tmp_path / "refcocog", refs_name="refs(umd).p")
-    with pytest.raises(DatasetFormatError, match="pickle.*--allow-pickle"):
+    with pytest.raises(DatasetFormatError, match="pickle.*allow_pickle"):
         read_refcoco(root, dataset="refcocog")
     assert len(read_refcoco(root, dataset="refcocog", allow_pickle=True)) == 2
 

@@ -266,11 +266,10 @@ def ground_show(
     out: Path | None = typer.Option(None, "--out", help="Folder for the PNGs (default CHECKPOINT/show)."),
 ) -> None:
     """A PNG per sample: image, expression, attention map, coarse and refined masks."""
-    from visionloom.data.refcoco import read_refcoco
     from visionloom.grounding.show import show
-    from visionloom.grounding.train import load_trained, read_run_config
+    from visionloom.grounding.train import load_trained, read_run_config, read_samples
 
-    samples = read_refcoco(data, split, image_dir=read_run_config(checkpoint).image_dir)[:n]
+    samples = read_samples(read_run_config(checkpoint), data, split)[:n]
     model, _, features = load_trained(checkpoint, samples=samples, split=split)
     paths = show(model, samples, features, out or checkpoint / "show")
     console.print(f"wrote {len(paths)} images to {paths[0].parent}")

@@ -67,7 +67,7 @@ def find_refs_file(root: Path, split_by: str | None) -> Path:
             return found[0]
         if found:
             raise DatasetFormatError(
-                f"{root}: several refs files ({', '.join(p.name for p in found)}); choose one with --split-by"
+                f"{root}: several refs files ({', '.join(p.name for p in found)}); choose one with split_by (`--set split_by=unc`)"
             )
     raise DatasetFormatError(f"{root}: no refs file; looked for {', '.join(names)}")
 
@@ -79,7 +79,7 @@ def load_refs(path: Path, allow_pickle: bool = False) -> list[dict]:
         raise DatasetFormatError(
             f"{path} is a pickle, and unpickling runs whatever code the file holds. Export it to JSON "
             f"(refs = pickle.load(open(...,'rb')); json.dump(refs, ...)) from a trusted copy, or pass "
-            f"--allow-pickle if you trust where this file came from"
+            f"allow_pickle (`--set allow_pickle=true`) if you trust where this file came from"
         )
     import pickle
 

@@ -40,6 +40,8 @@ class GroundingConfig:
     merge: str = "mean"  # how attention is merged over the expression's tokens: mean | max
     text_layers: int = 2  # hidden states of the last K layers, weighted, go to text_proj
     image_dir: str | None = None  # images, when not DATA/images (COCO's train2014 for RefCOCO)
+    split_by: str | None = None  # which refs(<split_by>) file: unc (RefCOCO, RefCOCO+), umd or google (RefCOCOg)
+    allow_pickle: bool = False  # read a pickled refs(...).p; unpickling runs code, so only for trusted files
     head: HeadConfig = field(default_factory=HeadConfig)
     sam: SamSettings = field(default_factory=SamSettings)
     train: TrainConfig = field(
@@ -68,12 +70,18 @@ def build_refiner(config: GroundingConfig) -> SamRefiner | None:
     return SamRefiner(*load_sam(config.sam), config.sam) if config.sam.enabled else None
 
 
+def read_samples(config: GroundingConfig, data_root: str | Path, split: str) -> list[RefSample]:
+    return read_refcoco(
+        data_root, split, image_dir=config.image_dir, split_by=config.split_by, allow_pickle=config.allow_pickle
+    )
+
+
 def split_features(
     config, adapter, refiner, data_root: Path, split: str, progress: bool, samples=None
 ) -> list[SampleFeatures]:
     """Frozen features of `samples`, else of the split's samples, with the config's prompt and merge."""
     if samples is None:
-        samples = read_refcoco(data_root, split, image_dir=config.image_dir)
+        samples = read_samples(config, data_root, split)
     return compute_features(
         adapter,
         samples,
