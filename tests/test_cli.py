@@ -160,3 +160,17 @@ def test_ground_train_without_a_vlm_says_how_to_give_one(tmp_path):
     )
     assert result.exit_code != 0
     assert "--vlm" in result.output
+
+
+def test_scene_commands_name_the_bad_setting(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["data", "synth-scenes", str(tmp_path / "s"), "--scenes", "5"])
+    assert result.exit_code != 0 and "--scenes 5" in result.output
+    result = runner.invoke(
+        app, ["vlm", "pretrain", str(tmp_path / "v"), "--family", "gpt", "--data", str(tmp_path)]
+    )
+    assert result.exit_code != 0 and "--family 'gpt'" in result.output
+    result = runner.invoke(
+        app, ["prune", "eval", "scenes", "--data", str(tmp_path), "--out", str(tmp_path / "p")]
+    )
+    assert result.exit_code != 0 and "--vlm" in result.output

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from PIL import Image
+from PIL import Image, ImageStat
 
 from visionloom.backbones.base import ImageTokenAdapter
 
@@ -50,7 +50,7 @@ def pad_to_square(image: Image.Image) -> tuple[Image.Image, Padding]:
     side = max(width, height)
     if width == height:
         return image, Padding((height, width), side)
-    mean = tuple(int(c) for c in torch.tensor(list(image.getdata()), dtype=torch.float).mean(0).round())
+    mean = tuple(round(c) for c in ImageStat.Stat(image).mean)
     square = Image.new("RGB", (side, side), mean)
     square.paste(image, (0, 0))
     return square, Padding((height, width), side)

@@ -84,16 +84,14 @@ def compute_features(
             text_layers=text_layers,
         )
         if refiner is not None:
-            new = [
-                (str(s.image_path), image)
+            new = {  # each image once, however many expressions it has
+                str(s.image_path): image
                 for s, image in zip(chunk, images, strict=True)
                 if str(s.image_path) not in sam_cache
-            ]
-            new = list(dict(new).items())
+            }
             if new:
-                embeddings, sizes = refiner.embed_images([image for _, image in new])
-                for (key, _), embedding, size in zip(new, embeddings, sizes, strict=True):
-                    sam_cache[key] = (embedding, size)
+                embeddings, sizes = refiner.embed_images(list(new.values()))
+                sam_cache.update(zip(new, zip(embeddings, sizes, strict=True), strict=True))
         for sample, name, item in zip(chunk, names, collected, strict=True):
             sam_embedding, sam_size = sam_cache.get(str(sample.image_path), (None, None))
             features.append(

@@ -40,7 +40,9 @@ class GroundingConfig:
     merge: str = "mean"  # how attention is merged over the expression's tokens: mean | max
     text_layers: int = 2  # hidden states of the last K layers, weighted, go to text_proj
     image_dir: str | None = None  # images, when not DATA/images (COCO's train2014 for RefCOCO)
-    split_by: str | None = None  # which refs(<split_by>) file: unc (RefCOCO, RefCOCO+), umd or google (RefCOCOg)
+    split_by: str | None = (
+        None  # which refs(<split_by>) file: unc (RefCOCO, RefCOCO+), umd or google (RefCOCOg)
+    )
     allow_pickle: bool = False  # read a pickled refs(...).p; unpickling runs code, so only for trusted files
     head: HeadConfig = field(default_factory=HeadConfig)
     sam: SamSettings = field(default_factory=SamSettings)
@@ -72,7 +74,11 @@ def build_refiner(config: GroundingConfig) -> SamRefiner | None:
 
 def read_samples(config: GroundingConfig, data_root: str | Path, split: str) -> list[RefSample]:
     return read_refcoco(
-        data_root, split, image_dir=config.image_dir, split_by=config.split_by, allow_pickle=config.allow_pickle
+        data_root,
+        split,
+        image_dir=config.image_dir,
+        split_by=config.split_by,
+        allow_pickle=config.allow_pickle,
     )
 
 
@@ -167,8 +173,8 @@ def train_grounding(
     }
     if accelerator.is_main_process:
         test_features = split_features(config, adapter, refiner, data_root, "test", progress)
-        best = load_trained(run_dir, test_features)[0]
-        summary["test"] = evaluate(best, test_features)
+        load_model(model, str(run_dir / "best" / "model.safetensors"))  # the weights selected on val
+        summary["test"] = evaluate(model, test_features)
         (run_dir / "test_metrics.json").write_text(json.dumps(summary, indent=1))
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     accelerator.wait_for_everyone()

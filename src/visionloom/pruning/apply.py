@@ -110,16 +110,10 @@ def prune_sequence(
     rows = [torch.cat([kept[row], padding[row]])[:longest] for row in range(batch)]
 
     def gather(tensor: torch.Tensor, fill) -> torch.Tensor:
-        """Gather the kept positions along the sequence axis (the last, or dim 1 for [B, S, D])."""
-        sequence_axis = 1 if tensor.dim() == 3 and tensor.shape[:2] == (batch, length) else tensor.dim() - 1
-        shape = list(tensor.shape)
-        shape[sequence_axis] = longest
-        out = torch.full(shape, fill, dtype=tensor.dtype, device=tensor.device)
+        """[..., B, S] -> [..., B, S']: each row's kept positions, then fill."""
+        out = torch.full((*tensor.shape[:-1], longest), fill, dtype=tensor.dtype, device=tensor.device)
         for row, positions in enumerate(rows):
-            if sequence_axis == 1:
-                out[row, : len(positions)] = tensor[row, positions]
-            else:
-                out[..., row, : len(positions)] = tensor[..., row, positions]
+            out[..., row, : len(positions)] = tensor[..., row, positions]
         return out
 
     gathered = {
@@ -127,7 +121,8 @@ def prune_sequence(
         for key, value in kwargs.items()
     }
     return PrunedSequence(
-        inputs_embeds=gather(embeds, 0.0),
+        # [B, S, D] gathered as [D, B, S]; contiguous again, as the model got it unpruned.
+        inputs_embeds=gather(embeds.movedim(-1, 0), 0.0).movedim(0, -1).contiguous(),
         attention_mask=gather(inputs.attention_mask, 0),
         model_kwargs=gathered,
         kept_positions=kept,

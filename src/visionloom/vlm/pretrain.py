@@ -20,7 +20,6 @@ token included), the arg-max given the true prefix is the true next token.
 from __future__ import annotations
 
 import json
-import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,7 +207,9 @@ class AnswerCollate:
             after_image[row, spans[-1][1] :] = True
         after_image &= inputs.attention_mask.bool() & ~inputs.image_token_mask
         # Qwen's <|vision_end|> follows the image: it is a marker, not text to predict.
-        after_image &= inputs.input_ids != self.adapter.config.__dict__.get("vision_end_token_id", -1)
+        vision_end = getattr(self.adapter.config, "vision_end_token_id", None)
+        if vision_end is not None:
+            after_image &= inputs.input_ids != vision_end
         labels = torch.where(after_image, inputs.input_ids, torch.full_like(inputs.input_ids, -100))
         for row, text in enumerate(texts):
             answer_ids = tokenizer(f" {text.answer}{eos}", add_special_tokens=False)["input_ids"]
@@ -287,10 +288,9 @@ def answer_accuracy(
     adapter: ImageTokenAdapter,
     texts: list[SceneText],
     batch_size: int = 64,
-    forward=None,
     progress: bool = False,
 ) -> dict[str, float]:
-    """Exact-match accuracy (%) overall and per task; `forward(inputs) -> logits` may replace the plain one."""
+    """Exact-match accuracy (%) overall and per task."""
     collate = AnswerCollate(adapter)
     loader = DataLoader(SceneTextSet(texts), batch_size=batch_size, collate_fn=collate)
     correct: dict[str, list[bool]] = defaultdict(list)
@@ -302,7 +302,7 @@ def answer_accuracy(
     offset = 0
     for batch in iterator:
         inputs: MultimodalInputs = batch["inputs"].to(adapter.model.device)
-        logits = forward(inputs) if forward is not None else adapter.forward(inputs).logits
+        logits = adapter.forward(inputs).logits
         hits = answers_correct(logits, batch["answer_labels"].to(logits.device)).tolist()
         for text, hit in zip(texts[offset : offset + len(hits)], hits, strict=True):
             correct["all"].append(hit)
@@ -323,7 +323,6 @@ def pretrain(
     if config.family not in FAMILY_PRESETS:
         raise ValueError(f"--family {config.family!r}: choose one of {', '.join(FAMILY_PRESETS)}")
     out = Path(out)
-    random.seed(config.seed)
     adapter = load(FAMILY_PRESETS[config.family], seed=config.seed)
     adapter.model.train()
     train_texts = read_scene_texts(root, "train")
@@ -335,11 +334,8 @@ def pretrain(
     )
     model = AnswerModel(adapter, config.cell_weight)
 
-    def validate(_model) -> dict[str, float]:
-        adapter.model.eval()
-        accuracy = answer_accuracy(adapter, val_texts)
-        adapter.model.train()
-        return accuracy
+    def validate(_model) -> dict[str, float]:  # the trainer switches the model to eval and back
+        return answer_accuracy(adapter, val_texts)
 
     trainer = Trainer(
         model, loader, config.train, out / "run", validate=validate, select_key="all", progress=progress
