@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import math
+import sys
+from contextlib import contextmanager
 from dataclasses import replace
 
 import pytest
 import torch
+from transformers import AttentionInterface
 
 from tests.conftest import FAMILIES, cached_preset
 from visionloom.pruning.apply import Decision, forward_pruned, prune_sequence
 from visionloom.pruning.pruners import (
-    ClsAttention,
     KeepAll,
     LearnedScorer,
     OnesSoft,
     RandomPruner,
     TextAttention,
-    cls_attention,
+    TowerAttention,
 )
 
 
@@ -156,42 +159,141 @@ def test_keep_ratio_counts_and_bad_decisions(image):
         prune_sequence(adapter, inputs, tokens, Decision(keep=[torch.tensor([64]), torch.arange(64)]))
 
 
-def test_cls_attention_is_the_towers_own_attention_from_the_same_pass(image):
-    """Recompute with the CLIP layer asked for eager attention weights: the same numbers."""
-    adapter = cached_preset("tiny-llava")
+@contextmanager
+def eager_weights_of(adapter, attention_module):
+    """Attention probabilities of one tower block from the model's own eager attention (a second pass).
+
+    Registered through transformers' AttentionInterface, so the reference is the library's code and
+    not ours. Test-only: the pruner never runs the tower twice.
+    """
+    captured = []
+
+    def capture(module, query, key, value, attention_mask, **kwargs):
+        eager = sys.modules[type(module).__module__].eager_attention_forward
+        output, weights = eager(module, query, key, value, attention_mask, **kwargs)
+        if module is attention_module:
+            captured.append(weights.float())
+        return output, weights
+
+    AttentionInterface.register("visionloom-capture", capture)
+    config = adapter.vision_tower.config
+    previous = config._attn_implementation
+    config._attn_implementation = "visionloom-capture"
+    try:
+        yield captured
+    finally:
+        config._attn_implementation = previous
+
+
+def _encoder_attention(adapter, block):
+    return getattr(adapter.vision_tower, "vision_model", adapter.vision_tower).encoder.layers[block].self_attn
+
+
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-deepseek-vl"])
+def test_tower_scores_are_the_towers_own_attention_from_the_same_pass(name, image):
+    """CLIP: the class token's row; SigLIP: mean over queries; both equal the model's eager weights."""
+    adapter = cached_preset(name)
     inputs, _ = _batch(adapter, image)
     with torch.no_grad():
         tokens = adapter.encode_images(inputs)
-        scores = cls_attention(adapter, tokens, layer=-2)
-        tower = adapter.vision_tower
-        block = tower.encoder.layers[-2]
-        hidden = tokens.tower_hidden_states[1]  # the input of block -2 (index 1 of 3), from the same pass
-        normed = block.layer_norm1(hidden)
-        tower.config._attn_implementation = "eager"
-        try:
-            _, weights = block.self_attn(normed)  # [2, heads, 65, 65]
-        finally:
-            tower.config._attn_implementation = "sdpa"
-    torch.testing.assert_close(torch.stack(scores), weights[:, :, 0, 1:].mean(1))
-    decision = ClsAttention().decide(adapter, inputs, tokens, 0.25)
+        scores = adapter.tower_attention_scores(tokens, block=-2)
+        with eager_weights_of(adapter, _encoder_attention(adapter, -2)) as captured:
+            adapter.encode_images(inputs)
+    (weights,) = captured  # [images, heads, P(+1), P(+1)]
+    expected = weights[:, :, 0, 1:].mean(1) if name == "tiny-llava" else weights.mean((1, 2))
+    torch.testing.assert_close(torch.stack(scores), expected)
+    decision = TowerAttention(block=-2).decide(adapter, inputs, tokens, 0.25)
     assert torch.equal(decision.keep[0], scores[0].topk(16).indices.sort().values)
 
 
-def test_cls_attention_refuses_towers_without_cls(image):
-    adapter = cached_preset("tiny-qwen2.5-vl")
+@pytest.mark.parametrize("name", ["tiny-gemma3", "tiny-t5gemma2"])
+def test_gemma_tower_scores_are_pooled_like_the_projector_pools_patches(name, image):
+    adapter = cached_preset(name)
     inputs, _ = _batch(adapter, image)
-    tokens = adapter.encode_images(inputs)
-    with pytest.raises(NotImplementedError, match="no CLS|has none"):
-        ClsAttention().decide(adapter, inputs, tokens, 0.5)
+    with torch.no_grad():
+        tokens = adapter.encode_images(inputs)
+        scores = adapter.tower_attention_scores(tokens)
+        with eager_weights_of(adapter, _encoder_attention(adapter, -1)) as captured:
+            adapter.encode_images(inputs)
+    per_patch = captured[0].mean((1, 2))  # [images, 256]: mean received attention, 16x16 patches
+    rows, cols = tokens.geometries[0].patch_grid
+    side, kernel = 4, rows // 4  # 16 tokens per image: 4x4 blocks of 4x4 patches
+    expected = per_patch.view(-1, side, kernel, side, kernel).mean((2, 4)).flatten(1)
+    torch.testing.assert_close(torch.stack(scores), expected)
+
+
+def test_qwen_tower_scores_use_a_full_attention_block_and_land_on_merged_tokens(image):
+    """Window order undone and 2x2 units averaged: checked against the eager weights of a second
+    pass, re-ordered by matching the tower's window-order output rows to the layer's raster `raw`."""
+    adapter = cached_preset("tiny-qwen2.5-vl")
+    inputs = adapter.build_inputs([image(112, 168, 1), image(168, 112, 2)], ["<image> a", "<image> b"])
+    tower = adapter.vision_tower
+    full_block = tower.fullatt_block_indexes[-1]
+    with torch.no_grad():
+        tokens = adapter.encode_images(inputs)
+        scores = adapter.tower_attention_scores(tokens)
+        with eager_weights_of(adapter, tower.blocks[full_block].attn) as captured:
+            adapter.encode_images(inputs)
+    assert len(captured) == 2  # one full-attention chunk per image
+    received = torch.cat([weights.mean((0, 1, 2)) for weights in captured])  # [patches], window order
+    window_order = tokens.tower_hidden_states[-1]  # the last block's output, window order
+    to_raster = torch.cdist(tokens.raw, window_order).argmin(-1)  # raw row i = window row to_raster[i]
+    assert torch.equal(window_order[to_raster], tokens.raw)
+    expected = received[to_raster].view(-1, 4).mean(-1)
+    torch.testing.assert_close(torch.cat(scores), expected)
+    assert [len(s) for s in scores] == tokens.counts == [24, 24]
+    with pytest.raises(ValueError, match="windowed attention"):
+        adapter.tower_attention_scores(tokens, block=0)
+
+
+def test_llava_next_tile_scores_follow_the_packed_layout_of_their_features(image):
+    """Each placeholder's score is the score of the tile patch its embedding was projected from."""
+    adapter = cached_preset("tiny-llava-next")
+    inputs = adapter.build_inputs([image(84, 140, 1)], ["<image> a"])  # wide: tiles cropped by unpad
+    with torch.no_grad():
+        tokens = adapter.encode_images(inputs)
+        (scores,) = adapter.tower_attention_scores(tokens)
+        per_tile = adapter.tile_attention_scores(tokens).flatten()  # [tiles * P]
+        projected = adapter.project(tokens.raw)  # [tiles * P, D], before packing
+    newlines = list(adapter.structural_offsets(tokens.geometries[0]))
+    assert scores[newlines].isnan().all()
+    content = torch.ones(len(scores), dtype=torch.bool)
+    content[newlines] = False
+    source = torch.cdist(tokens.embeds[content], projected).argmin(-1)
+    torch.testing.assert_close(tokens.embeds[content], projected[source])
+    torch.testing.assert_close(scores[content], per_tile[source])
+    assert tokens.geometries[0].token_grid[0] < 2 * 4  # the unpad really cropped rows
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_tower_attention_prunes_every_family(name, image):
+    adapter = cached_preset(name)
+    inputs, flags = _batch(adapter, image)
+    with torch.no_grad():
+        tokens = adapter.encode_images(inputs)
+        pruner = TowerAttention(merge=True)
+        decision = pruner.decide(adapter, inputs, tokens, 0.25)
+        merged = pruner.merged_tokens(adapter, tokens, decision)
+        output = _out(forward_pruned(adapter, inputs, merged, decision, **flags))
+    for image_index, keep in enumerate(decision.keep):
+        layout = adapter.structural_offsets(tokens.geometries[image_index])
+        assert set(layout) <= set(keep.tolist())
+        content = tokens.counts[image_index] - len(layout)
+        assert len(keep) - len(layout) == math.ceil(0.25 * content)
+        # Layout tokens take no merges.
+        assert torch.equal(
+            merged.per_image()[image_index][list(layout)], tokens.per_image()[image_index][list(layout)]
+        )
+    assert output.isfinite().all()
 
 
 def test_merging_moves_dropped_tokens_into_kept_ones(image):
     adapter = cached_preset("tiny-llava")
     inputs, _ = _batch(adapter, image)
     tokens = adapter.encode_images(inputs)
-    pruner = ClsAttention(merge=True)
+    pruner = TowerAttention(merge=True)
     decision = pruner.decide(adapter, inputs, tokens, 0.25)
-    merged = pruner.merged_tokens(tokens, decision)
+    merged = pruner.merged_tokens(adapter, tokens, decision)
     before, after = tokens.per_image()[0], merged.per_image()[0]
     kept = decision.keep[0]
     dropped = torch.ones(64, dtype=torch.bool)
@@ -236,11 +338,11 @@ def test_prune_eval_writes_table_plot_and_keeps_accuracy_at_full_keep(scenes_roo
 
     directory, _ = scene_vlm
     config = PruneConfig(vlm=str(directory), max_questions=12, batch_size=6, keep_ratios=[1.0, 0.25])
-    config.pruners = ["random", "cls-attention", "text-attention", "learned"]
+    config.pruners = ["random", "tower-attention", "text-attention", "learned"]
     config.scorer.steps, config.scorer.batch_size = 2, 4
     report = evaluate_pruning(config, scenes_root, tmp_path, progress=False)
     results = report["results"]
-    assert set(results) == {"keep-all", "random", "cls-attention", "text-attention", "learned"}
+    assert set(results) == {"keep-all", "random", "tower-attention", "text-attention", "learned"}
     assert all(set(by_ratio) == {"0.25"} for name, by_ratio in results.items() if name != "keep-all")
     assert results["random"]["0.25"]["image_tokens_kept"] == 16
     assert (

@@ -327,6 +327,14 @@ class ImageTokenAdapter:
         """One vision-tower pass: raw features and the projected embeddings the LM receives."""
         raise NotImplementedError
 
+    def tower_attention_scores(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
+        """Per image [counts_i]: the attention its tokens receive in the vision tower at `block`.
+
+        The scores come from the one pass's hidden states (see `tower_attention`). `block` defaults
+        to the family's choice, and NaN marks layout placeholders.
+        """
+        raise NotImplementedError(f"{self.family}: no vision-tower attention scores for this family")
+
     # ------------------------------------------------------------------ the model's own path
     @property
     def language_module(self) -> torch.nn.Module:

@@ -12,6 +12,7 @@ from transformers import DeepseekVLForConditionalGeneration
 
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.backbones.checks import ImageTokenMismatch
+from visionloom.backbones.tower_attention import encoder_block_attention
 from visionloom.backbones.types import ImageGeometry, MultimodalInputs, VisionTokens
 
 
@@ -84,6 +85,11 @@ class DeepseekVLAdapter(ImageTokenAdapter):
             feature_source="last_hidden_state (after post_layernorm), every patch",
             tower_hidden_states=tuple(out.hidden_states) if out.hidden_states is not None else None,
         )
+
+    def tower_attention_scores(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
+        """Mean received attention per patch (SigLIP has no class token); one patch is one token."""
+        block = -1 if block is None else block  # the last block's output feeds the aligner
+        return list(encoder_block_attention(self.vision_tower, tokens.tower_hidden_states, block, "all"))
 
     def project(self, raw: torch.Tensor) -> torch.Tensor:
         return self.model.model.aligner(raw)

@@ -20,6 +20,7 @@ from transformers import Gemma3ForConditionalGeneration
 
 from visionloom.backbones.base import ImageTokenAdapter, nearest_multiples
 from visionloom.backbones.checks import ImageTokenMismatch
+from visionloom.backbones.tower_attention import encoder_block_attention
 from visionloom.backbones.types import ImageGeometry, MultimodalInputs, VisionTokens
 
 
@@ -207,6 +208,14 @@ class Gemma3Adapter(ImageTokenAdapter):
             feature_source="last_hidden_state (after post_layernorm), full patch grid before pooling",
             tower_hidden_states=tuple(hidden_states) if hidden_states is not None else None,
         )
+
+    def tower_attention_scores(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
+        """Mean received attention per patch (SigLIP has no class token), pooled as the projector pools."""
+        block = -1 if block is None else block  # the last block's output feeds the projector
+        per_patch = encoder_block_attention(self.vision_tower, tokens.tower_hidden_states, block, "all")
+        rows, cols = tokens.geometries[0].patch_grid  # one size per batch (checked in _process)
+        pooled = self.projector.avg_pool(per_patch.view(-1, 1, rows, cols))  # [N, 1, rows // k, cols // k]
+        return list(pooled.flatten(1))
 
     # --- language model
     def image_token_types(self, inputs: MultimodalInputs) -> dict[str, torch.Tensor]:

@@ -96,6 +96,22 @@ class LlavaNextAdapter(LlavaAdapter):
             tower_hidden_states=tuple(out.hidden_states),
         )
 
+    def tower_attention_scores(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
+        """Per-tile scores laid out like the features: base view, stitched and unpadded tiles, newlines.
+
+        The layout comes from the model's own `pack_image_features`, run on one score channel. The
+        newlines get NaN because they are layout and never candidates.
+        """
+        per_tile = self.tile_attention_scores(tokens, block)  # [all tiles, P']
+        tiles = [raw_count // per_tile.shape[1] for raw_count in tokens.raw_counts]
+        packed, _ = self.model.model.pack_image_features(
+            [scores.unsqueeze(-1) for scores in per_tile.split(tiles)],  # per image [tiles, P', 1]
+            image_sizes=torch.tensor([g.image_size for g in tokens.geometries]),
+            vision_feature_select_strategy=self.config.vision_feature_select_strategy,
+            image_newline=torch.full((1,), float("nan")),
+        )
+        return [scores.squeeze(-1) for scores in packed]
+
     def describe_vision(self) -> dict[str, str]:
         info = super().describe_vision()
         info["pooling / merge"] = f"any-res tiles {self.config.image_grid_pinpoints}, unpad, newline per row"

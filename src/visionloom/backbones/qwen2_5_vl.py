@@ -27,6 +27,7 @@ from transformers.vision_utils import get_vision_window_index
 from visionloom.backbones._compat import qwen_video_processor
 from visionloom.backbones.base import ImageTokenAdapter, nearest_multiples
 from visionloom.backbones.checks import ImageTokenMismatch
+from visionloom.backbones.tower_attention import qwen_block_attention
 from visionloom.backbones.types import ImageGeometry, MultimodalInputs, VisionTokens
 
 
@@ -170,6 +171,15 @@ class Qwen2_5_VLAdapter(ImageTokenAdapter):
             geometries=list(inputs.geometries),
             feature_source="last block output before the merger (window order undone), 4 patches per token",
             tower_hidden_states=tuple(out.hidden_states),
+        )
+
+    def tower_attention_scores(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
+        """The attention each merged token's 2x2 patches receive at a full-attention block (default: the last)."""
+        tower = self.vision_tower
+        block = tower.fullatt_block_indexes[-1] if block is None else block
+        grid_thw = torch.tensor([[1, *g.patch_grid] for g in tokens.geometries])  # images: one temporal step
+        return list(
+            qwen_block_attention(tower, tokens.tower_hidden_states, grid_thw, block).split(tokens.counts)
         )
 
     def project(self, raw: torch.Tensor) -> torch.Tensor:

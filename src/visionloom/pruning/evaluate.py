@@ -22,11 +22,11 @@ from visionloom.backbones import load
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.pruning.apply import forward_pruned
 from visionloom.pruning.pruners import (
-    ClsAttention,
     KeepAll,
     LearnedScorer,
     RandomPruner,
     TextAttention,
+    TowerAttention,
 )
 from visionloom.vlm.pretrain import AnswerCollate, SceneText, SceneTextSet, answers_correct, read_scene_texts
 
@@ -50,10 +50,10 @@ class PruneConfig:
     batch_size: int = 32
     keep_ratios: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25, 0.11])
     pruners: list[str] = field(
-        default_factory=lambda: ["random", "cls-attention", "text-attention", "learned"]
+        default_factory=lambda: ["random", "tower-attention", "text-attention", "learned"]
     )
     text_layer: int = 0  # language-side pruner: rank at this layer
-    cls_layer: int = -2  # vision-side pruner: CLS attention at this tower layer
+    tower_block: int | None = None  # vision-side pruner: score at this tower block; None: the family's
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     seed: int = 0
 
@@ -126,16 +126,16 @@ def train_scorer(
 def make_pruner(name: str, config: PruneConfig, adapter, train_texts):
     if name == "random":
         return RandomPruner(config.seed)
-    if name == "cls-attention":
-        return ClsAttention(config.cls_layer)
-    if name == "cls-attention-merge":
-        return ClsAttention(config.cls_layer, merge=True)
+    if name == "tower-attention":
+        return TowerAttention(config.tower_block)
+    if name == "tower-attention-merge":
+        return TowerAttention(config.tower_block, merge=True)
     if name == "text-attention":
         return TextAttention(config.text_layer)
     if name == "learned":
         return train_scorer(adapter, train_texts, config.scorer, config.seed)
     raise ValueError(
-        f"unknown pruner {name!r}; known: random, cls-attention, cls-attention-merge, text-attention, learned"
+        f"unknown pruner {name!r}; known: random, tower-attention, tower-attention-merge, text-attention, learned"
     )
 
 
@@ -148,8 +148,8 @@ def run_pruner(adapter, pruner, texts: list[SceneText], keep_ratio: float, batch
         started = time.perf_counter()
         tokens = adapter.encode_images(inputs)
         decision = pruner.decide(adapter, inputs, tokens, keep_ratio)
-        if isinstance(pruner, ClsAttention) and pruner.merge:
-            tokens = pruner.merged_tokens(tokens, decision)
+        if isinstance(pruner, TowerAttention) and pruner.merge:
+            tokens = pruner.merged_tokens(adapter, tokens, decision)
         output = forward_pruned(adapter, inputs, tokens, decision)
         seconds += time.perf_counter() - started
         # Every dropped token comes before the answer (the image precedes the question), so the

@@ -5,10 +5,12 @@ newlines) are never candidates; a ratio keeps `ceil(ratio * candidates)` of the 
 
 - `KeepAll`, `OnesSoft`: the invariant's references (bit-identical logits).
 - `RandomPruner`: the floor.
-- `ClsAttention`: vision-side importance (VisionZip / PruMerge style), the CLS token's attention
-  at one tower layer, recomputed from that layer's own queries and keys on the hidden states of
-  the one tower pass (transformers 5 returns no CLIP attention weights, sdpa none anywhere).
-  With `merge=True` each dropped token is averaged into its most similar kept token.
+- `TowerAttention`: vision-side importance (VisionZip / PruMerge style): the attention each token
+  receives at one vision-tower block, recomputed from the one pass by each family's
+  `tower_attention_scores`. CLIP towers use the class token's row, SigLIP towers the mean over
+  queries, and Qwen2.5-VL a full-attention block's scores averaged over each 2x2 merge unit,
+  so pruning happens after the merger. With `merge=True` each dropped token is averaged into its
+  most similar kept token.
 - `TextAttention`: language-side (FastV style): the attention image tokens receive from the
   last text token at language-model layer K, from a pass through the first K+1 layers. The
   dropped tokens then leave the whole prefill, not only the layers after K as in FastV: a
@@ -47,6 +49,8 @@ def keep_top(adapter, tokens: VisionTokens, scores: list[torch.Tensor], keep_rat
             raise ValueError(
                 f"image {image}: {tuple(image_scores.shape)} scores for {tokens.counts[image]} tokens"
             )
+        if image_scores[pool].isnan().any():
+            raise ValueError(f"image {image}: NaN scores on tokens a pruner may drop")
         count = max(1, math.ceil(keep_ratio * len(pool)))
         chosen = pool[image_scores[pool].float().topk(count).indices]
         layout = torch.tensor(adapter.structural_offsets(tokens.geometries[image]), dtype=torch.long)
@@ -81,71 +85,40 @@ class RandomPruner:
 
 
 # ---------------------------------------------------------------------------------------- vision side
-def cls_attention(adapter: ImageTokenAdapter, tokens: VisionTokens, layer: int = -2) -> list[torch.Tensor]:
-    """Per image: the CLS query's attention to each patch at tower `layer`, mean over heads [patches].
+class TowerAttention:
+    """Keep the tokens the vision tower attends to most, at one tower block (VisionZip / PruMerge style)."""
 
-    The layer's input is `tower_hidden_states[layer - 1]` of the one pass; the attention weights are
-    recomputed from that layer's own layer norm, query and key projections.
-    """
-    vision = adapter.config.vision_config
-    if getattr(vision, "model_type", "") not in ("clip_vision_model",):
-        raise NotImplementedError(
-            f"{adapter.family}: CLS attention needs a CLIP-style tower with a CLS token; this tower "
-            f"({getattr(vision, 'model_type', type(vision).__name__)}) has none: use the language-side "
-            f"or learned pruner"
-        )
-    if tokens.tower_hidden_states is None:
-        raise ValueError(
-            "the VisionTokens carry no tower hidden states; encode with the layer's encode_images"
-        )
-    tower = adapter.vision_tower
-    encoder_layers = getattr(tower, "vision_model", tower).encoder.layers
-    index = layer % len(encoder_layers)
-    block = encoder_layers[index]
-    hidden = tokens.tower_hidden_states[index]  # [tiles, 1 + P, C]: the input of block `index`
-    normed = block.layer_norm1(hidden)
-    attention = block.self_attn
-    heads, head_dim = attention.num_heads, attention.head_dim
-    query = attention.q_proj(normed[:, :1]).view(hidden.shape[0], 1, heads, head_dim)  # CLS query
-    keys = attention.k_proj(normed).view(hidden.shape[0], hidden.shape[1], heads, head_dim)
-    logits = torch.einsum("tqhd,tkhd->thk", query, keys) * attention.scale  # [tiles, heads, 1 + P]
-    weights = logits.softmax(-1).mean(1)[:, 1:]  # [tiles, P], CLS column dropped
-    return list(weights)
+    name = "tower-attention"
 
+    def __init__(self, block: int | None = None, merge: bool = False):
+        self.block, self.merge = block, merge
 
-class ClsAttention:
-    name = "cls-attention"
-
-    def __init__(self, layer: int = -2, merge: bool = False):
-        self.layer, self.merge = layer, merge
-
-    def scores(self, adapter, tokens: VisionTokens) -> list[torch.Tensor]:
-        per_tile = cls_attention(adapter, tokens, self.layer)
-        if len(per_tile) != len(tokens.counts):
-            raise NotImplementedError(
-                f"{adapter.family}: {len(per_tile)} tower tiles for {len(tokens.counts)} images (any-res tiling); "
-                f"CLS scores per tile do not map onto one image's tokens one to one"
-            )
-        scores = []
-        for image, weights in enumerate(per_tile):
-            if weights.shape[0] != tokens.counts[image]:
+    def scores(self, adapter: ImageTokenAdapter, tokens: VisionTokens) -> list[torch.Tensor]:
+        scores = adapter.tower_attention_scores(tokens, self.block)
+        for image, image_scores in enumerate(scores):
+            if image_scores.shape != (tokens.counts[image],):
                 raise ValueError(
-                    f"image {image}: {weights.shape[0]} patch scores for {tokens.counts[image]} tokens"
+                    f"{adapter.family}, image {image}: {tuple(image_scores.shape)} tower scores for "
+                    f"{tokens.counts[image]} tokens"
                 )
-            scores.append(weights.detach().cpu())
-        return scores
+        return [image_scores.detach().float().cpu() for image_scores in scores]
 
     def decide(self, adapter, inputs, tokens, keep_ratio: float) -> Decision:
         return keep_top(adapter, tokens, self.scores(adapter, tokens), keep_ratio)
 
-    def merged_tokens(self, tokens: VisionTokens, decision: Decision) -> VisionTokens:
-        """PruMerge's step: every dropped embedding is averaged into its most similar kept one."""
+    def merged_tokens(self, adapter, tokens: VisionTokens, decision: Decision) -> VisionTokens:
+        """PruMerge's step: every dropped embedding is averaged into its most similar kept image token.
+
+        Layout tokens (LLaVA-NeXT's newlines) are kept but take no merges: they are not image content.
+        """
         merged = []
         for image, embeds in enumerate(tokens.per_image()):
+            structural = list(adapter.structural_offsets(tokens.geometries[image]))
             keep = decision.keep[image].to(embeds.device)
+            content = keep[~torch.isin(keep, torch.tensor(structural, dtype=torch.long, device=keep.device))]
             dropped = torch.ones(len(embeds), dtype=torch.bool, device=embeds.device)
             dropped[keep] = False
-            kept = embeds[keep].clone()
+            kept = embeds[content].clone()
             if dropped.any():
                 similarity = (
                     nn.functional.normalize(embeds[dropped], dim=-1) @ nn.functional.normalize(kept, dim=-1).T
@@ -157,7 +130,7 @@ class ClsAttention:
                 )
                 kept = sums / counts.unsqueeze(-1)
             full = embeds.clone()
-            full[keep] = kept.to(full.dtype)
+            full[content] = kept.to(full.dtype)
             merged.append(full)
         return VisionTokens(
             embeds=torch.cat(merged),
@@ -234,6 +207,6 @@ PRUNERS = {
     "keep-all": KeepAll,
     "ones-soft": OnesSoft,
     "random": RandomPruner,
-    "cls-attention": ClsAttention,
+    "tower-attention": TowerAttention,
     "text-attention": TextAttention,
 }

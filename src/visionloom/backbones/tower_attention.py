@@ -1,0 +1,138 @@
+"""How much attention each patch gets inside the vision tower, taken from the one tower pass.
+
+transformers 5 returns no attention weights from CLIP or SigLIP, and `sdpa` returns none anywhere.
+So the weights at one block are recomputed here from that block's own norm, query and key
+projections (and, for Qwen2.5-VL, its rotary embedding), applied to the block's input. The pass
+already returned that input as `hidden_states[block]`: `hidden_states[0]` is the embeddings and
+`hidden_states[i]` is the output of block i-1. The tower never runs a second time.
+This is written by hand because no library gives one block's attention probabilities without
+running the tower again.
+
+The functions return scores on the tower's patches. Each family adapter's
+`tower_attention_scores` maps them onto the image's placeholder tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
+
+QUERY_CHUNK = 1024  # query rows per softmax; bounds memory at [heads, 1024, patches]
+
+
+def block_index(block: int, depth: int) -> int:
+    """A block number (negative counts from the end) as an index into the tower's `depth` blocks."""
+    if not -depth <= block < depth:
+        raise ValueError(f"tower block {block} does not exist: the tower has {depth} blocks")
+    return block % depth
+
+
+def require_hidden_states(hidden_states: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, ...]:
+    if hidden_states is None:
+        raise ValueError(
+            "these VisionTokens carry no tower hidden states; build them with the adapter's encode_images"
+        )
+    return hidden_states
+
+
+def attention_received(query: torch.Tensor, key: torch.Tensor, scale: float) -> torch.Tensor:
+    """query [heads, Q, d], key [heads, K, d] -> [K]: softmax(q k^T * scale), averaged over heads and queries."""
+    heads, queries, _ = query.shape
+    key = key.float()
+    total = key.new_zeros(key.shape[1])
+    for start in range(0, queries, QUERY_CHUNK):
+        logits = torch.matmul(query[:, start : start + QUERY_CHUNK].float(), key.transpose(1, 2)) * scale
+        total += logits.softmax(-1).sum((0, 1))  # [K]
+    return total / (heads * queries)
+
+
+@torch.no_grad()
+def encoder_block_attention(
+    tower: torch.nn.Module,
+    hidden_states: tuple[torch.Tensor, ...] | None,
+    block: int,
+    query: Literal["cls", "all"],
+) -> torch.Tensor:
+    """CLIP or SigLIP encoder: [tiles, P], the attention each position receives at `block`.
+
+    query="cls" takes the first position's row (CLIP's class token, as VisionZip and PruMerge do);
+    query="all" averages over every query (SigLIP has no class token).
+    """
+    layers = getattr(tower, "vision_model", tower).encoder.layers
+    index = block_index(block, len(layers))
+    layer = layers[index]
+    hidden = require_hidden_states(hidden_states)[
+        index
+    ]  # [tiles, P, C]: the input of block `index`, from the same pass
+    normed = layer.layer_norm1(hidden)
+    attention = layer.self_attn
+    tiles, length, _ = hidden.shape
+
+    def split_heads(projected: torch.Tensor) -> torch.Tensor:  # [tiles, P, C] -> [tiles, heads, P, d]
+        return projected.view(tiles, length, attention.num_heads, attention.head_dim).transpose(1, 2)
+
+    queries = split_heads(attention.q_proj(normed))
+    keys = split_heads(attention.k_proj(normed))
+    if query == "cls":
+        queries = queries[:, :, :1]
+    return torch.stack([attention_received(queries[t], keys[t], attention.scale) for t in range(tiles)])
+
+
+@torch.no_grad()
+def qwen_block_attention(
+    tower: torch.nn.Module, hidden_states: tuple[torch.Tensor, ...] | None, grid_thw: torch.Tensor, block: int
+) -> torch.Tensor:
+    """Qwen2.5-VL's tower: [merged tokens], the attention each merged token's patches receive at `block`.
+
+    Only full-attention blocks (`fullatt_block_indexes`) are allowed. In the other blocks a patch is
+    attended only from inside its window, so those scores rank patches within a window, not within
+    the image. The tower runs on a window-permuted sequence, one 2x2 merge unit after another. The
+    scores are computed in that order, with the rotary angles permuted as the tower permutes them.
+    They are then averaged over each merge unit and put back in raster order, which is the order
+    of the merger's output.
+    """
+    index = block_index(block, len(tower.blocks))
+    if index not in tower.fullatt_block_indexes:
+        raise ValueError(
+            f"tower block {block} (index {index}) uses windowed attention, so its scores only rank "
+            f"patches within a window. Choose a full-attention block: {list(tower.fullatt_block_indexes)}"
+        )
+    layer = tower.blocks[index]
+    attention = layer.attn
+    hidden = require_hidden_states(hidden_states)[index]  # [patches, C], window order
+    patches = hidden.shape[0]
+    qkv = attention.qkv(layer.norm1(hidden)).reshape(patches, 3, attention.num_heads, -1)
+    queries, keys = qkv[:, 0], qkv[:, 1]  # [patches, heads, d]
+
+    # The rotary angles as the tower's forward builds them: merge-unit order, then window order.
+    grid_thw = grid_thw.to(hidden.device)
+    window_index, _ = get_vision_window_index(
+        grid_thw.cpu(),
+        spatial_merge_size=tower.spatial_merge_size,
+        window_size=tower.window_size,
+        patch_size=tower.patch_size,
+    )
+    window_index = window_index.to(hidden.device)
+    position_ids = get_vision_position_ids(grid_thw, tower.spatial_merge_size)
+    cos, sin = (
+        tower.permute_input_for_window_attn(angles, window_index, seq_len=patches)
+        for angles in tower.rotary_pos_emb(hidden, position_ids)
+    )
+    queries, keys = apply_rotary_pos_emb_vision(queries, keys, cos, sin)
+
+    # A full-attention block attends within each image. An image's patches stay contiguous under the
+    # window permutation.
+    bounds = get_vision_cu_seqlens(grid_thw).tolist()
+    received = torch.cat(
+        [
+            attention_received(
+                queries[start:end].transpose(0, 1), keys[start:end].transpose(0, 1), attention.scaling
+            )
+            for start, end in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+    )  # [patches], window order
+    per_unit = received.view(-1, tower.spatial_merge_unit).mean(-1)  # [merged tokens], window order
+    return per_unit[torch.argsort(window_index)]  # raster order, as the merger's output
