@@ -12,6 +12,7 @@ import torch
 from transformers import AttentionInterface
 
 from tests.conftest import FAMILIES, cached_preset
+from visionloom.backbones.tiny import build_preset
 from visionloom.pruning.apply import Decision, forward_pruned, prune_sequence
 from visionloom.pruning.pruners import (
     KeepAll,
@@ -319,6 +320,87 @@ def test_text_attention_ranks_by_the_last_tokens_attention_at_layer_k(image):
     assert len(adapter.language_module.layers) == 2  # restored after the shallow pass
 
 
+@contextmanager
+def sequence_lengths(adapter):
+    """Record (layer, sequence length) for every language-model layer that runs."""
+    seen = []
+
+    def record(index):
+        def hook(_module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            seen.append((index, hidden.shape[1]))
+
+        return hook
+
+    layers = adapter.language_module.layers
+    hooks = [layer.register_forward_pre_hook(record(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    try:
+        yield seen
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_text_attention_drops_tokens_after_layer_k_only_and_keeping_all_is_the_model(name, image):
+    """FastV at K=0: layer 0 sees every token, layer 1 the kept ones; keeping all changes nothing."""
+    adapter = build_preset(name)
+    inputs, flags = _batch(adapter, image)
+    full = inputs.input_ids.shape[1]
+    pruner = TextAttention(layer=0)
+    with torch.no_grad():
+        tokens = adapter.encode_images(inputs)
+        everything = pruner.decide(adapter, inputs, tokens, 1.0)
+        kept_all = _out(forward_pruned(adapter, inputs, tokens, everything, **flags))
+        reference = _out(adapter.forward(inputs, tokens, **flags))  # eager now, as in the shallow pass
+        assert torch.equal(kept_all, reference)
+
+        decision = pruner.decide(adapter, inputs, tokens, 0.25)
+        assert decision.from_layer == 1
+        with sequence_lengths(adapter) as seen:
+            pruned = _out(forward_pruned(adapter, inputs, tokens, decision, **flags))
+        short = seen[0][1]
+        assert seen == [(1, short)] and short < full  # only layer 1 ran here, on the shorter sequence
+        with sequence_lengths(adapter) as seen:  # no hidden state handed over: a shallow pass of its own
+            again = _out(
+                forward_pruned(adapter, inputs, tokens, replace(decision, hidden_entering=None), **flags)
+            )
+        assert seen == [(0, full), (1, short)]
+    assert torch.equal(again, pruned)
+    kept = decision.kept_counts(tokens)
+    longest = max(
+        int(inputs.attention_mask[row].sum()) - tokens.counts[row] + kept[row] for row in range(len(kept))
+    )
+    assert short == longest
+    assert len(adapter.language_module.layers) == 2
+
+
+def test_later_layers_keep_their_own_attention_type(image):
+    """Gemma3 picks each layer's mask by loop position: a layer run alone must still get its own."""
+    text = {"layer_types": ["full_attention", "sliding_attention"], "sliding_window": 4}
+    adapter = build_preset("tiny-gemma3", text_overrides=text)
+    config = adapter.language_module.config
+    inputs, _ = _batch(adapter, image)
+    pruner = TextAttention(layer=0)
+    with torch.no_grad():
+        tokens = adapter.encode_images(inputs)
+        kept_all = forward_pruned(adapter, inputs, tokens, pruner.decide(adapter, inputs, tokens, 1.0)).logits
+        reference = adapter.forward(inputs, tokens).logits
+        config.sliding_window = 1024
+        without_window = adapter.forward(inputs, tokens).logits
+    assert torch.equal(kept_all, reference)
+    assert not torch.allclose(reference, without_window)  # the window really changes layer 1
+    assert config.layer_types == ["full_attention", "sliding_attention"]  # restored
+
+
+def test_soft_weights_cannot_start_at_a_later_layer(image):
+    adapter = cached_preset("tiny-llava")
+    inputs, _ = _batch(adapter, image)
+    tokens = adapter.encode_images(inputs)
+    with pytest.raises(ValueError, match="later layer"):
+        forward_pruned(adapter, inputs, tokens, Decision(weights=[torch.ones(64)] * 2, from_layer=1))
+
+
 def test_learned_scorer_is_soft_in_training_and_hard_at_inference(image):
     adapter = cached_preset("tiny-llava")
     inputs, _ = _batch(adapter, image)
@@ -347,6 +429,11 @@ def test_prune_eval_writes_table_plot_and_keeps_accuracy_at_full_keep(scenes_roo
     assert results["random"]["0.25"]["image_tokens_kept"] == 16
     assert (
         results["random"]["0.25"]["mflops_per_question"] < results["keep-all"]["1.0"]["mflops_per_question"]
+    )
+    # FastV's layer 0 runs at full length, so it costs more than dropping before the language model.
+    assert (
+        results["text-attention"]["0.25"]["mflops_per_question"]
+        > results["random"]["0.25"]["mflops_per_question"]
     )
     assert (tmp_path / "accuracy_vs_tokens.png").stat().st_size > 0
     assert "| random | 25% | 16.0 |" in (tmp_path / "prune_table.md").read_text()

@@ -84,6 +84,7 @@ class T5Gemma2Adapter(Gemma3Adapter):
     ) -> LayerOutput:
         """The encoder on inputs_embeds; the decoder too when `decoder_input_ids` are given."""
         decoder_input_ids = flags.pop("decoder_input_ids", None)
+        flags.pop("use_cache", None)  # the encoder keeps no cache; the decoder here runs one prefill
         encoded = self.encoder(
             inputs_embeds=inputs_embeds,
             attention_mask=inputs.attention_mask,

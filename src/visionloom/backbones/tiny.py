@@ -283,14 +283,14 @@ def _randomise_zero_init(model: torch.nn.Module) -> None:
                 parameter.normal_(0.0, parameter.shape[0] ** -0.5)
 
 
-def tiny_gemma3(**config_overrides: Any) -> Gemma3Adapter:
+def tiny_gemma3(text_overrides: dict[str, Any] | None = None, **config_overrides: Any) -> Gemma3Adapter:
     """Gemma3 shape: SigLIP at 224 px, patch 14 (16x16 patches), pooled 4x4 -> 4x4 = 16 tokens."""
     tokenizer = _gemma_tokenizer()
     settings = {"mm_tokens_per_image": 16}
     settings.update(config_overrides)
     config = Gemma3Config(
         vision_config=_siglip(224).to_dict(),
-        text_config=_gemma_text(len(tokenizer), tokenizer),
+        text_config={**_gemma_text(len(tokenizer), tokenizer), **(text_overrides or {})},
         image_token_id=tokenizer.convert_tokens_to_ids("<image_soft_token>"),
         boi_token_id=tokenizer.convert_tokens_to_ids("<start_of_image>"),
         eoi_token_id=tokenizer.convert_tokens_to_ids("<end_of_image>"),

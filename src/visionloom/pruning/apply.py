@@ -14,10 +14,16 @@ how much each counts (soft weights). Applying it:
 Keeping everything therefore reproduces the unpruned inputs exactly, which the tests check as
 bit-identical logits for every family. Layout placeholders (LLaVA-NeXT's row newlines) are
 always kept.
+
+A decision with `from_layer=K` drops its tokens in the middle of the language model (FastV):
+layers 0..K-1 run on the full sequence and layers K.. on the kept positions of the hidden state
+that enters layer K. The masks and positions are gathered the same way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +38,9 @@ class Decision:
 
     keep: list[torch.Tensor] | None = None  # long [k_i], indices into the image's placeholders
     weights: list[torch.Tensor] | None = None  # float [counts_i]
+    from_layer: int = 0  # the first language-model layer without the dropped tokens
+    # [B, S, D]: the full sequence entering `from_layer`, when the pruner already computed it.
+    hidden_entering: torch.Tensor | None = None
 
     def kept_counts(self, tokens: VisionTokens) -> list[int]:
         return [len(k) for k in self.keep] if self.keep is not None else list(tokens.counts)
@@ -58,6 +67,56 @@ def full_sequence_kwargs(adapter: ImageTokenAdapter, inputs: MultimodalInputs) -
     return kwargs
 
 
+@contextmanager
+def only_layers(adapter: ImageTokenAdapter, start: int, stop: int | None = None) -> Iterator[None]:
+    """Run only language-model layers start..stop-1 (everything is restored afterwards).
+
+    The text models look up `config.layer_types[i]` by the loop position i (sliding or full
+    attention), so those are cut the same way as the layers.
+    """
+    language = adapter.language_module
+    layers, config = language.layers, language.config
+    stop = len(layers) if stop is None else stop
+    if not 0 <= start < stop <= len(layers):
+        raise ValueError(
+            f"layers {start}..{stop - 1} are not within the language model's {len(layers)} layers"
+        )
+    layer_types = getattr(config, "layer_types", None)
+    language.layers = layers[start:stop]
+    if layer_types is not None:
+        config.layer_types = layer_types[start:stop]
+    try:
+        yield
+    finally:
+        language.layers = layers
+        if layer_types is not None:
+            config.layer_types = layer_types
+
+
+@contextmanager
+def layer_input(adapter: ImageTokenAdapter, layer: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Capture the hidden state [B, S, D] that enters language-model `layer` (the output of `layer - 1`)."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep_output(_module, _args, output):
+        captured["hidden"] = output[0] if isinstance(output, tuple) else output
+
+    handle = adapter.language_module.layers[layer - 1].register_forward_hook(keep_output)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def hidden_entering(
+    adapter: ImageTokenAdapter, inputs: MultimodalInputs, tokens: VisionTokens, layer: int
+) -> torch.Tensor:
+    """[B, S, D]: the unpruned sequence as it enters language-model `layer` (only layers 0..layer-1 run)."""
+    with only_layers(adapter, 0, layer), layer_input(adapter, layer) as captured:
+        adapter.forward(inputs, tokens, use_cache=False)  # decoder-only, or T5Gemma2's encoder alone
+    return captured["hidden"]
+
+
 def validate(decision: Decision, tokens: VisionTokens, structural: list[tuple[int, ...]]) -> None:
     for name in ("keep", "weights"):
         values = getattr(decision, name)
@@ -65,6 +124,8 @@ def validate(decision: Decision, tokens: VisionTokens, structural: list[tuple[in
             raise ValueError(
                 f"decision.{name} has {len(values)} entries but the batch has {len(tokens.counts)} images"
             )
+    if decision.from_layer and decision.weights is not None:
+        raise ValueError("soft weights scale the inserted embeddings; they cannot start at a later layer")
     for image, count in enumerate(tokens.counts):
         if decision.weights is not None and decision.weights[image].shape != (count,):
             raise ValueError(
@@ -88,7 +149,12 @@ def prune_sequence(
 ) -> PrunedSequence:
     structural = [adapter.structural_offsets(g) for g in inputs.geometries]
     validate(decision, tokens, structural)
-    embeds = adapter.insert(inputs, tokens)  # [B, S, D], the layer's checks included
+    if decision.from_layer == 0:
+        embeds = adapter.insert(inputs, tokens)  # [B, S, D], the layer's checks included
+    elif decision.hidden_entering is not None:
+        embeds = decision.hidden_entering  # [B, S, D] entering layer from_layer
+    else:
+        embeds = hidden_entering(adapter, inputs, tokens, decision.from_layer)
     kwargs = full_sequence_kwargs(adapter, inputs)
     batch, length = inputs.input_ids.shape
     keep_mask = inputs.attention_mask.bool().clone()  # [B, S]; padding goes, and is re-added below
@@ -137,7 +203,10 @@ def forward_pruned(
     decision: Decision,
     **flags,
 ) -> LayerOutput:
-    """The language model on the pruned sequence (decoder-only families and T5Gemma2's encoder)."""
+    """The language model on the pruned sequence (decoder-only families and T5Gemma2's encoder).
+
+    From `decision.from_layer` on when that is set: only the later layers run here.
+    """
     pruned = prune_sequence(adapter, inputs, tokens, decision)
     shortened = MultimodalInputs(
         input_ids=torch.zeros_like(pruned.attention_mask),  # not read: embeddings go in directly
@@ -146,4 +215,8 @@ def forward_pruned(
         image_spans=[],
         geometries=[],
     )
-    return adapter.run_language_model(shortened, pruned.inputs_embeds, pruned.model_kwargs, **flags)
+    if decision.from_layer:
+        # A key/value cache would hold full-length keys for the early layers and short ones after.
+        flags = {**flags, "use_cache": False}
+    with only_layers(adapter, decision.from_layer):
+        return adapter.run_language_model(shortened, pruned.inputs_embeds, pruned.model_kwargs, **flags)

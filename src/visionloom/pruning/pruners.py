@@ -11,25 +11,22 @@ newlines) are never candidates; a ratio keeps `ceil(ratio * candidates)` of the 
   queries, and Qwen2.5-VL a full-attention block's scores averaged over each 2x2 merge unit,
   so pruning happens after the merger. With `merge=True` each dropped token is averaged into its
   most similar kept token.
-- `TextAttention`: language-side (FastV style): the attention image tokens receive from the
-  last text token at language-model layer K, from a pass through the first K+1 layers. The
-  dropped tokens then leave the whole prefill, not only the layers after K as in FastV: a
-  second pass on the shorter sequence. Splitting one forward at layer K would need the
-  decoder layers driven by hand, and this keeps every family on its own forward.
+- `TextAttention`: language-side (FastV). Layers 0..K run on the full sequence. The attention
+  image tokens receive there from the last text token, at layer K, ranks them. Layers K+1..
+  then run on the kept positions of the hidden state (the decision's `from_layer`).
 - `LearnedScorer`: a small network over image-token embeddings, trained with the VLM frozen.
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.backbones.types import MultimodalInputs, VisionTokens
-from visionloom.pruning.apply import Decision
+from visionloom.pruning.apply import Decision, layer_input, only_layers
 
 
 def candidates(adapter: ImageTokenAdapter, tokens: VisionTokens, image: int) -> torch.Tensor:
@@ -144,39 +141,35 @@ class TowerAttention:
 
 
 # ---------------------------------------------------------------------------------------- language side
-@contextmanager
-def first_layers(adapter: ImageTokenAdapter, count: int):
-    """Run only the language model's first `count` decoder layers (restored afterwards)."""
-    language = adapter.language_module
-    layers = language.layers
-    if not 0 < count <= len(layers):
-        raise ValueError(f"layer {count - 1} is outside the language model's {len(layers)} layers")
-    language.layers = layers[:count]
-    try:
-        yield
-    finally:
-        language.layers = layers
-
-
 class TextAttention:
+    """FastV: layers 0..K on every token; the last text token's attention at layer K ranks the image
+    tokens; layers K+1.. run on the kept ones only."""
+
     name = "text-attention"
 
     def __init__(self, layer: int = 1):
         self.layer = layer
 
     @torch.no_grad()
+    def decide(self, adapter, inputs, tokens, keep_ratio: float) -> Decision:
+        scores, hidden = self.scores_and_hidden(adapter, inputs, tokens)
+        decision = keep_top(adapter, tokens, scores, keep_ratio)
+        return Decision(keep=decision.keep, from_layer=self.layer + 1, hidden_entering=hidden)
+
+    @torch.no_grad()
     def scores(self, adapter, inputs: MultimodalInputs, tokens: VisionTokens) -> list[torch.Tensor]:
-        with first_layers(adapter, self.layer + 1):
-            output = adapter.forward(inputs, tokens, output_attentions=True)
+        return self.scores_and_hidden(adapter, inputs, tokens)[0]
+
+    def scores_and_hidden(self, adapter, inputs, tokens) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The shallow pass (layers 0..K): per image the scores, and the hidden state entering K+1."""
+        with only_layers(adapter, 0, self.layer + 1), layer_input(adapter, self.layer + 1) as captured:
+            output = adapter.forward(inputs, tokens, output_attentions=True, use_cache=False)
         last = inputs.attention_mask.sum(1) - 1  # [B] the last real token of each sample
         scores = []
         for sample, (start, end) in inputs.image_owner():
             attention = output.attentions[self.layer][sample, :, int(last[sample]), start:end]  # [heads, n]
             scores.append(attention.mean(0).float().cpu())
-        return scores
-
-    def decide(self, adapter, inputs, tokens, keep_ratio: float) -> Decision:
-        return keep_top(adapter, tokens, self.scores(adapter, inputs, tokens), keep_ratio)
+        return scores, captured["hidden"]
 
 
 # ---------------------------------------------------------------------------------------- learned
