@@ -393,10 +393,12 @@ def test_later_layers_keep_their_own_attention_type(image):
     assert config.layer_types == ["full_attention", "sliding_attention"]  # restored
 
 
-def test_soft_weights_cannot_start_at_a_later_layer(image):
+def test_soft_weights_cannot_start_at_a_later_layer_and_fastv_needs_a_layer_after_k(image):
     adapter = cached_preset("tiny-llava")
     inputs, _ = _batch(adapter, image)
     tokens = adapter.encode_images(inputs)
+    with pytest.raises(ValueError, match="must be 0..0"):
+        TextAttention(layer=1).decide(adapter, inputs, tokens, 0.5)  # 2 layers: nothing after layer 1
     with pytest.raises(ValueError, match="later layer"):
         forward_pruned(adapter, inputs, tokens, Decision(weights=[torch.ones(64)] * 2, from_layer=1))
 

@@ -52,7 +52,7 @@ class PruneConfig:
     pruners: list[str] = field(
         default_factory=lambda: ["random", "tower-attention", "text-attention", "learned"]
     )
-    text_layer: int = 0  # language-side pruner: rank at this layer
+    text_layer: int = 0  # language-side pruner (FastV's K): rank at this layer, drop after it
     tower_block: int | None = None  # vision-side pruner: score at this tower block; None: the family's
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     seed: int = 0

@@ -20,6 +20,7 @@ newlines) are never candidates; a ratio keeps `ceil(ratio * candidates)` of the 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -129,14 +130,10 @@ class TowerAttention:
             full = embeds.clone()
             full[content] = kept.to(full.dtype)
             merged.append(full)
-        return VisionTokens(
+        return replace(
+            tokens,
             embeds=torch.cat(merged),
-            raw=tokens.raw,
-            counts=tokens.counts,
-            raw_counts=tokens.raw_counts,
-            geometries=tokens.geometries,
             feature_source=tokens.feature_source + "; dropped tokens merged into kept ones",
-            tower_hidden_states=tokens.tower_hidden_states,
         )
 
 
@@ -147,7 +144,7 @@ class TextAttention:
 
     name = "text-attention"
 
-    def __init__(self, layer: int = 1):
+    def __init__(self, layer: int = 2):  # FastV's K on LLaVA-1.5
         self.layer = layer
 
     @torch.no_grad()
@@ -162,6 +159,12 @@ class TextAttention:
 
     def scores_and_hidden(self, adapter, inputs, tokens) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The shallow pass (layers 0..K): per image the scores, and the hidden state entering K+1."""
+        layers = len(adapter.language_module.layers)
+        if not 0 <= self.layer < layers - 1:
+            raise ValueError(
+                f"text-attention ranks at layer {self.layer} and drops tokens after it: with {layers} "
+                f"language-model layers that layer must be 0..{layers - 2}"
+            )
         with only_layers(adapter, 0, self.layer + 1), layer_input(adapter, self.layer + 1) as captured:
             output = adapter.forward(inputs, tokens, output_attentions=True, use_cache=False)
         last = inputs.attention_mask.sum(1) - 1  # [B] the last real token of each sample
