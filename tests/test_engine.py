@@ -253,3 +253,37 @@ def test_accelerate_launch_two_cpu_processes(pedes_root, tmp_path):
         "rng_1.pt",
     }
     assert json.loads((run / "test_metrics.json").read_text())["test"]["R1"] >= 0
+
+
+class _PartlyFrozen(torch.nn.Module):
+    """A trained head next to a frozen part that is rebuilt from its own source."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.head = torch.nn.Linear(3, 2)
+        self.frozen = torch.nn.Linear(3, 3)
+
+    def weights_from_elsewhere(self) -> tuple[str, ...]:
+        return ("frozen.",)
+
+
+def test_weights_from_elsewhere_are_not_written_and_everything_else_must_load(tmp_path):
+    from safetensors import safe_open
+
+    from visionloom.engine.checkpoint import load_weights, save_weights
+
+    trained = _PartlyFrozen(seed=0)
+    save_weights(trained, tmp_path / "model.safetensors")
+    with safe_open(tmp_path / "model.safetensors", "pt") as handle:
+        assert set(handle.keys()) == {"head.weight", "head.bias"}
+    fresh = _PartlyFrozen(seed=1)
+    frozen_before = fresh.frozen.weight.clone()
+    load_weights(fresh, tmp_path / "model.safetensors")
+    assert torch.equal(fresh.head.weight, trained.head.weight)
+    assert torch.equal(fresh.frozen.weight, frozen_before)  # left as built
+    # A file lacking a weight the model does not rebuild itself is refused, naming it.
+    plain = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2))
+    save_weights(torch.nn.Sequential(torch.nn.Linear(3, 2)), tmp_path / "short.safetensors")
+    with pytest.raises(RuntimeError, match="1.weight"):
+        load_weights(plain, tmp_path / "short.safetensors")

@@ -178,6 +178,15 @@ def test_training_changes_the_head_and_never_the_vlm(scenes_root, tmp_path, monk
         f"{kind}_{m}" for kind in ("coarse", "refined") for m in ("cIoU", "mIoU", "P@0.5")
     }
     assert summary["selected"]["step"] == 3 and (tmp_path / "run" / "test_metrics.json").is_file()
+    # SAM's frozen parts come from sam.path when the model is built; checkpoints leave them out.
+    from safetensors import safe_open
+
+    run = tmp_path / "run"
+    for weights in [run / "best" / "model.safetensors", *run.glob("checkpoints/step_*/model.safetensors")]:
+        with safe_open(weights, "pt") as handle:
+            names = set(handle.keys())
+        assert not any(name.startswith("refiner.sam.vision_encoder.") for name in names)
+        assert any(name.startswith("head.") for name in names) and "text_layer_weights" in names
     # The trained weights are what eval loads: same predictions from a fresh load.
     model, _, features = grounding_train.load_trained(tmp_path / "run", data_root=scenes_root, split="val")
     assert grounding_train.evaluate(model, features) == pytest.approx(

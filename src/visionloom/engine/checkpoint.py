@@ -6,6 +6,10 @@
 A checkpoint is written into a hidden temporary directory and renamed into place only when every
 file is on disk; `latest` is replaced by rename too. A run killed mid-write leaves a stray
 temporary directory and the previous checkpoint, still named by `latest`, intact.
+
+A model may name state-dict prefixes it rebuilds from their own source every time it is built
+(`weights_from_elsewhere()`, e.g. a frozen SAM loaded from `sam.path`): those are not written,
+and loading checks that exactly they are missing.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 
 LATEST = "latest"
 
@@ -58,6 +62,34 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _elsewhere(model: torch.nn.Module) -> tuple[str, ...]:
+    return tuple(getattr(model, "weights_from_elsewhere", tuple)())
+
+
+def save_weights(model: torch.nn.Module, path: Path | str) -> None:
+    """The model's weights as safetensors, without the prefixes it loads from elsewhere."""
+    skip = _elsewhere(model)
+    if not skip:
+        save_model(model, str(path))  # handles tied weights
+        return
+    state = {
+        name: value.contiguous() for name, value in model.state_dict().items() if not name.startswith(skip)
+    }
+    save_file(state, str(path))
+
+
+def load_weights(model: torch.nn.Module, path: Path | str, device: str = "cpu") -> None:
+    """Load `save_weights` output in place; anything missing beyond the model's own prefixes is an error."""
+    skip = _elsewhere(model)
+    missing, unexpected = load_model(model, str(path), strict=not skip, device=device)
+    missing = [name for name in missing if not name.startswith(skip)]
+    if missing or unexpected:
+        raise RuntimeError(
+            f"{path} does not fit the model: missing {missing[:4]}{' ...' if len(missing) > 4 else ''}, "
+            f"unexpected {unexpected[:4]}{' ...' if len(unexpected) > 4 else ''}"
+        )
+
+
 def save_checkpoint(
     directory: Path,
     step: int,
@@ -80,7 +112,7 @@ def save_checkpoint(
     torch.save(rng_state, temporary / f"rng_{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(model), str(temporary / "model.safetensors"))
+        save_weights(accelerator.unwrap_model(model), temporary / "model.safetensors")
         torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
         torch.save(scheduler.state_dict(), temporary / "scheduler.pt")
         (temporary / "state.json").write_text(
@@ -121,9 +153,7 @@ def load_checkpoint(
             f"{path} was written by {state['processes']} process(es) but this run has {accelerator.num_processes}; "
             f"resume with the same number of processes to continue bit for bit"
         )
-    load_model(
-        accelerator.unwrap_model(model), str(path / "model.safetensors"), device=str(accelerator.device)
-    )
+    load_weights(accelerator.unwrap_model(model), path / "model.safetensors", device=str(accelerator.device))
     optimizer.load_state_dict(
         torch.load(path / "optimizer.pt", map_location=accelerator.device, weights_only=True)
     )

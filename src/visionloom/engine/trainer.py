@@ -13,6 +13,7 @@ processes); per-step logs to CSV and TensorBoard; a rich progress bar; atomic ch
 from __future__ import annotations
 
 import csv
+import json
 import math
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from visionloom.engine.checkpoint import (
     load_checkpoint,
     restore_rng,
     save_checkpoint,
+    save_weights,
     write_text_atomic,
 )
 
@@ -169,14 +171,12 @@ class Trainer:
             value = metrics[self.select_key]
             if best is None or value > best[self.select_key]:
                 best = {"step": step, **metrics}
-                from safetensors.torch import save_model
-
                 target = self.run_dir / "best"
                 target.mkdir(parents=True, exist_ok=True)
                 temporary = target / ".model.safetensors.tmp"
-                save_model(self.accelerator.unwrap_model(self.model), str(temporary))
+                save_weights(self.accelerator.unwrap_model(self.model), temporary)
                 temporary.replace(target / "model.safetensors")
-                write_text_atomic(target / "selection.json", __import__("json").dumps(best, indent=1))
+                write_text_atomic(target / "selection.json", json.dumps(best, indent=1))
         best = self.accelerator.gather_for_metrics([best])[0] if self.accelerator.num_processes > 1 else best
         return best
 

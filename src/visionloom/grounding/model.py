@@ -74,6 +74,16 @@ class Grounder(nn.Module):
             else None
         )
 
+    def weights_from_elsewhere(self) -> tuple[str, ...]:
+        """SAM's frozen parts: loaded from `sam.path` (or the seeded tiny SAM) whenever the model is
+        built, so checkpoints leave them out (a real SAM ViT-H is 2.5 GB)."""
+        if self.refiner is None:
+            return ()
+        frozen = ("vision_encoder.", "prompt_encoder.", "shared_image_embedding.")
+        if not self.refiner.settings.train_decoder:
+            frozen += ("mask_decoder.",)
+        return tuple(f"refiner.sam.{part}" for part in frozen)
+
     def predict(self, batch: GroundingBatch) -> Prediction:
         square = self.head(batch.attention)  # [N, h*u, w*u] on the padded square
         coarse = [padding.crop(square[i]) for i, padding in enumerate(batch.paddings)]  # [H_i, W_i]

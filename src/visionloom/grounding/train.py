@@ -15,13 +15,13 @@ from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import load_model
 from torch.utils.data import DataLoader
 
 from visionloom import config as config_io
 from visionloom.backbones import load
 from visionloom.data.build import RandomBatches
 from visionloom.data.refcoco import RefSample, read_refcoco
+from visionloom.engine.checkpoint import load_weights
 from visionloom.engine.trainer import TrainConfig, Trainer, make_accelerator
 from visionloom.grounding.attention import DEFAULT_PROMPT
 from visionloom.grounding.features import FeatureSet, SampleFeatures, collate, compute_features
@@ -173,7 +173,7 @@ def train_grounding(
     }
     if accelerator.is_main_process:
         test_features = split_features(config, adapter, refiner, data_root, "test", progress)
-        load_model(model, str(run_dir / "best" / "model.safetensors"))  # the weights selected on val
+        load_weights(model, run_dir / "best" / "model.safetensors")  # the weights selected on val
         summary["test"] = evaluate(model, test_features)
         (run_dir / "test_metrics.json").write_text(json.dumps(summary, indent=1))
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -213,5 +213,5 @@ def load_trained(
     if features is None:
         features = split_features(config, load_vlm(config), refiner, data_root, split, True, samples)
     model = build_model(config, features, refiner)
-    load_model(model, str(weights))
+    load_weights(model, weights)
     return model.eval(), config, features

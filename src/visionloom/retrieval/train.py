@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import load_model
 
 from visionloom import config as config_io
 from visionloom.data.build import TrainPairs, make_sampler, train_loader
 from visionloom.data.pedes import read_pedes
+from visionloom.engine.checkpoint import load_weights
 from visionloom.engine.trainer import Trainer, TrainResult, make_accelerator
 from visionloom.retrieval import evaluate
 from visionloom.retrieval.build import RetrievalConfig, create_model
@@ -149,5 +149,5 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> DualEn
     config.vq.online = False  # encoding needs no tokenizer; the generator's weights load all the same
     run = json.loads((run_dir / "run.json").read_text())
     model = create_model(config, run["num_identities"])
-    load_model(model, str(weights))
+    load_weights(model, weights)
     return model.to(device).eval()

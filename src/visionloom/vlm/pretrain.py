@@ -35,6 +35,7 @@ from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.backbones.types import MultimodalInputs
 from visionloom.data.build import RandomBatches
 from visionloom.data.synth_scenes import COLOURS, SHAPES, location_words
+from visionloom.engine.checkpoint import load_weights
 from visionloom.engine.trainer import TrainConfig, Trainer
 from visionloom.grounding.attention import DEFAULT_PROMPT
 
@@ -342,9 +343,7 @@ def pretrain(
     )
     result = trainer.fit(resume=resume)
     # The selected weights become the checkpoint directory.
-    from safetensors.torch import load_model
-
-    load_model(model, str(out / "run" / "best" / "model.safetensors"))
+    load_weights(model, out / "run" / "best" / "model.safetensors")
     adapter.model.eval()
     adapter.save_pretrained(out)
     report = {
