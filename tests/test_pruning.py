@@ -207,6 +207,21 @@ def test_tower_scores_are_the_towers_own_attention_from_the_same_pass(name, imag
     assert torch.equal(decision.keep[0], scores[0].topk(16).indices.sort().values)
 
 
+def test_llava_with_a_siglip_tower_scores_by_mean_received_attention(image):
+    """No class token: strategy "full" keeps every patch, and the scores average over all queries."""
+    from visionloom.backbones.tiny import tiny_llava
+
+    adapter = tiny_llava(vision="siglip")
+    inputs, _ = _batch(adapter, image)
+    with torch.no_grad():
+        tokens = adapter.encode_images(inputs)
+        scores = adapter.tower_attention_scores(tokens)  # the feature layer -2: block -2
+        with eager_weights_of(adapter, _encoder_attention(adapter, -2)) as captured:
+            adapter.encode_images(inputs)
+    torch.testing.assert_close(torch.stack(scores), captured[0].mean((1, 2)))
+    assert [len(s) for s in scores] == tokens.counts == [64, 64]
+
+
 @pytest.mark.parametrize("name", ["tiny-gemma3", "tiny-t5gemma2"])
 def test_gemma_tower_scores_are_pooled_like_the_projector_pools_patches(name, image):
     adapter = cached_preset(name)

@@ -13,7 +13,7 @@ from transformers import LlavaForConditionalGeneration
 
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.backbones.checks import ImageTokenMismatch
-from visionloom.backbones.tower_attention import encoder_block_attention
+from visionloom.backbones.tower_attention import encoder_block_attention, require_hidden_states
 from visionloom.backbones.types import ImageGeometry, VisionTokens
 
 
@@ -159,13 +159,14 @@ class LlavaAdapter(ImageTokenAdapter):
         CLIP towers: the class token's row (VisionZip, PruMerge). SigLIP towers have no class token, so
         the mean over all queries. `block` defaults to the block whose output is the (last) feature layer.
         """
+        hidden_states = require_hidden_states(tokens.tower_hidden_states)
         if block is None:
-            layer = feature_layers(self.config)[-1] % len(tokens.tower_hidden_states or (0,))
+            layer = feature_layers(self.config)[-1] % len(hidden_states)
             if layer == 0:
                 raise ValueError("the feature layer is the tower's embeddings; give the block to score at")
             block = layer - 1  # hidden_states[i] is the output of block i - 1
         query = "cls" if tower_has_cls(self.config.vision_config) else "all"
-        scores = encoder_block_attention(self.vision_tower, tokens.tower_hidden_states, block, query)
+        scores = encoder_block_attention(self.vision_tower, hidden_states, block, query)
         if self.config.vision_feature_select_strategy == "default":
             scores = scores[:, 1:]  # the class token's own column: it is not an image token
         return scores
