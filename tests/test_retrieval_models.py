@@ -163,3 +163,50 @@ def test_image_features_at_the_wrong_width_are_one_clear_error(pedes_root, monke
         ImageTokenMismatch, match=rf"{2 * encoder.width} wide but the projection expects {encoder.width}"
     ):
         model.encode_image(batch["images"])
+
+
+def test_irra_augmentation_shifts_by_at_most_the_padding_and_erases_one_box(pedes_root):
+    import random
+
+    from visionloom.data.build import IRRA_PAD, random_erase
+
+    config = small_config("baseline")
+    split = read_pedes(pedes_root)["train"]
+    spec = create_model(config, split.num_identities).input_spec
+    flip_only, irra = TrainPairs(split, spec), TrainPairs(split, spec, augment="irra")
+    shifted = 0
+    for seed in range(12):
+        key = (seed % 4, 2000 + seed)
+        clean, augmented = flip_only[key]["images"], irra[key]["images"]
+        assert torch.equal(augmented, irra[key]["images"])  # the draw seed alone decides (resume)
+        assert augmented.shape == clean.shape
+        # Some offset within the padding maps the clean image onto the crop, zeros where padding shows.
+        _, height, width = clean.shape
+        padded = torch.zeros(3, height + 2 * IRRA_PAD, width + 2 * IRRA_PAD, dtype=clean.dtype)
+        padded[:, IRRA_PAD : IRRA_PAD + height, IRRA_PAD : IRRA_PAD + width] = clean
+        matches = [
+            (padded[:, top : top + height, left : left + width] != augmented).any(0).float().mean()
+            for top in range(2 * IRRA_PAD + 1)
+            for left in range(2 * IRRA_PAD + 1)
+        ]
+        assert min(matches) < 0.41  # the rest is at most the erased box
+        shifted += int(not torch.equal(augmented, clean))
+    assert shifted > 0
+
+    pixels = torch.randint(0, 256, (3, 64, 32), dtype=torch.uint8)
+    erased = random_erase(pixels, random.Random(0), probability=1.0)
+    changed = (erased != pixels).any(0).nonzero()  # [n, 2] rows and columns
+    rows, cols = changed[:, 0], changed[:, 1]
+    box = erased[:, rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    assert 0.02 * 64 * 32 * 0.9 <= box[0].numel() <= 0.4 * 64 * 32 * 1.1
+    assert (box == box[:, :1, :1]).all()  # one colour: the image's mean
+    with pytest.raises(ValueError, match="'crop' is not one of"):
+        TrainPairs(split, spec, augment="crop")
+
+
+def test_irra_augmentation_with_online_vq_codes_is_refused(pedes_root, tmp_path):
+    from visionloom.retrieval.train import train_retrieval
+
+    config = small_config("phase4", "data.augment=irra", "vq.online=true")
+    with pytest.raises(ValueError, match="online"):
+        train_retrieval(config, pedes_root, tmp_path / "run", progress=False)

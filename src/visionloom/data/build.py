@@ -11,6 +11,7 @@ Samplers are sharded by whole batches: with P processes, process r takes global 
 
 from __future__ import annotations
 
+import math
 import random
 from collections import defaultdict
 from collections.abc import Iterator
@@ -24,6 +25,40 @@ from torch.utils.data import DataLoader, Dataset
 from visionloom.data.pedes import PedesSplit
 
 GREY = 128  # the value of masked pixels: the middle of the uint8 range, about the mean after normalising
+AUGMENTS = ("flip", "irra")  # "irra": IRRA's train transforms, flip + pad 10 / random crop + random erasing
+IRRA_PAD = 10  # pixels of zero padding before the random crop back to size (IRRA's T.Pad(10))
+
+
+def pad_and_crop(image: Image.Image, rng: random.Random, pad: int = IRRA_PAD) -> Image.Image:
+    """Zero-pad by `pad` on every side, then crop back to the original size at a random offset."""
+    width, height = image.size
+    padded = Image.new("RGB", (width + 2 * pad, height + 2 * pad))
+    padded.paste(image, (pad, pad))
+    left, top = rng.randint(0, 2 * pad), rng.randint(0, 2 * pad)
+    return padded.crop((left, top, left + width, top + height))
+
+
+def random_erase(pixels: torch.Tensor, rng: random.Random, probability: float = 0.5) -> torch.Tensor:
+    """torchvision's RandomErasing (area 2-40%, aspect 0.3-3.3, up to 10 tries) on uint8 [3, H, W].
+
+    Written here because torchvision does not load beside the torch build this project pins. The
+    box is filled with the image's own mean colour: IRRA fills with the normalisation mean, which
+    is the same idea (a neutral patch) without depending on the processor.
+    """
+    if rng.random() >= probability:
+        return pixels
+    _, height, width = pixels.shape
+    for _ in range(10):
+        area = height * width * rng.uniform(0.02, 0.4)
+        ratio = math.exp(rng.uniform(math.log(0.3), math.log(1 / 0.3)))
+        box_height, box_width = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
+        if 0 < box_height < height and 0 < box_width < width:
+            top, left = rng.randint(0, height - box_height), rng.randint(0, width - box_width)
+            erased = pixels.clone()
+            fill = pixels.float().mean((1, 2)).round().to(pixels.dtype)  # [3]
+            erased[:, top : top + box_height, left : left + box_width] = fill[:, None, None]
+            return erased
+    return pixels
 
 
 def load_image(path: Path, size: tuple[int, int] | None) -> Image.Image:
@@ -150,7 +185,10 @@ class IdentityBatches(_Batches):
 class TrainPairs(Dataset):
     """(image, caption) training samples of a split, with the fields the model's InputSpec asks for."""
 
-    def __init__(self, split: PedesSplit, spec, vq_cache=None):
+    def __init__(self, split: PedesSplit, spec, vq_cache=None, augment: str = "flip"):
+        if augment not in AUGMENTS:
+            raise ValueError(f"augment {augment!r} is not one of {AUGMENTS}")
+        self.augment = augment
         self.split = split
         self.pairs = split.pairs()
         self.spec = spec
@@ -181,7 +219,11 @@ class TrainPairs(Dataset):
         flipped = rng.random() < 0.5
         if flipped:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if self.augment == "irra":
+            image = pad_and_crop(image, rng)
         pixels = to_tensor(image)  # uint8 [3, H, W]
+        if self.augment == "irra":
+            pixels = random_erase(pixels, rng)
         caption_ids = self.spec.tokenizer(caption, truncation=True, max_length=self.spec.max_text_length)[
             "input_ids"
         ]

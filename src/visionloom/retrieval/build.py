@@ -86,8 +86,17 @@ class VQConfig:
 
 
 @dataclass
+class DataConfig:
+    # Training images: "flip" (horizontal, half the samples) or "irra" (IRRA's set: flip, pad 10 and
+    # random crop, random erasing). With "irra" the offline VQ targets stay the codes of the clean
+    # (flipped or not) image, so the generator reconstructs the person rather than the crop.
+    augment: str = "flip"
+
+
+@dataclass
 class RetrievalConfig:
     name: str = "baseline"
+    data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -61,6 +61,11 @@ def train_retrieval(
     """Train, select on val, evaluate test once; returns the run summary (also in RUN/summary.json)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     data_root, run_dir = Path(data_root), Path(run_dir)
+    if config.data.augment == "irra" and config.vq.online and needs_vq(config):
+        raise ValueError(
+            "data.augment=irra with vq.online=true: the online VQ targets would be codes of the cropped, "
+            "erased view while the offline cache holds the clean image's; use the offline cache with irra"
+        )
     dataset = read_pedes(data_root)
     train_split, val_split = dataset["train"], dataset["val"]
     vq_model, cache = prepare_vq(config, data_root) if needs_vq(config) else (None, None)
@@ -85,7 +90,7 @@ def train_retrieval(
             )
         )
 
-    train_set = TrainPairs(train_split, model.input_spec, cache)
+    train_set = TrainPairs(train_split, model.input_spec, cache, augment=config.data.augment)
     sampler = make_sampler(
         train_set,
         config.train.batch_size,
