@@ -22,6 +22,7 @@ from visionloom.pruning.pruners import (
     TextAttention,
     TowerAttention,
 )
+from visionloom.vlm.pretrain import AnswerCollate
 
 
 def _batch(adapter, image):
@@ -461,6 +462,35 @@ def test_prune_eval_writes_table_plot_and_keeps_accuracy_at_full_keep(scenes_roo
     texts = read_questions(config, scenes_root)
     plain = answer_accuracy(adapter, texts, batch_size=6)["all"]
     assert run_pruner(adapter, KeepAll(), texts, 1.0, 6)["accuracy"] == plain
+
+
+def test_text_attention_in_evaluation_ranks_from_the_prompt_not_the_answer(
+    scenes_root, scene_vlm, monkeypatch
+):
+    """The answer is teacher-forced in evaluation; swapping it must not change what is kept."""
+    from visionloom.backbones import load
+    from visionloom.pruning.evaluate import PruneConfig, read_questions, run_pruner
+
+    adapter = load(scene_vlm[0])
+    texts = read_questions(PruneConfig(), scenes_root)[:6]
+    swapped = [replace(text, answer="yes" if text.answer != "yes" else "no") for text in texts]
+    decisions = []
+    decide = TextAttention.decide
+
+    def recording(self, *args, **kwargs):
+        decisions.append(decide(self, *args, **kwargs))
+        return decisions[-1]
+
+    monkeypatch.setattr(TextAttention, "decide", recording)
+    for questions in (texts, swapped):
+        run_pruner(adapter, TextAttention(layer=0), questions, 0.25, 6)
+    first, second = decisions
+    assert all(torch.equal(a, b) for a, b in zip(first.keep, second.keep, strict=True))
+    # The last real token (inside the answer) would rank differently.
+    batch = AnswerCollate(adapter)(texts)
+    tokens = adapter.encode_images(batch["inputs"])
+    from_the_end = decide(TextAttention(layer=0), adapter, batch["inputs"], tokens, 0.25)
+    assert any(not torch.equal(a, b) for a, b in zip(first.keep, from_the_end.keep, strict=True))
 
 
 def test_question_sets_load_from_a_local_json_with_errors_naming_the_item(scenes_root, tmp_path):

@@ -157,7 +157,12 @@ def run_pruner(adapter, pruner, texts: list[SceneText], keep_ratio: float, batch
         inputs = batch["inputs"]
         started = time.perf_counter()
         tokens = adapter.encode_images(inputs)
-        decision = pruner.decide(adapter, inputs, tokens, keep_ratio)
+        if isinstance(pruner, TextAttention):
+            # Rank from the last prompt token: the answer is teacher-forced here, and must not steer it.
+            first_answer = (batch["answer_labels"] != -100).int().argmax(1)  # [B]
+            decision = pruner.decide(adapter, inputs, tokens, keep_ratio, query_positions=first_answer - 1)
+        else:
+            decision = pruner.decide(adapter, inputs, tokens, keep_ratio)
         if isinstance(pruner, TowerAttention) and pruner.merge:
             tokens = pruner.merged_tokens(adapter, tokens, decision)
         output = forward_pruned(adapter, inputs, tokens, decision)

@@ -139,8 +139,13 @@ class TowerAttention:
 
 # ---------------------------------------------------------------------------------------- language side
 class TextAttention:
-    """FastV: layers 0..K on every token; the last text token's attention at layer K ranks the image
-    tokens; layers K+1.. run on the kept ones only."""
+    """FastV: layers 0..K on every token; the last prompt token's attention at layer K ranks the image
+    tokens; layers K+1.. run on the kept ones only.
+
+    The ranking row is each sample's last real token, as at generation time, when the input is
+    the prompt. When the answer is teacher-forced (evaluation), pass `query_positions`, the last
+    prompt token of each sample. Otherwise the ranking would read the answer.
+    """
 
     name = "text-attention"
 
@@ -148,16 +153,26 @@ class TextAttention:
         self.layer = layer
 
     @torch.no_grad()
-    def decide(self, adapter, inputs, tokens, keep_ratio: float) -> Decision:
-        scores, hidden = self.scores_and_hidden(adapter, inputs, tokens)
+    def decide(
+        self, adapter, inputs, tokens, keep_ratio: float, query_positions: torch.Tensor | None = None
+    ) -> Decision:
+        scores, hidden = self.scores_and_hidden(adapter, inputs, tokens, query_positions)
         decision = keep_top(adapter, tokens, scores, keep_ratio)
         return Decision(keep=decision.keep, from_layer=self.layer + 1, hidden_entering=hidden)
 
     @torch.no_grad()
-    def scores(self, adapter, inputs: MultimodalInputs, tokens: VisionTokens) -> list[torch.Tensor]:
-        return self.scores_and_hidden(adapter, inputs, tokens)[0]
+    def scores(
+        self,
+        adapter,
+        inputs: MultimodalInputs,
+        tokens: VisionTokens,
+        query_positions: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        return self.scores_and_hidden(adapter, inputs, tokens, query_positions)[0]
 
-    def scores_and_hidden(self, adapter, inputs, tokens) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def scores_and_hidden(
+        self, adapter, inputs, tokens, query_positions: torch.Tensor | None = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The shallow pass (layers 0..K): per image the scores, and the hidden state entering K+1."""
         layers = len(adapter.language_module.layers)
         if not 0 <= self.layer < layers - 1:
@@ -167,10 +182,14 @@ class TextAttention:
             )
         with only_layers(adapter, 0, self.layer + 1), layer_input(adapter, self.layer + 1) as captured:
             output = adapter.forward(inputs, tokens, output_attentions=True, use_cache=False)
-        last = inputs.attention_mask.sum(1) - 1  # [B] the last real token of each sample
+        if query_positions is None:
+            query_positions = inputs.attention_mask.sum(1) - 1  # [B] the last real token of each sample
         scores = []
         for sample, (start, end) in inputs.image_owner():
-            attention = output.attentions[self.layer][sample, :, int(last[sample]), start:end]  # [heads, n]
+            row = int(query_positions[sample])
+            if row < end:
+                raise ValueError(f"sample {sample}: the ranking position {row} is not after its image")
+            attention = output.attentions[self.layer][sample, :, row, start:end]  # [heads, n]
             scores.append(attention.mean(0).float().cpu())
         return scores, captured["hidden"]
 
