@@ -35,6 +35,13 @@ def _batch(adapter, image):
     return inputs, flags
 
 
+def _encoded_batch(adapter, image):
+    """`_batch` and its VisionTokens from the layer's one tower pass."""
+    inputs, flags = _batch(adapter, image)
+    with torch.no_grad():
+        return inputs, flags, adapter.encode_images(inputs)
+
+
 def _out(output):
     return output.logits if output.logits is not None else output.last_hidden_state
 
@@ -42,9 +49,8 @@ def _out(output):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_keep_all_and_all_ones_are_bit_identical_to_the_unpruned_model(name, image):
     adapter = cached_preset(name)
-    inputs, flags = _batch(adapter, image)
+    inputs, flags, tokens = _encoded_batch(adapter, image)
     with torch.no_grad():
-        tokens = adapter.encode_images(inputs)
         reference = _out(adapter.forward(inputs, tokens, **flags))
         for pruner in (KeepAll(), OnesSoft()):
             decision = pruner.decide(adapter, inputs, tokens)
@@ -57,9 +63,8 @@ def test_keep_all_and_all_ones_are_bit_identical_to_the_unpruned_model(name, ima
 def test_seed_004_cls_features_or_a_second_pass_do_not_reproduce_the_model_but_vision_tokens_do(image):
     """What cost the seed 7 points: keep-all built from the wrong features is not keep-all."""
     adapter = cached_preset("tiny-llava")
-    inputs, _ = _batch(adapter, image)
+    inputs, _, tokens = _encoded_batch(adapter, image)
     with torch.no_grad():
-        tokens = adapter.encode_images(inputs)
         reference = adapter.forward(inputs, tokens).logits
         assert torch.equal(
             forward_pruned(adapter, inputs, tokens, KeepAll().decide(adapter, inputs, tokens)).logits,
@@ -81,8 +86,7 @@ def test_seed_004_cls_features_or_a_second_pass_do_not_reproduce_the_model_but_v
 @pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2.5-vl", "tiny-llava-next", "tiny-gemma3"])
 def test_pruned_sequences_shrink_together_and_keep_full_sequence_positions(name, image):
     adapter = cached_preset(name)
-    inputs, _ = _batch(adapter, image)
-    tokens = adapter.encode_images(inputs)
+    inputs, _, tokens = _encoded_batch(adapter, image)
     keep = [RandomPruner(seed=1).decide(adapter, inputs, tokens, 0.5).keep[0], torch.arange(tokens.counts[1])]
     decision = Decision(keep=keep)  # the two samples keep different counts
     pruned = prune_sequence(adapter, inputs, tokens, decision)
@@ -112,8 +116,7 @@ def test_pruned_sequences_shrink_together_and_keep_full_sequence_positions(name,
 def test_qwen_positions_are_gathered_not_recomputed(image):
     """Recomputing 3-D rotary positions on the shortened ids would renumber everything after the image."""
     adapter = cached_preset("tiny-qwen2.5-vl")
-    inputs, _ = _batch(adapter, image)
-    tokens = adapter.encode_images(inputs)
+    inputs, _, tokens = _encoded_batch(adapter, image)
     decision = RandomPruner().decide(adapter, inputs, tokens, 0.25)
     pruned = prune_sequence(adapter, inputs, tokens, decision)
     positions = pruned.model_kwargs["position_ids"]  # [3, B, S']
@@ -138,8 +141,7 @@ def test_qwen_positions_are_gathered_not_recomputed(image):
 
 def test_llava_next_newlines_are_never_dropped(image):
     adapter = cached_preset("tiny-llava-next")
-    inputs, _ = _batch(adapter, image)
-    tokens = adapter.encode_images(inputs)
+    inputs, _, tokens = _encoded_batch(adapter, image)
     newlines = adapter.structural_offsets(tokens.geometries[0])
     assert len(newlines) == tokens.geometries[0].token_grid[0]
     decision = RandomPruner().decide(adapter, inputs, tokens, 0.11)
@@ -151,8 +153,7 @@ def test_llava_next_newlines_are_never_dropped(image):
 
 def test_keep_ratio_counts_and_bad_decisions(image):
     adapter = cached_preset("tiny-llava")
-    inputs, _ = _batch(adapter, image)
-    tokens = adapter.encode_images(inputs)
+    inputs, _, tokens = _encoded_batch(adapter, image)
     for ratio, expected in ((1.0, 64), (0.5, 32), (0.25, 16), (0.11, 8)):
         assert [len(k) for k in RandomPruner().decide(adapter, inputs, tokens, ratio).keep] == [expected] * 2
     with pytest.raises(ValueError, match="sorted and distinct"):
@@ -191,52 +192,46 @@ def _encoder_attention(adapter, block):
     return getattr(adapter.vision_tower, "vision_model", adapter.vision_tower).encoder.layers[block].self_attn
 
 
-@pytest.mark.parametrize("name", ["tiny-llava", "tiny-deepseek-vl"])
-def test_tower_scores_are_the_towers_own_attention_from_the_same_pass(name, image):
-    """CLIP: the class token's row; SigLIP: mean over queries; both equal the model's eager weights."""
-    adapter = cached_preset(name)
-    inputs, _ = _batch(adapter, image)
+def _scores_and_eager_weights(adapter, inputs, block, reference_block):
+    """The layer's scores at `block` from one pass; the model's eager weights at `reference_block`
+    (the same block, named explicitly) from a second."""
     with torch.no_grad():
         tokens = adapter.encode_images(inputs)
-        scores = adapter.tower_attention_scores(tokens, block=-2)
-        with eager_weights_of(adapter, _encoder_attention(adapter, -2)) as captured:
+        scores = adapter.tower_attention_scores(tokens, block)
+        with eager_weights_of(adapter, _encoder_attention(adapter, reference_block)) as captured:
             adapter.encode_images(inputs)
     (weights,) = captured  # [images, heads, P(+1), P(+1)]
-    expected = weights[:, :, 0, 1:].mean(1) if name == "tiny-llava" else weights.mean((1, 2))
-    torch.testing.assert_close(torch.stack(scores), expected)
-    decision = TowerAttention(block=-2).decide(adapter, inputs, tokens, 0.25)
-    assert torch.equal(decision.keep[0], scores[0].topk(16).indices.sort().values)
+    return tokens, torch.stack(scores), weights
 
 
-def test_llava_with_a_siglip_tower_scores_by_mean_received_attention(image):
-    """No class token: strategy "full" keeps every patch, and the scores average over all queries."""
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-deepseek-vl", "llava-with-siglip"])
+def test_tower_scores_are_the_towers_own_attention_from_the_same_pass(name, image):
+    """CLIP: the class token's row; SigLIP (no class token, every patch a token): the mean over
+    queries. Both equal the model's eager weights."""
     from visionloom.backbones.tiny import tiny_llava
 
-    adapter = tiny_llava(vision="siglip")
+    adapter = tiny_llava(vision="siglip") if name == "llava-with-siglip" else cached_preset(name)
     inputs, _ = _batch(adapter, image)
-    with torch.no_grad():
-        tokens = adapter.encode_images(inputs)
-        scores = adapter.tower_attention_scores(tokens)  # the feature layer -2: block -2
-        with eager_weights_of(adapter, _encoder_attention(adapter, -2)) as captured:
-            adapter.encode_images(inputs)
-    torch.testing.assert_close(torch.stack(scores), captured[0].mean((1, 2)))
-    assert [len(s) for s in scores] == tokens.counts == [64, 64]
+    tokens, scores, weights = _scores_and_eager_weights(adapter, inputs, block=-2, reference_block=-2)
+    expected = weights[:, :, 0, 1:].mean(1) if name == "tiny-llava" else weights.mean((1, 2))
+    torch.testing.assert_close(scores, expected)
+    assert list(scores.shape) == [2, 64] and tokens.counts == [64, 64]
+    decision = TowerAttention(block=-2).decide(adapter, inputs, tokens, 0.25)
+    assert torch.equal(decision.keep[0], scores[0].topk(16).indices.sort().values)
+    if name != "tiny-deepseek-vl":  # LLaVA's default block is the feature layer's (-2)
+        assert torch.equal(torch.stack(adapter.tower_attention_scores(tokens)), scores)
 
 
 @pytest.mark.parametrize("name", ["tiny-gemma3", "tiny-t5gemma2"])
 def test_gemma_tower_scores_are_pooled_like_the_projector_pools_patches(name, image):
     adapter = cached_preset(name)
     inputs, _ = _batch(adapter, image)
-    with torch.no_grad():
-        tokens = adapter.encode_images(inputs)
-        scores = adapter.tower_attention_scores(tokens)
-        with eager_weights_of(adapter, _encoder_attention(adapter, -1)) as captured:
-            adapter.encode_images(inputs)
-    per_patch = captured[0].mean((1, 2))  # [images, 256]: mean received attention, 16x16 patches
-    rows, cols = tokens.geometries[0].patch_grid
+    tokens, scores, weights = _scores_and_eager_weights(adapter, inputs, block=None, reference_block=-1)
+    per_patch = weights.mean((1, 2))  # [images, 256]: mean received attention, 16x16 patches
+    rows, _ = tokens.geometries[0].patch_grid
     side, kernel = 4, rows // 4  # 16 tokens per image: 4x4 blocks of 4x4 patches
     expected = per_patch.view(-1, side, kernel, side, kernel).mean((2, 4)).flatten(1)
-    torch.testing.assert_close(torch.stack(scores), expected)
+    torch.testing.assert_close(scores, expected)
 
 
 def test_qwen_tower_scores_use_a_full_attention_block_and_land_on_merged_tokens(image):
@@ -285,9 +280,8 @@ def test_llava_next_tile_scores_follow_the_packed_layout_of_their_features(image
 @pytest.mark.parametrize("name", FAMILIES)
 def test_tower_attention_prunes_every_family(name, image):
     adapter = cached_preset(name)
-    inputs, flags = _batch(adapter, image)
+    inputs, flags, tokens = _encoded_batch(adapter, image)
     with torch.no_grad():
-        tokens = adapter.encode_images(inputs)
         pruner = TowerAttention(merge=True)
         decision = pruner.decide(adapter, inputs, tokens, 0.25)
         merged = pruner.merged_tokens(adapter, tokens, decision)
@@ -306,8 +300,7 @@ def test_tower_attention_prunes_every_family(name, image):
 
 def test_merging_moves_dropped_tokens_into_kept_ones(image):
     adapter = cached_preset("tiny-llava")
-    inputs, _ = _batch(adapter, image)
-    tokens = adapter.encode_images(inputs)
+    inputs, _, tokens = _encoded_batch(adapter, image)
     pruner = TowerAttention(merge=True)
     decision = pruner.decide(adapter, inputs, tokens, 0.25)
     merged = pruner.merged_tokens(adapter, tokens, decision)
@@ -325,9 +318,8 @@ def test_merging_moves_dropped_tokens_into_kept_ones(image):
 
 def test_text_attention_ranks_by_the_last_tokens_attention_at_layer_k(image):
     adapter = cached_preset("tiny-llava")
-    inputs, _ = _batch(adapter, image)
+    inputs, _, tokens = _encoded_batch(adapter, image)
     with torch.no_grad():
-        tokens = adapter.encode_images(inputs)
         full = adapter.forward(inputs, tokens, output_attentions=True)
         scores = TextAttention(layer=0).scores(adapter, inputs, tokens)
     last = int(inputs.attention_mask[1].sum()) - 1
@@ -411,8 +403,7 @@ def test_later_layers_keep_their_own_attention_type(image):
 
 def test_soft_weights_cannot_start_at_a_later_layer_and_fastv_needs_a_layer_after_k(image):
     adapter = cached_preset("tiny-llava")
-    inputs, _ = _batch(adapter, image)
-    tokens = adapter.encode_images(inputs)
+    inputs, _, tokens = _encoded_batch(adapter, image)
     with pytest.raises(ValueError, match="must be 0..0"):
         TextAttention(layer=1).decide(adapter, inputs, tokens, 0.5)  # 2 layers: nothing after layer 1
     with pytest.raises(ValueError, match="later layer"):
@@ -421,8 +412,7 @@ def test_soft_weights_cannot_start_at_a_later_layer_and_fastv_needs_a_layer_afte
 
 def test_learned_scorer_is_soft_in_training_and_hard_at_inference(image):
     adapter = cached_preset("tiny-llava")
-    inputs, _ = _batch(adapter, image)
-    tokens = adapter.encode_images(inputs)
+    inputs, _, tokens = _encoded_batch(adapter, image)
     scorer = LearnedScorer(adapter.text_width)
     soft = scorer.soft(tokens)
     loss = forward_pruned(adapter, inputs, tokens, soft).logits.pow(2).mean()
