@@ -445,6 +445,11 @@ def test_prune_eval_writes_table_plot_and_keeps_accuracy_at_full_keep(scenes_roo
     )
     assert (tmp_path / "accuracy_vs_tokens.png").stat().st_size > 0
     assert "| random | 25% | 16.0 |" in (tmp_path / "prune_table.md").read_text()
+    # text-attention needs eager attention: every row, keep-all included, is timed with it.
+    assert (
+        report["attention"] == "eager"
+        and "attention eager in every row" in (tmp_path / "prune_table.md").read_text()
+    )
     # Keep-all through the pruning path answers exactly as the plain model does.
     from visionloom.backbones import load
 
