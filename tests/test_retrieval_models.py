@@ -210,3 +210,34 @@ def test_irra_augmentation_with_online_vq_codes_is_refused(pedes_root, tmp_path)
     config = small_config("phase4", "data.augment=irra", "vq.online=true")
     with pytest.raises(ValueError, match="online"):
         train_retrieval(config, pedes_root, tmp_path / "run", progress=False)
+
+
+def test_dead_codes_move_onto_batch_latents_and_live_ones_stay():
+    from diffusers.models.autoencoders.vae import VectorQuantizer
+
+    from visionloom.retrieval.vq import restart_dead_codes
+
+    quantize = VectorQuantizer(8, 4, beta=0.25)
+    before = quantize.embedding.weight.detach().clone()
+    latents = torch.randn(2, 4, 3, 3)
+    counts = torch.tensor([5, 0, 2, 0, 0, 1, 1, 9])
+    restarted = restart_dead_codes(quantize, latents, counts, torch.Generator().manual_seed(0))
+    after = quantize.embedding.weight.detach()
+    dead = [1, 3, 4]
+    assert restarted == 3 and counts.sum() == 0
+    assert torch.equal(after[[0, 2, 5, 6, 7]], before[[0, 2, 5, 6, 7]])
+    flat = latents.permute(0, 2, 3, 1).reshape(-1, 4)
+    assert all((flat == after[code]).all(-1).any() for code in dead)  # each is one of the batch's latents
+
+
+def test_vq_fit_restarts_dead_codes_and_stops_before_the_end(pedes_root, tmp_path):
+    from visionloom.retrieval.vq import VQFitConfig, fit_vq
+
+    split = read_pedes(pedes_root)["train"]
+    config = VQFitConfig(steps=10, batch_size=4, restart_every=4)
+    report = fit_vq(split, tmp_path / "vq", config, progress=False)
+    assert report["codes_restarted"] > 0  # restarts at steps 4 and 8 (none after 80% of 10)
+    off = fit_vq(
+        split, tmp_path / "vq-off", VQFitConfig(steps=10, batch_size=4, restart_every=0), progress=False
+    )
+    assert off["codes_restarted"] == 0

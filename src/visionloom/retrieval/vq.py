@@ -41,6 +41,9 @@ class VQFitConfig:
     batch_size: int = 32
     lr: float = 2e-3
     seed: int = 0
+    # Every this many steps, codes no latent chose since the last check move onto latents of the
+    # batch (dead-code restart); none in the last 20% of steps, so the codes settle. 0 = off.
+    restart_every: int = 20
 
 
 def build_vq(config: VQFitConfig) -> VQModel:
@@ -121,6 +124,24 @@ def encode_codes(model: VQModel, images: torch.Tensor) -> torch.Tensor:
     return indices.view(len(images), *latents.shape[-2:]).long()
 
 
+@torch.no_grad()
+def restart_dead_codes(
+    quantize: torch.nn.Module, latents: torch.Tensor, counts: torch.Tensor, generator: torch.Generator
+) -> int:
+    """Move every code with a zero count onto a randomly drawn latent [C] of `latents` [B, C, h, w].
+
+    Written here because diffusers' VectorQuantizer has no dead-code restart (the remedy of
+    Jukebox and SoundStream for a codebook that training leaves mostly unused). Resets `counts`.
+    """
+    dead = (counts == 0).nonzero().flatten()
+    if len(dead):
+        flat = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])  # [B*h*w, C]
+        picks = torch.randint(len(flat), (len(dead),), generator=generator)
+        quantize.embedding.weight[dead.to(flat.device)] = flat[picks.to(flat.device)]
+    counts.zero_()
+    return len(dead)
+
+
 def fit_vq(split: PedesSplit, out: Path, config: VQFitConfig, progress: bool = True) -> dict:
     """Train a VQModel on the split's images (reconstruction + commitment) and save it to `out`."""
     torch.manual_seed(config.seed)
@@ -140,7 +161,17 @@ def fit_vq(split: PedesSplit, out: Path, config: VQFitConfig, progress: bool = T
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     from rich.progress import Progress
 
-    step, history = 0, []
+    # What the quantizer sees and picks each step: its input latents and the chosen code ids.
+    seen: dict[str, torch.Tensor] = {}
+    counts = torch.zeros(config.codebook_size, dtype=torch.long)
+
+    def record(_module, inputs, output):
+        seen["latents"] = inputs[0].detach()
+        counts.add_(torch.bincount(output[2][2].flatten().cpu(), minlength=config.codebook_size))
+
+    model.quantize.register_forward_hook(record)
+    generator = torch.Generator().manual_seed(config.seed)
+    step, history, restarted = 0, [], 0
     with Progress(disable=not progress) as bar:
         task = bar.add_task("fitting VQ tokenizer", total=config.steps)
         while step < config.steps:
@@ -154,6 +185,8 @@ def fit_vq(split: PedesSplit, out: Path, config: VQFitConfig, progress: bool = T
                 optimizer.step()
                 step += 1
                 history.append(reconstruction.detach().item())
+                if config.restart_every and step % config.restart_every == 0 and step <= 0.8 * config.steps:
+                    restarted += restart_dead_codes(model.quantize, seen["latents"], counts, generator)
                 bar.update(
                     task, advance=1, description=f"fitting VQ tokenizer  mse {reconstruction.item():.4f}"
                 )
@@ -170,6 +203,7 @@ def fit_vq(split: PedesSplit, out: Path, config: VQFitConfig, progress: bool = T
     return {
         "final_mse": sum(history[-20:]) / len(history[-20:]),
         "codes_used_on_64_images": used,
+        "codes_restarted": restarted,
         "codebook_size": config.codebook_size,
         "grid": list(code_grid(model)),
     }
