@@ -153,16 +153,11 @@ class Qwen2_5_VLAdapter(ImageTokenAdapter):
         embeds = torch.cat(list(out.pooler_output), dim=0)  # [T, D_text], raster order
         # The tower's last hidden state is in window order, one merge unit (2x2 patches) at a time;
         # undo that permutation so raw row group i is the four patches of embedding i.
-        vision = self.config.vision_config
-        window_index, _ = get_vision_window_index(
-            grid_thw.cpu(),
-            spatial_merge_size=vision.spatial_merge_size,
-            window_size=vision.window_size,
-            patch_size=vision.patch_size,
-        )
         unit = self.merge_size**2
         hidden = out.last_hidden_state  # [patches, C], window order
-        raw = hidden.view(-1, unit, hidden.shape[-1])[torch.argsort(window_index).to(hidden.device)]
+        raw = hidden.view(-1, unit, hidden.shape[-1])[
+            torch.argsort(self.window_index(grid_thw)).to(hidden.device)
+        ]
         return VisionTokens(
             embeds=embeds,
             raw=raw.reshape(-1, hidden.shape[-1]),  # [4T, C_vision], merge-unit order
@@ -173,14 +168,26 @@ class Qwen2_5_VLAdapter(ImageTokenAdapter):
             tower_hidden_states=tuple(out.hidden_states),
         )
 
+    def window_index(self, grid_thw: torch.Tensor) -> torch.Tensor:
+        """[merge units]: the order the tower runs them in (windows first), the model's own function."""
+        vision = self.config.vision_config
+        window_index, _ = get_vision_window_index(
+            grid_thw.cpu(),
+            spatial_merge_size=vision.spatial_merge_size,
+            window_size=vision.window_size,
+            patch_size=vision.patch_size,
+        )
+        return window_index
+
     def tower_attention_scores(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
         """The attention each merged token's 2x2 patches receive at a full-attention block (default: the last)."""
         tower = self.vision_tower
         block = tower.fullatt_block_indexes[-1] if block is None else block
         grid_thw = torch.tensor([[1, *g.patch_grid] for g in tokens.geometries])  # images: one temporal step
-        return list(
-            qwen_block_attention(tower, tokens.tower_hidden_states, grid_thw, block).split(tokens.counts)
+        scores = qwen_block_attention(
+            tower, tokens.tower_hidden_states, grid_thw, self.window_index(grid_thw), block
         )
+        return list(scores.split(tokens.counts))
 
     def project(self, raw: torch.Tensor) -> torch.Tensor:
         return self.model.model.visual.merger(raw)

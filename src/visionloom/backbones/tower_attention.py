@@ -18,7 +18,7 @@ from typing import Literal
 
 import torch
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
-from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
+from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids
 
 QUERY_CHUNK = 1024  # query rows per softmax; bounds memory at [heads, 1024, patches]
 
@@ -64,9 +64,8 @@ def encoder_block_attention(
     layers = getattr(tower, "vision_model", tower).encoder.layers
     index = block_index(block, len(layers))
     layer = layers[index]
-    hidden = require_hidden_states(hidden_states)[
-        index
-    ]  # [tiles, P, C]: the input of block `index`, from the same pass
+    # [tiles, P, C]: the input of block `index`, from the same pass
+    hidden = require_hidden_states(hidden_states)[index]
     normed = layer.layer_norm1(hidden)
     attention = layer.self_attn
     tiles, length, _ = hidden.shape
@@ -83,7 +82,11 @@ def encoder_block_attention(
 
 @torch.no_grad()
 def qwen_block_attention(
-    tower: torch.nn.Module, hidden_states: tuple[torch.Tensor, ...] | None, grid_thw: torch.Tensor, block: int
+    tower: torch.nn.Module,
+    hidden_states: tuple[torch.Tensor, ...] | None,
+    grid_thw: torch.Tensor,
+    window_index: torch.Tensor,
+    block: int,
 ) -> torch.Tensor:
     """Qwen2.5-VL's tower: [merged tokens], the attention each merged token's patches receive at `block`.
 
@@ -92,7 +95,7 @@ def qwen_block_attention(
     the image. The tower runs on a window-permuted sequence, one 2x2 merge unit after another. The
     scores are computed in that order, with the rotary angles permuted as the tower permutes them.
     They are then averaged over each merge unit and put back in raster order, which is the order
-    of the merger's output.
+    of the merger's output. `window_index` is that order, as the adapter gets it from the model.
     """
     index = block_index(block, len(tower.blocks))
     if index not in tower.fullatt_block_indexes:
@@ -108,14 +111,7 @@ def qwen_block_attention(
     queries, keys = qkv[:, 0], qkv[:, 1]  # [patches, heads, d]
 
     # The rotary angles as the tower's forward builds them: merge-unit order, then window order.
-    grid_thw = grid_thw.to(hidden.device)
-    window_index, _ = get_vision_window_index(
-        grid_thw.cpu(),
-        spatial_merge_size=tower.spatial_merge_size,
-        window_size=tower.window_size,
-        patch_size=tower.patch_size,
-    )
-    window_index = window_index.to(hidden.device)
+    grid_thw, window_index = grid_thw.to(hidden.device), window_index.to(hidden.device)
     position_ids = get_vision_position_ids(grid_thw, tower.spatial_merge_size)
     cos, sin = (
         tower.permute_input_for_window_attn(angles, window_index, seq_len=patches)

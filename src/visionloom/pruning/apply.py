@@ -108,13 +108,14 @@ def layer_input(adapter: ImageTokenAdapter, layer: int) -> Iterator[dict[str, to
         handle.remove()
 
 
-def hidden_entering(
-    adapter: ImageTokenAdapter, inputs: MultimodalInputs, tokens: VisionTokens, layer: int
-) -> torch.Tensor:
-    """[B, S, D]: the unpruned sequence as it enters language-model `layer` (only layers 0..layer-1 run)."""
+def shallow_pass(
+    adapter: ImageTokenAdapter, inputs: MultimodalInputs, tokens: VisionTokens, layer: int, **flags
+) -> tuple[LayerOutput, torch.Tensor]:
+    """Only layers 0..layer-1 on the unpruned sequence: their output, and the hidden state [B, S, D]
+    that enters language-model `layer`. Decoder-only families, or T5Gemma2's encoder alone."""
     with only_layers(adapter, 0, layer), layer_input(adapter, layer) as captured:
-        adapter.forward(inputs, tokens, use_cache=False)  # decoder-only, or T5Gemma2's encoder alone
-    return captured["hidden"]
+        output = adapter.forward(inputs, tokens, use_cache=False, **flags)
+    return output, captured["hidden"]
 
 
 def validate(decision: Decision, tokens: VisionTokens, structural: list[tuple[int, ...]]) -> None:
@@ -154,7 +155,7 @@ def prune_sequence(
     elif decision.hidden_entering is not None:
         embeds = decision.hidden_entering  # [B, S, D] entering layer from_layer
     else:
-        embeds = hidden_entering(adapter, inputs, tokens, decision.from_layer)
+        embeds = shallow_pass(adapter, inputs, tokens, decision.from_layer)[1]
     kwargs = full_sequence_kwargs(adapter, inputs)
     batch, length = inputs.input_ids.shape
     keep_mask = inputs.attention_mask.bool().clone()  # [B, S]; padding goes, and is re-added below

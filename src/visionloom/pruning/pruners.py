@@ -27,7 +27,7 @@ from torch import nn
 
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.backbones.types import MultimodalInputs, VisionTokens
-from visionloom.pruning.apply import Decision, layer_input, only_layers
+from visionloom.pruning.apply import Decision, shallow_pass
 
 
 def candidates(adapter: ImageTokenAdapter, tokens: VisionTokens, image: int) -> torch.Tensor:
@@ -180,8 +180,7 @@ class TextAttention:
                 f"text-attention ranks at layer {self.layer} and drops tokens after it: with {layers} "
                 f"language-model layers that layer must be 0..{layers - 2}"
             )
-        with only_layers(adapter, 0, self.layer + 1), layer_input(adapter, self.layer + 1) as captured:
-            output = adapter.forward(inputs, tokens, output_attentions=True, use_cache=False)
+        output, hidden = shallow_pass(adapter, inputs, tokens, self.layer + 1, output_attentions=True)
         if query_positions is None:
             query_positions = inputs.attention_mask.sum(1) - 1  # [B] the last real token of each sample
         scores = []
@@ -191,7 +190,7 @@ class TextAttention:
                 raise ValueError(f"sample {sample}: the ranking position {row} is not after its image")
             attention = output.attentions[self.layer][sample, :, row, start:end]  # [heads, n]
             scores.append(attention.mean(0).float().cpu())
-        return scores, captured["hidden"]
+        return scores, hidden
 
 
 # ---------------------------------------------------------------------------------------- learned

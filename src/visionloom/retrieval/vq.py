@@ -169,7 +169,7 @@ def fit_vq(split: PedesSplit, out: Path, config: VQFitConfig, progress: bool = T
         seen["latents"] = inputs[0].detach()
         counts.add_(torch.bincount(output[2][2].flatten().cpu(), minlength=config.codebook_size))
 
-    model.quantize.register_forward_hook(record)
+    recording = model.quantize.register_forward_hook(record)
     generator = torch.Generator().manual_seed(config.seed)
     step, history, restarted = 0, [], 0
     with Progress(disable=not progress) as bar:
@@ -192,6 +192,7 @@ def fit_vq(split: PedesSplit, out: Path, config: VQFitConfig, progress: bool = T
                 )
                 if step >= config.steps:
                     break
+    recording.remove()  # the usage count below, and any later encoding, must not feed it
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
