@@ -199,15 +199,14 @@ def test_accelerate_launch_two_cpu_processes(pedes_root, tmp_path):
     script.write_text(textwrap.dedent(SHARD_SCRIPT))
     repo = Path(__file__).resolve().parents[1]
     env = {"PYTHONPATH": str(repo), "PATH": str(Path(sys.executable).parent), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [*launch, str(script), str(pedes_root), str(tmp_path)],
-        env=env,
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+
+    def launched(*arguments: str) -> None:
+        done = subprocess.run(
+            [*launch, *arguments], env=env, cwd=repo, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    launched(str(script), str(pedes_root), str(tmp_path))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for sampler in ("0", "2"):
         first, second = ranks[0][sampler], ranks[1][sampler]
@@ -216,36 +215,27 @@ def test_accelerate_launch_two_cpu_processes(pedes_root, tmp_path):
             assert not set(first) & set(second)  # random batches: every sample on one process only
 
     run = tmp_path / "run"
-    done = subprocess.run(
-        [
-            *launch,
-            "-m",
-            "visionloom.cli",
-            "retrieval",
-            "train",
-            "baseline",
-            "--data",
-            str(pedes_root),
-            "--out",
-            str(run),
-            "--set",
-            "model.image_size=[64, 32]",
-            "--set",
-            "train.steps=3",
-            "--set",
-            "train.batch_size=4",
-            "--set",
-            "train.ids_per_batch=2",
-            "--set",
-            "train.checkpoint_every=2",
-        ],
-        env=env,
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    launched(
+        "-m",
+        "visionloom.cli",
+        "retrieval",
+        "train",
+        "baseline",
+        "--data",
+        str(pedes_root),
+        "--out",
+        str(run),
+        "--set",
+        "model.image_size=[64, 32]",
+        "--set",
+        "train.steps=3",
+        "--set",
+        "train.batch_size=4",
+        "--set",
+        "train.ids_per_batch=2",
+        "--set",
+        "train.checkpoint_every=2",
     )
-    assert done.returncode == 0, done.stderr[-3000:]
     state = json.loads((latest_checkpoint(run / "checkpoints") / "state.json").read_text())
     assert state["processes"] == 2 and state["step"] == 3
     assert {p.name for p in latest_checkpoint(run / "checkpoints").glob("rng_*.pt")} == {
