@@ -174,3 +174,15 @@ def test_scene_commands_name_the_bad_setting(tmp_path):
         app, ["prune", "eval", "scenes", "--data", str(tmp_path), "--out", str(tmp_path / "p")]
     )
     assert result.exit_code != 0 and "--vlm" in result.output
+
+
+def test_vq_fit_restart_option_reaches_the_fit_and_refuses_negatives(pedes_root, tmp_path):
+    runner = CliRunner()
+    common = ["vq", "fit", str(pedes_root), "--steps", "10"]
+    on = runner.invoke(app, [*common, "--out", str(tmp_path / "on"), "--restart-every", "4"])
+    off = runner.invoke(app, [*common, "--out", str(tmp_path / "off"), "--restart-every", "0"])
+    assert on.exit_code == 0 and off.exit_code == 0, on.output + off.output
+    printed_on, printed_off = (" ".join(result.output.split()) for result in (on, off))  # undo wrapping
+    assert "'codes_restarted': 0" in printed_off and "'codes_restarted': 0" not in printed_on
+    bad = runner.invoke(app, [*common, "--out", str(tmp_path / "bad"), "--restart-every", "-1"])
+    assert bad.exit_code != 0 and "--restart-every" in bad.output

@@ -220,6 +220,8 @@ def test_tower_scores_are_the_towers_own_attention_from_the_same_pass(name, imag
     assert torch.equal(decision.keep[0], scores[0].topk(16).indices.sort().values)
     if name != "tiny-deepseek-vl":  # LLaVA's default block is the feature layer's (-2)
         assert torch.equal(torch.stack(adapter.tower_attention_scores(tokens)), scores)
+    with pytest.raises(ValueError, match="tower block 9 does not exist: the tower has 3 blocks"):
+        adapter.tower_attention_scores(tokens, block=9)
 
 
 @pytest.mark.parametrize("name", ["tiny-gemma3", "tiny-t5gemma2"])

@@ -308,12 +308,19 @@ def vq_fit(
     out: Path | None = typer.Option(None, "--out", help="Tokenizer directory (default DATA/vq)."),
     steps: int = typer.Option(200, "--steps"),
     seed: int = typer.Option(0, "--seed"),
+    restart_every: int = typer.Option(
+        20,
+        "--restart-every",
+        min=0,
+        help="Restart unused codes every N steps (not in the last 20%); 0: never.",
+    ),
 ) -> None:
     """Train a small diffusers VQModel on the training images."""
     from visionloom.data.pedes import read_pedes
     from visionloom.retrieval.vq import VQFitConfig, fit_vq
 
-    report = fit_vq(read_pedes(data)["train"], out or data / "vq", VQFitConfig(steps=steps, seed=seed))
+    config = VQFitConfig(steps=steps, seed=seed, restart_every=restart_every)
+    report = fit_vq(read_pedes(data)["train"], out or data / "vq", config)
     console.print(f"wrote {out or data / 'vq'}: {report}")
 
 
