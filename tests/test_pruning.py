@@ -25,19 +25,38 @@ from visionloom.pruning.pruners import (
 from visionloom.vlm.pretrain import AnswerCollate
 
 
-def _batch(adapter, image):
-    """Two samples of different lengths (so one is padded), one image each."""
-    inputs = adapter.build_inputs(
-        [image(112, 112, 1), image(112, 112, 2)],
-        ["<image> what is this?", "and <image> a longer question here?"],
+SIDES = ["right", "left"]
+
+
+@contextmanager
+def padded_on(adapter, side: str):
+    """Build inputs with the tokenizer padding on `side` (restored afterwards: presets are shared)."""
+    tokenizer = adapter.tokenizer
+    before, tokenizer.padding_side = tokenizer.padding_side, side
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = before
+
+
+def _batch(adapter, image, side: str = "right"):
+    """Two samples of different lengths (so one is padded on `side`), one image each."""
+    with padded_on(adapter, side):
+        inputs = adapter.build_inputs(
+            [image(112, 112, 1), image(112, 112, 2)],
+            ["<image> what is this?", "and <image> a longer question here?"],
+        )
+    padded_first = not bool(inputs.attention_mask[0, 0])
+    assert (
+        padded_first == (side == "left") and inputs.attention_mask[0].sum() < inputs.attention_mask.shape[1]
     )
     flags = {"decoder_input_ids": torch.tensor([[1, 2], [1, 2]])} if adapter.family == "t5gemma2" else {}
     return inputs, flags
 
 
-def _encoded_batch(adapter, image):
+def _encoded_batch(adapter, image, side: str = "right"):
     """`_batch` and its VisionTokens from the layer's one tower pass."""
-    inputs, flags = _batch(adapter, image)
+    inputs, flags = _batch(adapter, image, side)
     with torch.no_grad():
         return inputs, flags, adapter.encode_images(inputs)
 
@@ -46,10 +65,11 @@ def _out(output):
     return output.logits if output.logits is not None else output.last_hidden_state
 
 
+@pytest.mark.parametrize("side", SIDES)
 @pytest.mark.parametrize("name", FAMILIES)
-def test_keep_all_and_all_ones_are_bit_identical_to_the_unpruned_model(name, image):
+def test_keep_all_and_all_ones_are_bit_identical_to_the_unpruned_model(name, side, image):
     adapter = cached_preset(name)
-    inputs, flags, tokens = _encoded_batch(adapter, image)
+    inputs, flags, tokens = _encoded_batch(adapter, image, side)
     with torch.no_grad():
         reference = _out(adapter.forward(inputs, tokens, **flags))
         for pruner in (KeepAll(), OnesSoft()):
@@ -318,16 +338,47 @@ def test_merging_moves_dropped_tokens_into_kept_ones(image):
     assert torch.equal(after[dropped], before[dropped])  # the dropped rows are not read again
 
 
-def test_text_attention_ranks_by_the_last_tokens_attention_at_layer_k(image):
+@pytest.mark.parametrize("side", SIDES)
+def test_text_attention_ranks_by_the_last_tokens_attention_at_layer_k(side, image):
     adapter = cached_preset("tiny-llava")
-    inputs, _, tokens = _encoded_batch(adapter, image)
+    inputs, _, tokens = _encoded_batch(adapter, image, side)
     with torch.no_grad():
         full = adapter.forward(inputs, tokens, output_attentions=True)
         scores = TextAttention(layer=0).scores(adapter, inputs, tokens)
-    last = int(inputs.attention_mask[1].sum()) - 1
-    start, end = inputs.image_spans[1][0]
-    torch.testing.assert_close(scores[1], full.attentions[0][1, :, last, start:end].mean(0))
+    for sample in range(2):  # the padded sample and the full one
+        real = inputs.attention_mask[sample].nonzero().flatten()
+        last = int(real[-1])
+        start, end = inputs.image_spans[sample][0]
+        torch.testing.assert_close(scores[sample], full.attentions[0][sample, :, last, start:end].mean(0))
     assert len(adapter.language_module.layers) == 2  # restored after the shallow pass
+
+
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2.5-vl", "tiny-gemma3"])
+def test_pruned_rows_keep_the_padding_side_and_end_at_the_last_real_token(name, image):
+    """Left padding: fill and padding go before each row's tokens, so logits[:, -1] stays each sample's last."""
+    adapter = cached_preset(name)
+    keep = None
+    last_logits = {}
+    for side in SIDES:
+        inputs, _, tokens = _encoded_batch(adapter, image, side)
+        keep = keep or [torch.arange(0, tokens.counts[0], 2), torch.arange(0, tokens.counts[1], 4)]
+        pruned = prune_sequence(adapter, inputs, tokens, Decision(keep=keep))
+        for row in range(2):
+            real = pruned.attention_mask[row].bool()
+            assert torch.equal(pruned.layout[row][real], pruned.kept_positions[row])  # kept, in order
+            if side == "left":  # all padding first, then the tokens, ending at the row's last real one
+                assert bool(real[-1]) and int(pruned.layout[row, -1]) == int(
+                    inputs.attention_mask[row].nonzero().max()
+                )
+                assert bool(real[int(real.int().argmax()) :].all())
+            else:
+                assert bool(real[0]) and bool(real[: int(real.sum())].all())
+        with torch.no_grad():
+            logits = forward_pruned(adapter, inputs, tokens, Decision(keep=keep)).logits
+        last = [int(pruned.attention_mask[row].nonzero().max()) for row in range(2)]
+        last_logits[side] = torch.stack([logits[row, last[row]] for row in range(2)])
+    # The same samples pruned the same way agree across padding sides at each one's last real token.
+    torch.testing.assert_close(last_logits["left"], last_logits["right"], atol=1e-4, rtol=1e-4)
 
 
 @contextmanager
@@ -351,11 +402,12 @@ def sequence_lengths(adapter):
             hook.remove()
 
 
+@pytest.mark.parametrize("side", SIDES)
 @pytest.mark.parametrize("name", FAMILIES)
-def test_text_attention_drops_tokens_after_layer_k_only_and_keeping_all_is_the_model(name, image):
+def test_text_attention_drops_tokens_after_layer_k_only_and_keeping_all_is_the_model(name, side, image):
     """FastV at K=0: layer 0 sees every token, layer 1 the kept ones; keeping all changes nothing."""
     adapter = build_preset(name)
-    inputs, flags = _batch(adapter, image)
+    inputs, flags = _batch(adapter, image, side)
     full = inputs.input_ids.shape[1]
     pruner = TextAttention(layer=0)
     with torch.no_grad():
@@ -488,6 +540,60 @@ def test_text_attention_in_evaluation_ranks_from_the_prompt_not_the_answer(
     tokens = adapter.encode_images(batch["inputs"])
     from_the_end = decide(TextAttention(layer=0), adapter, batch["inputs"], tokens, 0.25)
     assert any(not torch.equal(a, b) for a, b in zip(first.keep, from_the_end.keep, strict=True))
+
+
+class UnevenPruner:
+    """Keeps the first `keep_ratio` of every other image's tokens and a quarter of that of the rest,
+    so the samples of a batch drop different counts."""
+
+    name = "uneven"
+
+    def decide(self, adapter, inputs, tokens, keep_ratio: float) -> Decision:
+        keep = []
+        for image, count in enumerate(tokens.counts):
+            share = keep_ratio if image % 2 == 0 else keep_ratio / 4
+            keep.append(torch.arange(max(1, int(count * share))))
+        return Decision(keep=keep)
+
+
+def test_prune_eval_gives_the_same_answers_under_left_and_right_padding(scenes_root, scene_vlm, monkeypatch):
+    """The answer labels follow the pruned layout; FastV ranks from each sample's last prompt token.
+
+    Compared where accuracy is computed: the logits that predict each answer token, and the targets.
+    """
+    import visionloom.pruning.evaluate as prune_evaluate
+    from visionloom.backbones import load
+    from visionloom.pruning.evaluate import PruneConfig, read_questions, run_pruner
+
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    answers_correct = prune_evaluate.answers_correct
+
+    def recording(logits, labels):
+        predicting = labels[:, 1:] != -100  # [B, S'-1]
+        seen.append((logits[:, :-1][predicting], labels[:, 1:][predicting]))
+        return answers_correct(logits, labels)
+
+    monkeypatch.setattr(prune_evaluate, "answers_correct", recording)
+    adapter = load(scene_vlm[0])
+    texts = read_questions(PruneConfig(), scenes_root)[:12]
+    per_side = {}
+    for side in SIDES:
+        seen.clear()
+        with padded_on(adapter, side):
+            for pruner, ratio in (
+                (KeepAll(), 1.0),
+                (UnevenPruner(), 0.5),
+                (RandomPruner(seed=2), 0.25),
+                (TextAttention(0), 0.25),
+            ):
+                run_pruner(adapter, pruner, texts, ratio, 6)
+        per_side[side] = list(seen)
+    assert len(per_side["left"]) == len(per_side["right"]) == 8  # 4 pruners x 2 batches
+    for (left_logits, left_targets), (right_logits, right_targets) in zip(
+        per_side["left"], per_side["right"], strict=True
+    ):
+        assert torch.equal(left_targets, right_targets) and len(left_targets) >= 12  # every answer token
+        torch.testing.assert_close(left_logits, right_logits, atol=1e-4, rtol=1e-4)
 
 
 def test_question_sets_load_from_a_local_json_with_errors_naming_the_item(scenes_root, tmp_path):

@@ -8,8 +8,9 @@ how much each counts (soft weights). Applying it:
    position ids (`arange` for 1-D rotary models, Qwen2.5-VL's 3-D `get_rope_index`) and any
    per-token ids the family takes (Gemma3's token types);
 3. gathers the kept positions of every one of those together (embeddings, attention mask,
-   position ids, per-token ids), so they cannot disagree, and right-pads samples that keep
-   different counts.
+   position ids, per-token ids), so they cannot disagree, and pads samples that keep different
+   counts on the side the batch was padded on (`sequence_layout`): under left padding every row
+   still ends at its last real token.
 
 Keeping everything therefore reproduces the unpruned inputs exactly, which the tests check as
 bit-identical logits for every family. Layout placeholders (LLaVA-NeXT's row newlines) are
@@ -55,6 +56,7 @@ class PrunedSequence:
     model_kwargs: dict[str, torch.Tensor]  # position ids and per-token ids, gathered
     kept_positions: list[torch.Tensor]  # per sample: positions of the full sequence that remain
     image_token_mask: torch.Tensor  # [B, S'] which of the remaining positions are image tokens
+    layout: torch.Tensor  # [B, S'] the full-sequence position each one comes from, -1 for fill
 
 
 def full_sequence_kwargs(adapter: ImageTokenAdapter, inputs: MultimodalInputs) -> dict[str, torch.Tensor]:
@@ -62,7 +64,7 @@ def full_sequence_kwargs(adapter: ImageTokenAdapter, inputs: MultimodalInputs) -
     kwargs = dict(adapter.language_model_kwargs(inputs))
     if "position_ids" not in kwargs:
         batch, length = inputs.input_ids.shape
-        # What a 1-D rotary model uses when given none: 0..S-1 on every row (right padding).
+        # What a 1-D rotary model uses when given none: 0..S-1 on every row, whichever side is padded.
         kwargs["position_ids"] = torch.arange(length, device=inputs.input_ids.device).expand(batch, length)
     return kwargs
 
@@ -145,6 +147,40 @@ def validate(decision: Decision, tokens: VisionTokens, structural: list[tuple[in
                 )
 
 
+def padding_side(attention_mask: torch.Tensor) -> str:
+    """'left' when some row's padding comes before its tokens, else 'right' (also for no padding)."""
+    mask = attention_mask.bool()
+    padded_rows = ~mask.all(dim=1)
+    return "left" if bool((~mask[:, 0] & padded_rows).any()) else "right"
+
+
+def sequence_layout(attention_mask: torch.Tensor, kept: list[torch.Tensor]) -> torch.Tensor:
+    """LongTensor [B, S']: for each position of the pruned batch, the full-sequence position it comes
+    from, or -1 where a row shorter than the longest is filled.
+
+    Rows keep the padding side of the batch. Right padding: kept tokens, then the row's own padding
+    positions, then fill. Left padding: fill, the row's own padding positions, then kept tokens, so
+    every row still ends at its last real token (`logits[:, -1]` and generation read there). Keeping
+    every token therefore reproduces the padded batch position for position.
+    """
+    batch = attention_mask.shape[0]
+    longest = max(len(positions) for positions in kept)
+    left = padding_side(attention_mask) == "left"
+    layout = torch.full((batch, longest), -1, dtype=torch.long)
+    for row in range(batch):
+        padding = (attention_mask[row] == 0).nonzero().flatten().cpu()
+        room = longest - len(kept[row])
+        if left:
+            positions = torch.cat(
+                [padding[max(0, len(padding) - room) :] if room else padding[:0], kept[row].cpu()]
+            )
+            layout[row, longest - len(positions) :] = positions
+        else:
+            positions = torch.cat([kept[row].cpu(), padding[:room]])
+            layout[row, : len(positions)] = positions
+    return layout
+
+
 def prune_sequence(
     adapter: ImageTokenAdapter, inputs: MultimodalInputs, tokens: VisionTokens, decision: Decision
 ) -> PrunedSequence:
@@ -170,18 +206,14 @@ def prune_sequence(
         embeds = embeds * scale.unsqueeze(-1)  # all-ones weights leave every value as it was
 
     kept = [keep_mask[row].nonzero().flatten() for row in range(batch)]
-    longest = max(len(positions) for positions in kept)
-    # Each row: its kept tokens, then its own padding positions (so keeping everything reproduces
-    # the padded batch exactly), cut to the new length; rows still short are filled below.
-    padding = [(inputs.attention_mask[row] == 0).nonzero().flatten() for row in range(batch)]
-    rows = [torch.cat([kept[row], padding[row]])[:longest] for row in range(batch)]
+    rows = sequence_layout(inputs.attention_mask, kept)  # [B, S'] source position, -1 for fill
 
     def gather(tensor: torch.Tensor, fill) -> torch.Tensor:
-        """[..., B, S] -> [..., B, S']: each row's kept positions, then fill."""
-        out = torch.full((*tensor.shape[:-1], longest), fill, dtype=tensor.dtype, device=tensor.device)
-        for row, positions in enumerate(rows):
-            out[..., row, : len(positions)] = tensor[..., row, positions]
-        return out
+        """[..., B, S] -> [..., B, S']: each row's positions in the layout, `fill` where it has none."""
+        source = rows.clamp(min=0).to(tensor.device)  # [B, S']
+        index = source.expand(*tensor.shape[:-2], *source.shape)
+        out = tensor.gather(-1, index)
+        return out.masked_fill((rows < 0).to(tensor.device), fill)
 
     gathered = {
         key: gather(value, 0) if isinstance(value, torch.Tensor) and value.shape[-1] == length else value
@@ -194,6 +226,7 @@ def prune_sequence(
         model_kwargs=gathered,
         kept_positions=kept,
         image_token_mask=gather(inputs.image_token_mask, False),
+        layout=rows,
     )
 
 
@@ -208,7 +241,13 @@ def forward_pruned(
 
     From `decision.from_layer` on when that is set: only the later layers run here.
     """
-    pruned = prune_sequence(adapter, inputs, tokens, decision)
+    return run_pruned(adapter, prune_sequence(adapter, inputs, tokens, decision), decision, **flags)
+
+
+def run_pruned(
+    adapter: ImageTokenAdapter, pruned: PrunedSequence, decision: Decision, **flags
+) -> LayerOutput:
+    """The language model on an already pruned sequence (see `forward_pruned`)."""
     shortened = MultimodalInputs(
         input_ids=torch.zeros_like(pruned.attention_mask),  # not read: embeddings go in directly
         attention_mask=pruned.attention_mask,

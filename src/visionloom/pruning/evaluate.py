@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from visionloom import config as config_io
 from visionloom.backbones import load
 from visionloom.backbones.base import ImageTokenAdapter
-from visionloom.pruning.apply import forward_pruned
+from visionloom.pruning.apply import forward_pruned, prune_sequence, run_pruned
 from visionloom.pruning.pruners import (
     KeepAll,
     LearnedScorer,
@@ -165,15 +165,13 @@ def run_pruner(adapter, pruner, texts: list[SceneText], keep_ratio: float, batch
             decision = pruner.decide(adapter, inputs, tokens, keep_ratio)
         if isinstance(pruner, TowerAttention) and pruner.merge:
             tokens = pruner.merged_tokens(adapter, tokens, decision)
-        output = forward_pruned(adapter, inputs, tokens, decision)
+        pruned = prune_sequence(adapter, inputs, tokens, decision)
+        output = run_pruned(adapter, pruned, decision)
         seconds += time.perf_counter() - started
-        # Every dropped token comes before the answer (the image precedes the question), so the
-        # answer's positions shift left by the number dropped from that sample.
+        # The answer's labels follow their tokens to wherever the layout put them (both padding sides).
+        source = batch["answer_labels"].gather(1, pruned.layout.clamp(min=0))  # [B, S']
+        labels = source.masked_fill(pruned.layout < 0, -100)
         dropped = dropped_per_sample(inputs, tokens, decision)
-        labels = torch.full(output.logits.shape[:2], -100, dtype=torch.long)
-        for row, answer in enumerate(batch["answer_labels"]):
-            positions = (answer != -100).nonzero().flatten()
-            labels[row, positions - dropped[row]] = answer[positions]
         correct += int(answers_correct(output.logits, labels).sum())
         kept = decision.kept_counts(tokens)
         kept_tokens += sum(kept)

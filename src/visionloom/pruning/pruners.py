@@ -138,6 +138,12 @@ class TowerAttention:
 
 
 # ---------------------------------------------------------------------------------------- language side
+def last_real_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """LongTensor [B]: each row's last non-padding position, under left or right padding."""
+    length = attention_mask.shape[1]
+    return length - 1 - attention_mask.flip(1).int().argmax(1)
+
+
 class TextAttention:
     """FastV: layers 0..K on every token; the last prompt token's attention at layer K ranks the image
     tokens; layers K+1.. run on the kept ones only.
@@ -182,7 +188,7 @@ class TextAttention:
             )
         output, hidden = shallow_pass(adapter, inputs, tokens, self.layer + 1, output_attentions=True)
         if query_positions is None:
-            query_positions = inputs.attention_mask.sum(1) - 1  # [B] the last real token of each sample
+            query_positions = last_real_positions(inputs.attention_mask)  # [B], left or right padding
         scores = []
         for sample, (start, end) in inputs.image_owner():
             row = int(query_positions[sample])
