@@ -24,7 +24,6 @@ from visionloom.pruning.pruners import (
 )
 from visionloom.vlm.pretrain import AnswerCollate
 
-
 SIDES = ["right", "left"]
 
 
