@@ -57,15 +57,25 @@ def doctor(
         False, "--native", help="Feed pixels at their own size (no processor resize)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    dtype: str | None = typer.Option(
+        None,
+        "--dtype",
+        help="auto (the checkpoint's), float32, float16 or bfloat16. Default: float32 on a CPU, the "
+        "checkpoint's own on a GPU.",
+    ),
+    device: str = typer.Option("cpu", "--device", help="Where to run, e.g. cpu or cuda:0."),
 ) -> None:
     """Report what the image-token layer does for MODEL and check it end to end."""
+    from visionloom.backbones.base import DTYPES
     from visionloom.backbones.doctor import parse_size, run_doctor
 
     try:
         size = parse_size(image_size) if image_size else None
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
-    report = run_doctor(model, size, native=native)
+    if dtype is not None and dtype not in ("auto", *DTYPES):
+        raise typer.BadParameter(f"{dtype!r} is not one of auto, {', '.join(DTYPES)}", param_hint="--dtype")
+    report = run_doctor(model, size, native=native, dtype=dtype, device=device)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

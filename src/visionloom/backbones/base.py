@@ -9,6 +9,7 @@ insertion of the embeddings, and attention maps reshaped to each image's token g
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,6 +49,32 @@ def as_rgb(image: Image.Image | np.ndarray) -> Image.Image:
     return image.convert("RGB")
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype | str:
+    """The dtype to load weights in: float32 on a CPU and the checkpoint's own ("auto") elsewhere,
+    unless one is asked for."""
+    if dtype is None:
+        return torch.float32 if device.type == "cpu" else "auto"
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a checkpoint file; an error naming the file otherwise."""
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(content, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(content).__name__}")
+    return content
+
+
 def nearest_multiples(value: int, step: int, count: int = 2) -> list[int]:
     """The `count` multiples of `step` just below and just above `value` (positive only)."""
     below = (value // step) * step
@@ -72,13 +99,31 @@ class ImageTokenAdapter:
         self.model = model
         self.processor = processor
         self.native_resolution = native_resolution
+        self.check_image_token()
         self.validate_config()
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, native_resolution: bool = False, **model_kwargs: Any):
-        """Load model and processor from a local checkpoint directory; refuse missing weights."""
-        model, info = cls.model_class.from_pretrained(str(path), output_loading_info=True, **model_kwargs)
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        native_resolution: bool = False,
+        dtype: str | torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        **model_kwargs: Any,
+    ):
+        """Load model and processor from a local checkpoint directory; refuse missing weights.
+
+        `dtype=None` loads float32 on a CPU (half precision there is slow, and sums in it overflow)
+        and the checkpoint's own dtype (config.json) on a GPU; "auto", "float32", "float16",
+        "bfloat16" or a torch dtype choose one.
+        """
+        device = torch.device(device or "cpu")
+        resolved = resolve_dtype(dtype, device)
+        model, info = cls.model_class.from_pretrained(
+            str(path), output_loading_info=True, dtype=resolved, **model_kwargs
+        )
         missing = sorted(info.get("missing_keys", []))
         if missing:
             projector = [k for k in missing if any(p in k for p in cls.projector_key_parts())]
@@ -91,11 +136,14 @@ class ImageTokenAdapter:
             raise ImageTokenMismatch(
                 f"checkpoint {path}: {head}. Re-save the full model with save_pretrained."
             )
-        model.eval()
-        return cls(model, cls.load_processor(Path(path)), native_resolution=native_resolution)
+        # Sub-models with a dtype of their own in config.json (T5Gemma2's encoder parts) ignore the
+        # `dtype` argument, so the whole model is cast once more.
+        model.to(device=device, dtype=None if resolved == "auto" else resolved).eval()
+        return cls(model, cls.load_processor(Path(path), model.config), native_resolution=native_resolution)
 
     @classmethod
-    def load_processor(cls, path: Path) -> Any:
+    def load_processor(cls, path: Path, config: Any) -> Any:
+        """The checkpoint's processor; `config` is the model's, for families that fill gaps from it."""
         return AutoProcessor.from_pretrained(str(path))
 
     @classmethod
@@ -159,6 +207,32 @@ class ImageTokenAdapter:
 
     def validate_config(self) -> None:
         """Refuse processor/config combinations that expand the wrong number of placeholders."""
+
+    def processor_image_token_id(self) -> int:
+        """The id the processor writes for each image placeholder."""
+        written = getattr(self.processor, "image_token_id", None)
+        if written is None:
+            token = getattr(self.processor, "image_token", None) or getattr(
+                self.tokenizer, "image_token", None
+            )
+            if token is None:
+                raise ImageTokenMismatch(f"{self.family}: the processor names no image token")
+            written = self.tokenizer.convert_tokens_to_ids(token)
+        return int(written)
+
+    def check_image_token(self) -> None:
+        """The processor must write the id the model looks for; otherwise no placeholder is ever found."""
+        written_id = self.processor_image_token_id()
+        if written_id != self.image_token_id:
+            written, held = (
+                self.tokenizer.convert_ids_to_tokens(i) for i in (written_id, self.image_token_id)
+            )
+            raise ImageTokenMismatch(
+                f"config.json image_token_id={self.image_token_id} ({held!r} in the tokenizer) but the "
+                f"processor writes {written!r} (id {written_id}) for each image placeholder: the model would "
+                f"find none. Set image_token_id={written_id} in config.json, or give the processor the "
+                f"image token {held!r}."
+            )
 
     def attention_implementation(self) -> str:
         return str(self.config.get_text_config()._attn_implementation)

@@ -14,6 +14,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from visionloom.backbones.base import ImageTokenAdapter
+from visionloom.backbones.checks import ImageTokenMismatch
 from visionloom.backbones.registry import load
 
 
@@ -81,38 +82,57 @@ def parse_size(text: str) -> tuple[int, int]:
         height, width = (int(part) for part in text.lower().split("x"))
     except ValueError:
         raise ValueError(f"--image-size {text!r}: expected HEIGHTxWIDTH, e.g. 384x128") from None
+    if height <= 0 or width <= 0:
+        raise ValueError(f"--image-size {text!r}: height and width must be positive, e.g. 384x128")
     return height, width
 
 
 @torch.no_grad()
-def run_doctor(model: str, image_size: tuple[int, int] | None = None, native: bool = False) -> DoctorReport:
+def run_doctor(
+    model: str,
+    image_size: tuple[int, int] | None = None,
+    native: bool = False,
+    *,
+    dtype: str | None = None,
+    device: str | None = None,
+) -> DoctorReport:
+    """Load MODEL and run the whole image-token path once; every failure becomes `report.error`.
+
+    A bad checkpoint is the doctor's subject, not a crash: whatever loading or running raises is
+    reported with its cause (the layer's own errors name the file and setting at fault).
+    """
     report = DoctorReport(model=model)
     try:
-        adapter = load(model, native_resolution=native)
-    except (ValueError, FileNotFoundError, OSError) as error:
-        report.error = f"{type(error).__name__}: {error}"
+        adapter = load(model, native_resolution=native, dtype=dtype, device=device)
+    except Exception as error:  # noqa: BLE001 - the doctor reports every failure as a named cause
+        report.error = describe_failure(error, "loading the checkpoint")
         return report
     report.facts.update(adapter.describe())
+    report.facts["weights"] = f"{adapter.model.dtype} on {adapter.model.device}"
     height, width = image_size or adapter.configured_image_size()
     try:
         geometry = adapter.geometry(height, width)
-    except ValueError as error:
-        report.error = str(error)
-        return report
-    report.facts["tokens per image"] = (
-        f"{geometry.num_tokens} at {height}x{width} (grid {geometry.token_grid[0]}x{geometry.token_grid[1]})"
-    )
-    if geometry.drops_anything:
-        report.facts["dropped by floor"] = geometry.drop_report()
-    try:
+        report.facts["tokens per image"] = (
+            f"{geometry.num_tokens} at {height}x{width} (grid {geometry.token_grid[0]}x{geometry.token_grid[1]})"
+        )
+        if geometry.drops_anything:
+            report.facts["dropped by floor"] = geometry.drop_report()
         _run_path(adapter, test_image(height, width), report)
-    except ValueError as error:
-        report.error = f"{type(error).__name__}: {error}"
+    except Exception as error:  # noqa: BLE001
+        report.error = describe_failure(error, "running the image-token path")
     return report
 
 
+def describe_failure(error: Exception, during: str) -> str:
+    """One line: the layer's own errors as they are, anything else with its type and what was running."""
+    if isinstance(error, (ImageTokenMismatch, FileNotFoundError)):
+        return f"{type(error).__name__}: {error}"
+    return f"{type(error).__name__} while {during}: {error}"
+
+
 def _run_path(adapter: ImageTokenAdapter, image: Image.Image, report: DoctorReport) -> None:
-    inputs = adapter.build_inputs([image], ["<image> describe the image"])
+    device = adapter.model.device
+    inputs = adapter.build_inputs([image], ["<image> describe the image"]).to(device)
     placeholders = int(inputs.image_token_mask.sum())
     expected = inputs.geometries[0].num_tokens
     report.checks.append(
@@ -132,13 +152,15 @@ def _run_path(adapter: ImageTokenAdapter, image: Image.Image, report: DoctorRepo
             f"vision tower ran {counter.calls} time(s) for encode_images + forward",
         )
     )
-    magnitude = float(tokens.embeds.abs().sum())
+    magnitude = float(tokens.embeds.float().abs().sum())  # in float32: a half-precision sum overflows
     report.checks.append(Check("embeddings non-zero", magnitude > 0, f"|embeds| sum {magnitude:.3g}"))
     stock_size = adapter.configured_image_size()
     if adapter.native_resolution and (image.height, image.width) != stock_size:
         # The model's own path reshapes to its configured square and cannot run here; check the
         # dynamic path against it at the configured size instead.
-        reference_inputs = adapter.build_inputs([test_image(*stock_size)], ["<image> describe the image"])
+        reference_inputs = adapter.build_inputs([test_image(*stock_size)], ["<image> describe the image"]).to(
+            device
+        )
         ours = adapter.encode_images(reference_inputs).embeds
         theirs = adapter.model_inserted_embeds(reference_inputs)
         where = f"at the configured {stock_size[0]}x{stock_size[1]} (the stock path cannot run at {image.height}x{image.width})"

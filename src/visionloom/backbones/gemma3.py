@@ -65,6 +65,11 @@ class Gemma3Adapter(ImageTokenAdapter):
         size = self.vision_config.image_size
         return size, size
 
+    def processor_image_token_id(self) -> int:
+        # The processor's `image_token` is its begin-of-image marker; each expands into the
+        # tokenizer's image token (its `image_text`, and ours, write that).
+        return int(self.tokenizer.image_token_id)
+
     def validate_config(self) -> None:
         tokens, per_side = self.mm_tokens_per_image, self.patches_per_side
         side = math.isqrt(tokens)

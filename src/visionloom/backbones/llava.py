@@ -8,10 +8,13 @@ second tower pass that did not reproduce the first.
 
 from __future__ import annotations
 
-import torch
-from transformers import LlavaForConditionalGeneration
+from pathlib import Path
+from typing import Any
 
-from visionloom.backbones.base import ImageTokenAdapter
+import torch
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from visionloom.backbones.base import ImageTokenAdapter, read_json, say_once
 from visionloom.backbones.checks import ImageTokenMismatch
 from visionloom.backbones.tower_attention import encoder_block_attention, require_hidden_states
 from visionloom.backbones.types import ImageGeometry, VisionTokens
@@ -39,6 +42,43 @@ def select_features(hidden_states: tuple[torch.Tensor, ...], config) -> torch.Te
     return torch.cat(pool, dim=-1)
 
 
+def processed_size(image_processor) -> tuple[int, int] | None:
+    """(H, W) of what a CLIP-style image processor hands the tower, or None when it follows the image."""
+    crop = getattr(image_processor, "crop_size", None)
+    if getattr(image_processor, "do_center_crop", False) and crop is not None and crop["height"]:
+        return int(crop["height"]), int(crop["width"])
+    size = image_processor.size
+    if size["height"]:
+        return int(size["height"]), int(size["width"])
+    return None
+
+
+# Processor settings that older llava-hf revisions did not write (no processor_config.json), and
+# how each follows from the model config.
+PROCESSOR_GAPS = {
+    "patch_size": lambda config: config.vision_config.patch_size,
+    "vision_feature_select_strategy": lambda config: config.vision_feature_select_strategy,
+    "num_additional_image_tokens": lambda config: 1 if tower_has_cls(config.vision_config) else 0,
+}
+
+
+def fill_processor_gaps(processor: Any, config: Any, path: Path) -> None:
+    """Set what the checkpoint's processor files leave out from the model config, and say so once."""
+    processor_file = path / "processor_config.json"
+    written = read_json(processor_file) if processor_file.is_file() else {}
+    filled = {}
+    for name, from_config in PROCESSOR_GAPS.items():
+        if written.get(name) is None:
+            filled[name] = from_config(config)
+            setattr(processor, name, filled[name])
+    if filled:
+        say_once(
+            f"{path}: the processor files do not set {', '.join(filled)} (a llava-hf revision from before "
+            f"processor_config.json); taken from config.json: "
+            + ", ".join(f"{name}={value!r}" for name, value in filled.items())
+        )
+
+
 def feature_source(config) -> str:
     layers = feature_layers(config)
     text = " + ".join(f"hidden_states[{layer}]" for layer in layers)
@@ -57,6 +97,12 @@ class LlavaAdapter(ImageTokenAdapter):
     model_types = ("llava",)
     model_class = LlavaForConditionalGeneration
     marker = "<image>"
+
+    @classmethod
+    def load_processor(cls, path: Path, config: Any) -> Any:
+        processor = AutoProcessor.from_pretrained(str(path))
+        fill_processor_gaps(processor, config, path)
+        return processor
 
     @property
     def vision_tower(self) -> torch.nn.Module:
@@ -85,11 +131,19 @@ class LlavaAdapter(ImageTokenAdapter):
                 f"{vision.model_type} tower has no CLS: a real patch would be dropped. Use 'full'."
             )
         processor = self.processor
-        if processor.patch_size is not None and processor.patch_size != vision.patch_size:
+        for name in PROCESSOR_GAPS:
+            if getattr(processor, name, None) is None:
+                raise ImageTokenMismatch(
+                    f"the processor has no {name}: it cannot expand the image placeholders; set it in "
+                    f"processor_config.json (config.json gives {PROCESSOR_GAPS[name](config)!r})"
+                )
+        if not self.native_resolution:
+            self.check_processed_size()
+        if processor.patch_size != vision.patch_size:
             raise ImageTokenMismatch(
                 f"processor patch_size={processor.patch_size} but the vision tower's patch_size={vision.patch_size}"
             )
-        if processor.vision_feature_select_strategy not in (None, config.vision_feature_select_strategy):
+        if processor.vision_feature_select_strategy != config.vision_feature_select_strategy:
             raise ImageTokenMismatch(
                 f"processor vision_feature_select_strategy={processor.vision_feature_select_strategy!r} but the "
                 f"model config says {config.vision_feature_select_strategy!r}: the processor would expand "
@@ -108,6 +162,25 @@ class LlavaAdapter(ImageTokenAdapter):
                 f"({'CLIP tower with CLS' if tower_has_cls(vision) else 'tower without CLS'}, strategy "
                 f"{config.vision_feature_select_strategy!r}): set num_additional_image_tokens="
                 f"{processor.num_additional_image_tokens + produced - written}"
+            )
+
+    def check_processed_size(self) -> None:
+        """The image processor must hand the tower images at the tower's own size."""
+        tower = self.config.vision_config.image_size
+        produced = processed_size(self.processor.image_processor)
+        if produced is None:
+            raise ImageTokenMismatch(
+                f"the image processor resizes the shortest edge to {self.processor.image_processor.size['shortest_edge']} "
+                f"without a center crop, so the tower would get non-square images; the tower runs at "
+                f"{tower}x{tower}: set do_center_crop=true and crop_size {tower}x{tower} in preprocessor_config.json"
+            )
+        if produced != (tower, tower):
+            side = self.config.vision_config.patch_size
+            raise ImageTokenMismatch(
+                f"the image processor produces {produced[0]}x{produced[1]} images (preprocessor_config.json "
+                f"crop_size/size) but the vision tower's image_size is {tower} (config.json): the placeholders "
+                f"would be counted for {tower // side}x{tower // side} patches and the tower would see "
+                f"{produced[0] // side}x{produced[1] // side}. Set crop_size to {tower}x{tower}."
             )
 
     def geometry(self, height: int, width: int) -> ImageGeometry:

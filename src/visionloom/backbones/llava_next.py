@@ -45,6 +45,14 @@ class LlavaNextAdapter(LlavaAdapter):
                 f"strategy {strategy!r} with a {vision.model_type} tower "
                 f"({'with' if tower_has_cls(vision) else 'without'} CLS) leaves a token count that is not that square"
             )
+        processor_grid = [list(p) for p in self.processor.image_processor.image_grid_pinpoints]
+        model_grid = [list(p) for p in config.image_grid_pinpoints]
+        if processor_grid != model_grid:
+            raise ImageTokenMismatch(
+                f"image_grid_pinpoints differ: the image processor tiles by {processor_grid} "
+                f"(preprocessor_config.json) but the model unpads by {model_grid} (config.json), so tiles "
+                f"and placeholders would not line up. Use the same list in both files."
+            )
         super().validate_config()
 
     def geometry(self, height: int, width: int) -> ImageGeometry:

@@ -25,7 +25,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from transformers.vision_utils import get_vision_window_index
 
 from visionloom.backbones._compat import qwen_video_processor
-from visionloom.backbones.base import ImageTokenAdapter, nearest_multiples
+from visionloom.backbones.base import ImageTokenAdapter, nearest_multiples, read_json
 from visionloom.backbones.checks import ImageTokenMismatch
 from visionloom.backbones.tower_attention import qwen_block_attention
 from visionloom.backbones.types import ImageGeometry, MultimodalInputs, VisionTokens
@@ -40,6 +40,34 @@ def build_qwen_processor(image_processor, tokenizer, chat_template: str | None =
     )
 
 
+# Keys of a processor file that name classes or other parts, never image-processor settings.
+NOT_IMAGE_SETTINGS = ("processor_class", "auto_map", "chat_template", "video_processor", "tokenizer")
+
+
+def image_processor_settings(path: Path) -> tuple[dict[str, Any], Path]:
+    """The image processor's settings from any layout Qwen checkpoints have shipped, and the file.
+
+    In the order transformers itself reads them: a `processor_config.json` with a nested
+    "image_processor" (what transformers 5 writes), then `preprocessor_config.json` (the released
+    repositories), then a flat `processor_config.json` that holds the image settings itself.
+    """
+    processor_file, preprocessor_file = path / "processor_config.json", path / "preprocessor_config.json"
+    processor = read_json(processor_file) if processor_file.is_file() else {}
+    if isinstance(processor.get("image_processor"), dict):
+        settings, source = processor["image_processor"], processor_file
+    elif preprocessor_file.is_file():
+        settings, source = read_json(preprocessor_file), preprocessor_file
+    elif "patch_size" in processor:
+        settings, source = processor, processor_file
+    else:
+        raise FileNotFoundError(
+            f"{path}: no image processor settings: expected preprocessor_config.json (as released), or "
+            f"processor_config.json with an 'image_processor' entry or the image settings at its top level"
+        )
+    settings = {k: v for k, v in settings.items() if k not in NOT_IMAGE_SETTINGS and not k.endswith("_type")}
+    return settings, source
+
+
 class Qwen2_5_VLAdapter(ImageTokenAdapter):
     family = "qwen2.5-vl"
     model_types = ("qwen2_5_vl",)
@@ -52,11 +80,13 @@ class Qwen2_5_VLAdapter(ImageTokenAdapter):
         return ("visual.merger",)
 
     @classmethod
-    def load_processor(cls, path: Path) -> Qwen2_5_VLProcessor:
+    def load_processor(cls, path: Path, config: Any = None) -> Qwen2_5_VLProcessor:
         # AutoProcessor would also build the video processor, which needs torchvision (see _compat).
-        saved = json.loads((path / "processor_config.json").read_text())
-        image_config = {k: v for k, v in saved["image_processor"].items() if not k.endswith("_type")}
-        image_processor = Qwen2VLImageProcessorPil(**image_config)
+        settings, source = image_processor_settings(path)
+        try:
+            image_processor = Qwen2VLImageProcessorPil.from_dict(settings)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{source}: not a Qwen2-VL image processor configuration ({error})") from None
         return build_qwen_processor(image_processor, AutoTokenizer.from_pretrained(str(path)))
 
     def save_pretrained(self, path: str | Path) -> None:

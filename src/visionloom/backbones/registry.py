@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from visionloom.backbones.base import ImageTokenAdapter
+import torch
+
+from visionloom.backbones.base import ImageTokenAdapter, read_json, resolve_dtype
 from visionloom.backbones.deepseek_vl import DeepseekVLAdapter
 from visionloom.backbones.gemma3 import Gemma3Adapter
 from visionloom.backbones.llava import LlavaAdapter
@@ -35,7 +36,7 @@ def adapter_for(path: str | Path) -> type[ImageTokenAdapter]:
         raise FileNotFoundError(
             f"{path}: no config.json; expected a checkpoint directory written by save_pretrained"
         )
-    model_type = json.loads(config_file.read_text()).get("model_type")
+    model_type = read_json(config_file).get("model_type")
     if model_type not in ADAPTERS:
         raise ValueError(
             f"{config_file}: model_type {model_type!r} is not supported; supported: {', '.join(sorted(ADAPTERS))}"
@@ -43,19 +44,34 @@ def adapter_for(path: str | Path) -> type[ImageTokenAdapter]:
     return ADAPTERS[model_type]
 
 
-def load(path_or_preset: str | Path, *, native_resolution: bool = False, **kwargs: Any) -> ImageTokenAdapter:
+def load(
+    path_or_preset: str | Path,
+    *,
+    native_resolution: bool = False,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    **kwargs: Any,
+) -> ImageTokenAdapter:
     """An adapter holding its model and processor, from a local checkpoint directory or a preset name.
 
-    Nothing is downloaded: a name that is neither a preset nor a local directory is an error.
+    Weights load in float32 on a CPU and in the checkpoint's own dtype on a GPU unless `dtype`
+    says otherwise (see `ImageTokenAdapter.from_pretrained`). Nothing is downloaded: a name that is
+    neither a preset nor a local directory is an error.
     """
     from visionloom.backbones.tiny import PRESETS, build_preset
 
     name = str(path_or_preset)
     if name in PRESETS:
-        return build_preset(name, native_resolution=native_resolution, **kwargs)
+        adapter = build_preset(name, native_resolution=native_resolution, **kwargs)
+        target = torch.device(device or "cpu")
+        resolved = resolve_dtype(dtype, target)
+        adapter.model.to(device=target, dtype=None if resolved == "auto" else resolved)
+        return adapter
     if not Path(name).is_dir():
         raise FileNotFoundError(
             f"{name!r} is neither a local checkpoint directory nor a preset ({', '.join(PRESETS)}); "
             f"visionloom never downloads weights"
         )
-    return adapter_for(name).from_pretrained(name, native_resolution=native_resolution, **kwargs)
+    return adapter_for(name).from_pretrained(
+        name, native_resolution=native_resolution, dtype=dtype, device=device, **kwargs
+    )
