@@ -92,3 +92,47 @@ def scene_vlm(scenes_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("vlm") / "llava"
     report = pretrain(scenes_root, out, config, progress=False)
     return out, report
+
+
+@pytest.fixture(scope="session")
+def refcoco_release(scenes_root, tmp_path_factory):
+    """scenes_root laid out as the refer repository releases RefCOCO (unc).
+
+    data/refcoco/refs(unc).json + instances.json; images in data/images/mscoco/images/train2014/
+    under COCO's file names (JPEG); splits train, val, testA and testB (no test); and mixed image
+    sizes: every third image padded on the right by 64 px, its masks re-encoded for the new size.
+    Returns data/refcoco.
+    """
+    import json
+
+    from visionloom.data.refcoco import decode_segmentation
+    from visionloom.data.synth_scenes import encode_mask
+
+    data = tmp_path_factory.mktemp("refer") / "data"
+    root, images = data / "refcoco", data / "images" / "mscoco" / "images" / "train2014"
+    root.mkdir(parents=True)
+    images.mkdir(parents=True)
+    refs = json.loads((scenes_root / "refs.json").read_text())
+    instances = json.loads((scenes_root / "instances.json").read_text())
+    padded = {}
+    for entry in instances["images"]:
+        picture = Image.open(scenes_root / "images" / entry["file_name"]).convert("RGB")
+        if entry["id"] % 3 == 0:
+            wider = Image.new("RGB", (picture.width + 64, picture.height), (0, 0, 0))
+            wider.paste(picture, (0, 0))
+            picture, padded[entry["id"]] = wider, (entry["height"], entry["width"])
+        entry["file_name"] = f"COCO_train2014_{entry['id']:012d}.jpg"
+        entry["width"] = picture.width
+        picture.save(images / entry["file_name"], quality=95)
+    for annotation in instances["annotations"]:
+        if annotation["image_id"] in padded:
+            height, width = padded[annotation["image_id"]]
+            mask = decode_segmentation(annotation["segmentation"], height, width)
+            annotation["segmentation"] = encode_mask(np.pad(mask, ((0, 0), (0, 64))))
+    for ref in refs:
+        if ref["split"] == "test":
+            ref["split"] = "testA" if ref["image_id"] % 2 == 0 else "testB"
+        ref["file_name"] = f"COCO_train2014_{ref['image_id']:012d}.jpg"
+    (root / "refs(unc).json").write_text(json.dumps(refs))
+    (root / "instances.json").write_text(json.dumps(instances))
+    return root

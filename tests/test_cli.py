@@ -147,7 +147,7 @@ def test_scenes_pretrain_ground_eval_show_from_the_command_line(tmp_path):
     assert result.exit_code == 0, result.output
     assert (
         json.loads((tmp_path / "m.json").read_text())
-        == json.loads((run / "test_metrics.json").read_text())["test"]
+        == json.loads((run / "test_metrics.json").read_text())["evaluation"]
     )
     result = runner.invoke(app, ["ground", "show", str(run), "--data", str(data), "--n", "3"])
     assert result.exit_code == 0, result.output

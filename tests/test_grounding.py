@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 import torch
@@ -174,7 +175,8 @@ def test_training_changes_the_head_and_never_the_vlm(scenes_root, tmp_path, monk
     config.train.checkpoint_every = config.train.eval_every = 3
     summary = grounding_train.train_grounding(config, scenes_root, tmp_path / "run", progress=False)
     assert _state_digest(adapter.model) == before
-    assert set(summary["test"]) == {
+    assert list(summary["evaluation"]) == ["val", "test"]  # the synthetic scenes' evaluation splits
+    assert set(summary["evaluation"]["test"]) == {
         f"{kind}_{m}" for kind in ("coarse", "refined") for m in ("cIoU", "mIoU", "P@0.5")
     }
     assert summary["selected"]["step"] == 3 and (tmp_path / "run" / "test_metrics.json").is_file()
@@ -229,4 +231,83 @@ def test_qwen_pretrains_and_grounds_end_to_end(scenes_root, tmp_path):
     ground.vlm = str(tmp_path / "vlm")
     ground.train.checkpoint_every = ground.train.eval_every = 2
     summary = grounding_train.train_grounding(ground, scenes_root, tmp_path / "run", progress=False)
-    assert summary["selected"]["step"] == 2 and "refined_cIoU" in summary["test"]
+    assert summary["selected"]["step"] == 2 and "refined_cIoU" in summary["evaluation"]["test"]
+
+
+def test_refcoco_as_released_trains_and_evaluates_on_val_testa_and_testb(
+    refcoco_release, tmp_path, monkeypatch
+):
+    """The refer layout, found by itself; RefCOCO's splits; images of mixed sizes."""
+    from visionloom.data.refcoco import read_refcoco
+    from visionloom.grounding import train as grounding_train
+
+    samples = read_refcoco(refcoco_release, dataset="refcoco")
+    assert {s.split for s in samples} == {"train", "val", "testA", "testB"}
+    assert len({(s.height, s.width) for s in samples}) == 2  # mixed sizes
+    mscoco = (refcoco_release.parent / "images" / "mscoco" / "images" / "train2014").resolve()
+    assert all(s.image_path.parent == mscoco for s in samples)
+    padded = next(s for s in samples if s.width != s.height)
+    assert padded.mask().shape == (padded.height, padded.width)
+
+    adapter = cached_preset("tiny-llava")
+    monkeypatch.setattr(grounding_train, "load_vlm", lambda config: adapter)
+    config = grounding_train.GroundingConfig(name="t", vlm="tiny-llava", split_by="unc")
+    config.head.width = 8
+    config.train.steps, config.train.batch_size, config.train.warmup_steps = 2, 4, 1
+    config.train.checkpoint_every = config.train.eval_every = 2
+    summary = grounding_train.train_grounding(config, refcoco_release, tmp_path / "run", progress=False)
+    assert list(summary["evaluation"]) == ["val", "testA", "testB"]
+    assert summary["image_dir"] == str(mscoco)
+    assert summary["evaluation"]["val"] == pytest.approx(
+        {key: value for key, value in summary["selected"].items() if key != "step"}
+    )
+    written = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
+    assert written["evaluation"] == summary["evaluation"]
+    # ground eval gives the same numbers per split, from the run directory.
+    again = grounding_train.evaluate_run(tmp_path / "run", refcoco_release)
+    assert list(again) == list(summary["evaluation"])
+    for split, metrics in summary["evaluation"].items():
+        assert again[split] == pytest.approx(metrics), split
+
+
+def test_a_data_set_without_val_is_refused_before_any_training(refcoco_release, tmp_path, monkeypatch):
+    import shutil
+
+    from visionloom.data.pedes import DatasetFormatError
+    from visionloom.grounding import train as grounding_train
+
+    root = tmp_path / "refcoco"
+    shutil.copytree(refcoco_release, root)
+    refs = json.loads((root / "refs(unc).json").read_text())
+    for ref in refs:
+        ref["split"] = "train" if ref["split"] == "val" else ref["split"]
+    (root / "refs(unc).json").write_text(json.dumps(refs))
+    loaded = []
+    monkeypatch.setattr(grounding_train, "load_vlm", lambda config: loaded.append(1))
+    config = grounding_train.GroundingConfig(
+        name="t",
+        vlm="tiny-llava",
+        image_dir=str(refcoco_release.parent / "images" / "mscoco" / "images" / "train2014"),
+    )
+    with pytest.raises(
+        DatasetFormatError, match=r"no 'val' split.*splits present: \['testA', 'testB', 'train'\]"
+    ):
+        grounding_train.train_grounding(config, root, tmp_path / "run", progress=False)
+    assert loaded == [] and not (tmp_path / "run").exists()  # nothing loaded, nothing written
+
+
+def test_images_that_are_nowhere_are_named_with_the_folders_tried(refcoco_release, tmp_path):
+    import shutil
+
+    from visionloom.data.pedes import DatasetFormatError
+    from visionloom.data.refcoco import read_refcoco
+
+    root = tmp_path / "refcoco"
+    shutil.copytree(refcoco_release, root)  # without the images next to it
+    with pytest.raises(
+        DatasetFormatError,
+        match=r"COCO_train2014_000000000000.jpg.*images/mscoco/images/train2014.*image_dir",
+    ):
+        read_refcoco(root)
+    with pytest.raises(DatasetFormatError, match=r"image_dir .*elsewhere: COCO_train2014_000000000000.jpg"):
+        read_refcoco(root, image_dir=tmp_path / "elsewhere")

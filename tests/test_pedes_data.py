@@ -112,22 +112,49 @@ def test_data_check_reports_every_problem_with_entry_and_file(tmp_path):
     (tmp_path / "imgs" / "broken.png").write_bytes(b"not a png at all")
     (tmp_path / "reid_raw.json").write_text(json.dumps(entries))
 
-    name, problems = check_pedes(tmp_path)
-    text = [str(p) for p in problems]
-    assert name == "cuhk-pedes"
+    report = check_pedes(tmp_path)
+    text = [str(p) for p in report.problems]
+    assert report.name == "cuhk-pedes"
     assert any("entry 1: missing.png: image file missing" in t for t in text)
     assert any(t.startswith("entry 2: broken.png: unreadable image") for t in text)
     assert any("entry 3: empty_caption.png: caption 0 is empty" in t for t in text)
-    assert any("entry 4: small.png: size 100x64" in t and "384x128" in t for t in text)
     assert any("entry 5: no_captions.png: no captions" in t for t in text)
     assert any("identity 2 has no usable image" in t for t in text)
     assert any("identity 3 has no usable image" in t for t in text)
     assert any("identity 1 is in splits ['test', 'train']" in t for t in text)
-    assert len(problems) == 8
+    assert len(report.problems) == 7  # a size of its own is not a problem: training resizes
+    assert report.sizes.counts == {(384, 128): 4, (100, 64): 1}
+    # Asked for one size, every other size is a problem.
+    sized = check_pedes(tmp_path, expected_size=(384, 128))
+    assert any(
+        "entry 4: small.png: size 100x64" in str(p) and "expected 384x128" in str(p) for p in sized.problems
+    )
+    assert len(sized.problems) == 8
 
     result = CliRunner().invoke(app, ["data", "check", str(tmp_path)])
     assert result.exit_code == 1
-    assert "8 problem(s)" in result.output
+    assert "7 problem(s)" in result.output
+
+
+def test_data_check_accepts_mixed_sizes_as_released_sets_have_them_and_summarises_them(tmp_path):
+    """CUHK-PEDES and RSTPReid mix images from several sources: sizes are summarised, not refused."""
+    sizes = [(384, 128), (384, 128), (300, 110), (256, 96), (412, 150)]
+    entries = [
+        {"split": "train", "captions": ["a person"], "file_path": f"p{i}.jpg", "id": i}
+        for i in range(len(sizes))
+    ]
+    (tmp_path / "imgs").mkdir()
+    for i, (height, width) in enumerate(sizes):
+        Image.new("RGB", (width, height)).save(tmp_path / "imgs" / f"p{i}.jpg")
+    (tmp_path / "reid_raw.json").write_text(json.dumps(entries))
+    report = check_pedes(tmp_path)
+    assert report.problems == []
+    line = report.sizes.describe()
+    assert line.startswith("5 images in 4 size(s); height min/median/max 256/384/412, width 96/128/150")
+    assert "most common: 384x128 (2)" in line
+    result = CliRunner().invoke(app, ["data", "check", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "5 images in 4 size(s)" in result.output and "no problems" in result.output
 
 
 def test_data_check_passes_a_clean_set_and_synth_cli_writes_one(tmp_path):

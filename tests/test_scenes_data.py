@@ -7,6 +7,7 @@ import pickle
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from visionloom.data.pedes import DatasetFormatError
 from visionloom.data.refcoco import decode_segmentation, read_refcoco
@@ -58,9 +59,11 @@ def test_location_words_are_thirds_of_the_image():
     assert location_words((112, 220), 224) == "bottom"
 
 
-def _write_refcoco(root, refs_name="refs(unc).json", segmentation=None):
+def _write_refcoco(root, refs_name="refs(unc).json", segmentation=None, image_dir=None):
     root.mkdir(parents=True, exist_ok=True)
-    (root / "images").mkdir(exist_ok=True)
+    image_dir = image_dir or root / "images"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (30, 20)).save(image_dir / "COCO_train2014_000000000001.jpg")
     refs = [
         {
             "ref_id": 7,
@@ -91,7 +94,7 @@ def _write_refcoco(root, refs_name="refs(unc).json", segmentation=None):
 
 
 def test_refcoco_layout_with_polygons_and_a_sample_per_sentence(tmp_path):
-    root = _write_refcoco(tmp_path / "refcoco")
+    root = _write_refcoco(tmp_path / "refcoco", image_dir=tmp_path / "coco")
     samples = read_refcoco(root, "testA", dataset="refcoco", image_dir=tmp_path / "coco")
     assert [s.expression for s in samples] == ["man on the left", "left guy"]
     assert samples[0].image_path == tmp_path / "coco" / "COCO_train2014_000000000001.jpg"

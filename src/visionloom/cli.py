@@ -133,18 +133,22 @@ def _size(value: str | None, hint: str) -> tuple[int, int] | None:
 def data_check(
     root: Path = typer.Argument(..., help="Data set root (CUHK-PEDES, ICFG-PEDES or RSTPReid layout)."),
     image_size: str | None = typer.Option(
-        None, "--image-size", help="Expected HEIGHTxWIDTH; default: the most common."
+        None,
+        "--image-size",
+        help="Require every image to be HEIGHTxWIDTH. Default: sizes are summarised, not required "
+        "(training resizes every image).",
     ),
 ) -> None:
-    """Report every problem of a data set: missing or unreadable images, empty captions, sizes, identities."""
+    """Report every problem of a data set (missing or unreadable images, empty captions, identities)
+    and summarise its image sizes."""
     from rich.progress import track
 
     from visionloom.data.check import check_pedes
 
     expected = _size(image_size, "--image-size")
-    name, problems = check_pedes(
-        root, expected, progress=lambda it: track(it, description="checking entries")
-    )
+    report = check_pedes(root, expected, progress=lambda it: track(it, description="checking entries"))
+    name, problems = report.name, report.problems
+    console.print(f"image sizes: {report.sizes.describe()}", highlight=False)
     for problem in problems:
         console.print(f"[red]problem[/] {problem}", highlight=False)
     if problems:
@@ -243,28 +247,34 @@ def ground_train(
         summary = train_grounding(settings, data, out, resume=resume)
     except (ConfigError, ValueError) as error:
         raise typer.BadParameter(str(error)) from None
-    _print_mask_metrics(
-        f"{settings.name}: test split, % (selected on val at step {summary['selected']['step']})",
-        summary["test"],
+    _print_split_metrics(
+        f"{settings.name}, % (weights of step {summary['selected']['step']}, selected on val)",
+        summary["evaluation"],
     )
-    console.print(f"run: {out}")
+    console.print(f"images: {summary['image_dir']}\nrun: {out}", highlight=False)
 
 
 @ground_app.command("eval")
 def ground_eval(
     checkpoint: Path = typer.Argument(..., help="A `ground train` run directory."),
-    data: Path = typer.Option(..., "--data"),
-    split: str = typer.Option("test", "--split"),
+    data: Path = typer.Option(..., "--data", help="The data root the run was trained on (or another)."),
+    split: str | None = typer.Option(
+        None,
+        "--split",
+        help="One split; default every evaluation split the data set has (val, test/testA/testB).",
+    ),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the metrics here."),
 ) -> None:
-    """cIoU, mIoU and P@0.5 of the coarse and the SAM-refined masks."""
-    from visionloom.grounding.train import evaluate, load_trained
+    """cIoU, mIoU and P@0.5 of the coarse and the SAM-refined masks, per split."""
+    from visionloom.grounding.train import evaluate_run, read_run_config
 
-    model, config, features = load_trained(checkpoint, data_root=data, split=split)
-    metrics = evaluate(model, features)
-    _print_mask_metrics(f"{config.name} on {split} ({len(features)} expressions), %", metrics)
+    try:
+        evaluation = evaluate_run(checkpoint, data, split)
+    except (FileNotFoundError, ValueError) as error:
+        raise typer.BadParameter(str(error)) from None
+    _print_split_metrics(f"{read_run_config(checkpoint).name}, %", evaluation)
     if json_out is not None:
-        json_out.write_text(json.dumps(metrics, indent=1))
+        json_out.write_text(json.dumps(evaluation, indent=1))
 
 
 @ground_app.command("show")
@@ -272,14 +282,17 @@ def ground_show(
     checkpoint: Path = typer.Argument(..., help="A `ground train` run directory."),
     data: Path = typer.Option(..., "--data"),
     n: int = typer.Option(8, "--n", help="How many samples."),
-    split: str = typer.Option("test", "--split"),
+    split: str = typer.Option("val", "--split", help="Which split's samples (val, test, testA, testB, ...)."),
     out: Path | None = typer.Option(None, "--out", help="Folder for the PNGs (default CHECKPOINT/show)."),
 ) -> None:
     """A PNG per sample: image, expression, attention map, coarse and refined masks."""
     from visionloom.grounding.show import show
     from visionloom.grounding.train import load_trained, read_run_config, read_samples
 
-    samples = read_samples(read_run_config(checkpoint), data, split)[:n]
+    try:
+        samples = read_samples(read_run_config(checkpoint), data, split)[:n]
+    except (FileNotFoundError, ValueError) as error:
+        raise typer.BadParameter(str(error)) from None
     model, _, features = load_trained(checkpoint, samples=samples, split=split)
     paths = show(model, samples, features, out or checkpoint / "show")
     console.print(f"wrote {len(paths)} images to {paths[0].parent}")
@@ -379,16 +392,17 @@ def retrieval_train(
         )
 
 
-def _print_mask_metrics(title: str, metrics: dict[str, float]) -> None:
-    """Rows coarse / refined, columns cIoU, mIoU, P@0.5."""
+def _print_split_metrics(title: str, evaluation: dict[str, dict[str, float]]) -> None:
+    """One row per split (as F-LMM's tables read), cIoU, mIoU and P@0.5 of each mask kind."""
     table = Table(title=title)
-    table.add_column("mask")
+    table.add_column("split")
+    kinds = [kind for kind in ("coarse", "refined") if any(f"{kind}_cIoU" in m for m in evaluation.values())]
     names = ("cIoU", "mIoU", "P@0.5")
-    for name in names:
-        table.add_column(name, justify="right")
-    for kind in ("coarse", "refined"):
-        if f"{kind}_cIoU" in metrics:
-            table.add_row(kind, *(f"{metrics[f'{kind}_{name}']:.2f}" for name in names))
+    for kind in kinds:
+        for name in names:
+            table.add_column(f"{kind} {name}", justify="right")
+    for split, metrics in evaluation.items():
+        table.add_row(split, *(f"{metrics[f'{kind}_{name}']:.2f}" for kind in kinds for name in names))
     console.print(table)
 
 

@@ -3,14 +3,18 @@
 A training run that dies at hour three on one unreadable image, or that quietly learns from empty
 captions, costs more than reading every entry once. Each problem names the annotation entry and the
 file; all of them are reported, not only the first.
+
+Image sizes are summarised, not judged: the released sets mix images from several source data sets
+and training resizes every image, so only an explicit `expected_size` makes a size a problem.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median
 
 from PIL import Image, UnidentifiedImageError
 
@@ -28,6 +32,35 @@ class Problem:
         return f"{where}: {self.file}: {self.message}"
 
 
+@dataclass
+class SizeSummary:
+    """How many images have each (height, width)."""
+
+    counts: Counter = field(default_factory=Counter)
+
+    def describe(self, most_common: int = 5) -> str:
+        """One line: image count, distinct sizes, min/median/max per side, the most common sizes."""
+        if not self.counts:
+            return "no readable images"
+        sizes = list(self.counts.elements())
+        heights, widths = [h for h, _ in sizes], [w for _, w in sizes]
+        common = ", ".join(f"{h}x{w} ({n})" for (h, w), n in self.counts.most_common(most_common))
+        return (
+            f"{len(sizes)} images in {len(self.counts)} size(s); height min/median/max "
+            f"{min(heights)}/{median(heights):g}/{max(heights)}, width {min(widths)}/{median(widths):g}/"
+            f"{max(widths)}; most common: {common}"
+        )
+
+
+@dataclass
+class DataCheck:
+    """What `check_pedes` found: the format, every problem, and the image sizes."""
+
+    name: str
+    problems: list[Problem]
+    sizes: SizeSummary
+
+
 def _image_size(path: Path) -> tuple[tuple[int, int] | None, str | None]:
     """(height, width) or the reason the image cannot be read."""
     if not path.is_file():
@@ -43,13 +76,17 @@ def _image_size(path: Path) -> tuple[tuple[int, int] | None, str | None]:
 
 def check_pedes(
     root: str | Path, expected_size: tuple[int, int] | None = None, progress: Iterable | None = None
-) -> tuple[str, list[Problem]]:
-    """(format name, problems). `expected_size` is (height, width); omitted, the most common size."""
+) -> DataCheck:
+    """Every problem of the data set at `root`, and a summary of its image sizes.
+
+    `expected_size` (height, width) makes every image of another size a problem; without it sizes
+    are only summarised (mixed sizes are normal in the released sets).
+    """
     root = Path(root)
     try:
         name, annotation_file, entries = read_annotations(root)
     except (FileNotFoundError, DatasetFormatError) as error:
-        return "unknown", [Problem(None, str(root), str(error))]
+        return DataCheck("unknown", [Problem(None, str(root), str(error))], SizeSummary())
     image_key = IMAGE_KEYS[name]
     problems: list[Problem] = []
     sizes: dict[int, tuple[int, int]] = {}
@@ -84,16 +121,14 @@ def check_pedes(
         sizes[index] = size
         usable_by_pid[pid] += 1
 
-    if sizes:
-        wanted = expected_size or Counter(sizes.values()).most_common(1)[0][0]
-        how = "expected" if expected_size else "most images are"
+    if expected_size is not None:
         for index, size in sizes.items():
-            if size != wanted:
+            if size != expected_size:
                 problems.append(
                     Problem(
                         index,
                         str(entries[index][image_key]),
-                        f"size {size[0]}x{size[1]} (height x width); {how} {wanted[0]}x{wanted[1]}",
+                        f"size {size[0]}x{size[1]} (height x width); expected {expected_size[0]}x{expected_size[1]}",
                     )
                 )
     for pid, usable in sorted(usable_by_pid.items()):
@@ -106,4 +141,4 @@ def check_pedes(
                 )
             )
     problems.sort(key=lambda problem: (problem.entry is None, problem.entry or 0))
-    return name, problems
+    return DataCheck(name, problems, SizeSummary(Counter(sizes.values())))

@@ -6,11 +6,16 @@ next to COCO's `instances.json`, with the images in COCO's train2014 folder. Pic
 load, so a `.p` file is read only with `allow_pickle=True`; a JSON export of the same list
 (`refs(unc).json` or `refs.json`) is always preferred. Masks are decoded with pycocotools
 (polygons or RLE). Every sentence is its own sample, as in the papers' evaluation.
+
+Splits are the release's: RefCOCO and RefCOCO+ (unc) have train, val, testA and testB; RefCOCOg
+(umd) has train, val and test; RefCOCOg (google) only train and val. The image folder is found
+among the layouts people keep COCO in (`IMAGE_DIRS`), unless one is given.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +24,24 @@ import numpy as np
 from visionloom.data.pedes import DatasetFormatError
 
 DEFAULT_SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
+
+# Where the images are looked for, relative to the data root (the folder with the refs file):
+# ours, the refer repository's (data/refcoco next to data/images/mscoco/images/train2014), and
+# COCO's own train2014 folder beside or inside the root.
+IMAGE_DIRS = (
+    "images",
+    "../images/mscoco/images/train2014",
+    "images/mscoco/images/train2014",
+    "images/train2014",
+    "train2014",
+    "../train2014",
+    "../coco/train2014",
+)
+
+# The order results are reported in (F-LMM's tables); other non-training splits follow.
+EVALUATION_ORDER = ("val", "test", "testA", "testB")
+
+logger = logging.getLogger("visionloom")
 
 
 @dataclass(frozen=True)
@@ -53,6 +76,34 @@ def decode_segmentation(segmentation, height: int, width: int) -> np.ndarray:
         if isinstance(rle["counts"], str):
             rle["counts"] = rle["counts"].encode("ascii")
     return mask_utils.decode(rle).astype(bool)
+
+
+def find_image_dir(root: Path, image_dir: str | Path | None, file_name: str) -> Path:
+    """The folder holding the images: `image_dir` when given, else the first of IMAGE_DIRS that
+    holds `file_name` (the first image of instances.json). Says which one was used."""
+    if image_dir is not None:
+        folder = Path(image_dir)
+        if not (folder / file_name).is_file():
+            raise DatasetFormatError(
+                f"image_dir {folder}: {file_name} (the first image of instances.json) is not there"
+            )
+        return folder
+    for relative in IMAGE_DIRS:
+        folder = (root / relative).resolve()
+        if (folder / file_name).is_file():
+            logger.info("%s: images from %s", root, folder)
+            return folder
+    raise DatasetFormatError(
+        f"{root}: cannot find the images: {file_name} (the first image of instances.json) is in none of "
+        f"{', '.join(str(root / r) for r in IMAGE_DIRS)}; give the folder with `--set image_dir=DIR`"
+    )
+
+
+def evaluation_splits(present: set[str] | list[str]) -> list[str]:
+    """The splits a data set is evaluated on, in the order papers report them (val included)."""
+    present = set(present)
+    known = [split for split in EVALUATION_ORDER if split in present]
+    return known + sorted(present - set(known) - {"train"})
 
 
 def find_refs_file(root: Path, split_by: str | None) -> Path:
@@ -99,7 +150,7 @@ def read_refcoco(
     """Every (expression, object) sample of `split` (all splits when None).
 
     `root` holds the refs file and `instances.json`; `dataset` (refcoco, refcoco+, refcocog) picks
-    the default `split_by`; images are looked up in `image_dir`, else `root/images`.
+    the default `split_by`; images are looked up in `image_dir`, else found (`find_image_dir`).
     """
     root = Path(root)
     if split_by is None and dataset is not None:
@@ -113,7 +164,9 @@ def read_refcoco(
     instances = json.loads(instances_file.read_text())
     images = {image["id"]: image for image in instances["images"]}
     annotations = {annotation["id"]: annotation for annotation in instances["annotations"]}
-    image_dir = Path(image_dir) if image_dir else root / "images"
+    if not images:
+        raise DatasetFormatError(f"{instances_file}: no images")
+    image_dir = find_image_dir(root, image_dir, instances["images"][0]["file_name"])
 
     samples = []
     for ref in refs:

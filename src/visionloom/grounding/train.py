@@ -4,7 +4,8 @@ RUN/config.yaml        the resolved config
 RUN/checkpoints/       atomic training checkpoints (resume from `latest`)
 RUN/best/              the weights selected on the validation split, and why
 RUN/train_log.csv      per-step losses; RUN/tensorboard/ the same
-RUN/test_metrics.json  the test split, evaluated once with the selected weights
+RUN/test_metrics.json  every evaluation split the data set has (val, test or testA and testB),
+                       evaluated once with the selected weights
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from torch.utils.data import DataLoader
 from visionloom import config as config_io
 from visionloom.backbones import load
 from visionloom.data.build import RandomBatches
-from visionloom.data.refcoco import RefSample, read_refcoco
+from visionloom.data.pedes import DatasetFormatError
+from visionloom.data.refcoco import RefSample, evaluation_splits, read_refcoco
 from visionloom.engine.checkpoint import load_weights
 from visionloom.engine.trainer import TrainConfig, Trainer, make_accelerator
 from visionloom.grounding.attention import DEFAULT_PROMPT
@@ -57,12 +59,16 @@ def load_config(name_or_path: str | Path, overrides: list[str] | None = None) ->
     return config_io.load(GroundingConfig, config_io.find_config("grounding", name_or_path), overrides)
 
 
-def load_vlm(config: GroundingConfig):
+def require_vlm(config: GroundingConfig) -> None:
     if config.vlm is None:
         raise ValueError(
             "no VLM: give --vlm DIR (a checkpoint from `visionloom vlm pretrain` or a real one), "
             "or a preset name for the random-weight control"
         )
+
+
+def load_vlm(config: GroundingConfig):
+    require_vlm(config)
     adapter = load(config.vlm, seed=config.vlm_seed) if not Path(config.vlm).is_dir() else load(config.vlm)
     adapter.model.eval().requires_grad_(False)
     return adapter
@@ -72,7 +78,7 @@ def build_refiner(config: GroundingConfig) -> SamRefiner | None:
     return SamRefiner(*load_sam(config.sam), config.sam) if config.sam.enabled else None
 
 
-def read_samples(config: GroundingConfig, data_root: str | Path, split: str) -> list[RefSample]:
+def read_samples(config: GroundingConfig, data_root: str | Path, split: str | None) -> list[RefSample]:
     return read_refcoco(
         data_root,
         split,
@@ -80,6 +86,22 @@ def read_samples(config: GroundingConfig, data_root: str | Path, split: str) -> 
         split_by=config.split_by,
         allow_pickle=config.allow_pickle,
     )
+
+
+def read_splits(
+    config: GroundingConfig, data_root: str | Path, required: tuple[str, ...] = ("train", "val")
+) -> dict[str, list[RefSample]]:
+    """Every split's samples, read once before any work; the `required` splits must be there."""
+    by_split: dict[str, list[RefSample]] = {}
+    for sample in read_samples(config, data_root, None):
+        by_split.setdefault(sample.split, []).append(sample)
+    missing = [split for split in required if split not in by_split]
+    if missing:
+        raise DatasetFormatError(
+            f"{data_root}: no {' or '.join(repr(m) for m in missing)} split (training needs train, and val "
+            f"to select on); splits present: {sorted(by_split)}"
+        )
+    return by_split
 
 
 def split_features(
@@ -137,11 +159,13 @@ def train_grounding(
     progress: bool = True,
 ) -> dict:
     data_root, run_dir = Path(data_root), Path(run_dir)
+    require_vlm(config)
+    splits = read_splits(config, data_root)  # before any work: a missing split fails now, not after training
     accelerator = make_accelerator(config.train)
     adapter = load_vlm(config)
     refiner = build_refiner(config)
-    train_features = split_features(config, adapter, refiner, data_root, "train", progress)
-    val_features = split_features(config, adapter, refiner, data_root, "val", progress)
+    train_features = split_features(config, adapter, refiner, data_root, "train", progress, splits["train"])
+    val_features = split_features(config, adapter, refiner, data_root, "val", progress, splits["val"])
     model = build_model(config, train_features, refiner)
     if accelerator.is_main_process:
         config_io.save_run_config(run_dir, config, resume)
@@ -167,14 +191,20 @@ def train_grounding(
     summary = {
         "name": config.name,
         "vlm": config.vlm,
+        "image_dir": str(splits["train"][0].image_path.parent),
         "steps": result.step,
         "train_seconds": round(result.seconds, 1),
         "selected": result.best,
     }
     if accelerator.is_main_process:
-        test_features = split_features(config, adapter, refiner, data_root, "test", progress)
         load_weights(model, run_dir / "best" / "model.safetensors")  # the weights selected on val
-        summary["test"] = evaluate(model, test_features)
+        # Every split the data set has, as F-LMM reports them (val is the one selection used).
+        summary["evaluation"] = {}
+        for split in evaluation_splits(splits):
+            features = val_features if split == "val" else None
+            if features is None:
+                features = split_features(config, adapter, refiner, data_root, split, progress, splits[split])
+            summary["evaluation"][split] = evaluate(model, features)
         (run_dir / "test_metrics.json").write_text(json.dumps(summary, indent=1))
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     accelerator.wait_for_everyone()
@@ -188,6 +218,24 @@ def read_run_config(run_dir: str | Path) -> GroundingConfig:
             f"{run_dir}: no config.yaml; expected a `visionloom ground train` run directory"
         )
     return config_io.from_dict(GroundingConfig, yaml.safe_load(config_file.read_text()), str(config_file))
+
+
+def evaluate_run(run_dir: str | Path, data_root: str | Path, split: str | None = None) -> dict[str, dict]:
+    """Metrics of a trained run on `split`, or on every evaluation split of the data set (the VLM
+    is loaded once)."""
+    config = read_run_config(run_dir)
+    if split is None:
+        splits = read_splits(config, data_root, required=())
+        names = evaluation_splits(splits)
+    else:
+        splits, names = {split: read_samples(config, data_root, split)}, [split]
+    adapter, refiner = load_vlm(config), build_refiner(config)
+    features = {
+        name: split_features(config, adapter, refiner, Path(data_root), name, True, splits[name])
+        for name in names
+    }
+    model, _, _ = load_trained(run_dir, features[names[0]])
+    return {name: evaluate(model, features[name]) for name in names}
 
 
 def load_trained(
