@@ -72,3 +72,28 @@ def test_eval_and_search_commands_on_a_trained_run(pedes_root, tmp_path):
     gallery = encode_gallery(model, test)
     best = int((encode_queries(model, [query]) @ gallery.t()).argmax())
     assert str(test.images[best].path) in result.output.split("#1")[1].splitlines()[0]
+
+
+def test_rstpreid_as_released_with_mixed_image_sizes_checks_trains_and_evaluates(pedes_root, tmp_path):
+    """RSTPReid's data_captions.json (img_path), images of several sizes as the release mixes them."""
+    from visionloom.data.check import check_pedes
+
+    root = tmp_path / "RSTPReid"
+    (root / "imgs").mkdir(parents=True)
+    entries = json.loads((pedes_root / "reid_raw.json").read_text())
+    sizes = [(384, 128), (256, 96), (412, 150), (300, 110)]
+    released = []
+    for index, entry in enumerate(entries):
+        height, width = sizes[index % len(sizes)]
+        name = f"{entry['id']:04d}_c{index}.jpg"
+        with Image.open(pedes_root / "imgs" / entry["file_path"]) as picture:
+            picture.convert("RGB").resize((width, height)).save(root / "imgs" / name)
+        released.append({"id": entry["id"], "img_path": name, "captions": entry["captions"], "split": entry["split"]})
+    (root / "data_captions.json").write_text(json.dumps(released))
+
+    report = check_pedes(root)
+    assert report.name == "rstpreid" and report.problems == []
+    assert len(report.sizes.counts) == len(sizes)
+    summary = train_retrieval(small_config("baseline"), root, tmp_path / "run", progress=False)
+    assert set(summary["test"]) >= {"R1", "R5", "R10", "mAP", "mINP"}
+    assert summary["selected"]["step"] > 0
