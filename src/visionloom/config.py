@@ -2,15 +2,22 @@
 
 A config is found by name under `configs/<system>/NAME.yaml` or given as a path; `--set a.b=value`
 overrides any field (the value is read as YAML, so `--set train.steps=50` gives an int).
+
+Every value is checked against the field's declared type before the dataclass is built: a bool
+is `true` or `false` and nothing else (so `allow_pickle: "false"` or `n` is refused, never
+truthy), numbers must be numbers, `Literal[...]` lists the allowed choices and
+`Annotated[..., Range(...)]` the allowed interval. The error names the file, the key, what is
+allowed and what was given.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 
@@ -21,6 +28,33 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The interval a number must lie in; `open_low` excludes the lower bound."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+
+    def admits(self, value: float) -> bool:
+        if self.low is not None and (value < self.low or (self.open_low and value == self.low)):
+            return False
+        return self.high is None or value <= self.high
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.open_low else '>='} {self.low:g}"
+        return f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}]"
+
+
+PositiveInt = Annotated[int, Range(1)]
+NonNegativeInt = Annotated[int, Range(0)]
+PositiveFloat = Annotated[float, Range(0, open_low=True)]
+NonNegativeFloat = Annotated[float, Range(0)]
+Fraction = Annotated[float, Range(0, 1)]  # 0 <= x <= 1
+ShareOfOne = Annotated[float, Range(0, 1, open_low=True)]  # 0 < x <= 1
 
 
 def find_config(system: str, name_or_path: str | Path) -> Path:
@@ -47,43 +81,134 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(value)
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({error})") from None
     return raw
 
 
-def _convert(cls: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(cls)
-    if dataclasses.is_dataclass(cls):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a section, got {value!r}")
-        return from_dict(cls, value, where)
+def describe(hint: Any) -> str:
+    """What a type hint allows, in words."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:
+        return f"{describe(args[0])} {' and '.join(str(check) for check in args[1:])}"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(cls) if a is not type(None)]
+        return " or ".join("null" if a is type(None) else describe(a) for a in args)
+    if origin is tuple:
+        return f"a list of {len(args)}: [{', '.join(describe(a) for a in args)}]"
+    if origin is list:
+        return f"a list of ({describe(args[0])})" if args else "a list"
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _convert(hint: Any, value: Any, source: str, key: str) -> Any:
+    """`value` checked (and converted, e.g. int -> float) against `hint`; ConfigError naming `key`."""
+
+    def refuse() -> ConfigError:
+        return ConfigError(f"{source}: {key}: expected {describe(hint)}, got {value!r}")
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key}: expected a section (a mapping), got {value!r}")
+        return from_dict(hint, value, source, f"{key}.")
+    if origin is Annotated:
+        converted = _convert(args[0], value, source, key)
+        if any(isinstance(check, Range) and not check.admits(converted) for check in args[1:]):
+            raise refuse()
+        return converted
+    if origin in (typing.Union, types.UnionType):
         if value is None:
-            return None
-        return _convert(args[0], value, where)
-    if origin is tuple and isinstance(value, (list, tuple)):
-        return tuple(value)
-    if cls is float and isinstance(value, int):
+            if type(None) in args:
+                return None
+            raise refuse()
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _convert(option, value, source, key)
+            except ConfigError:
+                continue
+        raise refuse()
+    if origin is Literal:
+        if any(type(value) is type(choice) and value == choice for choice in args):
+            return value
+        raise refuse()
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise refuse()
+        return tuple(
+            _convert(a, v, source, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True))
+        )
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise refuse()
+        return (
+            [_convert(args[0], v, source, f"{key}[{i}]") for i, v in enumerate(value)]
+            if args
+            else list(value)
+        )
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise refuse()
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise refuse()
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise refuse()
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise refuse()
         return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise refuse()
+        return value
     return value
 
 
-def from_dict(cls: type[T], raw: dict, where: str = "config") -> T:
-    hints = typing.get_type_hints(cls)
+def from_dict(cls: type[T], raw: dict, where: str = "config", prefix: str = "") -> T:
+    """A `cls` from a mapping, every value checked against its field's type (see the module docstring)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'the file'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    values = {key: _convert(hints[key], value, f"{where}.{key}") for key, value in raw.items()}
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(prefix + u for u in unknown)}; known: "
+            f"{', '.join(prefix + n for n in sorted(names))}"
+        )
+    values = {key: _convert(hints[key], value, where, prefix + key) for key, value in raw.items()}
     try:
         return cls(**values)
-    except TypeError as error:
-        raise ConfigError(f"{where}: {error}") from None
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'config'}: {error}") from None
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's content; a ConfigError naming the file and line when it is not valid YAML."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text ({error})") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
 
 
 def load(cls: type[T], path: Path, overrides: list[str] | None = None) -> T:
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
     return from_dict(cls, apply_overrides(raw, overrides or []), str(path))
 
 

@@ -126,7 +126,7 @@ def find_refs_file(root: Path, split_by: str | None) -> Path:
 def load_refs(path: Path, allow_pickle: bool = False) -> list[dict]:
     if path.suffix == ".json":
         return json.loads(path.read_text())
-    if not allow_pickle:
+    if allow_pickle is not True:  # only the real True: a truthy "false" or "n" must not unpickle
         raise DatasetFormatError(
             f"{path} is a pickle, and unpickling runs whatever code the file holds. Export it to JSON "
             f"(refs = pickle.load(open(...,'rb')); json.dump(refs, ...)) from a trusted copy, or pass "

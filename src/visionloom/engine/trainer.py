@@ -19,12 +19,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from accelerate import Accelerator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from visionloom.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from visionloom.engine.checkpoint import (
     capture_rng,
     latest_checkpoint,
@@ -38,19 +39,20 @@ from visionloom.engine.checkpoint import (
 
 @dataclass
 class TrainConfig:
-    steps: int = 500  # optimizer steps
-    batch_size: int = 32  # per process and micro-batch
-    ids_per_batch: int = 8  # identity-balanced batches of this many identities; 0 = random batches
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 50
-    grad_clip: float = 1.0  # max gradient norm; 0 = off
-    grad_accum: int = 1
-    precision: str = "auto"  # auto (bf16 on a GPU that has it, else fp32) | no | bf16 | fp16
-    checkpoint_every: int = 100
-    log_every: int = 10
-    eval_every: int = 0  # validate every N steps; 0 = only at the end
-    num_workers: int = 0
+    steps: PositiveInt = 500  # optimizer steps
+    batch_size: PositiveInt = 32  # per process and micro-batch
+    ids_per_batch: NonNegativeInt = 8  # identity-balanced batches of this many identities; 0 = random
+    lr: PositiveFloat = 1e-3
+    weight_decay: NonNegativeFloat = 0.01
+    warmup_steps: NonNegativeInt = 50
+    grad_clip: NonNegativeFloat = 1.0  # max gradient norm; 0 = off
+    grad_accum: PositiveInt = 1
+    # auto: bf16 on a GPU that has it, else fp32
+    precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    checkpoint_every: PositiveInt = 100
+    log_every: PositiveInt = 10
+    eval_every: NonNegativeInt = 0  # validate every N steps; 0 = only at the end
+    num_workers: NonNegativeInt = 0
     seed: int = 0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 import yaml
@@ -20,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from visionloom import config as config_io
 from visionloom.backbones import load
+from visionloom.config import PositiveInt
 from visionloom.data.build import RandomBatches
 from visionloom.data.pedes import DatasetFormatError
 from visionloom.data.refcoco import RefSample, evaluation_splits, read_refcoco
@@ -39,8 +41,8 @@ class GroundingConfig:
     vlm: str | None = None  # a local checkpoint directory, or a preset name (random weights: the control)
     vlm_seed: int = 0  # weights of a preset
     prompt: str = DEFAULT_PROMPT
-    merge: str = "mean"  # how attention is merged over the expression's tokens: mean | max
-    text_layers: int = 2  # hidden states of the last K layers, weighted, go to text_proj
+    merge: Literal["mean", "max"] = "mean"  # how attention is merged over the expression's tokens
+    text_layers: PositiveInt = 2  # hidden states of the last K layers, weighted, go to text_proj
     image_dir: str | None = None  # images, when not DATA/images (COCO's train2014 for RefCOCO)
     split_by: str | None = (
         None  # which refs(<split_by>) file: unc (RefCOCO, RefCOCO+), umd or google (RefCOCOg)

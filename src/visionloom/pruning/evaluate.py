@@ -13,6 +13,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch.utils.data import DataLoader
@@ -20,6 +21,7 @@ from torch.utils.data import DataLoader
 from visionloom import config as config_io
 from visionloom.backbones import load
 from visionloom.backbones.base import ImageTokenAdapter
+from visionloom.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, ShareOfOne
 from visionloom.pruning.apply import forward_pruned, prune_sequence, run_pruned
 from visionloom.pruning.pruners import (
     KeepAll,
@@ -33,11 +35,13 @@ from visionloom.vlm.pretrain import AnswerCollate, SceneText, SceneTextSet, answ
 
 @dataclass
 class ScorerConfig:
-    steps: int = 200
-    batch_size: int = 16
-    lr: float = 1e-3
-    budget_weight: float = 1.0  # pulls the mean soft weight toward the keep ratio being trained for
-    keep_ratio: float = 0.25
+    steps: PositiveInt = 200
+    batch_size: PositiveInt = 16
+    lr: PositiveFloat = 1e-3
+    budget_weight: NonNegativeFloat = (
+        1.0  # pulls the mean soft weight toward the keep ratio being trained for
+    )
+    keep_ratio: ShareOfOne = 0.25
 
 
 @dataclass
@@ -46,13 +50,13 @@ class PruneConfig:
     vlm: str | None = None  # a checkpoint directory (from `vlm pretrain`, or a real VLM)
     split: str = "test"
     questions: str | None = None  # a JSON list of {"image", "question", "answer"}; None: the scenes' qa.json
-    max_questions: int = 400
-    batch_size: int = 32
-    keep_ratios: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25, 0.11])
-    pruners: list[str] = field(
-        default_factory=lambda: ["random", "tower-attention", "text-attention", "learned"]
-    )
-    text_layer: int = 0  # language-side pruner (FastV's K): rank at this layer, drop after it
+    max_questions: PositiveInt = 400
+    batch_size: PositiveInt = 32
+    keep_ratios: list[ShareOfOne] = field(default_factory=lambda: [1.0, 0.5, 0.25, 0.11])
+    pruners: list[
+        Literal["random", "tower-attention", "tower-attention-merge", "text-attention", "learned"]
+    ] = field(default_factory=lambda: ["random", "tower-attention", "text-attention", "learned"])
+    text_layer: NonNegativeInt = 0  # language-side pruner (FastV's K): rank at this layer, drop after it
     tower_block: int | None = None  # vision-side pruner: score at this tower block; None: the family's
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     seed: int = 0

@@ -18,7 +18,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -37,6 +37,7 @@ from transformers.image_utils import (
 )
 
 from visionloom import config as config_io
+from visionloom.config import Fraction, PositiveInt
 from visionloom.engine.trainer import TrainConfig
 from visionloom.retrieval import tiny
 from visionloom.retrieval.encoders import (
@@ -65,18 +66,18 @@ class BackboneConfig:
 
 @dataclass
 class ModelConfig:
-    architecture: str = "baseline"
-    embed_dim: int = 64
-    image_size: tuple[int, int] = (384, 128)  # height x width fed to the vision tower
+    architecture: Literal["baseline", "phase1", "phase2", "phase3", "phase3-t5gemma2", "phase4"] = "baseline"
+    embed_dim: PositiveInt = 64
+    image_size: tuple[PositiveInt, PositiveInt] = (384, 128)  # height x width fed to the vision tower
     vision: BackboneConfig = field(default_factory=BackboneConfig)
     text: BackboneConfig = field(default_factory=BackboneConfig)
-    max_text_length: int = 64
+    max_text_length: PositiveInt = 64
     use_cls: bool = True  # phase 3/4: a learnable CLS in front of the image tokens
-    text_mask_ratio: float = 0.15  # phase 4: caption tokens masked for the generator
-    image_mask_ratio: float = 0.5  # phase 4: VQ-grid blocks of the image masked for the generator
-    decoder_layers: int = 2
-    codebook_size: int | None = None  # phase 4: filled from the VQ model when training starts
-    code_grid: tuple[int, int] | None = None
+    text_mask_ratio: Fraction = 0.15  # phase 4: caption tokens masked for the generator
+    image_mask_ratio: Fraction = 0.5  # phase 4: VQ-grid blocks of the image masked for the generator
+    decoder_layers: PositiveInt = 2
+    codebook_size: PositiveInt | None = None  # phase 4: filled from the VQ model when training starts
+    code_grid: tuple[PositiveInt, PositiveInt] | None = None
 
 
 @dataclass
@@ -90,7 +91,7 @@ class DataConfig:
     # Training images: "flip" (horizontal, half the samples) or "irra" (IRRA's set: flip, pad 10 and
     # random crop, random erasing). With "irra" the offline VQ targets stay the codes of the clean
     # (flipped or not) image, so the generator reconstructs the person rather than the crop.
-    augment: str = "flip"
+    augment: Literal["flip", "irra"] = "flip"
 
 
 @dataclass

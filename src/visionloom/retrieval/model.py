@@ -33,18 +33,19 @@ from transformers import PreTrainedTokenizerBase, T5Config, T5EncoderModel
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.t5.modeling_t5 import T5Stack
 
+from visionloom.config import NonNegativeFloat, PositiveFloat
 from visionloom.retrieval.encoders import ImageOutput, T5ImageEncoder, ensure_width
 from visionloom.retrieval.loss import generation_loss, id_loss, itc_loss, sdm_loss
 
 
 @dataclass
 class LossConfig:
-    sdm: float = 1.0
-    itc: float = 0.0
-    id: float = 1.0
-    temperature: float = 0.02  # IRRA's: a fixed logit scale of 50
+    sdm: NonNegativeFloat = 1.0
+    itc: NonNegativeFloat = 0.0
+    id: NonNegativeFloat = 1.0
+    temperature: PositiveFloat = 0.02  # IRRA's: a fixed logit scale of 50
     enable_gen: bool = False
-    gen_weight: float = 1.0
+    gen_weight: NonNegativeFloat = 1.0
 
 
 @dataclass

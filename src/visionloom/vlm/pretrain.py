@@ -23,6 +23,7 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from visionloom.backbones import load
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.backbones.types import MultimodalInputs
+from visionloom.config import NonNegativeFloat
 from visionloom.data.build import RandomBatches
 from visionloom.data.synth_scenes import COLOURS, SHAPES, location_words
 from visionloom.engine.checkpoint import load_weights
@@ -47,7 +49,7 @@ FAMILY_IMAGE_SIDE = {"llava": 224, "qwen2.5-vl": 224}
 
 @dataclass
 class PretrainConfig:
-    family: str = "llava"
+    family: Literal["llava", "qwen2.5-vl"] = "llava"
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             steps=5000,
@@ -60,7 +62,7 @@ class PretrainConfig:
             log_every=20,
         )
     )
-    cell_weight: float = 1.0  # weight of the per-token colour/shape warm-up loss (0: off)
+    cell_weight: NonNegativeFloat = 1.0  # weight of the per-token colour/shape warm-up loss (0: off)
     seed: int = 0
 
 
