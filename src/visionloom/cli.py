@@ -1,38 +1,78 @@
-"""The `visionloom` command: one entry point, one sub-command per job."""
+"""The `visionloom` command: one entry point, one sub-command per job.
+
+Bad input never shows a traceback: every command runs inside `one_line_errors`, which turns the
+errors the project raises for bad files, entries and settings (`ValueError` and its kinds:
+`ConfigError`, `DatasetFormatError`, `ImageTokenMismatch`; missing files; a locked run) into one
+line naming the cause, exit status 2.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
+import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-app = typer.Typer(
+console = Console()
+error_console = Console(stderr=True)
+
+
+def one_line_errors(command: Callable) -> Callable:
+    """Run `command`; an error about the user's input becomes one line on stderr and exit 2."""
+
+    @functools.wraps(command)
+    def guarded(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+            raise
+        except (
+            ValueError,
+            FileNotFoundError,
+            NotADirectoryError,
+            IsADirectoryError,
+            PermissionError,
+        ) as error:
+            error_console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return guarded
+
+
+class Commands(typer.Typer):
+    """A typer app whose every command runs inside `one_line_errors`."""
+
+    def command(self, *args, **kwargs):
+        register = super().command(*args, **kwargs)
+        return lambda function: register(one_line_errors(function))
+
+
+app = Commands(
     add_completion=False, no_args_is_help=True, help="Image tokens in vision-language models, done right."
 )
-preset_app = typer.Typer(no_args_is_help=True, help="Tiny random-weight presets of each supported family.")
+preset_app = Commands(no_args_is_help=True, help="Tiny random-weight presets of each supported family.")
 app.add_typer(preset_app, name="preset")
-data_app = typer.Typer(no_args_is_help=True, help="Data sets: check them, generate synthetic ones.")
+data_app = Commands(no_args_is_help=True, help="Data sets: check them, generate synthetic ones.")
 app.add_typer(data_app, name="data")
-vq_app = typer.Typer(no_args_is_help=True, help="Phase 4's VQ image tokenizer and its offline code cache.")
+vq_app = Commands(no_args_is_help=True, help="Phase 4's VQ image tokenizer and its offline code cache.")
 app.add_typer(vq_app, name="vq")
-retrieval_app = typer.Typer(
-    no_args_is_help=True, help="Text-based person retrieval: train, evaluate, search."
-)
+retrieval_app = Commands(no_args_is_help=True, help="Text-based person retrieval: train, evaluate, search.")
 app.add_typer(retrieval_app, name="retrieval")
-ground_app = typer.Typer(
+ground_app = Commands(
     no_args_is_help=True, help="Referring segmentation from a frozen VLM's attention, refined by SAM."
 )
 app.add_typer(ground_app, name="ground")
-prune_app = typer.Typer(no_args_is_help=True, help="Vision-token pruning: accuracy kept, prefill saved.")
+prune_app = Commands(no_args_is_help=True, help="Vision-token pruning: accuracy kept, prefill saved.")
 app.add_typer(prune_app, name="prune")
-vlm_app = typer.Typer(no_args_is_help=True, help="A tiny VLM that has learned the synthetic scenes.")
+vlm_app = Commands(no_args_is_help=True, help="A tiny VLM that has learned the synthetic scenes.")
 app.add_typer(vlm_app, name="vlm")
-console = Console()
 
 
 @app.callback()
@@ -426,12 +466,19 @@ def retrieval_eval(
     ),
 ) -> None:
     """R@1/5/10, mAP and mINP, text to image, on a split."""
+    from visionloom.data.check import require_usable
     from visionloom.data.pedes import read_pedes
     from visionloom.retrieval.evaluate import evaluate_split
     from visionloom.retrieval.train import load_trained
 
+    require_usable(data)
+    dataset = read_pedes(data)
+    if split not in dataset.splits:
+        raise typer.BadParameter(
+            f"{split!r}; {dataset.name} has {', '.join(dataset.splits)}", param_hint="--split"
+        )
     model = load_trained(checkpoint)
-    metrics = evaluate_split(model, read_pedes(data)[split])
+    metrics = evaluate_split(model, dataset[split])
     _print_metrics(f"{checkpoint} on {data} ({split})", metrics)
     target = out or checkpoint / f"eval_{split}.json"
     target.write_text(json.dumps(metrics, indent=1))

@@ -158,6 +158,12 @@ class IdentityBatches(_Batches):
             self.by_pid[pid].append(index)
         if len(self.by_pid) < ids_per_batch:
             raise ValueError(f"ids_per_batch {ids_per_batch} but the split has {len(self.by_pid)} identities")
+        if len(pids) < batch_size * world_size:
+            # Topping identities up by repetition would otherwise build batches out of copies.
+            raise ValueError(
+                f"train.batch_size {batch_size} on {world_size} process(es) needs {batch_size * world_size} "
+                f"training samples; the split has {len(pids)}"
+            )
 
     def global_batches(self) -> list[list[tuple[int, int]]]:
         generator = self.generator()

@@ -2,7 +2,9 @@
 
 A training run that dies at hour three on one unreadable image, or that quietly learns from empty
 captions, costs more than reading every entry once. Each problem names the annotation entry and the
-file; all of them are reported, not only the first.
+file; all of them are reported, not only the first. The entries are checked by the reader's own
+rules (`pedes.validate_entries`), and `retrieval train` and `eval` run this same check before any
+work, so what passes here is what training can use.
 
 Image sizes are summarised, not judged: the released sets mix images from several source data sets
 and training resizes every image, so only an explicit `expected_size` makes a size a problem.
@@ -18,18 +20,15 @@ from statistics import median
 
 from PIL import Image, UnidentifiedImageError
 
-from visionloom.data.pedes import IMAGE_KEYS, DatasetFormatError, read_annotations
-
-
-@dataclass(frozen=True)
-class Problem:
-    entry: int | None  # index in the annotation file; None for problems of the whole file
-    file: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"entry {self.entry}" if self.entry is not None else "data set"
-        return f"{where}: {self.file}: {self.message}"
+from visionloom.data.pedes import (
+    ANNOTATION_FILES,
+    IMAGE_KEYS,
+    DatasetFormatError,
+    Problem,
+    read_annotations,
+    refuse,
+    validate_entries,
+)
 
 
 @dataclass
@@ -61,15 +60,19 @@ class DataCheck:
     sizes: SizeSummary
 
 
-def _image_size(path: Path) -> tuple[tuple[int, int] | None, str | None]:
-    """(height, width) or the reason the image cannot be read."""
+def image_problem(path: Path) -> tuple[tuple[int, int] | None, str | None]:
+    """((height, width), None) for an image that decodes completely, else (None, why)."""
+    if path.is_symlink() and not path.exists():
+        return None, "image file is a broken link"
     if not path.is_file():
         return None, "image file missing"
     try:
         with Image.open(path) as image:
             size = (image.height, image.width)
-            image.verify()  # decodes the stream's structure without keeping pixels
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+            image.load()  # decode every pixel: verify() does not decode JPEG data, so truncation passes it
+    except Image.DecompressionBombError as error:
+        return None, f"refused as a decompression bomb ({error})"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         return None, f"unreadable image ({type(error).__name__}: {error})"
     return size, None
 
@@ -79,66 +82,54 @@ def check_pedes(
 ) -> DataCheck:
     """Every problem of the data set at `root`, and a summary of its image sizes.
 
-    `expected_size` (height, width) makes every image of another size a problem; without it sizes
-    are only summarised (mixed sizes are normal in the released sets).
+    The entries go through `validate_entries` (the reader's own rules); every image is then opened
+    and decoded completely. `expected_size` (height, width) makes every image of another size a
+    problem; without it sizes are only summarised (mixed sizes are normal in the released sets).
     """
     root = Path(root)
     try:
         name, annotation_file, entries = read_annotations(root)
     except (FileNotFoundError, DatasetFormatError) as error:
         return DataCheck("unknown", [Problem(None, str(root), str(error))], SizeSummary())
-    image_key = IMAGE_KEYS[name]
-    problems: list[Problem] = []
+    checked = validate_entries(root, name, annotation_file, entries)
+    problems = checked.problems
     sizes: dict[int, tuple[int, int]] = {}
     usable_by_pid: dict[int, int] = defaultdict(int)
-    splits_by_pid: dict[int, set[str]] = defaultdict(set)
-    seen_paths: dict[str, int] = {}
-    indices = range(len(entries)) if progress is None else progress(range(len(entries)))
-    for index in indices:
-        entry = entries[index]
-        relative = str(entry[image_key])
-        try:
-            pid = int(entry["id"])
-        except (TypeError, ValueError):
-            problems.append(Problem(index, relative, f"identity {entry['id']!r} is not an integer"))
-            continue
-        splits_by_pid[pid].add(str(entry["split"]))
-        usable_by_pid.setdefault(pid, 0)
-        if relative in seen_paths:
-            problems.append(Problem(index, relative, f"same image as entry {seen_paths[relative]}"))
-        seen_paths[relative] = index
-        captions = entry["captions"]
-        if not isinstance(captions, list) or not captions:
-            problems.append(Problem(index, relative, "no captions"))
-        else:
-            for number, text in enumerate(captions):
-                if not isinstance(text, str) or not text.strip():
-                    problems.append(Problem(index, relative, f"caption {number} is empty"))
-        size, reason = _image_size(root / "imgs" / relative)
+    images = checked.image_paths
+    indices = range(len(images)) if progress is None else progress(range(len(images)))
+    for position in indices:
+        entry, pid, path = images[position]
+        if pid is not None:
+            usable_by_pid.setdefault(pid, 0)
+        size, reason = image_problem(path)
+        label = str(entries[entry][IMAGE_KEYS[name]])
         if reason:
-            problems.append(Problem(index, relative, reason))
+            problems.append(Problem(entry, label, reason))
             continue
-        sizes[index] = size
-        usable_by_pid[pid] += 1
-
-    if expected_size is not None:
-        for index, size in sizes.items():
-            if size != expected_size:
-                problems.append(
-                    Problem(
-                        index,
-                        str(entries[index][image_key]),
-                        f"size {size[0]}x{size[1]} (height x width); expected {expected_size[0]}x{expected_size[1]}",
-                    )
+        if expected_size is not None and size != expected_size:
+            problems.append(
+                Problem(
+                    entry,
+                    label,
+                    f"size {size[0]}x{size[1]} (height x width); expected {expected_size[0]}x{expected_size[1]}",
                 )
+            )
+        sizes[entry] = size
+        if pid is not None:
+            usable_by_pid[pid] += 1
     for pid, usable in sorted(usable_by_pid.items()):
         if usable == 0:
             problems.append(Problem(None, str(annotation_file), f"identity {pid} has no usable image"))
-        if len(splits_by_pid[pid]) > 1:
-            problems.append(
-                Problem(
-                    None, str(annotation_file), f"identity {pid} is in splits {sorted(splits_by_pid[pid])}"
-                )
-            )
     problems.sort(key=lambda problem: (problem.entry is None, problem.entry or 0))
     return DataCheck(name, problems, SizeSummary(Counter(sizes.values())))
+
+
+def require_usable(root: str | Path, progress: Iterable | None = None) -> None:
+    """Refuse a data set with any problem `check_pedes` finds, listing them; before any work."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data root {root} is not a directory")
+    report = check_pedes(root, progress=progress)
+    if report.problems:
+        annotation = next((p for p in (root / f for f in ANNOTATION_FILES.values()) if p.is_file()), root)
+        raise refuse(annotation, report.problems)

@@ -13,6 +13,12 @@ evaluation every image is a gallery item and every caption is its own query.
 ICFG-PEDES ships no validation split and IRRA validates on its test split. That is the
 checkpoint-selection-on-test mistake, so here a validation split is carved from the training
 identities instead (the last `VAL_FRACTION` of them in id order) and the report says so.
+
+Annotation files are untrusted data. `validate_entries` checks every entry (field types, split
+names, integer identities, captions as a list of non-empty strings, image paths that stay inside
+ROOT/imgs once every symlink is followed, duplicates, identities in two splits) and returns all
+problems at once; `read_pedes` refuses a file with any, and `data check` (data/check.py) reports
+them together with the problems of the images themselves.
 """
 
 from __future__ import annotations
@@ -28,10 +34,50 @@ ANNOTATION_FILES = {
 }
 IMAGE_KEYS = {"cuhk-pedes": "file_path", "icfg-pedes": "file_path", "rstpreid": "img_path"}
 VAL_FRACTION = 0.1
+SPLITS = ("train", "val", "test")
+SHOWN_PROBLEMS = 20  # problems listed in an error message; `data check` lists them all
 
 
 class DatasetFormatError(ValueError):
     """An annotation file that does not have the fields its format requires."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    entry: int | None  # index in the annotation file; None for problems of the whole file
+    file: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"entry {self.entry}" if self.entry is not None else "data set"
+        return f"{where}: {self.file}: {self.message}" if self.file else f"{where} {self.message}"
+
+
+def refuse(annotation_file: Path, problems: list[Problem]) -> DatasetFormatError:
+    """One error listing the first problems of a data set, and how to see them all."""
+    shown = "\n  ".join(str(problem) for problem in problems[:SHOWN_PROBLEMS])
+    more = f"\n  ... and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
+    return DatasetFormatError(
+        f"{annotation_file}: {len(problems)} problem(s); nothing was trained or evaluated. "
+        f"`visionloom data check {annotation_file.parent}` lists them all:\n  {shown}{more}"
+    )
+
+
+def resolve_inside(root: Path, relative: object) -> tuple[Path | None, str | None]:
+    """(root / relative with every symlink followed, None), or (None, why) when that path would
+    leave `root` (an absolute path, `..`, a link pointing out) or cannot be resolved."""
+    if not isinstance(relative, str) or not relative.strip():
+        return None, f"image path {relative!r} is not a file name"
+    if Path(relative).is_absolute():
+        return None, f"image path {relative!r} is absolute; paths are relative to {root}"
+    base = root.resolve()
+    try:
+        resolved = (base / relative).resolve()
+    except (RuntimeError, OSError) as error:  # Python raises RuntimeError on a symlink loop
+        return None, f"image path {relative!r} cannot be resolved: {error}"
+    if not resolved.is_relative_to(base):
+        return None, f"image path {relative!r} leads to {resolved}, outside {base}"
+    return resolved, None
 
 
 @dataclass(frozen=True)
@@ -99,50 +145,116 @@ def detect_format(root: Path) -> str:
     return found[0]
 
 
-def read_annotations(root: Path, name: str | None = None) -> tuple[str, Path, list[dict]]:
-    """The raw entries of a data set, after checking that each has the fields its format needs."""
+def read_annotations(root: Path, name: str | None = None) -> tuple[str, Path, list]:
+    """The raw entries of a data set: its annotation file parsed, nothing checked per entry yet."""
     name = name or detect_format(root)
     annotation_file = root / ANNOTATION_FILES[name]
     try:
-        entries = json.loads(annotation_file.read_text())
+        entries = json.loads(annotation_file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise DatasetFormatError(
+            f"{annotation_file}: not UTF-8 text (byte {error.start}: {error.reason})"
+        ) from None
     except json.JSONDecodeError as error:
         raise DatasetFormatError(f"{annotation_file}: not valid JSON ({error})") from None
     if not isinstance(entries, list):
         raise DatasetFormatError(
             f"{annotation_file}: expected a list of entries, got {type(entries).__name__}"
         )
-    required = ("split", "captions", IMAGE_KEYS[name], "id")
-    for index, entry in enumerate(entries):
-        missing = [key for key in required if not isinstance(entry, dict) or key not in entry]
-        if missing:
-            raise DatasetFormatError(
-                f"{annotation_file}: entry {index} lacks {', '.join(missing)} (a {name} entry has {', '.join(required)})"
-            )
     return name, annotation_file, entries
 
 
+@dataclass
+class EntryCheck:
+    """What `validate_entries` found."""
+
+    by_split: dict[str, list[PedesImage]]  # the entries without a problem
+    problems: list[Problem]
+    # (entry, identity or None, image path) of every entry whose path stays inside ROOT/imgs,
+    # problems or not: `data check` opens these images too, so one run reports everything.
+    image_paths: list[tuple[int, int | None, Path]]
+
+
+def validate_entries(root: Path, name: str, annotation_file: Path, entries: list) -> EntryCheck:
+    """Every entry checked against the format's rules; every problem is collected."""
+    image_key, image_root = IMAGE_KEYS[name], root / "imgs"
+    required = ("split", "captions", image_key, "id")
+    by_split: dict[str, list[PedesImage]] = {split: [] for split in SPLITS}
+    problems: list[Problem] = []
+    seen_paths: dict[Path, int] = {}
+    splits_by_pid: dict[int, set[str]] = {}
+    image_paths: list[tuple[int, int | None, Path]] = []
+    if not entries:
+        problems.append(Problem(None, str(annotation_file), "the annotation list is empty"))
+    for index, entry in enumerate(entries):
+        label = str(entry.get(image_key, "")) if isinstance(entry, dict) else ""
+
+        def problem(message: str, index=index, label=label) -> None:
+            problems.append(Problem(index, label, message))
+
+        if not isinstance(entry, dict):
+            problem(f"expected an object with {', '.join(required)}, got {type(entry).__name__}")
+            continue
+        missing = [key for key in required if key not in entry]
+        if missing:
+            problem(f"lacks {', '.join(missing)} (a {name} entry has {', '.join(required)})")
+            continue
+        split, pid, captions = entry["split"], entry["id"], entry["captions"]
+        found = len(problems)
+        if split not in SPLITS:
+            problem(f"split {split!r}; expected one of {', '.join(SPLITS)}")
+        if isinstance(pid, bool) or not isinstance(pid, int):
+            problem(f"identity {pid!r} is not an integer")
+        if isinstance(captions, str):
+            problem("captions is a single string; expected a list of strings")
+        elif not isinstance(captions, list) or not captions:
+            problem("no captions")
+        else:
+            for number, text in enumerate(captions):
+                if not isinstance(text, str):
+                    problem(f"caption {number} is {text!r}, not text")
+                elif not text.strip():
+                    problem(f"caption {number} is empty")
+        path, why = resolve_inside(image_root, entry[image_key])
+        if why:
+            problem(why)
+        elif path in seen_paths:
+            problem(f"same image as entry {seen_paths[path]}")
+        else:
+            seen_paths[path] = index
+            named = image_root / entry[image_key]
+            image_paths.append(
+                (index, pid if isinstance(pid, int) and not isinstance(pid, bool) else None, named)
+            )
+        if len(problems) > found:
+            continue
+        splits_by_pid.setdefault(pid, set()).add(split)
+        # The path as named (ROOT/imgs/<file>): it was checked to resolve inside ROOT/imgs above.
+        image = PedesImage(path=image_root / entry[image_key], pid=pid, captions=tuple(captions), entry=index)
+        by_split[split].append(image)
+    for pid, splits in sorted(splits_by_pid.items()):
+        if len(splits) > 1:
+            problems.append(
+                Problem(None, str(annotation_file), f"identity {pid} is in splits {sorted(splits)}")
+            )
+    return EntryCheck(by_split, problems, image_paths)
+
+
 def read_pedes(root: str | Path, name: str | None = None) -> PedesDataset:
-    """Read a data set in its released format; `name` is detected from the annotation file if omitted."""
+    """Read a data set in its released format; `name` is detected from the annotation file if omitted.
+
+    Any problem of any entry refuses the whole file, listing them (see `validate_entries`).
+    """
     root = Path(root)
     name, annotation_file, entries = read_annotations(root, name)
-    image_key = IMAGE_KEYS[name]
-    by_split: dict[str, list[PedesImage]] = {"train": [], "val": [], "test": []}
-    for index, entry in enumerate(entries):
-        split = str(entry["split"]).lower()
-        if split not in by_split:
-            raise DatasetFormatError(
-                f"{annotation_file}: entry {index} has split {split!r}; expected train, val or test"
-            )
-        captions = entry["captions"]
-        if isinstance(captions, str):
-            captions = [captions]
-        by_split[split].append(
-            PedesImage(
-                path=root / "imgs" / entry[image_key],
-                pid=int(entry["id"]),
-                captions=tuple(str(text) for text in captions),
-                entry=index,
-            )
+    checked = validate_entries(root, name, annotation_file, entries)
+    if checked.problems:
+        raise refuse(annotation_file, checked.problems)
+    by_split = checked.by_split
+    if not by_split["train"] or not by_split["test"]:
+        raise DatasetFormatError(
+            f"{annotation_file}: a {name} set needs train and test entries; found "
+            + ", ".join(f"{split} {len(images)}" for split, images in by_split.items())
         )
     notes = []
     if not by_split["val"]:

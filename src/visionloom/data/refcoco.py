@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from visionloom.data.pedes import DatasetFormatError
+from visionloom.data.pedes import SHOWN_PROBLEMS, DatasetFormatError, resolve_inside
 
 DEFAULT_SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
 
@@ -123,9 +123,18 @@ def find_refs_file(root: Path, split_by: str | None) -> Path:
     raise DatasetFormatError(f"{root}: no refs file; looked for {', '.join(names)}")
 
 
+def read_json_file(path: Path) -> object:
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise DatasetFormatError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason})") from None
+    except json.JSONDecodeError as error:
+        raise DatasetFormatError(f"{path}: not valid JSON ({error})") from None
+
+
 def load_refs(path: Path, allow_pickle: bool = False) -> list[dict]:
     if path.suffix == ".json":
-        return json.loads(path.read_text())
+        return read_json_file(path)
     if allow_pickle is not True:  # only the real True: a truthy "false" or "n" must not unpickle
         raise DatasetFormatError(
             f"{path} is a pickle, and unpickling runs whatever code the file holds. Export it to JSON "
@@ -136,6 +145,70 @@ def load_refs(path: Path, allow_pickle: bool = False) -> list[dict]:
 
     with open(path, "rb") as handle:
         return pickle.load(handle)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def segmentation_problem(segmentation: object, height: int, width: int) -> str | None:
+    """Why a COCO segmentation cannot be decoded, or None (checked before pycocotools sees it)."""
+    if isinstance(segmentation, list):
+        if not segmentation:
+            return "segmentation is an empty polygon list"
+        for part in segmentation:
+            if not isinstance(part, list) or len(part) < 6 or len(part) % 2 or not all(map(_number, part)):
+                return f"a polygon must be a list of at least 3 x, y pairs, got {str(part)[:60]}"
+        return None
+    if isinstance(segmentation, dict):
+        size, counts = segmentation.get("size"), segmentation.get("counts")
+        if size != [height, width]:
+            return f"RLE size {size!r} is not the image's [{height}, {width}]"
+        if isinstance(counts, list):
+            if not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != height * width:
+                return f"uncompressed RLE counts must be non-negative integers summing to {height * width}"
+            return None
+        if not isinstance(counts, str) or not counts:
+            return f"RLE counts must be a string (compressed) or a list (uncompressed), got {type(counts).__name__}"
+        return None
+    return f"segmentation must be polygons (a list) or RLE (a mapping), got {type(segmentation).__name__}"
+
+
+def index_instances(instances_file: Path) -> tuple[dict, dict, list[str]]:
+    """(images by id, annotations by id, problems) of a COCO instances file."""
+    instances = read_json_file(instances_file)
+    if not isinstance(instances, dict) or not isinstance(instances.get("images"), list):
+        raise DatasetFormatError(f"{instances_file}: expected COCO instances with an 'images' list")
+    if not isinstance(instances.get("annotations"), list):
+        raise DatasetFormatError(f"{instances_file}: no 'annotations' list")
+    problems, images, annotations = [], {}, {}
+    for image in instances["images"]:
+        fields = isinstance(image, dict) and all(k in image for k in ("id", "file_name", "height", "width"))
+        if not fields or not all(isinstance(image[k], int) and image[k] > 0 for k in ("height", "width")):
+            problems.append(f"image {str(image)[:80]}: needs id, file_name and positive height and width")
+            continue
+        images[image["id"]] = image
+    for annotation in instances["annotations"]:
+        if not isinstance(annotation, dict) or not all(
+            k in annotation for k in ("id", "image_id", "bbox", "segmentation")
+        ):
+            problems.append(f"annotation {str(annotation)[:80]}: needs id, image_id, bbox and segmentation")
+            continue
+        where = f"annotation {annotation['id']}"
+        image = images.get(annotation["image_id"])
+        if image is None:
+            problems.append(f"{where}: image_id {annotation['image_id']!r} is not in the images list")
+            continue
+        bbox = annotation["bbox"]
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(map(_number, bbox)):
+            problems.append(f"{where}: bbox must be [x, y, width, height], got {bbox!r}")
+            continue
+        why = segmentation_problem(annotation["segmentation"], image["height"], image["width"])
+        if why:
+            problems.append(f"{where}: {why}")
+            continue
+        annotations[annotation["id"]] = annotation
+    return images, annotations, problems
 
 
 def read_refcoco(
@@ -157,35 +230,65 @@ def read_refcoco(
         if dataset not in DEFAULT_SPLIT_BY:
             raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DEFAULT_SPLIT_BY)}")
         split_by = DEFAULT_SPLIT_BY[dataset]
-    refs = load_refs(find_refs_file(root, split_by), allow_pickle)
+    refs_file = find_refs_file(root, split_by)
+    refs = load_refs(refs_file, allow_pickle)
+    if not isinstance(refs, list):
+        raise DatasetFormatError(f"{refs_file}: expected a list of refs, got {type(refs).__name__}")
     instances_file = root / "instances.json"
     if not instances_file.exists():
         raise DatasetFormatError(f"{root}: instances.json (COCO instance annotations) is missing")
-    instances = json.loads(instances_file.read_text())
-    images = {image["id"]: image for image in instances["images"]}
-    annotations = {annotation["id"]: annotation for annotation in instances["annotations"]}
+    images, annotations, problems = index_instances(instances_file)
     if not images:
-        raise DatasetFormatError(f"{instances_file}: no images")
-    image_dir = find_image_dir(root, image_dir, instances["images"][0]["file_name"])
+        raise DatasetFormatError(f"{instances_file}: no usable images")
+    image_dir = find_image_dir(root, image_dir, next(iter(images.values()))["file_name"])
 
     samples = []
     for ref in refs:
+        if not isinstance(ref, dict) or not all(
+            k in ref for k in ("ref_id", "ann_id", "image_id", "split", "sentences")
+        ):
+            problems.append(f"ref {str(ref)[:80]}: needs ref_id, ann_id, image_id, split and sentences")
+            continue
+        where = f"ref {ref['ref_id']}"
+        if not isinstance(ref["split"], str):
+            problems.append(f"{where}: split {ref['split']!r} is not a name")
+            continue
         if split is not None and ref["split"] != split:
             continue
         annotation = annotations.get(ref["ann_id"])
+        image = images.get(ref["image_id"])
         if annotation is None:
-            raise DatasetFormatError(
-                f"ref {ref['ref_id']}: annotation {ref['ann_id']} is not in instances.json"
+            problems.append(
+                f"{where}: annotation {ref['ann_id']} is not in instances.json (or was refused above)"
             )
-        image = images[ref["image_id"]]
-        for sentence in ref["sentences"]:
+            continue
+        if image is None or annotation["image_id"] != ref["image_id"]:
+            problems.append(
+                f"{where}: image_id {ref['image_id']!r} is not the image of annotation {ref['ann_id']}"
+            )
+            continue
+        path, why = resolve_inside(image_dir, image["file_name"])
+        if why:
+            problems.append(f"{where}: {why}")
+            continue
+        sentences = ref["sentences"]
+        if not isinstance(sentences, list) or not sentences:
+            problems.append(f"{where}: sentences must be a non-empty list")
+            continue
+        for number, sentence in enumerate(sentences):
+            text = sentence.get("sent") if isinstance(sentence, dict) else None
+            if not isinstance(text, str) or not text.strip():
+                problems.append(
+                    f"{where} (annotation {ref['ann_id']}): sentence {number} has no text ('sent')"
+                )
+                continue
             samples.append(
                 RefSample(
                     ref_id=ref["ref_id"],
                     sent_id=sentence.get("sent_id", -1),
                     image_id=ref["image_id"],
                     image_path=image_dir / image["file_name"],
-                    expression=sentence["sent"].strip(),
+                    expression=text.strip(),
                     split=ref["split"],
                     box=tuple(annotation["bbox"]),
                     height=image["height"],
@@ -193,7 +296,13 @@ def read_refcoco(
                     segmentation=annotation["segmentation"],
                 )
             )
+    if problems:
+        shown = "\n  ".join(problems[:SHOWN_PROBLEMS])
+        more = f"\n  ... and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
+        raise DatasetFormatError(
+            f"{refs_file} / {instances_file.name}: {len(problems)} problem(s):\n  {shown}{more}"
+        )
     if not samples:
-        found = sorted({ref["split"] for ref in refs})
+        found = sorted({str(ref["split"]) for ref in refs})
         raise DatasetFormatError(f"{root}: no samples in split {split!r}; splits present: {found}")
     return samples

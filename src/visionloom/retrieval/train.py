@@ -18,9 +18,11 @@ from pathlib import Path
 
 import torch
 import yaml
+from rich.progress import track
 
 from visionloom import config as config_io
 from visionloom.data.build import TrainPairs, make_sampler, train_loader
+from visionloom.data.check import require_usable
 from visionloom.data.pedes import read_pedes
 from visionloom.engine.checkpoint import load_weights
 from visionloom.engine.trainer import Trainer, TrainResult, make_accelerator
@@ -66,6 +68,10 @@ def train_retrieval(
             "data.augment=irra with vq.online=true: the online VQ targets would be codes of the cropped, "
             "erased view while the offline cache holds the clean image's; use the offline cache with irra"
         )
+    # The whole data set is checked before any work: the same rules as `data check`, one code path.
+    require_usable(
+        data_root, progress=(lambda it: track(it, description="checking data")) if progress else None
+    )
     dataset = read_pedes(data_root)
     train_split, val_split = dataset["train"], dataset["val"]
     vq_model, cache = prepare_vq(config, data_root) if needs_vq(config) else (None, None)
