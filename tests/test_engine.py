@@ -215,27 +215,11 @@ def test_accelerate_launch_two_cpu_processes(pedes_root, tmp_path):
             assert not set(first) & set(second)  # random batches: every sample on one process only
 
     run = tmp_path / "run"
-    launched(
-        "-m",
-        "visionloom.cli",
-        "retrieval",
-        "train",
-        "baseline",
-        "--data",
-        str(pedes_root),
-        "--out",
-        str(run),
-        "--set",
-        "model.image_size=[64, 32]",
-        "--set",
-        "train.steps=3",
-        "--set",
-        "train.batch_size=4",
-        "--set",
-        "train.ids_per_batch=2",
-        "--set",
-        "train.checkpoint_every=2",
-    )
+    settings = ["model.image_size=[64, 32]", "train.steps=3", "train.batch_size=4", "train.ids_per_batch=2"]
+    settings += ["train.checkpoint_every=2", "model.text.tiny={dropout_rate: 0.1}"]
+    train = ["-m", "visionloom.cli", "retrieval", "train", "phase1", "--data", str(pedes_root)]
+    train += [part for setting in settings for part in ("--set", setting)]
+    launched(*train, "--out", str(run))
     state = json.loads((latest_checkpoint(run / "checkpoints") / "state.json").read_text())
     assert state["processes"] == 2 and state["step"] == 3
     assert {p.name for p in latest_checkpoint(run / "checkpoints").glob("rng_*.pt")} == {
@@ -243,6 +227,19 @@ def test_accelerate_launch_two_cpu_processes(pedes_root, tmp_path):
         "rng_1.pt",
     }
     assert json.loads((run / "test_metrics.json").read_text())["test"]["R1"] >= 0
+
+    # A 2-process run killed after its step-2 checkpoint (its files as they were then), resumed
+    # under the launcher, ends bit for bit where the uninterrupted run ended.
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(run / "checkpoints" / "step_0000002", resumed / "checkpoints" / "step_0000002")
+    for name in ("config.yaml", "data.json", "run.json"):
+        shutil.copy(run / name, resumed / name)
+    launched(*train, "--out", str(resumed), "--resume")
+    final, again = (_weights(r / "checkpoints" / "step_0000003") for r in (run, resumed))
+    assert final.keys() == again.keys() and all(torch.equal(final[k], again[k]) for k in final)
+    start = _weights(run / "checkpoints" / "step_0000002")
+    assert not all(torch.equal(start[k], final[k]) for k in start)  # training moved the weights
 
 
 class _PartlyFrozen(torch.nn.Module):

@@ -88,7 +88,9 @@ def test_rstpreid_as_released_with_mixed_image_sizes_checks_trains_and_evaluates
         name = f"{entry['id']:04d}_c{index}.jpg"
         with Image.open(pedes_root / "imgs" / entry["file_path"]) as picture:
             picture.convert("RGB").resize((width, height)).save(root / "imgs" / name)
-        released.append({"id": entry["id"], "img_path": name, "captions": entry["captions"], "split": entry["split"]})
+        released.append(
+            {"id": entry["id"], "img_path": name, "captions": entry["captions"], "split": entry["split"]}
+        )
     (root / "data_captions.json").write_text(json.dumps(released))
 
     report = check_pedes(root)

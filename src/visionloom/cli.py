@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import shlex
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,15 +26,29 @@ console = Console()
 error_console = Console(stderr=True)
 
 
+def resume_command() -> str:
+    """The command line that continues this run: the same arguments with --resume."""
+    arguments = [a for a in sys.argv[1:] if a != "--overwrite"]
+    return shlex.join(["visionloom", *arguments, *([] if "--resume" in arguments else ["--resume"])])
+
+
 def one_line_errors(command: Callable) -> Callable:
-    """Run `command`; an error about the user's input becomes one line on stderr and exit 2."""
+    """Run `command`; an error about the user's input becomes one line on stderr and exit 2, and
+    Ctrl-C during training says what was saved and how to continue (exit 130)."""
 
     @functools.wraps(command)
     def guarded(*args, **kwargs):
+        from visionloom.engine.trainer import TrainingInterrupted
+
         try:
             return command(*args, **kwargs)
         except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort):
             raise
+        except TrainingInterrupted as stop:
+            error_console.print(stop.message, highlight=False, soft_wrap=True)
+            if stop.resume_from is not None:
+                error_console.print(f"continue with: {resume_command()}", highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
         except (
             ValueError,
             FileNotFoundError,
@@ -244,6 +260,7 @@ def vlm_pretrain(
     batch_size: int = typer.Option(32, "--batch-size"),
     seed: int = typer.Option(0, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/run/checkpoints."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace what OUT already holds."),
 ) -> None:
     """Train a tiny VLM of the real class from random weights on captions and questions about scenes."""
     from visionloom.vlm.pretrain import PretrainConfig, pretrain
@@ -252,7 +269,7 @@ def vlm_pretrain(
     config.train.steps, config.train.batch_size, config.train.seed = steps, batch_size, seed
     config.train.eval_every = config.train.checkpoint_every = max(1, min(500, steps))
     try:
-        report = pretrain(data, out, config, resume=resume)
+        report = pretrain(data, out, config, resume=resume, overwrite=overwrite)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
     _print_metrics(f"{family}: answer accuracy on held-out scenes (%)", report["test_accuracy"])
@@ -273,20 +290,17 @@ def ground_train(
     vlm: str | None = typer.Option(
         None, "--vlm", help="Frozen VLM: a checkpoint directory or a preset name."
     ),
-    resume: bool = typer.Option(False, "--resume"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run's latest checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in OUT."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. train.steps=100."),
 ) -> None:
     """Train the mask head, text projection and SAM decoder on a frozen VLM; select on val, test once."""
-    from visionloom.config import ConfigError
     from visionloom.grounding.train import load_config, train_grounding
 
-    try:
-        settings = load_config(config, overrides)
-        if vlm is not None:
-            settings.vlm = vlm
-        summary = train_grounding(settings, data, out, resume=resume)
-    except (ConfigError, ValueError) as error:
-        raise typer.BadParameter(str(error)) from None
+    settings = load_config(config, overrides)
+    if vlm is not None:
+        settings.vlm = vlm
+    summary = train_grounding(settings, data, out, resume=resume, overwrite=overwrite)
     _print_split_metrics(
         f"{settings.name}, % (weights of step {summary['selected']['step']}, selected on val)",
         summary["evaluation"],
@@ -350,16 +364,12 @@ def prune_eval(
     overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. max_questions=100."),
 ) -> None:
     """Accuracy, prefill time and FLOPs for each pruner at keep ratios 100/50/25/11%."""
-    from visionloom.config import ConfigError
     from visionloom.pruning.evaluate import evaluate_pruning, load_config
 
-    try:
-        settings = load_config(config, overrides)
-        if vlm is not None:
-            settings.vlm = vlm
-        evaluate_pruning(settings, data, out)
-    except (ConfigError, ValueError) as error:
-        raise typer.BadParameter(str(error)) from None
+    settings = load_config(config, overrides)
+    if vlm is not None:
+        settings.vlm = vlm
+    evaluate_pruning(settings, data, out)
     console.print((out / "prune_table.md").read_text())
     console.print(f"plot: {out / 'accuracy_vs_tokens.png'}")
 
@@ -411,20 +421,17 @@ def retrieval_train(
     data: Path = typer.Option(..., "--data", help="Data set root."),
     out: Path = typer.Option(..., "--out", help="Run directory."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's latest checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in OUT."),
     overrides: list[str] = typer.Option(
         [], "--set", help="Override a config field, e.g. --set train.steps=50."
     ),
 ) -> None:
     """Train a retrieval model; select on val; evaluate test once. Works under `accelerate launch`."""
-    from visionloom.config import ConfigError
     from visionloom.retrieval.build import load_config
     from visionloom.retrieval.train import train_retrieval
 
-    try:
-        experiment = load_config(config, overrides)
-    except ConfigError as error:
-        raise typer.BadParameter(str(error), param_hint="CONFIG / --set") from None
-    summary = train_retrieval(experiment, data, out, resume=resume)
+    experiment = load_config(config, overrides)
+    summary = train_retrieval(experiment, data, out, resume=resume, overwrite=overwrite)
     if "test" in summary:
         _print_metrics(
             f"{experiment.name}: test split (weights selected on val at step {summary['selected']['step']})",

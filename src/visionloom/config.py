@@ -225,11 +225,29 @@ def to_dict(config: Any) -> dict:
     return plain(dataclasses.asdict(config))
 
 
+def differing_keys(before: Any, after: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested mappings, as "key: old -> new"."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        keys = list(dict.fromkeys([*before, *after]))
+        return [
+            line
+            for key in keys
+            for line in differing_keys(before.get(key), after.get(key), f"{prefix}{key}.")
+        ]
+    return [] if before == after else [f"{prefix.rstrip('.')}: {before!r} -> {after!r}"]
+
+
 def save_run_config(run_dir: Path, config: Any, resume: bool) -> None:
-    """Write RUN/config.yaml; on --resume, refuse a config other than the one the run was trained with."""
+    """Write RUN/config.yaml; on --resume, refuse a config other than the one the run was trained
+    with, naming every key that differs."""
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = run_dir / "config.yaml"
-    resolved = yaml.safe_dump(to_dict(config), sort_keys=False)
-    if resume and saved.is_file() and saved.read_text() != resolved:
-        raise ValueError(f"--resume with another config than {saved} was trained with; use the same config")
-    saved.write_text(resolved)
+    resolved = to_dict(config)
+    if resume and saved.is_file():
+        differences = differing_keys(yaml.safe_load(saved.read_text()), resolved)
+        if differences:
+            raise ConfigError(
+                f"--resume with another config than {saved} was trained with: {'; '.join(differences)}. "
+                f"Resume with the same settings."
+            )
+    saved.write_text(yaml.safe_dump(resolved, sort_keys=False))

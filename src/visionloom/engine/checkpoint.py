@@ -133,14 +133,26 @@ def save_checkpoint(
     return final
 
 
+def is_complete(path: Path) -> bool:
+    """A checkpoint directory with everything `save_checkpoint` writes (it is renamed into place
+    only when complete, but a copy or a partial delete may leave less)."""
+    if not (path / "state.json").is_file() or not (path / "model.safetensors").is_file():
+        return False
+    processes = json.loads((path / "state.json").read_text()).get("processes", 1)
+    return all((path / f"rng_{rank}.pt").is_file() for rank in range(processes))
+
+
 def latest_checkpoint(directory: Path) -> Path | None:
-    pointer = directory / LATEST
-    if not pointer.is_file():
-        return None
-    path = directory / pointer.read_text().strip()
-    if not (path / "state.json").is_file():
-        raise FileNotFoundError(f"{pointer} names {path.name}, which is incomplete or missing")
-    return path
+    """The newest complete checkpoint: what `latest` names, or a newer complete one that a run
+    killed between writing it and updating `latest` left behind. None when there is none."""
+    complete = sorted(
+        (p for p in directory.glob("step_*") if p.is_dir() and is_complete(p)), key=lambda p: p.name
+    )
+    return complete[-1] if complete else None
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.split("_")[1])
 
 
 def load_checkpoint(
@@ -153,10 +165,11 @@ def load_checkpoint(
             f"{path} was written by {state['processes']} process(es) but this run has {accelerator.num_processes}; "
             f"resume with the same number of processes to continue bit for bit"
         )
-    load_weights(accelerator.unwrap_model(model), path / "model.safetensors", device=str(accelerator.device))
-    optimizer.load_state_dict(
-        torch.load(path / "optimizer.pt", map_location=accelerator.device, weights_only=True)
-    )
+    # Under `accelerate launch` a CPU process's device is "cpu:0", which safetensors and torch.load
+    # refuse; CPU tensors load as "cpu", and the optimizer moves its state to the parameters' device.
+    device = "cpu" if accelerator.device.type == "cpu" else str(accelerator.device)
+    load_weights(accelerator.unwrap_model(model), path / "model.safetensors", device=device)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng = torch.load(path / f"rng_{accelerator.process_index}.pt", weights_only=True)
     return state, rng

@@ -15,8 +15,11 @@ from __future__ import annotations
 import csv
 import json
 import math
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from visionloom.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from visionloom.engine.checkpoint import (
     capture_rng,
+    checkpoint_step,
     latest_checkpoint,
     load_checkpoint,
     restore_rng,
@@ -105,6 +109,48 @@ def move(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     }
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, after whatever could be saved consistently was saved."""
+
+    def __init__(self, step: int, saved: Path | None, resume_from: int | None, message: str):
+        super().__init__(message)
+        self.step, self.saved, self.resume_from, self.message = step, saved, resume_from, message
+
+
+class DeferredInterrupt:
+    """Ctrl-C raises at once, except inside `critical()` (the optimizer's update of the weights),
+    where it is held until the block ends, so a checkpoint never holds half-updated weights."""
+
+    def __init__(self):
+        self.inside, self.pending, self.previous = False, False, None
+
+    def __enter__(self) -> DeferredInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def _handle(self, _signum, _frame) -> None:
+        if self.inside:
+            self.pending = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def critical(self) -> Iterator[None]:
+        self.inside = True
+        try:
+            yield
+        finally:
+            self.inside = False
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+
 @dataclass
 class TrainResult:
     step: int
@@ -141,19 +187,31 @@ class Trainer:
         self.checkpoints = self.run_dir / "checkpoints"
 
     # ------------------------------------------------------------------ state
-    def _state(self, step: int, epoch: int, batch_in_epoch: int, best, seconds: float) -> dict[str, Any]:
-        return {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "best": best, "seconds": seconds}
-
-    def _save(self, step, epoch, batch_in_epoch, best, seconds, rng_state) -> None:
-        save_checkpoint(
+    def _save(self, step, position, best, seconds, rng_state, validation_pending: bool = False) -> Path:
+        """Checkpoint `step`: where the next step starts (`position`, `rng_state`), and whether the
+        validation due at `step` still has to run (Ctrl-C came during it)."""
+        epoch, batch_in_epoch = position
+        state = {
+            "epoch": epoch,
+            "batch_in_epoch": batch_in_epoch,
+            "best": best,
+            "seconds": seconds,
+            "validation_pending": validation_pending,
+        }
+        return save_checkpoint(
             self.checkpoints,
             step,
             self.model,
             self.optimizer,
             self.scheduler,
-            self._state(step, epoch, batch_in_epoch, best, seconds),
+            state,
             rng_state,
             self.accelerator,
+        )
+
+    def _validation_due(self, step: int) -> bool:
+        return (
+            bool(self.config.eval_every and step % self.config.eval_every == 0) or step == self.config.steps
         )
 
     def _select(self, step: int, best: dict | None) -> dict | None:
@@ -161,7 +219,9 @@ class Trainer:
         if self.validate is None:
             return best
         self.model.eval()
-        with torch.no_grad():
+        # Validation draws no numbers that training will see: resuming right after it, or right
+        # before it (Ctrl-C came during it), continues the same random streams.
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
             metrics = (
                 self.validate(self.accelerator.unwrap_model(self.model))
                 if self.accelerator.is_main_process
@@ -224,20 +284,20 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def fit(self, resume: bool = False) -> TrainResult:
         config, accelerator = self.config, self.accelerator
-        step, epoch, batch_in_epoch, best, seconds_before = 0, 0, 0, None, 0.0
+        step, position, best, seconds_before, validation_pending = 0, (0, 0), None, 0.0, False
         if resume:
             checkpoint = latest_checkpoint(self.checkpoints)
             if checkpoint is None:
-                raise FileNotFoundError(f"--resume: no checkpoint in {self.checkpoints}")
+                raise FileNotFoundError(
+                    f"--resume: {self.checkpoints} holds no complete checkpoint (the run stopped before its "
+                    f"first one, every {config.checkpoint_every} steps); start it again with --overwrite"
+                )
             state, rng = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler, accelerator)
             restore_rng(rng)
-            step = int(checkpoint.name.split("_")[1])
-            epoch, batch_in_epoch, best, seconds_before = (
-                state["epoch"],
-                state["batch_in_epoch"],
-                state["best"],
-                state["seconds"],
-            )
+            step = checkpoint_step(checkpoint)
+            position = (state["epoch"], state["batch_in_epoch"])
+            best, seconds_before = state["best"], state["seconds"]
+            validation_pending = state.get("validation_pending", False)
         log_file, self._tensorboard = self._open_logs(step)
         sampler = self.loader.batch_sampler
         batches_per_epoch = len(sampler)
@@ -258,9 +318,14 @@ class Trainer:
         )
         task = progress.add_task("train", total=config.steps, completed=step, status="")
         window_samples, window_start = 0, time.perf_counter()
-        rng_at_step, position = capture_rng(), (epoch, batch_in_epoch)
+        rng_at_step = capture_rng()  # where the next step starts, with `position`
+        interrupts = DeferredInterrupt()
         try:
-            with progress:
+            with progress, interrupts:
+                if validation_pending:  # the validation Ctrl-C interrupted, before anything else
+                    best = self._select(step, best)
+                    validation_pending = False
+                epoch, batch_in_epoch = position
                 while step < config.steps:
                     sampler.set_epoch(epoch, start=batch_in_epoch)
                     for batch in self.loader:
@@ -275,31 +340,33 @@ class Trainer:
                             accelerator.backward(total)
                             if accelerator.sync_gradients and config.grad_clip > 0:
                                 accelerator.clip_grad_norm_(self.model.parameters(), config.grad_clip)
-                            self.optimizer.step()
-                            self.optimizer.zero_grad(set_to_none=True)
+                            with interrupts.critical():  # the weights change here, all at once
+                                self.optimizer.step()
+                                self.optimizer.zero_grad(set_to_none=True)
+                                if accelerator.sync_gradients:
+                                    self.scheduler.step()
+                                    step += 1
+                                    # Where the next step starts: what a checkpoint of this step records.
+                                    done = batch_in_epoch >= batches_per_epoch
+                                    position = (epoch + 1, 0) if done else (epoch, batch_in_epoch)
+                                    rng_at_step = capture_rng()
                         window_samples += config.batch_size * accelerator.num_processes
                         if not accelerator.sync_gradients:
                             continue
-                        self.scheduler.step()
-                        step += 1
                         seconds = seconds_before + time.perf_counter() - started
                         if step % config.log_every == 0 or step == config.steps:
                             throughput = window_samples / max(1e-9, time.perf_counter() - window_start)
                             window_samples, window_start = 0, time.perf_counter()
-                            self._log_step(step, epoch, losses, total, throughput, seconds, log_file)
-                            progress.update(
-                                task, status=f"loss {total.item():.3f}  {throughput:.0f} samples/s"
-                            )
+                            shown = self._log_step(step, epoch, losses, total, throughput, seconds, log_file)
+                            progress.update(task, status=f"loss {shown:.3f}  {throughput:.0f} samples/s")
                         progress.update(task, completed=step)
                         at_end = step == config.steps
-                        if config.eval_every and step % config.eval_every == 0 or at_end:
+                        if self._validation_due(step):
+                            validation_pending = True
                             best = self._select(step, best)
-                        # Where the next step starts: what a checkpoint of this step records.
-                        rng_at_step = capture_rng()
-                        done = batch_in_epoch >= batches_per_epoch
-                        position = (epoch + 1, 0) if done else (epoch, batch_in_epoch)
+                            validation_pending = False
                         if step % config.checkpoint_every == 0 or at_end:
-                            self._save(step, *position, best, seconds, rng_at_step)
+                            self._save(step, position, best, seconds, rng_at_step)
                             if log_file is not None:
                                 self._write_csv(log_file)
                         if at_end:
@@ -309,10 +376,14 @@ class Trainer:
                         continue
                     break
         except KeyboardInterrupt:
-            # Keep what is done: the last completed step, with the RNG as it was at that step.
-            if step > 0 and accelerator.num_processes == 1:
-                self._save(step, *position, best, seconds_before + time.perf_counter() - started, rng_at_step)
-            raise
+            raise self._interrupted(
+                step,
+                position,
+                best,
+                seconds_before + time.perf_counter() - started,
+                rng_at_step,
+                validation_pending,
+            ) from None
         finally:
             if log_file is not None:
                 self._write_csv(log_file)
@@ -320,9 +391,40 @@ class Trainer:
                 self._tensorboard.close()
         return TrainResult(step, seconds_before + time.perf_counter() - started, best, self.run_dir)
 
-    def _log_step(self, step, epoch, losses, total, throughput, seconds, log_file) -> None:
+    def _interrupted(
+        self, step, position, best, seconds, rng_state, validation_pending
+    ) -> TrainingInterrupted:
+        """Save what is consistent after Ctrl-C (one process), or say what a resume continues from."""
+        if step > 0 and self.accelerator.num_processes == 1:
+            saved = self._save(step, position, best, seconds, rng_state, validation_pending)
+            message = f"interrupted after step {step}: saved {saved}" + (
+                " (its validation was cut short and runs first on resume)" if validation_pending else ""
+            )
+            return TrainingInterrupted(step, saved, step, message)
+        latest = latest_checkpoint(self.checkpoints)
+        resume_from = checkpoint_step(latest) if latest is not None else None
+        why = (
+            "nothing was saved: several processes cannot agree on one checkpoint after Ctrl-C"
+            if step > 0
+            else "nothing was saved: no step had finished"
+        )
+        after = (
+            f"--resume continues from step {resume_from} ({latest})"
+            if latest
+            else "there is no checkpoint to resume from"
+        )
+        return TrainingInterrupted(step, None, resume_from, f"interrupted at step {step}; {why}; {after}")
+
+    def _log_step(self, step, epoch, losses, total, throughput, seconds, log_file) -> float:
+        """Log the step's losses averaged over every process (each saw its own batch); returns the total."""
+        accelerator = self.accelerator
+        if accelerator.num_processes > 1:  # a collective: every process logs at the same steps
+            losses = {
+                key: accelerator.reduce(value.detach(), reduction="mean") for key, value in losses.items()
+            }
+            total = accelerator.reduce(total.detach(), reduction="mean")
         if log_file is None:
-            return
+            return float(total.detach())
         row = {
             "step": step,
             "epoch": epoch,
@@ -336,3 +438,4 @@ class Trainer:
         if self._tensorboard is not None:
             for key in ("loss", *losses, "lr", "samples_per_s"):
                 self._tensorboard.add_scalar(f"train/{key}", row[key], step)
+        return float(total.detach())

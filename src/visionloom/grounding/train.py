@@ -24,8 +24,9 @@ from visionloom.backbones import load
 from visionloom.config import PositiveInt
 from visionloom.data.build import RandomBatches
 from visionloom.data.pedes import DatasetFormatError
-from visionloom.data.refcoco import RefSample, evaluation_splits, read_refcoco
+from visionloom.data.refcoco import RefSample, evaluation_splits, find_refs_file, read_refcoco
 from visionloom.engine.checkpoint import load_weights
+from visionloom.engine.run import check_run_dir, fingerprint, open_run, record_data
 from visionloom.engine.trainer import TrainConfig, Trainer, make_accelerator
 from visionloom.grounding.attention import DEFAULT_PROMPT
 from visionloom.grounding.features import FeatureSet, SampleFeatures, collate, compute_features
@@ -158,59 +159,74 @@ def train_grounding(
     run_dir: str | Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
+    """Train the head on frozen features, select on val, evaluate every evaluation split once.
+
+    A run directory that already holds a run is refused unless `resume` or `overwrite` is given.
+    """
     data_root, run_dir = Path(data_root), Path(run_dir)
     require_vlm(config)
+    check_run_dir(run_dir, resume=resume, overwrite=overwrite)
     splits = read_splits(config, data_root)  # before any work: a missing split fails now, not after training
     accelerator = make_accelerator(config.train)
-    adapter = load_vlm(config)
-    refiner = build_refiner(config)
-    train_features = split_features(config, adapter, refiner, data_root, "train", progress, splits["train"])
-    val_features = split_features(config, adapter, refiner, data_root, "val", progress, splits["val"])
-    model = build_model(config, train_features, refiner)
-    if accelerator.is_main_process:
-        config_io.save_run_config(run_dir, config, resume)
-    sampler = RandomBatches(
-        len(train_features),
-        config.train.batch_size,
-        config.train.seed,
-        accelerator.process_index,
-        accelerator.num_processes,
-    )
-    loader = DataLoader(FeatureSet(train_features), batch_sampler=sampler, collate_fn=collate)
-    trainer = Trainer(
-        model,
-        loader,
-        config.train,
-        run_dir,
-        accelerator=accelerator,
-        validate=lambda m: evaluate(m, val_features),
-        select_key=select_key(config),
-        progress=progress,
-    )
-    result = trainer.fit(resume=resume)
-    summary = {
-        "name": config.name,
-        "vlm": config.vlm,
-        "image_dir": str(splits["train"][0].image_path.parent),
-        "steps": result.step,
-        "train_seconds": round(result.seconds, 1),
-        "selected": result.best,
-    }
-    if accelerator.is_main_process:
-        load_weights(model, run_dir / "best" / "model.safetensors")  # the weights selected on val
-        # Every split the data set has, as F-LMM reports them (val is the one selection used).
-        summary["evaluation"] = {}
-        for split in evaluation_splits(splits):
-            features = val_features if split == "val" else None
-            if features is None:
-                features = split_features(config, adapter, refiner, data_root, split, progress, splits[split])
-            summary["evaluation"][split] = evaluate(model, features)
-        (run_dir / "test_metrics.json").write_text(json.dumps(summary, indent=1))
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    accelerator.wait_for_everyone()
-    return summary
+    with open_run(run_dir, resume=resume, overwrite=overwrite, main=accelerator.is_main_process):
+        adapter = load_vlm(config)
+        refiner = build_refiner(config)
+        train_features = split_features(
+            config, adapter, refiner, data_root, "train", progress, splits["train"]
+        )
+        val_features = split_features(config, adapter, refiner, data_root, "val", progress, splits["val"])
+        model = build_model(config, train_features, refiner)
+        if accelerator.is_main_process:
+            config_io.save_run_config(run_dir, config, resume)
+            refs_file = find_refs_file(data_root, config.split_by)
+            record_data(
+                run_dir, data_root, fingerprint([refs_file, data_root / "instances.json"]), resume=resume
+            )
+        sampler = RandomBatches(
+            len(train_features),
+            config.train.batch_size,
+            config.train.seed,
+            accelerator.process_index,
+            accelerator.num_processes,
+        )
+        loader = DataLoader(FeatureSet(train_features), batch_sampler=sampler, collate_fn=collate)
+        trainer = Trainer(
+            model,
+            loader,
+            config.train,
+            run_dir,
+            accelerator=accelerator,
+            validate=lambda m: evaluate(m, val_features),
+            select_key=select_key(config),
+            progress=progress,
+        )
+        result = trainer.fit(resume=resume)
+        summary = {
+            "name": config.name,
+            "vlm": config.vlm,
+            "image_dir": str(splits["train"][0].image_path.parent),
+            "steps": result.step,
+            "train_seconds": round(result.seconds, 1),
+            "selected": result.best,
+        }
+        if accelerator.is_main_process:
+            load_weights(model, run_dir / "best" / "model.safetensors")  # the weights selected on val
+            # Every split the data set has, as F-LMM reports them (val is the one selection used).
+            summary["evaluation"] = {}
+            for split in evaluation_splits(splits):
+                features = val_features if split == "val" else None
+                if features is None:
+                    features = split_features(
+                        config, adapter, refiner, data_root, split, progress, splits[split]
+                    )
+                summary["evaluation"][split] = evaluate(model, features)
+            (run_dir / "test_metrics.json").write_text(json.dumps(summary, indent=1))
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        accelerator.wait_for_everyone()
+        return summary
 
 
 def read_run_config(run_dir: str | Path) -> GroundingConfig:

@@ -25,6 +25,7 @@ from visionloom.data.build import TrainPairs, make_sampler, train_loader
 from visionloom.data.check import require_usable
 from visionloom.data.pedes import read_pedes
 from visionloom.engine.checkpoint import load_weights
+from visionloom.engine.run import fingerprint, open_run, record_data
 from visionloom.engine.trainer import Trainer, TrainResult, make_accelerator
 from visionloom.retrieval import evaluate
 from visionloom.retrieval.build import RetrievalConfig, create_model
@@ -57,10 +58,14 @@ def train_retrieval(
     run_dir: str | Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     evaluate_test: bool = True,
 ) -> dict:
-    """Train, select on val, evaluate test once; returns the run summary (also in RUN/summary.json)."""
+    """Train, select on val, evaluate test once; returns the run summary (also in RUN/summary.json).
+
+    A run directory that already holds a run is refused unless `resume` or `overwrite` is given.
+    """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     data_root, run_dir = Path(data_root), Path(run_dir)
     if config.data.augment == "irra" and config.vq.online and needs_vq(config):
@@ -68,68 +73,73 @@ def train_retrieval(
             "data.augment=irra with vq.online=true: the online VQ targets would be codes of the cropped, "
             "erased view while the offline cache holds the clean image's; use the offline cache with irra"
         )
-    # The whole data set is checked before any work: the same rules as `data check`, one code path.
-    require_usable(
-        data_root, progress=(lambda it: track(it, description="checking data")) if progress else None
-    )
-    dataset = read_pedes(data_root)
-    train_split, val_split = dataset["train"], dataset["val"]
-    vq_model, cache = prepare_vq(config, data_root) if needs_vq(config) else (None, None)
     accelerator = make_accelerator(config.train)
-    model = create_model(config, train_split.num_identities, vq_model)
-    if accelerator.is_main_process:
-        config_io.save_run_config(run_dir, config, resume)
-        notes = [
-            *val_split.notes,
-            *model.input_spec.notes,
-            "best weights selected on the validation split; the test split is evaluated once, at the end",
-        ]
-        (run_dir / "run.json").write_text(
-            json.dumps(
-                {
-                    "data_root": str(data_root.resolve()),
-                    "dataset": dataset.name,
-                    "num_identities": train_split.num_identities,
-                    "notes": notes,
-                },
-                indent=1,
-            )
+    with open_run(run_dir, resume=resume, overwrite=overwrite, main=accelerator.is_main_process):
+        # The whole data set is checked before any work: the same rules as `data check`, one code path.
+        require_usable(
+            data_root, progress=(lambda it: track(it, description="checking data")) if progress else None
         )
+        dataset = read_pedes(data_root)
+        train_split, val_split = dataset["train"], dataset["val"]
+        vq_model, cache = prepare_vq(config, data_root) if needs_vq(config) else (None, None)
+        model = create_model(config, train_split.num_identities, vq_model)
+        if accelerator.is_main_process:
+            config_io.save_run_config(run_dir, config, resume)
+            images = [image.path for split in dataset.splits.values() for image in split.images]
+            record_data(run_dir, data_root, fingerprint([dataset.annotation_file], images), resume=resume)
+            notes = [
+                *val_split.notes,
+                *model.input_spec.notes,
+                "best weights selected on the validation split; the test split is evaluated once, at the end",
+            ]
+            (run_dir / "run.json").write_text(
+                json.dumps(
+                    {
+                        "data_root": str(data_root.resolve()),
+                        "dataset": dataset.name,
+                        "num_identities": train_split.num_identities,
+                        "notes": notes,
+                    },
+                    indent=1,
+                )
+            )
 
-    train_set = TrainPairs(train_split, model.input_spec, cache, augment=config.data.augment)
-    sampler = make_sampler(
-        train_set,
-        config.train.batch_size,
-        config.train.ids_per_batch,
-        config.train.seed,
-        accelerator.process_index,
-        accelerator.num_processes,
-    )
-    loader = train_loader(train_set, sampler, config.train.num_workers, pin_memory=torch.cuda.is_available())
-    trainer = Trainer(
-        model,
-        loader,
-        config.train,
-        run_dir,
-        accelerator=accelerator,
-        validate=lambda m: evaluate.evaluate_split(m, val_split),
-        progress=progress,
-    )
-    result: TrainResult = trainer.fit(resume=resume)
-    summary = {
-        "name": config.name,
-        "steps": result.step,
-        "train_seconds": round(result.seconds, 1),
-        "selected": result.best,
-    }
-    if evaluate_test and accelerator.is_main_process:
-        best_model = load_trained(run_dir)
-        summary["test"] = evaluate.evaluate_split(best_model, dataset["test"])
-        (run_dir / "test_metrics.json").write_text(json.dumps(summary, indent=1))
-    if accelerator.is_main_process:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    accelerator.wait_for_everyone()
-    return summary
+        train_set = TrainPairs(train_split, model.input_spec, cache, augment=config.data.augment)
+        sampler = make_sampler(
+            train_set,
+            config.train.batch_size,
+            config.train.ids_per_batch,
+            config.train.seed,
+            accelerator.process_index,
+            accelerator.num_processes,
+        )
+        loader = train_loader(
+            train_set, sampler, config.train.num_workers, pin_memory=torch.cuda.is_available()
+        )
+        trainer = Trainer(
+            model,
+            loader,
+            config.train,
+            run_dir,
+            accelerator=accelerator,
+            validate=lambda m: evaluate.evaluate_split(m, val_split),
+            progress=progress,
+        )
+        result: TrainResult = trainer.fit(resume=resume)
+        summary = {
+            "name": config.name,
+            "steps": result.step,
+            "train_seconds": round(result.seconds, 1),
+            "selected": result.best,
+        }
+        if evaluate_test and accelerator.is_main_process:
+            best_model = load_trained(run_dir)
+            summary["test"] = evaluate.evaluate_split(best_model, dataset["test"])
+            (run_dir / "test_metrics.json").write_text(json.dumps(summary, indent=1))
+        if accelerator.is_main_process:
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        accelerator.wait_for_everyone()
+        return summary
 
 
 def find_run(path: str | Path) -> tuple[Path, Path]:

@@ -31,6 +31,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from visionloom import config as config_io
 from visionloom.backbones import load
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.backbones.types import MultimodalInputs
@@ -38,6 +39,7 @@ from visionloom.config import NonNegativeFloat
 from visionloom.data.build import RandomBatches
 from visionloom.data.synth_scenes import COLOURS, SHAPES, location_words
 from visionloom.engine.checkpoint import load_weights
+from visionloom.engine.run import fingerprint, open_run, record_data
 from visionloom.engine.trainer import TrainConfig, Trainer
 from visionloom.grounding.attention import DEFAULT_PROMPT
 
@@ -320,43 +322,51 @@ def pretrain(
     config: PretrainConfig,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Train from random on the train split, select on val, save to `out`; report test accuracy."""
+    """Train from random on the train split, select on val, save to `out`; report test accuracy.
+
+    An `out` that already holds files is refused unless `resume` or `overwrite` is given.
+    """
     if config.family not in FAMILY_PRESETS:
         raise ValueError(f"--family {config.family!r}: choose one of {', '.join(FAMILY_PRESETS)}")
     out = Path(out)
-    adapter = load(FAMILY_PRESETS[config.family], seed=config.seed)
-    adapter.model.train()
-    train_texts = read_scene_texts(root, "train")
-    val_texts = read_scene_texts(root, "val")
-    sampler = RandomBatches(len(train_texts), config.train.batch_size, config.train.seed)
-    cells = SceneCells(root) if config.cell_weight else None
-    loader = DataLoader(
-        SceneTextSet(train_texts), batch_sampler=sampler, collate_fn=AnswerCollate(adapter, cells)
-    )
-    model = AnswerModel(adapter, config.cell_weight)
+    root = Path(root)
+    with open_run(out, resume=resume, overwrite=overwrite):
+        config_io.save_run_config(out / "run", config, resume)
+        record_data(out / "run", root, fingerprint(sorted(root.glob("*.json"))), resume=resume)
+        adapter = load(FAMILY_PRESETS[config.family], seed=config.seed)
+        adapter.model.train()
+        train_texts = read_scene_texts(root, "train")
+        val_texts = read_scene_texts(root, "val")
+        sampler = RandomBatches(len(train_texts), config.train.batch_size, config.train.seed)
+        cells = SceneCells(root) if config.cell_weight else None
+        loader = DataLoader(
+            SceneTextSet(train_texts), batch_sampler=sampler, collate_fn=AnswerCollate(adapter, cells)
+        )
+        model = AnswerModel(adapter, config.cell_weight)
 
-    def validate(_model) -> dict[str, float]:  # the trainer switches the model to eval and back
-        return answer_accuracy(adapter, val_texts)
+        def validate(_model) -> dict[str, float]:  # the trainer switches the model to eval and back
+            return answer_accuracy(adapter, val_texts)
 
-    trainer = Trainer(
-        model, loader, config.train, out / "run", validate=validate, select_key="all", progress=progress
-    )
-    result = trainer.fit(resume=resume)
-    # The selected weights become the checkpoint directory.
-    load_weights(model, out / "run" / "best" / "model.safetensors")
-    adapter.model.eval()
-    adapter.save_pretrained(out)
-    report = {
-        "family": config.family,
-        "steps": result.step,
-        "train_seconds": round(result.seconds, 1),
-        "selected": result.best,
-        "test_accuracy": answer_accuracy(adapter, read_scene_texts(root, "test"), progress=progress),
-        "test_accuracy_random_weights": answer_accuracy(
-            load(FAMILY_PRESETS[config.family], seed=config.seed), read_scene_texts(root, "test")
-        ),
-    }
-    (out / "pretrain.json").write_text(json.dumps(report, indent=1))
+        trainer = Trainer(
+            model, loader, config.train, out / "run", validate=validate, select_key="all", progress=progress
+        )
+        result = trainer.fit(resume=resume)
+        # The selected weights become the checkpoint directory.
+        load_weights(model, out / "run" / "best" / "model.safetensors")
+        adapter.model.eval()
+        adapter.save_pretrained(out)
+        report = {
+            "family": config.family,
+            "steps": result.step,
+            "train_seconds": round(result.seconds, 1),
+            "selected": result.best,
+            "test_accuracy": answer_accuracy(adapter, read_scene_texts(root, "test"), progress=progress),
+            "test_accuracy_random_weights": answer_accuracy(
+                load(FAMILY_PRESETS[config.family], seed=config.seed), read_scene_texts(root, "test")
+            ),
+        }
+        (out / "pretrain.json").write_text(json.dumps(report, indent=1))
     return report

@@ -1,0 +1,145 @@
+"""A run directory's rules: whose it is, what it was trained with, and that nothing overwrites it.
+
+    RUN/.lock          held (flock) by the process writing the run; names its PID
+    RUN/config.yaml    the resolved config; `--resume` refuses another, naming the keys that differ
+    RUN/data.json      the data set's fingerprint; `--resume` refuses another data set
+
+A directory that already holds files is refused unless the run is resumed or `--overwrite` is
+given, so a finished run is never replaced by accident. The lock is an advisory `flock` on an open
+file: the kernel releases it when its process dies however it dies, so a lock is never stale, and a
+second writer (a `--resume` started while a killed launcher's workers still run) is refused.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+LOCK = ".lock"
+
+
+class RunDirectoryError(ValueError):
+    """A run directory that cannot be used as asked: in use, already holding a run, or another run's."""
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held while this process writes to it."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / LOCK
+        self.handle = None
+
+    def acquire(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")  # noqa: SIM115 - held open for the lifetime of the lock
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunDirectoryError(
+                f"{self.path.parent} is being written by {holder}; wait for it to finish or stop it "
+                f"(two writers would interleave checkpoints)"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})")
+        handle.flush()
+        self.handle = handle
+        return self
+
+    def release(self) -> None:
+        if self.handle is not None:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.release()
+
+
+def holds_a_run(run_dir: Path) -> bool:
+    return run_dir.is_dir() and any(p.name != LOCK for p in run_dir.iterdir())
+
+
+def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a run in a directory that already holds one, unless asked (every process)."""
+    if resume and overwrite:
+        raise RunDirectoryError("--resume continues a run and --overwrite replaces it: choose one")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirectoryError(f"{run_dir} exists and is not a directory")
+    if resume:
+        if not holds_a_run(run_dir):
+            raise RunDirectoryError(f"--resume: {run_dir} holds no run to continue")
+        return
+    if holds_a_run(run_dir) and not overwrite:
+        held = ", ".join(sorted(p.name for p in run_dir.iterdir() if p.name != LOCK)[:5])
+        raise RunDirectoryError(
+            f"{run_dir} already holds a run ({held}); pass --resume to continue it or --overwrite to "
+            f"replace it"
+        )
+
+
+def claim_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> RunLock:
+    """Check the directory (see `check_run_dir`), lock it, and empty it when overwriting (main process)."""
+    check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    lock = RunLock(run_dir).acquire()
+    if overwrite and not resume:
+        for path in run_dir.iterdir():
+            if path.name != LOCK:
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    return lock
+
+
+def fingerprint(files: Iterable[Path], sized: Iterable[Path] = ()) -> str:
+    """sha256 of the contents of `files` (annotations) and of the names and byte sizes of `sized`
+    (images: reading every one would cost minutes; a changed image set changes sizes or names)."""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    for path in sized:
+        digest.update(f"{path.name}:{path.stat().st_size}".encode())
+    return digest.hexdigest()[:16]
+
+
+def record_data(run_dir: Path, data_root: Path, data_fingerprint: str, *, resume: bool) -> None:
+    """Write RUN/data.json; on resume, refuse a data set other than the one the run started on."""
+    record = run_dir / "data.json"
+    if resume and record.is_file():
+        before = json.loads(record.read_text())
+        if before["fingerprint"] != data_fingerprint:
+            raise RunDirectoryError(
+                f"--resume with another data set: {run_dir} was trained on {before['root']} (fingerprint "
+                f"{before['fingerprint']}), {data_root.resolve()} has fingerprint {data_fingerprint}; "
+                f"resume on the same data"
+            )
+    record.write_text(
+        json.dumps({"root": str(data_root.resolve()), "fingerprint": data_fingerprint}, indent=1)
+    )
+
+
+@contextmanager
+def open_run(run_dir: Path, *, resume: bool, overwrite: bool, main: bool = True) -> Iterator[Path]:
+    """The run directory for the length of a run: checked on every process, locked (and emptied on
+    `overwrite`) by the main one, released when the run ends however it ends."""
+    check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    lock = claim_run_dir(run_dir, resume=resume, overwrite=overwrite) if main else None
+    try:
+        yield run_dir
+    finally:
+        if lock is not None:
+            lock.release()
