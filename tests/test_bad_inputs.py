@@ -559,3 +559,17 @@ def test_two_process_resume_loads_on_cpu_devices(tmp_path):
     assert np.allclose(
         again_optimizer.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"]
     )
+
+
+def test_ctrl_c_with_several_processes_says_plainly_that_nothing_was_saved(pedes_root, tmp_path):
+    from types import SimpleNamespace
+
+    from visionloom.engine.trainer import Trainer
+
+    run = tmp_path / "run"
+    train_retrieval(small_config("baseline"), pedes_root, run, progress=False, evaluate_test=False)
+    several = SimpleNamespace(accelerator=SimpleNamespace(num_processes=2), checkpoints=run / "checkpoints")
+    several._save = lambda *args, **kwargs: pytest.fail("several processes cannot save after Ctrl-C")
+    stop = Trainer._interrupted(several, 3, (0, 3), None, 1.0, None, False)
+    assert stop.saved is None and stop.resume_from == 4
+    assert "nothing was saved" in stop.message and "--resume continues from step 4" in stop.message
