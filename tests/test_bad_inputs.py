@@ -294,6 +294,21 @@ def test_refcoco_problems_name_the_ref_or_annotation(case, refcoco_release, tmp_
         read_refcoco(root, image_dir=images)
     message = str(caught.value)
     assert expected in message and ("refs(unc).json" in message or "instances.json" in message)
+    result = invoke(
+        "ground",
+        "train",
+        "llava",
+        "--vlm",
+        "tiny-llava",
+        "--data",
+        root,
+        "--out",
+        tmp_path / "run",
+        "--set",
+        f"image_dir={images}",
+    )
+    assert result.exit_code == 2 and expected in result.output
+    assert not (tmp_path / "run").exists()  # refused before anything was loaded or written
 
 
 # ------------------------------------------------------------------ configs and command line
@@ -361,6 +376,8 @@ def test_a_finished_run_is_not_overwritten_without_being_asked(pedes_root, tmp_p
     before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
     with pytest.raises(RunDirectoryError, match="already holds a run.*--resume.*--overwrite"):
         train_retrieval(small_config("baseline", "train.lr=0.5"), pedes_root, run, progress=False)
+    result = invoke("retrieval", "train", "baseline", "--data", pedes_root, "--out", run)
+    assert result.exit_code == 2 and "already holds a run" in result.output and "--overwrite" in result.output
     after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
     assert after == before  # not a byte changed
     train_retrieval(small_config("baseline", "train.lr=0.5"), pedes_root, run, progress=False, overwrite=True)
