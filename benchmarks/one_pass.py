@@ -24,12 +24,29 @@ from visionloom.backbones.tiny import tiny_llava
 def mid_sized_llava() -> LlavaAdapter:
     """A ViT-B-sized CLIP tower at 336 px (576 tokens) and a small language model, random weights."""
     tiny = tiny_llava()  # for its tokenizer and processor settings
-    vision = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                              image_size=336, patch_size=14)
-    text = LlamaConfig(hidden_size=1024, intermediate_size=2048, num_hidden_layers=2, num_attention_heads=8,
-                       num_key_value_heads=8, vocab_size=len(tiny.tokenizer))
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tiny.image_token_id,
-                         vision_feature_layer=-2, vision_feature_select_strategy="default")
+    vision = CLIPVisionConfig(
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        image_size=336,
+        patch_size=14,
+    )
+    text = LlamaConfig(
+        hidden_size=1024,
+        intermediate_size=2048,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        vocab_size=len(tiny.tokenizer),
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tiny.image_token_id,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
     processor = tiny.processor
     processor.image_processor.size = {"shortest_edge": 336}
     processor.image_processor.crop_size = {"height": 336, "width": 336}
@@ -43,14 +60,18 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     adapter = mid_sized_llava()
-    inputs = adapter.build_inputs([test_image(336, 336, seed=i) for i in range(args.batch)], ["<image> hi"] * args.batch)
+    inputs = adapter.build_inputs(
+        [test_image(336, 336, seed=i) for i in range(args.batch)], ["<image> hi"] * args.batch
+    )
     pixel_values = inputs.model_inputs["pixel_values"]
 
     def one_pass():
         return adapter.encode_images(inputs)
 
     def two_pass():
-        raw = select_features(adapter.vision_tower(pixel_values, output_hidden_states=True).hidden_states, adapter.config)
+        raw = select_features(
+            adapter.vision_tower(pixel_values, output_hidden_states=True).hidden_states, adapter.config
+        )
         embeds = adapter.model.model.get_image_features(pixel_values=pixel_values).pooler_output
         return raw, embeds
 
@@ -66,8 +87,10 @@ def main() -> None:
     with torch.no_grad():
         one_pass(), two_pass()  # warm-up
     t_one, t_two = timed(one_pass), timed(two_pass)
-    print(f"one_pass {t_one:.3f}s  two_pass {t_two:.3f}s  (batch {args.batch}, median of {args.repeats}, "
-          f"{torch.get_num_threads()} threads)")
+    print(
+        f"one_pass {t_one:.3f}s  two_pass {t_two:.3f}s  (batch {args.batch}, median of {args.repeats}, "
+        f"{torch.get_num_threads()} threads)"
+    )
     print(f"two_pass/one_pass time ratio: {t_two / t_one:.2f}")
 
 

@@ -84,7 +84,8 @@ def scenes_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def scene_vlm(scenes_root, tmp_path_factory):
     """A tiny LLaVA pretrained for a few steps on scenes_root, saved as a checkpoint directory."""
-    from visionloom.vlm.pretrain import PretrainConfig, pretrain
+    from visionloom.vlm.build import PretrainConfig
+    from visionloom.vlm.train import pretrain
 
     config = PretrainConfig(family="llava")
     config.train.steps, config.train.batch_size, config.train.warmup_steps = 4, 8, 1

@@ -131,7 +131,18 @@ def test_scenes_pretrain_ground_eval_show_from_the_command_line(tmp_path):
     result = runner.invoke(app, ["data", "synth-scenes", str(data), "--scenes", "20", "--seed", "1"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(
-        app, ["vlm", "pretrain", str(vlm), "--data", str(data), "--steps", "2", "--batch-size", "4"]
+        app,
+        [
+            "vlm",
+            "pretrain",
+            str(vlm),
+            "--data",
+            str(data),
+            "--set",
+            "train.steps=2",
+            "--set",
+            "train.batch_size=4",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert (vlm / "config.json").is_file() and (vlm / "pretrain.json").is_file()

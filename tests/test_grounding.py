@@ -218,7 +218,8 @@ def test_grounder_losses_and_gradients_stop_at_the_features(scenes_root):
 def test_qwen_pretrains_and_grounds_end_to_end(scenes_root, tmp_path):
     """The Qwen2.5-VL path of both commands: its 3-D positions, merged grid and processor."""
     from visionloom.grounding import train as grounding_train
-    from visionloom.vlm.pretrain import PretrainConfig, pretrain
+    from visionloom.vlm.build import PretrainConfig
+    from visionloom.vlm.train import pretrain
 
     config = PretrainConfig(family="qwen2.5-vl")
     config.train.steps, config.train.batch_size, config.train.warmup_steps = 2, 4, 1

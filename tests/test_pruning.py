@@ -22,7 +22,7 @@ from visionloom.pruning.pruners import (
     TextAttention,
     TowerAttention,
 )
-from visionloom.vlm.pretrain import AnswerCollate
+from visionloom.vlm.answers import AnswerCollate
 
 SIDES = ["right", "left"]
 
@@ -477,7 +477,7 @@ def test_learned_scorer_is_soft_in_training_and_hard_at_inference(image):
 
 def test_prune_eval_writes_table_plot_and_keeps_accuracy_at_full_keep(scenes_root, scene_vlm, tmp_path):
     from visionloom.pruning.evaluate import PruneConfig, evaluate_pruning, read_questions, run_pruner
-    from visionloom.vlm.pretrain import answer_accuracy
+    from visionloom.vlm.evaluate import answer_accuracy
 
     directory, _ = scene_vlm
     config = PruneConfig(vlm=str(directory), max_questions=12, batch_size=6, keep_ratios=[1.0, 0.25])

@@ -6,12 +6,9 @@ import torch
 
 from tests.conftest import cached_preset
 from visionloom.backbones import load
-from visionloom.vlm.pretrain import (
-    AnswerCollate,
-    answer_accuracy,
-    answers_correct,
-    read_scene_texts,
-)
+from visionloom.data.scenes import read_scene_texts
+from visionloom.vlm.answers import AnswerCollate, answers_correct
+from visionloom.vlm.evaluate import answer_accuracy
 
 
 def test_texts_cover_captions_questions_and_where_without_leaks(scenes_root):
@@ -63,8 +60,9 @@ def test_pretrain_saves_a_checkpoint_that_loads_back_and_answers_the_same(scenes
 
 def test_cell_labels_follow_the_masks(scenes_root):
     from visionloom.data.refcoco import read_refcoco
+    from visionloom.data.scenes import SceneCells, cell_places
     from visionloom.data.synth_scenes import COLOURS
-    from visionloom.vlm.pretrain import PLACES, SceneCells, cell_places
+    from visionloom.data.synth_scenes import LOCATIONS as PLACES
 
     cells = SceneCells(scenes_root)
     sample = read_refcoco(scenes_root, "train")[0]

@@ -254,24 +254,26 @@ def data_synth_scenes(
 @vlm_app.command("pretrain")
 def vlm_pretrain(
     out: Path = typer.Argument(..., help="Checkpoint directory to write (save_pretrained, with processor)."),
-    family: str = typer.Option("llava", "--family", help="llava | qwen2.5-vl"),
     data: Path = typer.Option(..., "--data", help="A synth-scenes directory."),
-    steps: int = typer.Option(5000, "--steps"),
-    batch_size: int = typer.Option(32, "--batch-size"),
-    seed: int = typer.Option(0, "--seed"),
+    family: str = typer.Option(
+        "llava", "--family", help="llava | qwen2.5-vl: the config configs/vlm/FAMILY.yaml"
+    ),
+    config: str | None = typer.Option(
+        None, "--config", help="Another config name under configs/vlm/ or a YAML path."
+    ),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. train.steps=100."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/run/checkpoints."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace what OUT already holds."),
 ) -> None:
     """Train a tiny VLM of the real class from random weights on captions and questions about scenes."""
-    from visionloom.vlm.pretrain import PretrainConfig, pretrain
+    from visionloom.vlm.build import FAMILY_PRESETS, load_config
+    from visionloom.vlm.train import pretrain
 
-    config = PretrainConfig(family=family, seed=seed)
-    config.train.steps, config.train.batch_size, config.train.seed = steps, batch_size, seed
-    config.train.eval_every = config.train.checkpoint_every = max(1, min(500, steps))
-    try:
-        report = pretrain(data, out, config, resume=resume, overwrite=overwrite)
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from None
+    if config is None and family not in FAMILY_PRESETS:
+        raise typer.BadParameter(f"--family {family!r}: choose one of {', '.join(FAMILY_PRESETS)}")
+    settings = load_config(config or family, overrides)
+    family = settings.family
+    report = pretrain(data, out, settings, resume=resume, overwrite=overwrite)
     _print_metrics(f"{family}: answer accuracy on held-out scenes (%)", report["test_accuracy"])
     _print_metrics("the same model with random weights (%)", report["test_accuracy_random_weights"])
     console.print(

@@ -54,6 +54,20 @@ class SceneObject:
         return location_words(self.centre, self.side)
 
 
+# Every answer `location_words` gives, in a fixed order (the pretraining head's class ids).
+LOCATIONS = (
+    "top left",
+    "top",
+    "top right",
+    "left",
+    "center",
+    "right",
+    "bottom left",
+    "bottom",
+    "bottom right",
+)
+
+
 def location_words(centre: tuple[float, float], side: float) -> str:
     x, y = centre[0] / side, centre[1] / side
     vertical = "top" if y < 1 / 3 else "bottom" if y > 2 / 3 else ""
@@ -141,7 +155,16 @@ def random_objects(rng: random.Random, size: int) -> list[SceneObject]:
 
 # ---------------------------------------------------------------------------------------- language
 def where(obj: SceneObject) -> str:
-    return f"{'in' if obj.location == 'center' else 'at'} the {obj.location}"
+    return where_phrase(obj.location)
+
+
+def where_phrase(location: str) -> str:
+    return f"{'in' if location == 'center' else 'at'} the {location}"
+
+
+def names_location(expression: str) -> bool:
+    """Whether an expression says where its object is (in the words `where` writes)."""
+    return any(where_phrase(location) in expression for location in LOCATIONS)
 
 
 def _describe(obj: SceneObject, fields: tuple[str, ...]) -> str:

@@ -20,10 +20,7 @@ import torch
 from PIL import Image, ImageStat
 
 from visionloom.backbones.base import ImageTokenAdapter
-
-# The prompt `visionloom vlm pretrain` teaches ("locate <expression>" -> "top left"); a real VLM
-# takes any template with one {expression}.
-DEFAULT_PROMPT = "<image>\nlocate {expression}"
+from visionloom.data.scenes import DEFAULT_PROMPT
 
 
 @dataclass(frozen=True)

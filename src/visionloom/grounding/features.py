@@ -14,7 +14,8 @@ from torch.utils.data import Dataset
 
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.data.refcoco import RefSample
-from visionloom.grounding.attention import DEFAULT_PROMPT, Padding, collect
+from visionloom.data.scenes import DEFAULT_PROMPT
+from visionloom.grounding.attention import Padding, collect
 from visionloom.grounding.model import GroundingBatch
 from visionloom.grounding.sam import SamRefiner
 

@@ -25,10 +25,10 @@ from visionloom.config import PositiveInt
 from visionloom.data.build import RandomBatches
 from visionloom.data.pedes import DatasetFormatError
 from visionloom.data.refcoco import RefSample, evaluation_splits, find_refs_file, read_refcoco
+from visionloom.data.scenes import DEFAULT_PROMPT
 from visionloom.engine.checkpoint import load_weights
 from visionloom.engine.run import check_run_dir, fingerprint, open_run, record_data
 from visionloom.engine.trainer import TrainConfig, Trainer, make_accelerator
-from visionloom.grounding.attention import DEFAULT_PROMPT
 from visionloom.grounding.features import FeatureSet, SampleFeatures, collate, compute_features
 from visionloom.grounding.head import HeadConfig
 from visionloom.grounding.metrics import MaskMetrics

@@ -1,7 +1,7 @@
 """`visionloom prune eval CONFIG`: accuracy kept and prefill saved, per pruner and keep ratio.
 
 For each pruner and each keep ratio, every question of the split is answered by the frozen VLM
-on the pruned sequence (exact match under greedy decoding, see `vlm/pretrain.py`). Prefill time
+on the pruned sequence (exact match under greedy decoding, see `vlm/answers.py`). Prefill time
 is measured per batch (wall clock, the pruner's own cost included) and FLOPs are estimated from
 the language model's size and the kept sequence length. Output: RUN/prune_table.md, results.json
 and accuracy_vs_tokens.png (one line per pruner).
@@ -22,6 +22,7 @@ from visionloom import config as config_io
 from visionloom.backbones import load
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, ShareOfOne
+from visionloom.data.scenes import SceneText, SceneTextSet, read_scene_texts
 from visionloom.pruning.apply import forward_pruned, prune_sequence, run_pruned
 from visionloom.pruning.pruners import (
     KeepAll,
@@ -30,7 +31,7 @@ from visionloom.pruning.pruners import (
     TextAttention,
     TowerAttention,
 )
-from visionloom.vlm.pretrain import AnswerCollate, SceneText, SceneTextSet, answers_correct, read_scene_texts
+from visionloom.vlm.answers import AnswerCollate, answers_correct
 
 
 @dataclass
