@@ -55,7 +55,7 @@ class SceneObject:
 
 
 # Every answer `location_words` gives, in a fixed order (the pretraining head's class ids).
-LOCATIONS = (
+LOCATIONS = [
     "top left",
     "top",
     "top right",
@@ -65,7 +65,7 @@ LOCATIONS = (
     "bottom left",
     "bottom",
     "bottom right",
-)
+]
 
 
 def location_words(centre: tuple[float, float], side: float) -> str:
