@@ -61,7 +61,7 @@ def small_config(architecture: str, *overrides: str):
         "model.image_size=[64, 32]",
         "train.steps=4",
         "train.batch_size=4",
-        "train.ids_per_batch=2",
+        "data.ids_per_batch=2",
         "train.warmup_steps=1",
         "train.checkpoint_every=2",
         "train.log_every=1",

@@ -364,7 +364,7 @@ def test_non_utf8_config_json_is_a_named_doctor_error(tmp_path):
 
 
 def test_identity_batches_larger_than_the_data_are_refused(pedes_root, tmp_path):
-    config = small_config("baseline", "train.batch_size=10000", "train.ids_per_batch=2")
+    config = small_config("baseline", "train.batch_size=10000", "data.ids_per_batch=2")
     with pytest.raises(ValueError, match="train.batch_size 10000 .* the split has"):
         train_retrieval(config, pedes_root, tmp_path / "run", progress=False)
 
@@ -485,7 +485,7 @@ def test_resume_takes_the_newest_complete_checkpoint_and_says_when_there_is_none
         "--set",
         "train.batch_size=4",
         "--set",
-        "train.ids_per_batch=2",
+        "data.ids_per_batch=2",
         "--set",
         "train.warmup_steps=1",
         "--set",
@@ -523,7 +523,7 @@ def test_a_real_ctrl_c_says_what_was_saved_and_how_to_continue(pedes_root, tmp_p
         "--set",
         "train.batch_size=4",
         "--set",
-        "train.ids_per_batch=2",
+        "data.ids_per_batch=2",
         "--set",
         "train.checkpoint_every=100000",
     ]
@@ -587,6 +587,8 @@ def test_ctrl_c_with_several_processes_says_plainly_that_nothing_was_saved(pedes
     train_retrieval(small_config("baseline"), pedes_root, run, progress=False, evaluate_test=False)
     several = SimpleNamespace(accelerator=SimpleNamespace(num_processes=2), checkpoints=run / "checkpoints")
     several._save = lambda *args, **kwargs: pytest.fail("several processes cannot save after Ctrl-C")
-    stop = Trainer._interrupted(several, 3, (0, 3), None, 1.0, None, False)
+    from visionloom.engine.trainer import LoopState
+
+    stop = Trainer._interrupted(several, LoopState(step=3, position=(0, 3)), 1.0)
     assert stop.saved is None and stop.resume_from == 4
     assert "nothing was saved" in stop.message and "--resume continues from step 4" in stop.message

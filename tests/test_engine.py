@@ -16,9 +16,9 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import small_config
-from visionloom.data.build import IdentityBatches, RandomBatches
 from visionloom.engine import checkpoint as checkpoint_module
 from visionloom.engine.checkpoint import latest_checkpoint
+from visionloom.engine.samplers import IdentityBatches, RandomBatches
 from visionloom.engine.trainer import warmup_cosine
 from visionloom.retrieval import evaluate
 from visionloom.retrieval.train import train_retrieval
@@ -215,7 +215,7 @@ def test_accelerate_launch_two_cpu_processes(pedes_root, tmp_path):
             assert not set(first) & set(second)  # random batches: every sample on one process only
 
     run = tmp_path / "run"
-    settings = ["model.image_size=[64, 32]", "train.steps=3", "train.batch_size=4", "train.ids_per_batch=2"]
+    settings = ["model.image_size=[64, 32]", "train.steps=3", "train.batch_size=4", "data.ids_per_batch=2"]
     settings += ["train.checkpoint_every=2", "model.text.tiny={dropout_rate: 0.1}"]
     train = ["-m", "visionloom.cli", "retrieval", "train", "phase1", "--data", str(pedes_root)]
     train += [part for setting in settings for part in ("--set", setting)]

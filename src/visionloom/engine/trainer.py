@@ -45,7 +45,6 @@ from visionloom.engine.checkpoint import (
 class TrainConfig:
     steps: PositiveInt = 500  # optimizer steps
     batch_size: PositiveInt = 32  # per process and micro-batch
-    ids_per_batch: NonNegativeInt = 8  # identity-balanced batches of this many identities; 0 = random
     lr: PositiveFloat = 1e-3
     weight_decay: NonNegativeFloat = 0.01
     warmup_steps: NonNegativeInt = 50
@@ -152,6 +151,18 @@ class DeferredInterrupt:
 
 
 @dataclass
+class LoopState:
+    """Where the loop is: what a checkpoint records, and what Ctrl-C saves."""
+
+    step: int = 0  # optimizer steps done
+    position: tuple[int, int] = (0, 0)  # (epoch, batches done in it) where the next step starts
+    best: dict[str, Any] | None = None  # {"step", metric: value} of the weights in RUN/best
+    seconds_before: float = 0.0  # training time of the sessions before this one (resume)
+    validation_pending: bool = False  # the validation due at `step` has not finished
+    rng: dict[str, Any] | None = None  # the random streams where the next step starts
+
+
+@dataclass
 class TrainResult:
     step: int
     seconds: float
@@ -169,7 +180,7 @@ class Trainer:
         *,
         accelerator: Accelerator | None = None,
         validate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
-        select_key: str = "R1",
+        select_key: str | None = None,
         progress: bool = True,
     ):
         self.config = config
@@ -181,31 +192,34 @@ class Trainer:
         # would step it once per process.
         self.scheduler = warmup_cosine(optimizer, config.warmup_steps, config.steps)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        if validate is not None and select_key is None:
+            raise ValueError(
+                "a trainer that validates needs select_key: the metric that selects the best weights"
+            )
         self.validate = validate
         self.select_key = select_key
         self.progress = progress and self.accelerator.is_main_process
         self.checkpoints = self.run_dir / "checkpoints"
 
     # ------------------------------------------------------------------ state
-    def _save(self, step, position, best, seconds, rng_state, validation_pending: bool = False) -> Path:
-        """Checkpoint `step`: where the next step starts (`position`, `rng_state`), and whether the
-        validation due at `step` still has to run (Ctrl-C came during it)."""
-        epoch, batch_in_epoch = position
-        state = {
+    def _save(self, state: LoopState, seconds: float) -> Path:
+        """Checkpoint `state.step`: where the next step starts, and whether its validation is pending."""
+        epoch, batch_in_epoch = state.position
+        record = {
             "epoch": epoch,
             "batch_in_epoch": batch_in_epoch,
-            "best": best,
+            "best": state.best,
             "seconds": seconds,
-            "validation_pending": validation_pending,
+            "validation_pending": state.validation_pending,
         }
         return save_checkpoint(
             self.checkpoints,
-            step,
+            state.step,
             self.model,
             self.optimizer,
             self.scheduler,
-            state,
-            rng_state,
+            record,
+            state.rng,
             self.accelerator,
         )
 
@@ -230,6 +244,10 @@ class Trainer:
         self.model.train()
         self._log_validation(step, metrics)
         if self.accelerator.is_main_process:
+            if self.select_key not in metrics:
+                raise KeyError(
+                    f"validation gave {sorted(metrics)}, not the selection metric {self.select_key!r}"
+                )
             value = metrics[self.select_key]
             if best is None or value > best[self.select_key]:
                 best = {"step": step, **metrics}
@@ -283,31 +301,126 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def fit(self, resume: bool = False) -> TrainResult:
-        config, accelerator = self.config, self.accelerator
-        step, position, best, seconds_before, validation_pending = 0, (0, 0), None, 0.0, False
-        if resume:
-            checkpoint = latest_checkpoint(self.checkpoints)
-            if checkpoint is None:
-                raise FileNotFoundError(
-                    f"--resume: {self.checkpoints} holds no complete checkpoint (the run stopped before its "
-                    f"first one, every {config.checkpoint_every} steps); start it again with --overwrite"
-                )
-            state, rng = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler, accelerator)
-            restore_rng(rng)
-            step = checkpoint_step(checkpoint)
-            position = (state["epoch"], state["batch_in_epoch"])
-            best, seconds_before = state["best"], state["seconds"]
-            validation_pending = state.get("validation_pending", False)
-        log_file, self._tensorboard = self._open_logs(step)
-        sampler = self.loader.batch_sampler
-        batches_per_epoch = len(sampler)
-        if batches_per_epoch < config.grad_accum:
+        config = self.config
+        state = self._restore() if resume else LoopState()
+        log_file, self._tensorboard = self._open_logs(state.step)
+        self.batches_per_epoch = len(self.loader.batch_sampler)
+        if self.batches_per_epoch < config.grad_accum:
             raise ValueError(
-                f"an epoch has {batches_per_epoch} batches, fewer than grad_accum={config.grad_accum}"
+                f"an epoch has {self.batches_per_epoch} batches, fewer than grad_accum={config.grad_accum}"
             )
-
         self.model.train()
         started = time.perf_counter()
+        self._seconds = lambda: state.seconds_before + time.perf_counter() - started
+        self._window = [0, time.perf_counter()]  # samples since the last log line, and when it began
+        progress = self._progress_bar(state.step)
+        state.rng = capture_rng()
+        interrupts = DeferredInterrupt()
+        try:
+            with progress, interrupts:
+                if state.validation_pending:  # Ctrl-C cut it short: it runs before anything else
+                    self._validate(state)
+                for epoch, batches_done, batch in self._batches(state):
+                    # 1. one micro-batch forward and backward; the weights change only on a synced step
+                    losses, total = self._step(batch, epoch, batches_done, state, interrupts)
+                    if not self.accelerator.sync_gradients:
+                        continue
+                    # 2. after the step: log, validate, checkpoint
+                    self._after_step(state, epoch, losses, total, progress, log_file)
+                    if state.step == config.steps:
+                        break
+        except KeyboardInterrupt:
+            raise self._interrupted(state, self._seconds()) from None
+        finally:
+            if log_file is not None:
+                self._write_csv(log_file)
+            if self._tensorboard is not None:
+                self._tensorboard.close()
+        return TrainResult(state.step, self._seconds(), state.best, self.run_dir)
+
+    def _restore(self) -> LoopState:
+        """The loop state of the newest complete checkpoint, with the weights, optimizer and RNG."""
+        checkpoint = latest_checkpoint(self.checkpoints)
+        if checkpoint is None:
+            raise FileNotFoundError(
+                f"--resume: {self.checkpoints} holds no complete checkpoint (the run stopped before its "
+                f"first one, every {self.config.checkpoint_every} steps); start it again with --overwrite"
+            )
+        record, rng = load_checkpoint(
+            checkpoint, self.model, self.optimizer, self.scheduler, self.accelerator
+        )
+        restore_rng(rng)
+        return LoopState(
+            step=checkpoint_step(checkpoint),
+            position=(record["epoch"], record["batch_in_epoch"]),
+            best=record["best"],
+            seconds_before=record["seconds"],
+            validation_pending=record.get("validation_pending", False),
+        )
+
+    def _batches(self, state: LoopState) -> Iterator[tuple[int, int, Any]]:
+        """(epoch, batches done in it, batch) from `state.position` on, epoch after epoch, until
+        the last step; each epoch's order comes from the sampler's (seed, epoch)."""
+        if state.step >= self.config.steps:
+            return
+        epoch, done = state.position
+        sampler = self.loader.batch_sampler
+        while True:
+            sampler.set_epoch(epoch, start=done)
+            for batch in self.loader:
+                done += 1
+                yield epoch, done, batch
+            epoch, done = epoch + 1, 0
+
+    def _step(self, batch, epoch: int, batches_done: int, state: LoopState, interrupts: DeferredInterrupt):
+        """Forward, backward and (on a synced micro-batch) the optimizer step; returns the losses."""
+        accelerator, config = self.accelerator, self.config
+        batch = move(batch, accelerator.device)
+        with accelerator.accumulate(self.model):
+            outputs = self.model(batch)
+            losses = {key: value for key, value in outputs.items() if "loss" in key}
+            if not losses:
+                raise KeyError(f"the model returned no *loss* key, only {sorted(outputs)}")
+            total = sum(losses.values())
+            accelerator.backward(total)
+            if accelerator.sync_gradients and config.grad_clip > 0:
+                accelerator.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+            with interrupts.critical():  # the weights change here, all at once
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                if accelerator.sync_gradients:
+                    self.scheduler.step()
+                    state.step += 1
+                    # Where the next step starts: what a checkpoint of this step records.
+                    epoch_done = batches_done >= self.batches_per_epoch
+                    state.position = (epoch + 1, 0) if epoch_done else (epoch, batches_done)
+                    state.rng = capture_rng()
+        self._window[0] += config.batch_size * accelerator.num_processes
+        return losses, total
+
+    def _after_step(self, state: LoopState, epoch: int, losses, total, progress, log_file) -> None:
+        config, step = self.config, state.step
+        at_end = step == config.steps
+        if step % config.log_every == 0 or at_end:
+            samples, since = self._window
+            throughput = samples / max(1e-9, time.perf_counter() - since)
+            self._window = [0, time.perf_counter()]
+            shown = self._log_step(step, epoch, losses, total, throughput, self._seconds(), log_file)
+            progress.update(self._task, status=f"loss {shown:.3f}  {throughput:.0f} samples/s")
+        progress.update(self._task, completed=step)
+        if self._validation_due(step):
+            self._validate(state)
+        if step % config.checkpoint_every == 0 or at_end:
+            self._save(state, self._seconds())
+            if log_file is not None:
+                self._write_csv(log_file)
+
+    def _validate(self, state: LoopState) -> None:
+        state.validation_pending = True  # until it finishes: what Ctrl-C during it records
+        state.best = self._select(state.step, state.best)
+        state.validation_pending = False
+
+    def _progress_bar(self, step: int) -> Progress:
         progress = Progress(
             TextColumn("[bold]train"),
             BarColumn(),
@@ -316,89 +429,16 @@ class Trainer:
             TimeRemainingColumn(),
             disable=not self.progress,
         )
-        task = progress.add_task("train", total=config.steps, completed=step, status="")
-        window_samples, window_start = 0, time.perf_counter()
-        rng_at_step = capture_rng()  # where the next step starts, with `position`
-        interrupts = DeferredInterrupt()
-        try:
-            with progress, interrupts:
-                if validation_pending:  # the validation Ctrl-C interrupted, before anything else
-                    best = self._select(step, best)
-                    validation_pending = False
-                epoch, batch_in_epoch = position
-                while step < config.steps:
-                    sampler.set_epoch(epoch, start=batch_in_epoch)
-                    for batch in self.loader:
-                        batch_in_epoch += 1
-                        batch = move(batch, accelerator.device)
-                        with accelerator.accumulate(self.model):
-                            outputs = self.model(batch)
-                            losses = {key: value for key, value in outputs.items() if "loss" in key}
-                            if not losses:
-                                raise KeyError(f"the model returned no *loss* key, only {sorted(outputs)}")
-                            total = sum(losses.values())
-                            accelerator.backward(total)
-                            if accelerator.sync_gradients and config.grad_clip > 0:
-                                accelerator.clip_grad_norm_(self.model.parameters(), config.grad_clip)
-                            with interrupts.critical():  # the weights change here, all at once
-                                self.optimizer.step()
-                                self.optimizer.zero_grad(set_to_none=True)
-                                if accelerator.sync_gradients:
-                                    self.scheduler.step()
-                                    step += 1
-                                    # Where the next step starts: what a checkpoint of this step records.
-                                    done = batch_in_epoch >= batches_per_epoch
-                                    position = (epoch + 1, 0) if done else (epoch, batch_in_epoch)
-                                    rng_at_step = capture_rng()
-                        window_samples += config.batch_size * accelerator.num_processes
-                        if not accelerator.sync_gradients:
-                            continue
-                        seconds = seconds_before + time.perf_counter() - started
-                        if step % config.log_every == 0 or step == config.steps:
-                            throughput = window_samples / max(1e-9, time.perf_counter() - window_start)
-                            window_samples, window_start = 0, time.perf_counter()
-                            shown = self._log_step(step, epoch, losses, total, throughput, seconds, log_file)
-                            progress.update(task, status=f"loss {shown:.3f}  {throughput:.0f} samples/s")
-                        progress.update(task, completed=step)
-                        at_end = step == config.steps
-                        if self._validation_due(step):
-                            validation_pending = True
-                            best = self._select(step, best)
-                            validation_pending = False
-                        if step % config.checkpoint_every == 0 or at_end:
-                            self._save(step, position, best, seconds, rng_at_step)
-                            if log_file is not None:
-                                self._write_csv(log_file)
-                        if at_end:
-                            break
-                    else:
-                        epoch, batch_in_epoch = epoch + 1, 0
-                        continue
-                    break
-        except KeyboardInterrupt:
-            raise self._interrupted(
-                step,
-                position,
-                best,
-                seconds_before + time.perf_counter() - started,
-                rng_at_step,
-                validation_pending,
-            ) from None
-        finally:
-            if log_file is not None:
-                self._write_csv(log_file)
-            if self._tensorboard is not None:
-                self._tensorboard.close()
-        return TrainResult(step, seconds_before + time.perf_counter() - started, best, self.run_dir)
+        self._task = progress.add_task("train", total=self.config.steps, completed=step, status="")
+        return progress
 
-    def _interrupted(
-        self, step, position, best, seconds, rng_state, validation_pending
-    ) -> TrainingInterrupted:
+    def _interrupted(self, state: LoopState, seconds: float) -> TrainingInterrupted:
         """Save what is consistent after Ctrl-C (one process), or say what a resume continues from."""
+        step = state.step
         if step > 0 and self.accelerator.num_processes == 1:
-            saved = self._save(step, position, best, seconds, rng_state, validation_pending)
+            saved = self._save(state, seconds)
             message = f"interrupted after step {step}: saved {saved}" + (
-                " (its validation was cut short and runs first on resume)" if validation_pending else ""
+                " (its validation was cut short and runs first on resume)" if state.validation_pending else ""
             )
             return TrainingInterrupted(step, saved, step, message)
         latest = latest_checkpoint(self.checkpoints)

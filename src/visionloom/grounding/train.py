@@ -22,12 +22,12 @@ from torch.utils.data import DataLoader
 from visionloom import config as config_io
 from visionloom.backbones import load
 from visionloom.config import PositiveInt
-from visionloom.data.build import RandomBatches
 from visionloom.data.pedes import DatasetFormatError
 from visionloom.data.refcoco import RefSample, evaluation_splits, find_refs_file, read_refcoco
 from visionloom.data.scenes import DEFAULT_PROMPT
 from visionloom.engine.checkpoint import load_weights
 from visionloom.engine.run import check_run_dir, fingerprint, open_run, record_data
+from visionloom.engine.samplers import RandomBatches
 from visionloom.engine.trainer import TrainConfig, Trainer, make_accelerator
 from visionloom.grounding.features import FeatureSet, SampleFeatures, collate, compute_features
 from visionloom.grounding.head import HeadConfig
@@ -52,9 +52,7 @@ class GroundingConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     sam: SamSettings = field(default_factory=SamSettings)
     train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(
-            steps=400, batch_size=32, ids_per_batch=0, lr=1e-3, warmup_steps=30
-        )
+        default_factory=lambda: TrainConfig(steps=400, batch_size=32, lr=1e-3, warmup_steps=30)
     )
 
 

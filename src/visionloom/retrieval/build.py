@@ -37,7 +37,7 @@ from transformers.image_utils import (
 )
 
 from visionloom import config as config_io
-from visionloom.config import Fraction, PositiveInt
+from visionloom.config import Fraction, NonNegativeInt, PositiveInt
 from visionloom.engine.trainer import TrainConfig
 from visionloom.retrieval import tiny
 from visionloom.retrieval.encoders import (
@@ -92,6 +92,9 @@ class DataConfig:
     # random crop, random erasing). With "irra" the offline VQ targets stay the codes of the clean
     # (flipped or not) image, so the generator reconstructs the person rather than the crop.
     augment: Literal["flip", "irra"] = "flip"
+    # Identity-balanced batches of this many identities (IRRA's RandomIdentitySampler, which SDM
+    # needs for positives in the batch); 0 = random batches.
+    ids_per_batch: NonNegativeInt = 8
 
 
 @dataclass

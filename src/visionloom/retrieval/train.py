@@ -108,7 +108,7 @@ def train_retrieval(
         sampler = make_sampler(
             train_set,
             config.train.batch_size,
-            config.train.ids_per_batch,
+            config.data.ids_per_batch,
             config.train.seed,
             accelerator.process_index,
             accelerator.num_processes,
@@ -123,6 +123,7 @@ def train_retrieval(
             run_dir,
             accelerator=accelerator,
             validate=lambda m: evaluate.evaluate_split(m, val_split),
+            select_key="R1",
             progress=progress,
         )
         result: TrainResult = trainer.fit(resume=resume)

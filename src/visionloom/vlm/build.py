@@ -22,7 +22,6 @@ class PretrainConfig:
         default_factory=lambda: TrainConfig(
             steps=5000,
             batch_size=32,
-            ids_per_batch=0,
             lr=3e-3,
             warmup_steps=100,
             checkpoint_every=500,

@@ -21,10 +21,10 @@ from pathlib import Path
 from torch.utils.data import DataLoader
 
 from visionloom import config as config_io
-from visionloom.data.build import RandomBatches
 from visionloom.data.scenes import SceneCells, SceneTextSet, read_scene_texts
 from visionloom.engine.checkpoint import load_weights
 from visionloom.engine.run import fingerprint, open_run, record_data
+from visionloom.engine.samplers import RandomBatches
 from visionloom.engine.trainer import Trainer
 from visionloom.vlm.answers import AnswerCollate
 from visionloom.vlm.build import FAMILY_PRESETS, PretrainConfig, build_vlm
