@@ -156,9 +156,8 @@ def test_scenes_pretrain_ground_eval_show_from_the_command_line(tmp_path):
         app, ["ground", "eval", str(run), "--data", str(data), "--json", str(tmp_path / "m.json")]
     )
     assert result.exit_code == 0, result.output
-    assert (
-        json.loads((tmp_path / "m.json").read_text())
-        == json.loads((run / "test_metrics.json").read_text())["evaluation"]
+    assert json.loads((tmp_path / "m.json").read_text()) == json.loads(
+        (run / "test_metrics.json").read_text()
     )
     result = runner.invoke(app, ["ground", "show", str(run), "--data", str(data), "--n", "3"])
     assert result.exit_code == 0, result.output

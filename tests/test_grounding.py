@@ -175,8 +175,8 @@ def test_training_changes_the_head_and_never_the_vlm(scenes_root, tmp_path, monk
     config.train.checkpoint_every = config.train.eval_every = 3
     summary = grounding_train.train_grounding(config, scenes_root, tmp_path / "run", progress=False)
     assert _state_digest(adapter.model) == before
-    assert list(summary["evaluation"]) == ["val", "test"]  # the synthetic scenes' evaluation splits
-    assert set(summary["evaluation"]["test"]) == {
+    assert summary["evaluated"] == ["val", "test"]  # the synthetic scenes' evaluation splits
+    assert set(summary["test"]) == {
         f"{kind}_{m}" for kind in ("coarse", "refined") for m in ("cIoU", "mIoU", "P@0.5")
     }
     assert summary["selected"]["step"] == 3 and (tmp_path / "run" / "test_metrics.json").is_file()
@@ -232,7 +232,7 @@ def test_qwen_pretrains_and_grounds_end_to_end(scenes_root, tmp_path):
     ground.vlm = str(tmp_path / "vlm")
     ground.train.checkpoint_every = ground.train.eval_every = 2
     summary = grounding_train.train_grounding(ground, scenes_root, tmp_path / "run", progress=False)
-    assert summary["selected"]["step"] == 2 and "refined_cIoU" in summary["evaluation"]["test"]
+    assert summary["selected"]["step"] == 2 and "refined_cIoU" in summary["test"]
 
 
 def test_refcoco_as_released_trains_and_evaluates_on_val_testa_and_testb(
@@ -257,18 +257,18 @@ def test_refcoco_as_released_trains_and_evaluates_on_val_testa_and_testb(
     config.train.steps, config.train.batch_size, config.train.warmup_steps = 2, 4, 1
     config.train.checkpoint_every = config.train.eval_every = 2
     summary = grounding_train.train_grounding(config, refcoco_release, tmp_path / "run", progress=False)
-    assert list(summary["evaluation"]) == ["val", "testA", "testB"]
+    assert summary["evaluated"] == ["val", "testA", "testB"]
     assert summary["image_dir"] == str(mscoco)
-    assert summary["evaluation"]["val"] == pytest.approx(
+    assert summary["val"] == pytest.approx(
         {key: value for key, value in summary["selected"].items() if key != "step"}
     )
     written = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
-    assert written["evaluation"] == summary["evaluation"]
+    assert written == {split: summary[split] for split in summary["evaluated"]}
     # ground eval gives the same numbers per split, from the run directory.
     again = grounding_train.evaluate_run(tmp_path / "run", refcoco_release)
-    assert list(again) == list(summary["evaluation"])
-    for split, metrics in summary["evaluation"].items():
-        assert again[split] == pytest.approx(metrics), split
+    assert list(again) == summary["evaluated"]
+    for split in summary["evaluated"]:
+        assert again[split] == pytest.approx(summary[split]), split
 
 
 def test_a_data_set_without_val_is_refused_before_any_training(refcoco_release, tmp_path, monkeypatch):

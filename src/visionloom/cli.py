@@ -305,7 +305,7 @@ def ground_train(
     summary = train_grounding(settings, data, out, resume=resume, overwrite=overwrite)
     _print_split_metrics(
         f"{settings.name}, % (weights of step {summary['selected']['step']}, selected on val)",
-        summary["evaluation"],
+        {split: summary[split] for split in summary["evaluated"]},
     )
     console.print(f"images: {summary['image_dir']}\nrun: {out}", highlight=False)
 

@@ -3,6 +3,8 @@
     RUN/.lock          held (flock) by the process writing the run; names its PID
     RUN/config.yaml    the resolved config; `--resume` refuses another, naming the keys that differ
     RUN/data.json      the data set's fingerprint; `--resume` refuses another data set
+    RUN/best/          the weights selected on the validation split (written by the trainer)
+    RUN/summary.json   the run, its selection and every evaluation split's metrics (`finish_run`)
 
 A directory that already holds files is refused unless the run is resumed or `--overwrite` is
 given, so a finished run is never replaced by accident. The lock is an advisory `flock` on an open
@@ -18,11 +20,18 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from visionloom import config as config_io
+from visionloom.engine.checkpoint import load_weights
 
 LOCK = ".lock"
+T = TypeVar("T")
 
 
 class RunDirectoryError(ValueError):
@@ -143,3 +152,47 @@ def open_run(run_dir: Path, *, resume: bool, overwrite: bool, main: bool = True)
     finally:
         if lock is not None:
             lock.release()
+
+
+def best_weights(run_dir: Path) -> Path:
+    """The weights the trainer selected on the validation split."""
+    return run_dir / "best" / "model.safetensors"
+
+
+def read_run_config(cls: type[T], run_dir: Path, command: str) -> T:
+    """RUN/config.yaml as `cls`, checked like any config; a clear error when `run_dir` is no run."""
+    config_file = Path(run_dir) / "config.yaml"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{run_dir}: no config.yaml; expected a `visionloom {command}` run directory")
+    return config_io.from_dict(cls, config_io.read_yaml(config_file) or {}, str(config_file))
+
+
+def finish_run(
+    run_dir: Path,
+    model: torch.nn.Module,
+    result: Any,
+    evaluate: Callable[[torch.nn.Module], dict[str, dict[str, float]]],
+    description: dict[str, Any],
+) -> dict[str, Any]:
+    """The end of every run (main process): the weights selected on val loaded into `model`, each
+    evaluation split evaluated once with them, RUN/test_metrics.json (metrics per split) and
+    RUN/summary.json (the run, what was selected, and each split's metrics) written."""
+    weights = best_weights(run_dir)
+    if not weights.is_file():
+        raise FileNotFoundError(
+            f"{run_dir}: no selected weights in best/ (did training finish a validation?)"
+        )
+    load_weights(model, weights)
+    model.eval()
+    metrics = evaluate(model)
+    summary = {
+        **description,
+        "steps": result.step,
+        "train_seconds": round(result.seconds, 1),
+        "selected": result.best,
+        "evaluated": list(metrics),
+        **metrics,
+    }
+    (run_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=1))
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary

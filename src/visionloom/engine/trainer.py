@@ -39,6 +39,7 @@ from visionloom.engine.checkpoint import (
     save_weights,
     write_text_atomic,
 )
+from visionloom.engine.run import best_weights
 
 
 @dataclass
@@ -251,12 +252,12 @@ class Trainer:
             value = metrics[self.select_key]
             if best is None or value > best[self.select_key]:
                 best = {"step": step, **metrics}
-                target = self.run_dir / "best"
-                target.mkdir(parents=True, exist_ok=True)
-                temporary = target / ".model.safetensors.tmp"
+                weights = best_weights(self.run_dir)
+                weights.parent.mkdir(parents=True, exist_ok=True)
+                temporary = weights.with_name(f".{weights.name}.tmp")
                 save_weights(self.accelerator.unwrap_model(self.model), temporary)
-                temporary.replace(target / "model.safetensors")
-                write_text_atomic(target / "selection.json", json.dumps(best, indent=1))
+                temporary.replace(weights)
+                write_text_atomic(weights.with_name("selection.json"), json.dumps(best, indent=1))
         best = self.accelerator.gather_for_metrics([best])[0] if self.accelerator.num_processes > 1 else best
         return best
 

@@ -10,13 +10,11 @@ RUN/test_metrics.json  every evaluation split the data set has (val, test or tes
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
-import yaml
 from torch.utils.data import DataLoader
 
 from visionloom import config as config_io
@@ -25,8 +23,9 @@ from visionloom.config import PositiveInt
 from visionloom.data.pedes import DatasetFormatError
 from visionloom.data.refcoco import RefSample, evaluation_splits, find_refs_file, read_refcoco
 from visionloom.data.scenes import DEFAULT_PROMPT
+from visionloom.engine import run as engine_run
 from visionloom.engine.checkpoint import load_weights
-from visionloom.engine.run import check_run_dir, fingerprint, open_run, record_data
+from visionloom.engine.run import best_weights, check_run_dir, fingerprint, finish_run, open_run, record_data
 from visionloom.engine.samplers import RandomBatches
 from visionloom.engine.trainer import TrainConfig, Trainer, make_accelerator
 from visionloom.grounding.features import FeatureSet, SampleFeatures, collate, compute_features
@@ -202,38 +201,33 @@ def train_grounding(
             progress=progress,
         )
         result = trainer.fit(resume=resume)
-        summary = {
+        description = {
             "name": config.name,
             "vlm": config.vlm,
             "image_dir": str(splits["train"][0].image_path.parent),
-            "steps": result.step,
-            "train_seconds": round(result.seconds, 1),
-            "selected": result.best,
         }
-        if accelerator.is_main_process:
-            load_weights(model, run_dir / "best" / "model.safetensors")  # the weights selected on val
-            # Every split the data set has, as F-LMM reports them (val is the one selection used).
-            summary["evaluation"] = {}
+        summary = {**description, "steps": result.step, "selected": result.best}
+
+        def evaluate_splits(best: Grounder) -> dict[str, dict[str, float]]:
+            """Every split the data set has, as F-LMM reports them (val is the one selection used)."""
+            metrics = {}
             for split in evaluation_splits(splits):
-                features = val_features if split == "val" else None
-                if features is None:
+                features = val_features
+                if split != "val":
                     features = split_features(
                         config, adapter, refiner, data_root, split, progress, splits[split]
                     )
-                summary["evaluation"][split] = evaluate(model, features)
-            (run_dir / "test_metrics.json").write_text(json.dumps(summary, indent=1))
-            (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+                metrics[split] = evaluate(best, features)
+            return metrics
+
+        if accelerator.is_main_process:
+            summary = finish_run(run_dir, model, result, evaluate_splits, description)
         accelerator.wait_for_everyone()
         return summary
 
 
 def read_run_config(run_dir: str | Path) -> GroundingConfig:
-    config_file = Path(run_dir) / "config.yaml"
-    if not config_file.is_file():
-        raise FileNotFoundError(
-            f"{run_dir}: no config.yaml; expected a `visionloom ground train` run directory"
-        )
-    return config_io.from_dict(GroundingConfig, yaml.safe_load(config_file.read_text()), str(config_file))
+    return engine_run.read_run_config(GroundingConfig, Path(run_dir), "ground train")
 
 
 def evaluate_run(run_dir: str | Path, data_root: str | Path, split: str | None = None) -> dict[str, dict]:
@@ -268,7 +262,7 @@ def load_trained(
     """
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
-    weights = run_dir / "best" / "model.safetensors"
+    weights = best_weights(run_dir)
     if not weights.is_file():
         raise FileNotFoundError(
             f"{run_dir}: no selected weights in best/ (did training finish a validation?)"

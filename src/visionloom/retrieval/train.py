@@ -17,7 +17,6 @@ import os
 from pathlib import Path
 
 import torch
-import yaml
 from rich.progress import track
 
 from visionloom import config as config_io
@@ -25,7 +24,14 @@ from visionloom.data.build import TrainPairs, make_sampler, train_loader
 from visionloom.data.check import require_usable
 from visionloom.data.pedes import read_pedes
 from visionloom.engine.checkpoint import load_weights
-from visionloom.engine.run import fingerprint, open_run, record_data
+from visionloom.engine.run import (
+    best_weights,
+    fingerprint,
+    finish_run,
+    open_run,
+    read_run_config,
+    record_data,
+)
 from visionloom.engine.trainer import Trainer, TrainResult, make_accelerator
 from visionloom.retrieval import evaluate
 from visionloom.retrieval.build import RetrievalConfig, create_model
@@ -127,18 +133,17 @@ def train_retrieval(
             progress=progress,
         )
         result: TrainResult = trainer.fit(resume=resume)
-        summary = {
-            "name": config.name,
-            "steps": result.step,
-            "train_seconds": round(result.seconds, 1),
-            "selected": result.best,
-        }
-        if evaluate_test and accelerator.is_main_process:
-            best_model = load_trained(run_dir)
-            summary["test"] = evaluate.evaluate_split(best_model, dataset["test"])
-            (run_dir / "test_metrics.json").write_text(json.dumps(summary, indent=1))
+        summary = {"name": config.name, "steps": result.step, "selected": result.best}
         if accelerator.is_main_process:
-            (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+            summary = finish_run(
+                run_dir,
+                model,
+                result,
+                lambda best: (
+                    {"test": evaluate.evaluate_split(best, dataset["test"])} if evaluate_test else {}
+                ),
+                {"name": config.name},
+            )
         accelerator.wait_for_everyone()
         return summary
 
@@ -149,7 +154,7 @@ def find_run(path: str | Path) -> tuple[Path, Path]:
     if (path / "model.safetensors").is_file() and (path / "state.json").is_file():
         return path.parent.parent, path / "model.safetensors"
     if (path / "config.yaml").is_file():
-        best = path / "best" / "model.safetensors"
+        best = best_weights(path)
         if best.is_file():
             return path, best
         from visionloom.engine.checkpoint import latest_checkpoint
@@ -165,9 +170,7 @@ def find_run(path: str | Path) -> tuple[Path, Path]:
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> DualEncoder:
     """A trained model from a run directory or checkpoint, in eval mode."""
     run_dir, weights = find_run(path)
-    config = config_io.from_dict(
-        RetrievalConfig, yaml.safe_load((run_dir / "config.yaml").read_text()), str(run_dir / "config.yaml")
-    )
+    config = read_run_config(RetrievalConfig, run_dir, "retrieval train")
     config.vq.online = False  # encoding needs no tokenizer; the generator's weights load all the same
     run = json.loads((run_dir / "run.json").read_text())
     model = create_model(config, run["num_identities"])

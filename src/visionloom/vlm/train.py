@@ -22,8 +22,7 @@ from torch.utils.data import DataLoader
 
 from visionloom import config as config_io
 from visionloom.data.scenes import SceneCells, SceneTextSet, read_scene_texts
-from visionloom.engine.checkpoint import load_weights
-from visionloom.engine.run import fingerprint, open_run, record_data
+from visionloom.engine.run import fingerprint, finish_run, open_run, record_data
 from visionloom.engine.samplers import RandomBatches
 from visionloom.engine.trainer import Trainer
 from visionloom.vlm.answers import AnswerCollate
@@ -70,19 +69,22 @@ def pretrain(
             model, loader, config.train, out / "run", validate=validate, select_key="all", progress=progress
         )
         result = trainer.fit(resume=resume)
-        # The selected weights become the checkpoint directory.
-        load_weights(model, out / "run" / "best" / "model.safetensors")
-        adapter.model.eval()
-        adapter.save_pretrained(out)
+        test_texts = read_scene_texts(root, "test")
+        summary = finish_run(
+            out / "run",
+            model,
+            result,
+            lambda _best: {"test": answer_accuracy(adapter, test_texts, progress=progress)},
+            {"family": config.family},
+        )
+        adapter.save_pretrained(out)  # the selected weights (finish_run loaded them) as the checkpoint
         report = {
             "family": config.family,
-            "steps": result.step,
-            "train_seconds": round(result.seconds, 1),
-            "selected": result.best,
-            "test_accuracy": answer_accuracy(adapter, read_scene_texts(root, "test"), progress=progress),
-            "test_accuracy_random_weights": answer_accuracy(
-                build_vlm(config), read_scene_texts(root, "test")
-            ),
+            "steps": summary["steps"],
+            "train_seconds": summary["train_seconds"],
+            "selected": summary["selected"],
+            "test_accuracy": summary["test"],
+            "test_accuracy_random_weights": answer_accuracy(build_vlm(config), test_texts),
         }
         (out / "pretrain.json").write_text(json.dumps(report, indent=1))
     return report
