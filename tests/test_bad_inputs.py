@@ -75,7 +75,7 @@ class _Explodes:
 @pytest.mark.parametrize("flag", ["n", '"false"', "0", "yes please"])
 def test_the_pickle_guard_takes_only_a_real_true(flag, tmp_path):
     with pytest.raises(ConfigError, match="allow_pickle: expected true or false"):
-        from visionloom.grounding.train import load_config as grounding_config
+        from visionloom.grounding.build import load_config as grounding_config
 
         grounding_config("llava", [f"allow_pickle={flag}"])
     marker = tmp_path / "ran"

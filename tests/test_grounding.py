@@ -164,12 +164,14 @@ def _state_digest(model: torch.nn.Module) -> str:
 
 
 def test_training_changes_the_head_and_never_the_vlm(scenes_root, tmp_path, monkeypatch):
+    from visionloom.grounding import build as grounding_build
+    from visionloom.grounding import evaluate as grounding_evaluate
     from visionloom.grounding import train as grounding_train
 
     adapter = cached_preset("tiny-llava")
     before = _state_digest(adapter.model)
-    monkeypatch.setattr(grounding_train, "load_vlm", lambda config: adapter)
-    config = grounding_train.GroundingConfig(name="t", vlm="tiny-llava")
+    monkeypatch.setattr(grounding_build, "load_vlm", lambda config: adapter)
+    config = grounding_build.GroundingConfig(name="t", vlm="tiny-llava")
     config.head.width = 8
     config.train.steps, config.train.batch_size, config.train.warmup_steps = 3, 4, 1
     config.train.checkpoint_every = config.train.eval_every = 3
@@ -190,8 +192,8 @@ def test_training_changes_the_head_and_never_the_vlm(scenes_root, tmp_path, monk
         assert not any(name.startswith("refiner.sam.vision_encoder.") for name in names)
         assert any(name.startswith("head.") for name in names) and "text_layer_weights" in names
     # The trained weights are what eval loads: same predictions from a fresh load.
-    model, _, features = grounding_train.load_trained(tmp_path / "run", data_root=scenes_root, split="val")
-    assert grounding_train.evaluate(model, features) == pytest.approx(
+    model, _, features = grounding_evaluate.load_trained(tmp_path / "run", data_root=scenes_root, split="val")
+    assert grounding_evaluate.evaluate(model, features) == pytest.approx(
         {key: value for key, value in summary["selected"].items() if key != "step"}
     )
 
@@ -217,6 +219,7 @@ def test_grounder_losses_and_gradients_stop_at_the_features(scenes_root):
 @pytest.mark.slow
 def test_qwen_pretrains_and_grounds_end_to_end(scenes_root, tmp_path):
     """The Qwen2.5-VL path of both commands: its 3-D positions, merged grid and processor."""
+    from visionloom.grounding import build as grounding_build
     from visionloom.grounding import train as grounding_train
     from visionloom.vlm.build import PretrainConfig
     from visionloom.vlm.train import pretrain
@@ -226,7 +229,7 @@ def test_qwen_pretrains_and_grounds_end_to_end(scenes_root, tmp_path):
     config.train.checkpoint_every = config.train.eval_every = 2
     report = pretrain(scenes_root, tmp_path / "vlm", config, progress=False)
     assert "where" in report["test_accuracy"]
-    ground = grounding_train.load_config(
+    ground = grounding_build.load_config(
         "qwen2.5-vl", ["train.steps=2", "train.batch_size=4", "head.width=8"]
     )
     ground.vlm = str(tmp_path / "vlm")
@@ -240,6 +243,8 @@ def test_refcoco_as_released_trains_and_evaluates_on_val_testa_and_testb(
 ):
     """The refer layout, found by itself; RefCOCO's splits; images of mixed sizes."""
     from visionloom.data.refcoco import read_refcoco
+    from visionloom.grounding import build as grounding_build
+    from visionloom.grounding import evaluate as grounding_evaluate
     from visionloom.grounding import train as grounding_train
 
     samples = read_refcoco(refcoco_release, dataset="refcoco")
@@ -251,8 +256,8 @@ def test_refcoco_as_released_trains_and_evaluates_on_val_testa_and_testb(
     assert padded.mask().shape == (padded.height, padded.width)
 
     adapter = cached_preset("tiny-llava")
-    monkeypatch.setattr(grounding_train, "load_vlm", lambda config: adapter)
-    config = grounding_train.GroundingConfig(name="t", vlm="tiny-llava", split_by="unc")
+    monkeypatch.setattr(grounding_build, "load_vlm", lambda config: adapter)
+    config = grounding_build.GroundingConfig(name="t", vlm="tiny-llava", split_by="unc")
     config.head.width = 8
     config.train.steps, config.train.batch_size, config.train.warmup_steps = 2, 4, 1
     config.train.checkpoint_every = config.train.eval_every = 2
@@ -265,7 +270,7 @@ def test_refcoco_as_released_trains_and_evaluates_on_val_testa_and_testb(
     written = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
     assert written == {split: summary[split] for split in summary["evaluated"]}
     # ground eval gives the same numbers per split, from the run directory.
-    again = grounding_train.evaluate_run(tmp_path / "run", refcoco_release)
+    again = grounding_evaluate.evaluate_run(tmp_path / "run", refcoco_release)
     assert list(again) == summary["evaluated"]
     for split in summary["evaluated"]:
         assert again[split] == pytest.approx(summary[split]), split
@@ -275,6 +280,7 @@ def test_a_data_set_without_val_is_refused_before_any_training(refcoco_release, 
     import shutil
 
     from visionloom.data.pedes import DatasetFormatError
+    from visionloom.grounding import build as grounding_build
     from visionloom.grounding import train as grounding_train
 
     root = tmp_path / "refcoco"
@@ -284,8 +290,8 @@ def test_a_data_set_without_val_is_refused_before_any_training(refcoco_release, 
         ref["split"] = "train" if ref["split"] == "val" else ref["split"]
     (root / "refs(unc).json").write_text(json.dumps(refs))
     loaded = []
-    monkeypatch.setattr(grounding_train, "load_vlm", lambda config: loaded.append(1))
-    config = grounding_train.GroundingConfig(
+    monkeypatch.setattr(grounding_build, "load_vlm", lambda config: loaded.append(1))
+    config = grounding_build.GroundingConfig(
         name="t",
         vlm="tiny-llava",
         image_dir=str(refcoco_release.parent / "images" / "mscoco" / "images" / "train2014"),

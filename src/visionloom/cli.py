@@ -297,7 +297,8 @@ def ground_train(
     overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. train.steps=100."),
 ) -> None:
     """Train the mask head, text projection and SAM decoder on a frozen VLM; select on val, test once."""
-    from visionloom.grounding.train import load_config, train_grounding
+    from visionloom.grounding.build import load_config
+    from visionloom.grounding.train import train_grounding
 
     settings = load_config(config, overrides)
     if vlm is not None:
@@ -322,7 +323,7 @@ def ground_eval(
     json_out: Path | None = typer.Option(None, "--json", help="Also write the metrics here."),
 ) -> None:
     """cIoU, mIoU and P@0.5 of the coarse and the SAM-refined masks, per split."""
-    from visionloom.grounding.train import evaluate_run, read_run_config
+    from visionloom.grounding.evaluate import evaluate_run, read_run_config
 
     try:
         evaluation = evaluate_run(checkpoint, data, split)
@@ -342,8 +343,9 @@ def ground_show(
     out: Path | None = typer.Option(None, "--out", help="Folder for the PNGs (default CHECKPOINT/show)."),
 ) -> None:
     """A PNG per sample: image, expression, attention map, coarse and refined masks."""
+    from visionloom.grounding.build import read_samples
+    from visionloom.grounding.evaluate import load_trained, read_run_config
     from visionloom.grounding.show import show
-    from visionloom.grounding.train import load_trained, read_run_config, read_samples
 
     try:
         samples = read_samples(read_run_config(checkpoint), data, split)[:n]

@@ -1,0 +1,119 @@
+"""Grounding's configuration and how each part is built from it: the frozen VLM, SAM, the splits,
+their frozen features, and the Grounder (mask head, text projection, SAM refiner)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from visionloom import config as config_io
+from visionloom.backbones import load
+from visionloom.config import PositiveInt
+from visionloom.data.pedes import DatasetFormatError
+from visionloom.data.refcoco import RefSample, read_refcoco
+from visionloom.data.scenes import DEFAULT_PROMPT
+from visionloom.engine.trainer import TrainConfig
+from visionloom.grounding.features import SampleFeatures, compute_features
+from visionloom.grounding.head import HeadConfig
+from visionloom.grounding.model import Grounder
+from visionloom.grounding.sam import SamRefiner, SamSettings, load_sam
+
+
+@dataclass
+class GroundingConfig:
+    name: str = "grounding"
+    vlm: str | None = None  # a local checkpoint directory, or a preset name (random weights: the control)
+    vlm_seed: int = 0  # weights of a preset
+    prompt: str = DEFAULT_PROMPT
+    merge: Literal["mean", "max"] = "mean"  # how attention is merged over the expression's tokens
+    text_layers: PositiveInt = 2  # hidden states of the last K layers, weighted, go to text_proj
+    image_dir: str | None = None  # images, when not DATA/images (COCO's train2014 for RefCOCO)
+    split_by: str | None = (
+        None  # which refs(<split_by>) file: unc (RefCOCO, RefCOCO+), umd or google (RefCOCOg)
+    )
+    allow_pickle: bool = False  # read a pickled refs(...).p; unpickling runs code, so only for trusted files
+    head: HeadConfig = field(default_factory=HeadConfig)
+    sam: SamSettings = field(default_factory=SamSettings)
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(steps=400, batch_size=32, lr=1e-3, warmup_steps=30)
+    )
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> GroundingConfig:
+    return config_io.load(GroundingConfig, config_io.find_config("grounding", name_or_path), overrides)
+
+
+def require_vlm(config: GroundingConfig) -> None:
+    if config.vlm is None:
+        raise ValueError(
+            "no VLM: give --vlm DIR (a checkpoint from `visionloom vlm pretrain` or a real one), "
+            "or a preset name for the random-weight control"
+        )
+
+
+def load_vlm(config: GroundingConfig):
+    require_vlm(config)
+    adapter = load(config.vlm, seed=config.vlm_seed) if not Path(config.vlm).is_dir() else load(config.vlm)
+    adapter.model.eval().requires_grad_(False)
+    return adapter
+
+
+def build_refiner(config: GroundingConfig) -> SamRefiner | None:
+    return SamRefiner(*load_sam(config.sam), config.sam) if config.sam.enabled else None
+
+
+def read_samples(config: GroundingConfig, data_root: str | Path, split: str | None) -> list[RefSample]:
+    return read_refcoco(
+        data_root,
+        split,
+        image_dir=config.image_dir,
+        split_by=config.split_by,
+        allow_pickle=config.allow_pickle,
+    )
+
+
+def read_splits(
+    config: GroundingConfig, data_root: str | Path, required: tuple[str, ...] = ("train", "val")
+) -> dict[str, list[RefSample]]:
+    """Every split's samples, read once before any work; the `required` splits must be there."""
+    by_split: dict[str, list[RefSample]] = {}
+    for sample in read_samples(config, data_root, None):
+        by_split.setdefault(sample.split, []).append(sample)
+    missing = [split for split in required if split not in by_split]
+    if missing:
+        raise DatasetFormatError(
+            f"{data_root}: no {' or '.join(repr(m) for m in missing)} split (training needs train, and val "
+            f"to select on); splits present: {sorted(by_split)}"
+        )
+    return by_split
+
+
+def split_features(
+    config, adapter, refiner, data_root: Path, split: str, progress: bool, samples=None
+) -> list[SampleFeatures]:
+    """Frozen features of `samples`, else of the split's samples, with the config's prompt and merge."""
+    if samples is None:
+        samples = read_samples(config, data_root, split)
+    return compute_features(
+        adapter,
+        samples,
+        refiner,
+        prompt=config.prompt,
+        merge=config.merge,
+        text_layers=config.text_layers,
+        description=split,
+        progress=progress,
+    )
+
+
+def build_model(config: GroundingConfig, features: list[SampleFeatures], refiner) -> Grounder:
+    channels, text_width = features[0].attention.shape[0], features[0].hidden.shape[-1]
+    torch.manual_seed(config.train.seed)
+    return Grounder(channels, config.text_layers, text_width, config.head, refiner)
+
+
+def select_key(config: GroundingConfig) -> str:
+    return "refined_cIoU" if config.sam.enabled else "coarse_cIoU"
