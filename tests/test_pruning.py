@@ -17,7 +17,6 @@ from visionloom.pruning.apply import Decision, forward_pruned, prune_sequence
 from visionloom.pruning.pruners import (
     KeepAll,
     LearnedScorer,
-    OnesSoft,
     RandomPruner,
     TextAttention,
     TowerAttention,
@@ -25,6 +24,15 @@ from visionloom.pruning.pruners import (
 from visionloom.vlm.answers import AnswerCollate
 
 SIDES = ["right", "left"]
+
+
+class OnesSoft:
+    """The soft-weight reference of the invariant: every token weighted 1 (tests only)."""
+
+    name = "ones-soft"
+
+    def decide(self, adapter, inputs, tokens, keep_ratio: float = 1.0, *, query_positions=None) -> Decision:
+        return Decision(weights=[torch.ones(count) for count in tokens.counts])
 
 
 @contextmanager
@@ -305,8 +313,8 @@ def test_tower_attention_prunes_every_family(name, image):
     with torch.no_grad():
         pruner = TowerAttention(merge=True)
         decision = pruner.decide(adapter, inputs, tokens, 0.25)
-        merged = pruner.merged_tokens(adapter, tokens, decision)
-        output = _out(forward_pruned(adapter, inputs, merged, decision, **flags))
+        merged = replace(tokens, embeds=decision.embeds)  # the merged embeddings travel in the decision
+        output = _out(forward_pruned(adapter, inputs, tokens, decision, **flags))
     for image_index, keep in enumerate(decision.keep):
         layout = adapter.structural_offsets(tokens.geometries[image_index])
         assert set(layout) <= set(keep.tolist())
@@ -324,7 +332,7 @@ def test_merging_moves_dropped_tokens_into_kept_ones(image):
     inputs, _, tokens = _encoded_batch(adapter, image)
     pruner = TowerAttention(merge=True)
     decision = pruner.decide(adapter, inputs, tokens, 0.25)
-    merged = pruner.merged_tokens(adapter, tokens, decision)
+    merged = replace(tokens, embeds=decision.embeds)
     before, after = tokens.per_image()[0], merged.per_image()[0]
     kept = decision.keep[0]
     dropped = torch.ones(64, dtype=torch.bool)
@@ -476,7 +484,8 @@ def test_learned_scorer_is_soft_in_training_and_hard_at_inference(image):
 
 
 def test_prune_eval_writes_table_plot_and_keeps_accuracy_at_full_keep(scenes_root, scene_vlm, tmp_path):
-    from visionloom.pruning.evaluate import PruneConfig, evaluate_pruning, read_questions, run_pruner
+    from visionloom.pruning.build import PruneConfig
+    from visionloom.pruning.evaluate import evaluate_pruning, read_questions, run_pruner
     from visionloom.vlm.evaluate import answer_accuracy
 
     directory, _ = scene_vlm
@@ -517,7 +526,8 @@ def test_text_attention_in_evaluation_ranks_from_the_prompt_not_the_answer(
 ):
     """The answer is teacher-forced in evaluation; swapping it must not change what is kept."""
     from visionloom.backbones import load
-    from visionloom.pruning.evaluate import PruneConfig, read_questions, run_pruner
+    from visionloom.pruning.build import PruneConfig
+    from visionloom.pruning.evaluate import read_questions, run_pruner
 
     adapter = load(scene_vlm[0])
     texts = read_questions(PruneConfig(), scenes_root)[:6]
@@ -547,7 +557,7 @@ class UnevenPruner:
 
     name = "uneven"
 
-    def decide(self, adapter, inputs, tokens, keep_ratio: float) -> Decision:
+    def decide(self, adapter, inputs, tokens, keep_ratio: float, *, query_positions=None) -> Decision:
         keep = []
         for image, count in enumerate(tokens.counts):
             share = keep_ratio if image % 2 == 0 else keep_ratio / 4
@@ -562,7 +572,8 @@ def test_prune_eval_gives_the_same_answers_under_left_and_right_padding(scenes_r
     """
     import visionloom.pruning.evaluate as prune_evaluate
     from visionloom.backbones import load
-    from visionloom.pruning.evaluate import PruneConfig, read_questions, run_pruner
+    from visionloom.pruning.build import PruneConfig
+    from visionloom.pruning.evaluate import read_questions, run_pruner
 
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     answers_correct = prune_evaluate.answers_correct
@@ -598,7 +609,8 @@ def test_prune_eval_gives_the_same_answers_under_left_and_right_padding(scenes_r
 def test_question_sets_load_from_a_local_json_with_errors_naming_the_item(scenes_root, tmp_path):
     import json
 
-    from visionloom.pruning.evaluate import PruneConfig, read_questions
+    from visionloom.pruning.build import PruneConfig
+    from visionloom.pruning.evaluate import read_questions
 
     image = next((scenes_root / "images").glob("*.png"))
     path = tmp_path / "questions.json"

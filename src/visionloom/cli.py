@@ -368,7 +368,8 @@ def prune_eval(
     overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. max_questions=100."),
 ) -> None:
     """Accuracy, prefill time and FLOPs for each pruner at keep ratios 100/50/25/11%."""
-    from visionloom.pruning.evaluate import evaluate_pruning, load_config
+    from visionloom.pruning.build import load_config
+    from visionloom.pruning.evaluate import evaluate_pruning
 
     settings = load_config(config, overrides)
     if vlm is not None:

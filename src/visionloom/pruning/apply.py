@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -39,6 +39,8 @@ class Decision:
 
     keep: list[torch.Tensor] | None = None  # long [k_i], indices into the image's placeholders
     weights: list[torch.Tensor] | None = None  # float [counts_i]
+    # [T, D_text]: embeddings that replace the layer's (PruMerge's merged tokens), same layout.
+    embeds: torch.Tensor | None = None
     from_layer: int = 0  # the first language-model layer without the dropped tokens
     # [B, S, D]: the full sequence entering `from_layer`, when the pruner already computed it.
     hidden_entering: torch.Tensor | None = None
@@ -186,6 +188,12 @@ def prune_sequence(
 ) -> PrunedSequence:
     structural = [adapter.structural_offsets(g) for g in inputs.geometries]
     validate(decision, tokens, structural)
+    if decision.embeds is not None:
+        if decision.embeds.shape != tokens.embeds.shape:
+            raise ValueError(
+                f"decision.embeds {tuple(decision.embeds.shape)} must replace embeddings {tuple(tokens.embeds.shape)}"
+            )
+        tokens = replace(tokens, embeds=decision.embeds)
     if decision.from_layer == 0:
         embeds = adapter.insert(inputs, tokens)  # [B, S, D], the layer's checks included
     elif decision.hidden_entering is not None:

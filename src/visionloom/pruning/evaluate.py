@@ -11,60 +11,19 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch.utils.data import DataLoader
 
-from visionloom import config as config_io
 from visionloom.backbones import load
 from visionloom.backbones.base import ImageTokenAdapter
-from visionloom.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, ShareOfOne
 from visionloom.data.scenes import SceneText, SceneTextSet, read_scene_texts
-from visionloom.pruning.apply import forward_pruned, prune_sequence, run_pruned
-from visionloom.pruning.pruners import (
-    KeepAll,
-    LearnedScorer,
-    RandomPruner,
-    TextAttention,
-    TowerAttention,
-)
+from visionloom.pruning.apply import prune_sequence, run_pruned
+from visionloom.pruning.build import PruneConfig, make_pruner
+from visionloom.pruning.pruners import KeepAll, Pruner
+from visionloom.pruning.report import plot, write_table
 from visionloom.vlm.answers import AnswerCollate, answers_correct
-
-
-@dataclass
-class ScorerConfig:
-    steps: PositiveInt = 200
-    batch_size: PositiveInt = 16
-    lr: PositiveFloat = 1e-3
-    budget_weight: NonNegativeFloat = (
-        1.0  # pulls the mean soft weight toward the keep ratio being trained for
-    )
-    keep_ratio: ShareOfOne = 0.25
-
-
-@dataclass
-class PruneConfig:
-    name: str = "scenes"
-    vlm: str | None = None  # a checkpoint directory (from `vlm pretrain`, or a real VLM)
-    split: str = "test"
-    questions: str | None = None  # a JSON list of {"image", "question", "answer"}; None: the scenes' qa.json
-    max_questions: PositiveInt = 400
-    batch_size: PositiveInt = 32
-    keep_ratios: list[ShareOfOne] = field(default_factory=lambda: [1.0, 0.5, 0.25, 0.11])
-    pruners: list[
-        Literal["random", "tower-attention", "tower-attention-merge", "text-attention", "learned"]
-    ] = field(default_factory=lambda: ["random", "tower-attention", "text-attention", "learned"])
-    text_layer: NonNegativeInt = 0  # language-side pruner (FastV's K): rank at this layer, drop after it
-    tower_block: int | None = None  # vision-side pruner: score at this tower block; None: the family's
-    scorer: ScorerConfig = field(default_factory=ScorerConfig)
-    seed: int = 0
-
-
-def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> PruneConfig:
-    return config_io.load(PruneConfig, config_io.find_config("pruning", name_or_path), overrides)
 
 
 def read_questions(config: PruneConfig, data_root: Path) -> list[SceneText]:
@@ -109,67 +68,19 @@ def prefill_flops(
     return float((2 * outside * kept + from_layer * layer(full) + (layers - from_layer) * layer(kept)).sum())
 
 
-def train_scorer(
-    adapter: ImageTokenAdapter, texts: list[SceneText], config: ScorerConfig, seed: int
-) -> LearnedScorer:
-    """Soft weights during training (the VLM frozen); the budget term keeps them from all staying at one."""
-    torch.manual_seed(seed)
-    scorer = LearnedScorer(adapter.text_width)
-    optimizer = torch.optim.AdamW(scorer.parameters(), lr=config.lr)
-    collate = AnswerCollate(adapter)
-    generator = torch.Generator().manual_seed(seed)
-    adapter.model.requires_grad_(False)
-    for _ in range(config.steps):
-        picks = torch.randint(0, len(texts), (config.batch_size,), generator=generator).tolist()
-        batch = collate([texts[i] for i in picks])
-        with torch.no_grad():
-            tokens = adapter.encode_images(batch["inputs"])
-        decision = scorer.soft(tokens)
-        logits = forward_pruned(adapter, batch["inputs"], tokens, decision).logits
-        labels = batch["answer_labels"]
-        answer = torch.nn.functional.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100
-        )
-        budget = (torch.cat(decision.weights).mean() - config.keep_ratio) ** 2
-        loss = answer + config.budget_weight * budget
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return scorer.eval()
-
-
-def make_pruner(name: str, config: PruneConfig, adapter, train_texts):
-    if name == "random":
-        return RandomPruner(config.seed)
-    if name == "tower-attention":
-        return TowerAttention(config.tower_block)
-    if name == "tower-attention-merge":
-        return TowerAttention(config.tower_block, merge=True)
-    if name == "text-attention":
-        return TextAttention(config.text_layer)
-    if name == "learned":
-        return train_scorer(adapter, train_texts, config.scorer, config.seed)
-    raise ValueError(
-        f"unknown pruner {name!r}; known: random, tower-attention, tower-attention-merge, text-attention, learned"
-    )
-
-
 @torch.no_grad()
-def run_pruner(adapter, pruner, texts: list[SceneText], keep_ratio: float, batch_size: int) -> dict:
+def run_pruner(
+    adapter: ImageTokenAdapter, pruner: Pruner, texts: list[SceneText], keep_ratio: float, batch_size: int
+) -> dict:
     loader = DataLoader(SceneTextSet(texts), batch_size=batch_size, collate_fn=AnswerCollate(adapter))
     correct, seconds, flops, kept_tokens, images = 0, 0.0, 0.0, 0, 0
     for batch in loader:
         inputs = batch["inputs"]
         started = time.perf_counter()
         tokens = adapter.encode_images(inputs)
-        if isinstance(pruner, TextAttention):
-            # Rank from the last prompt token: the answer is teacher-forced here, and must not steer it.
-            first_answer = (batch["answer_labels"] != -100).int().argmax(1)  # [B]
-            decision = pruner.decide(adapter, inputs, tokens, keep_ratio, query_positions=first_answer - 1)
-        else:
-            decision = pruner.decide(adapter, inputs, tokens, keep_ratio)
-        if isinstance(pruner, TowerAttention) and pruner.merge:
-            tokens = pruner.merged_tokens(adapter, tokens, decision)
+        # The answer is teacher-forced here: a pruner that ranks from the text reads the last prompt token.
+        first_answer = (batch["answer_labels"] != -100).int().argmax(1)  # [B]
+        decision = pruner.decide(adapter, inputs, tokens, keep_ratio, query_positions=first_answer - 1)
         pruned = prune_sequence(adapter, inputs, tokens, decision)
         output = run_pruned(adapter, pruned, decision)
         seconds += time.perf_counter() - started
@@ -244,50 +155,3 @@ def evaluate_pruning(
     write_table(report, out / "prune_table.md")
     plot(report, out / "accuracy_vs_tokens.png")
     return report
-
-
-def write_table(report: dict, path: Path) -> None:
-    lines = [
-        "| pruner | keep | image tokens | accuracy % | prefill ms/question | MFLOPs/question |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, by_ratio in report["results"].items():
-        for ratio, row in by_ratio.items():
-            lines.append(
-                f"| {name} | {float(ratio):.0%} | {row['image_tokens_kept']:.1f} | {row['accuracy']:.1f} | "
-                f"{row['prefill_ms_per_question']:.2f} | {row['mflops_per_question']:.2f} |"
-            )
-    lines.append(
-        f"\n{report['questions']} questions; VLM {report['vlm']}; language-model attention "
-        f"{report['attention']} in every row."
-    )
-    path.write_text("\n".join(lines) + "\n")
-
-
-def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    # Left: what the issue asks for (accuracy per kept token). Right: the same runs against the
-    # language model's estimated prefill cost, where FastV's full-length early layers show up.
-    figure, (by_tokens, by_flops) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    full = report["results"]["keep-all"]["1.0"]
-    for name, by_ratio in report["results"].items():
-        if name == "keep-all":
-            continue
-        rows = sorted(by_ratio.values(), key=lambda row: row["image_tokens_kept"]) + [full]
-        accuracy = [r["accuracy"] for r in rows]
-        (line,) = by_tokens.plot([r["image_tokens_kept"] for r in rows], accuracy, "o-", label=name)
-        by_flops.plot([r["mflops_per_question"] for r in rows], accuracy, "o-", color=line.get_color())
-    for axis in (by_tokens, by_flops):
-        axis.axhline(full["accuracy"], color="grey", linestyle="--", label="unpruned")
-    by_tokens.set_xlabel("image tokens kept per image")
-    by_tokens.set_ylabel("answer accuracy (%)")
-    by_tokens.set_xscale("log", base=2)
-    by_tokens.legend(fontsize=8)
-    by_flops.set_xlabel("estimated language-model prefill MFLOPs per question")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)

@@ -1,9 +1,12 @@
 """Pruners: given an image's tokens, which to keep (or how much each counts).
 
-One interface: `decide(adapter, inputs, tokens, keep_ratio) -> Decision`. Layout tokens (LLaVA-NeXT
-newlines) are never candidates; a ratio keeps `ceil(ratio * candidates)` of the rest, at least one.
+One interface (`Pruner`): `decide(adapter, inputs, tokens, keep_ratio, *, query_positions=None)
+-> Decision`. Layout tokens (LLaVA-NeXT newlines) are never candidates; a ratio keeps
+`ceil(ratio * candidates)` of the rest, at least one. `query_positions` is each sample's last prompt
+token, for a pruner that ranks from the text (the answer may follow, teacher-forced); the others
+ignore it. A pruner that changes embeddings (merging) returns them in the Decision.
 
-- `KeepAll`, `OnesSoft`: the invariant's references (bit-identical logits).
+- `KeepAll`: the invariant's reference (bit-identical logits).
 - `RandomPruner`: the floor.
 - `TowerAttention`: vision-side importance (VisionZip / PruMerge style): the attention each token
   receives at one vision-tower block, recomputed from the one pass by each family's
@@ -12,7 +15,7 @@ newlines) are never candidates; a ratio keeps `ceil(ratio * candidates)` of the 
   so pruning happens after the merger. With `merge=True` each dropped token is averaged into its
   most similar kept token.
 - `TextAttention`: language-side (FastV). Layers 0..K run on the full sequence. The attention
-  image tokens receive there from the last text token, at layer K, ranks them. Layers K+1..
+  image tokens receive there from the last prompt token, at layer K, ranks them. Layers K+1..
   then run on the kept positions of the hidden state (the decision's `from_layer`).
 - `LearnedScorer`: a small network over image-token embeddings, trained with the VLM frozen.
 """
@@ -20,7 +23,7 @@ newlines) are never candidates; a ratio keeps `ceil(ratio * candidates)` of the 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -28,6 +31,20 @@ from torch import nn
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.backbones.types import MultimodalInputs, VisionTokens
 from visionloom.pruning.apply import Decision, shallow_pass
+
+
+class Pruner(Protocol):
+    name: str
+
+    def decide(
+        self,
+        adapter: ImageTokenAdapter,
+        inputs: MultimodalInputs,
+        tokens: VisionTokens,
+        keep_ratio: float,
+        *,
+        query_positions: torch.Tensor | None = None,
+    ) -> Decision: ...
 
 
 def candidates(adapter: ImageTokenAdapter, tokens: VisionTokens, image: int) -> torch.Tensor:
@@ -59,15 +76,8 @@ def keep_top(adapter, tokens: VisionTokens, scores: list[torch.Tensor], keep_rat
 class KeepAll:
     name = "keep-all"
 
-    def decide(self, adapter, inputs, tokens, keep_ratio: float = 1.0) -> Decision:
+    def decide(self, adapter, inputs, tokens, keep_ratio: float = 1.0, *, query_positions=None) -> Decision:
         return Decision(keep=[torch.arange(count) for count in tokens.counts])
-
-
-class OnesSoft:
-    name = "ones-soft"
-
-    def decide(self, adapter, inputs, tokens, keep_ratio: float = 1.0) -> Decision:
-        return Decision(weights=[torch.ones(count) for count in tokens.counts])
 
 
 class RandomPruner:
@@ -76,7 +86,7 @@ class RandomPruner:
     def __init__(self, seed: int = 0):
         self.seed = seed
 
-    def decide(self, adapter, inputs, tokens, keep_ratio: float) -> Decision:
+    def decide(self, adapter, inputs, tokens, keep_ratio: float, *, query_positions=None) -> Decision:
         generator = torch.Generator().manual_seed(self.seed)
         scores = [torch.rand(count, generator=generator) for count in tokens.counts]
         return keep_top(adapter, tokens, scores, keep_ratio)
@@ -101,11 +111,14 @@ class TowerAttention:
                 )
         return [image_scores.detach().float().cpu() for image_scores in scores]
 
-    def decide(self, adapter, inputs, tokens, keep_ratio: float) -> Decision:
-        return keep_top(adapter, tokens, self.scores(adapter, tokens), keep_ratio)
+    def decide(self, adapter, inputs, tokens, keep_ratio: float, *, query_positions=None) -> Decision:
+        decision = keep_top(adapter, tokens, self.scores(adapter, tokens), keep_ratio)
+        if self.merge:
+            decision.embeds = self.merged_embeds(adapter, tokens, decision)
+        return decision
 
-    def merged_tokens(self, adapter, tokens: VisionTokens, decision: Decision) -> VisionTokens:
-        """PruMerge's step: every dropped embedding is averaged into its most similar kept image token.
+    def merged_embeds(self, adapter, tokens: VisionTokens, decision: Decision) -> torch.Tensor:
+        """[T, D]: PruMerge's step, every dropped embedding averaged into its most similar kept image token.
 
         Layout tokens (LLaVA-NeXT's newlines) are kept but take no merges: they are not image content.
         """
@@ -130,11 +143,7 @@ class TowerAttention:
             full = embeds.clone()
             full[content] = kept.to(full.dtype)
             merged.append(full)
-        return replace(
-            tokens,
-            embeds=torch.cat(merged),
-            feature_source=tokens.feature_source + "; dropped tokens merged into kept ones",
-        )
+        return torch.cat(merged)
 
 
 # ---------------------------------------------------------------------------------------- language side
@@ -155,12 +164,12 @@ class TextAttention:
 
     name = "text-attention"
 
-    def __init__(self, layer: int = 2):  # FastV's K on LLaVA-1.5
+    def __init__(self, layer: int):  # FastV's K (2 on LLaVA-1.5-7B; the config holds the default)
         self.layer = layer
 
     @torch.no_grad()
     def decide(
-        self, adapter, inputs, tokens, keep_ratio: float, query_positions: torch.Tensor | None = None
+        self, adapter, inputs, tokens, keep_ratio: float, *, query_positions: torch.Tensor | None = None
     ) -> Decision:
         scores, hidden = self.scores_and_hidden(adapter, inputs, tokens, query_positions)
         decision = keep_top(adapter, tokens, scores, keep_ratio)
@@ -219,14 +228,5 @@ class LearnedScorer(nn.Module):
         return Decision(weights=[score.sigmoid() for score in self(tokens)])
 
     @torch.no_grad()
-    def decide(self, adapter, inputs, tokens, keep_ratio: float) -> Decision:
+    def decide(self, adapter, inputs, tokens, keep_ratio: float, *, query_positions=None) -> Decision:
         return keep_top(adapter, tokens, [s.cpu() for s in self(tokens)], keep_ratio)
-
-
-PRUNERS = {
-    "keep-all": KeepAll,
-    "ones-soft": OnesSoft,
-    "random": RandomPruner,
-    "tower-attention": TowerAttention,
-    "text-attention": TextAttention,
-}

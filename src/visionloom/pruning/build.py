@@ -1,0 +1,81 @@
+"""Pruning's configuration and the pruners by name: `make_pruner(name, config, adapter, texts)`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from visionloom import config as config_io
+from visionloom.backbones.base import ImageTokenAdapter
+from visionloom.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, ShareOfOne
+from visionloom.data.scenes import SceneText
+from visionloom.pruning.pruners import Pruner, RandomPruner, TextAttention, TowerAttention
+
+
+@dataclass
+class ScorerConfig:
+    steps: PositiveInt = 200
+    batch_size: PositiveInt = 16
+    lr: PositiveFloat = 1e-3
+    budget_weight: NonNegativeFloat = (
+        1.0  # pulls the mean soft weight toward the keep ratio being trained for
+    )
+    keep_ratio: ShareOfOne = 0.25
+
+
+@dataclass
+class PruneConfig:
+    name: str = "scenes"
+    vlm: str | None = None  # a checkpoint directory (from `vlm pretrain`, or a real VLM)
+    split: str = "test"
+    questions: str | None = None  # a JSON list of {"image", "question", "answer"}; None: the scenes' qa.json
+    max_questions: PositiveInt = 400
+    batch_size: PositiveInt = 32
+    keep_ratios: list[ShareOfOne] = field(default_factory=lambda: [1.0, 0.5, 0.25, 0.11])
+    pruners: list[
+        Literal["random", "tower-attention", "tower-attention-merge", "text-attention", "learned"]
+    ] = field(
+        default_factory=lambda: [
+            "random",
+            "tower-attention",
+            "tower-attention-merge",
+            "text-attention",
+            "learned",
+        ]
+    )
+    # FastV's K: rank at this language-model layer, drop after it. FastV uses K=2 on LLaVA-1.5-7B;
+    # the tiny scene VLMs have 2 layers, so 0.
+    text_layer: NonNegativeInt = 0
+    tower_block: int | None = None  # vision-side pruner: score at this tower block; None: the family's
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    seed: int = 0
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> PruneConfig:
+    return config_io.load(PruneConfig, config_io.find_config("pruning", name_or_path), overrides)
+
+
+def _learned(config: PruneConfig, adapter: ImageTokenAdapter, train_texts: list[SceneText]) -> Pruner:
+    from visionloom.pruning.train import train_scorer  # train.py builds on this module's configs
+
+    return train_scorer(adapter, train_texts, config.scorer, config.seed)
+
+
+# Every pruner `prune eval` runs, built from the config (its settings live only there).
+PRUNERS: dict[str, Callable[[PruneConfig, ImageTokenAdapter, list[SceneText]], Pruner]] = {
+    "random": lambda config, adapter, texts: RandomPruner(config.seed),
+    "tower-attention": lambda config, adapter, texts: TowerAttention(config.tower_block),
+    "tower-attention-merge": lambda config, adapter, texts: TowerAttention(config.tower_block, merge=True),
+    "text-attention": lambda config, adapter, texts: TextAttention(config.text_layer),
+    "learned": _learned,
+}
+
+
+def make_pruner(
+    name: str, config: PruneConfig, adapter: ImageTokenAdapter, train_texts: list[SceneText]
+) -> Pruner:
+    if name not in PRUNERS:
+        raise ValueError(f"unknown pruner {name!r}; known: {', '.join(PRUNERS)}")
+    return PRUNERS[name](config, adapter, train_texts)
