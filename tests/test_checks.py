@@ -67,7 +67,7 @@ def test_seed_004_llava_cls_kept(image):
     inputs = adapter.build_inputs([image(112, 112)], ["<image> hi"])
     tokens = adapter.encode_images(inputs)
     with_cls = tokens.tower_hidden_states[-2][0]  # [65, C]: the CLS token was not dropped
-    broken = replace(tokens, embeds=adapter.project(with_cls).detach(), counts=[65])
+    broken = replace(tokens, embeds=adapter.project(with_cls, tokens.geometries).detach(), counts=[65])
     with pytest.raises(
         ImageTokenMismatch,
         match=r"64 placeholders vs 65 features; one token too many: the CLS token was kept",
@@ -81,10 +81,12 @@ def test_seed_004_second_tower_pass_and_cls_do_not_match_but_the_layer_does(imag
     inputs = adapter.build_inputs([image(112, 112)], ["<image> hi"])
     tokens = adapter.encode_images(inputs)
     inserted = adapter.model_inserted_embeds(inputs)
-    assert torch.equal(adapter.project(tokens.raw), inserted)
+    assert torch.equal(adapter.project(tokens.raw, tokens.geometries), inserted)
     last_with_cls = adapter.vision_tower(inputs.model_inputs["pixel_values"]).last_hidden_state[0]
     assert last_with_cls.shape[0] == 65  # the seed's 577 vs 576
-    assert not torch.allclose(adapter.project(last_with_cls[1:]), inserted)  # wrong layer as well
+    assert not torch.allclose(
+        adapter.project(last_with_cls[1:], tokens.geometries), inserted
+    )  # wrong layer as well
 
 
 def test_resolution_mismatch_names_both_sizes(image):

@@ -46,20 +46,14 @@ def test_embeddings_bit_identical_and_logits_equal(name, image):
     assert torch.equal(ours_hidden, reference_hidden)
 
 
-@pytest.mark.parametrize(
-    "name", ["tiny-llava", "tiny-qwen2.5-vl", "tiny-deepseek-vl", "tiny-gemma3", "tiny-t5gemma2"]
-)
+@pytest.mark.parametrize("name", FAMILIES)
 def test_raw_features_project_to_the_embeddings(name, image):
     """raw and embeds come from one pass: the model's projector applied to raw gives embeds exactly."""
     adapter = cached_preset(name)
     inputs = _batch(adapter, image)
     tokens = adapter.encode_images(inputs)
     with torch.no_grad():
-        if name in ("tiny-gemma3", "tiny-t5gemma2"):
-            patches = tokens.raw.view(len(tokens.counts), -1, tokens.raw.shape[-1])
-            projected = adapter.project(patches, inputs.geometries[0].patch_grid).flatten(0, 1)
-        else:
-            projected = adapter.project(tokens.raw)
+        projected = adapter.project(tokens.raw, tokens.geometries)  # one contract for every family
     assert torch.equal(projected, tokens.embeds)
 
 
@@ -88,7 +82,7 @@ def test_siglip_layer_minus_one_is_not_last_hidden_state(image):
     tokens = assert_matches_model(adapter, inputs)
     tower_out = adapter.vision_tower(inputs.model_inputs["pixel_values"])
     with torch.no_grad():
-        from_last = adapter.project(tower_out.last_hidden_state.flatten(0, 1))
+        from_last = adapter.project(tower_out.last_hidden_state.flatten(0, 1), tokens.geometries)
     assert not torch.allclose(from_last, tokens.embeds)
     assert "before post_layernorm" in adapter.describe()["feature layer(s)"]
 

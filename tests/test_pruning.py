@@ -99,13 +99,15 @@ def test_seed_004_cls_features_or_a_second_pass_do_not_reproduce_the_model_but_v
         )
         # A second tower pass through the last layer (as the seed's pruner did): other features.
         last = adapter.vision_tower(inputs.model_inputs["pixel_values"]).last_hidden_state  # [2, 65, C]
-        second_pass = replace(tokens, embeds=adapter.project(last[:, 1:]).flatten(0, 1))
+        second_pass = replace(tokens, embeds=adapter.project(last[:, 1:], tokens.geometries).flatten(0, 1))
         assert not torch.allclose(forward_pruned(adapter, inputs, second_pass, Decision()).logits, reference)
         # Features with the CLS token kept: one too many, which the layer refuses.
         with_cls = tokens.tower_hidden_states[-2]  # [2, 65, C]
         from visionloom.backbones.checks import ImageTokenMismatch
 
-        broken = replace(tokens, embeds=adapter.project(with_cls).flatten(0, 1), counts=[65, 65])
+        broken = replace(
+            tokens, embeds=adapter.project(with_cls, tokens.geometries).flatten(0, 1), counts=[65, 65]
+        )
         with pytest.raises(ImageTokenMismatch, match="CLS token was kept"):
             forward_pruned(adapter, inputs, broken, Decision())
 
@@ -295,7 +297,7 @@ def test_llava_next_tile_scores_follow_the_packed_layout_of_their_features(image
         tokens = adapter.encode_images(inputs)
         (scores,) = adapter.tower_attention_scores(tokens)
         per_tile = adapter.tile_attention_scores(tokens).flatten()  # [tiles * P]
-        projected = adapter.project(tokens.raw)  # [tiles * P, D], before packing
+        projected = adapter.projector(tokens.raw)  # [tiles * P, D], before packing
     newlines = list(adapter.structural_offsets(tokens.geometries[0]))
     assert scores[newlines].isnan().all()
     content = torch.ones(len(scores), dtype=torch.bool)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -146,9 +147,28 @@ class ImageTokenAdapter:
         """The checkpoint's processor; `config` is the model's, for families that fill gaps from it."""
         return AutoProcessor.from_pretrained(str(path))
 
+    # ------------------------------------------------------------------ the projector
+    # The projector's attribute path from the transformers model, which is also its state-dict
+    # prefix; `projector_steps` says what it does beyond one module call (for error messages).
+    projector_path: ClassVar[str] = "model.multi_modal_projector"
+    projector_steps: ClassVar[str] = ""
+
     @classmethod
     def projector_key_parts(cls) -> tuple[str, ...]:
-        return ("multi_modal_projector",)
+        return (cls.projector_path + ".",)
+
+    @property
+    def projector(self) -> torch.nn.Module:
+        return operator.attrgetter(self.projector_path)(self.model)
+
+    @property
+    def projector_name(self) -> str:
+        return self.projector_path + (f" ({self.projector_steps})" if self.projector_steps else "")
+
+    def project(self, raw: torch.Tensor, geometries: Sequence[ImageGeometry]) -> torch.Tensor:
+        """raw [R, C_vision] of one tower pass -> [T, D_text]: exactly the embeddings `encode_images`
+        gives for those images (`geometries`, batch order). One row-wise module for most families."""
+        return self.projector(raw)
 
     def save_pretrained(self, path: str | Path) -> None:
         self.model.save_pretrained(str(path))
@@ -183,8 +203,6 @@ class ImageTokenAdapter:
     def vision_width(self) -> int:
         """Width of the raw features the projector consumes."""
         raise NotImplementedError
-
-    projector_name: ClassVar[str] = "multi_modal_projector"
 
     def configured_image_size(self) -> tuple[int, int]:
         """The size the checkpoint's processor produces (the doctor's default)."""

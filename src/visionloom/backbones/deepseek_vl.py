@@ -21,11 +21,7 @@ class DeepseekVLAdapter(ImageTokenAdapter):
     model_types = ("deepseek_vl",)
     model_class = DeepseekVLForConditionalGeneration
     marker = "<image_placeholder>"
-    projector_name = "aligner"
-
-    @classmethod
-    def projector_key_parts(cls) -> tuple[str, ...]:
-        return ("aligner",)
+    projector_path = "model.aligner"
 
     @property
     def vision_tower(self) -> torch.nn.Module:
@@ -90,9 +86,6 @@ class DeepseekVLAdapter(ImageTokenAdapter):
         """Mean received attention per patch (SigLIP has no class token); one patch is one token."""
         block = -1 if block is None else block  # the last block's output feeds the aligner
         return list(encoder_block_attention(self.vision_tower, tokens.tower_hidden_states, block, "all"))
-
-    def project(self, raw: torch.Tensor) -> torch.Tensor:
-        return self.model.model.aligner(raw)
 
     def describe_vision(self) -> dict[str, str]:
         vision, size = self.config.vision_config, self.configured_image_size()

@@ -29,7 +29,7 @@ class Gemma3Adapter(ImageTokenAdapter):
     model_types = ("gemma3",)
     model_class = Gemma3ForConditionalGeneration
     marker = "<start_of_image>"
-    projector_name = "multi_modal_projector (avg pool, mm_soft_emb_norm, mm_input_projection_weight)"
+    projector_steps = "avg pool, mm_soft_emb_norm, mm_input_projection_weight"
 
     # --- where the parts live (T5Gemma2 keeps them inside its encoder)
     @property
@@ -39,10 +39,6 @@ class Gemma3Adapter(ImageTokenAdapter):
     @property
     def mm_tokens_per_image(self) -> int:
         return int(self.config.mm_tokens_per_image)
-
-    @property
-    def projector(self) -> torch.nn.Module:
-        return self.model.model.multi_modal_projector
 
     @property
     def vision_tower(self) -> torch.nn.Module:
@@ -175,7 +171,13 @@ class Gemma3Adapter(ImageTokenAdapter):
         return encoded
 
     # --- vision
-    def project(self, patches: torch.Tensor, patch_grid: tuple[int, int]) -> torch.Tensor:
+    def project(self, raw: torch.Tensor, geometries) -> torch.Tensor:
+        """raw [N * rows*cols, C] -> [N * tokens, D_text]: the projector over each image's patch grid."""
+        return self.project_grid(
+            raw.view(len(geometries), -1, raw.shape[-1]), geometries[0].patch_grid
+        ).flatten(0, 1)
+
+    def project_grid(self, patches: torch.Tensor, patch_grid: tuple[int, int]) -> torch.Tensor:
         """The projector over any patch grid: [N, rows*cols, C] -> [N, (rows//k)*(cols//k), D_text]."""
         projector = self.projector
         batch, _, width = patches.shape
@@ -199,7 +201,7 @@ class Gemma3Adapter(ImageTokenAdapter):
                 return_dict=True,
             )
             patches = tower_out.last_hidden_state  # [N, rows*cols, C] after post_layernorm
-            embeds = self.project(patches, inputs.geometries[0].patch_grid)  # [N, tokens, D]
+            embeds = self.project_grid(patches, inputs.geometries[0].patch_grid)  # [N, tokens, D]
             hidden_states = tower_out.hidden_states
         else:
             out = self._stock_image_features(pixel_values)

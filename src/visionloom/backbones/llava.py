@@ -247,10 +247,6 @@ class LlavaAdapter(ImageTokenAdapter):
     def tower_attention_scores(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
         return list(self.tile_attention_scores(tokens, block))
 
-    def project(self, raw: torch.Tensor) -> torch.Tensor:
-        """The model's projector applied to raw features [N, C_vision] -> [N, D_text]."""
-        return self.model.model.multi_modal_projector(raw)
-
     def describe_vision(self) -> dict[str, str]:
         vision = self.config.vision_config
         size = self.configured_image_size()

@@ -88,12 +88,7 @@ class LlavaNextAdapter(LlavaAdapter):
         )
         embeds = torch.cat(list(out.pooler_output), dim=0)  # [sum counts, D_text]
         raw = select_features(out.hidden_states, self.config)  # [all tiles, P', C_vision]
-        tiles = [
-            image_size_to_num_patches(
-                size, self.config.image_grid_pinpoints, self.config.vision_config.image_size
-            )
-            for size in image_sizes.tolist()
-        ]
+        tiles = self.tiles(inputs.geometries)
         return VisionTokens(
             embeds=embeds,
             raw=raw.flatten(0, 1),
@@ -103,6 +98,28 @@ class LlavaNextAdapter(LlavaAdapter):
             feature_source=f"every tile: {feature_source(self.config)}",
             tower_hidden_states=tuple(out.hidden_states),
         )
+
+    def tiles(self, geometries) -> list[int]:
+        """Tower tiles per image (the base view and the any-res tiles), from each image's size."""
+        size = self.config.vision_config.image_size
+        return [
+            image_size_to_num_patches(list(g.image_size), self.config.image_grid_pinpoints, size)
+            for g in geometries
+        ]
+
+    def project(self, raw: torch.Tensor, geometries) -> torch.Tensor:
+        """Every tile's raw features projected, then packed as the model packs them (base view,
+        stitched and unpadded tiles, a newline closing each row)."""
+        tiles = self.tiles(geometries)
+        per_tile = raw.view(sum(tiles), -1, raw.shape[-1])  # [tiles, P', C], as the model projects
+        projected = self.projector(per_tile)  # [tiles, P', D]
+        packed, _ = self.model.model.pack_image_features(
+            list(projected.split(tiles)),
+            image_sizes=torch.tensor([g.image_size for g in geometries]),
+            vision_feature_select_strategy=self.config.vision_feature_select_strategy,
+            image_newline=self.model.model.image_newline,
+        )
+        return torch.cat(packed)
 
     def tower_attention_scores(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
         """Per-tile scores laid out like the features: base view, stitched and unpadded tiles, newlines.

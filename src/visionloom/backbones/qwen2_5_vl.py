@@ -73,11 +73,7 @@ class Qwen2_5_VLAdapter(ImageTokenAdapter):
     model_types = ("qwen2_5_vl",)
     model_class = Qwen2_5_VLForConditionalGeneration
     marker = "<|vision_start|><|image_pad|><|vision_end|>"
-    projector_name = "visual.merger"
-
-    @classmethod
-    def projector_key_parts(cls) -> tuple[str, ...]:
-        return ("visual.merger",)
+    projector_path = "model.visual.merger"  # 2x2 patches -> one token: raw has 4 rows per embedding
 
     @classmethod
     def load_processor(cls, path: Path, config: Any = None) -> Qwen2_5_VLProcessor:
@@ -218,9 +214,6 @@ class Qwen2_5_VLAdapter(ImageTokenAdapter):
             tower, tokens.tower_hidden_states, grid_thw, self.window_index(grid_thw), block
         )
         return list(scores.split(tokens.counts))
-
-    def project(self, raw: torch.Tensor) -> torch.Tensor:
-        return self.model.model.visual.merger(raw)
 
     def image_token_types(self, inputs: MultimodalInputs) -> dict[str, torch.Tensor]:
         return {"mm_token_type_ids": inputs.image_token_mask.long()}

@@ -22,6 +22,7 @@ class T5Gemma2Adapter(Gemma3Adapter):
     family = "t5gemma2"
     model_types = ("t5gemma2",)
     model_class = T5Gemma2ForConditionalGeneration
+    projector_path = "model.encoder.multi_modal_projector"  # the image path lives in the encoder
 
     @property
     def encoder(self) -> torch.nn.Module:
@@ -34,10 +35,6 @@ class T5Gemma2Adapter(Gemma3Adapter):
     @property
     def mm_tokens_per_image(self) -> int:
         return int(self.config.encoder.mm_tokens_per_image)
-
-    @property
-    def projector(self) -> torch.nn.Module:
-        return self.encoder.multi_modal_projector
 
     @property
     def vision_tower(self) -> torch.nn.Module:
