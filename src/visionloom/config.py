@@ -13,6 +13,7 @@ allowed and what was given.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
 import types
 import typing
@@ -21,7 +22,9 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 
-CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
+# The experiment configs ship inside the package (src/visionloom/configs/<system>/NAME.yaml), so
+# a name resolves the same from a source checkout and from an installed wheel.
+CONFIG_ROOT = Path(str(importlib.resources.files("visionloom") / "configs"))
 
 T = TypeVar("T")
 

@@ -324,7 +324,7 @@ class ImageTokenAdapter:
         geometries: list[ImageGeometry],
         **kwargs: Any,
     ) -> dict:
-        """Run the processor on text and images together (seed 001: never apart); images per sample."""
+        """Run the processor on text and images together (never apart: text tokenized alone has no image tokens); images per sample."""
         flat = [image for sample_images in images for image in sample_images]
         encoded = self.processor(text=texts, images=flat or None, padding=True, return_tensors="pt", **kwargs)
         return dict(encoded)
@@ -382,7 +382,7 @@ class ImageTokenAdapter:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Replace each `marker_id` in a 1-D id sequence by an image's token span, in order.
 
-        For pipelines that tokenize text on their own (seed 001). Every per-token array in `aligned`
+        For pipelines that tokenize text on their own (otherwise the ids hold no image token at all). Every per-token array in `aligned`
         (such as the seed's `mask_ids`) is stretched with it, `fill` over the inserted span.
         Returns the new ids and the stretched arrays.
         """

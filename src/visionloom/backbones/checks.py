@@ -2,7 +2,7 @@
 
 `transformers` checks `n_tokens * width == features.numel()` and prints only the two counts, so a
 feature tensor at the wrong width can pass silently or fail with "tokens: 14, features 14"
-(seed 000). Here token counts and widths are compared separately, per image, and each known
+(a 1152-wide feature tensor where the text is 640 wide). Here token counts and widths are compared separately, per image, and each known
 way of getting them wrong has its own message.
 """
 

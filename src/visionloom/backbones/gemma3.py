@@ -3,8 +3,8 @@
 The stock projector reshapes the tower's patches to a fixed square grid (image_size / patch_size
 per side), average-pools it to sqrt(mm_tokens_per_image) per side, applies `mm_soft_emb_norm` and
 multiplies by `mm_input_projection_weight` (vision width -> text width). That only works at the
-configured square size. With `native_resolution=True` the adapter takes the dynamic path seed 000
-needed for 384x128 person images: position embeddings interpolated to the real patch grid, the
+configured square size. With `native_resolution=True` the adapter takes the dynamic path
+that 384x128 person images need: position embeddings interpolated to the real patch grid, the
 same pooling kernel over that grid (floor: what it drops is reported), the same norm and the same
 projection, inserted through `inputs_embeds`. At the configured size both paths are bit-identical.
 T5Gemma2 shares this projector and subclasses this adapter.
@@ -124,7 +124,7 @@ class Gemma3Adapter(ImageTokenAdapter):
         )
 
     def exact_sizes_near(self, height: int, width: int) -> list[tuple[int, int]]:
-        """Sizes near height x width that neither the patch grid nor the pooling floors (seed 000: 392x112)."""
+        """Sizes near height x width that neither the patch grid nor the pooling floors (384x128 -> 392x112)."""
         step = self.vision_config.patch_size * self.pool_kernel
         return [(h, w) for h in nearest_multiples(height, step, 1) for w in nearest_multiples(width, step, 1)]
 

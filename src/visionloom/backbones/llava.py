@@ -2,8 +2,8 @@
 
 The tower runs at its fixed size; the model picks `vision_feature_layer` (an int, or a list whose
 layers are concatenated) from the tower's hidden states and, with strategy "default", drops the
-first token as CLS. Seed 004 is this family: features taken with the CLS kept (577 vs 576), and a
-second tower pass that did not reproduce the first.
+first token as CLS. Two bugs this family is known for: features taken with the CLS kept (577 vs
+576 per image), and a second tower pass that did not reproduce the first.
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ class LlavaAdapter(ImageTokenAdapter):
 
     def encode_images(self, inputs) -> VisionTokens:
         # One pass: get_image_features with every tower layer returned; raw features are selected
-        # from those same hidden states, so raw and embeds cannot disagree (seed 004).
+        # from those same hidden states, so raw and embeds cannot disagree (a second pass gave different numbers).
         out = self.model.model.get_image_features(
             pixel_values=inputs.model_inputs["pixel_values"], output_hidden_states=True, return_dict=True
         )

@@ -6,7 +6,7 @@ it into patches and writes `<|vision_start|>`, one `<|image_pad|>` per merged to
 attention on a window-permuted sequence and un-permutes only its merged output, so its hidden
 states are in window order.
 
-Two silent traps, both closed here: the ids must be built with the images (seed 001: "tokens: 0"),
+Two silent traps, both closed here: the ids must be built with the images (otherwise "tokens: 0"),
 and the multimodal rotary positions must be computed on the full sequence with the image tokens
 marked. The model itself falls back to plain 1-D positions without `mm_token_type_ids`, or uses a
 stale `rope_deltas` from an earlier call when only `inputs_embeds` is given; `forward` here always

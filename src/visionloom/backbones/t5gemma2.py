@@ -2,7 +2,7 @@
 
 The SigLIP tower and the Gemma3-style projector live in the encoder, and the image tokens are
 encoder tokens; the decoder only cross-attends. The encoder ignores `mm_encoder_outputs`, so the
-layer feeds it `inputs_embeds` with the projected features in place. Seed 000 is this family: a
+layer feeds it `inputs_embeds` with the projected features in place. A known bug of this family: a
 patched feature function that skipped the projection left 1152-wide features where the text is
 640 wide, and the library reported it as "tokens: 14, features 14".
 """

@@ -35,7 +35,7 @@ def sample_name(sample: RefSample) -> str:
     return f"{sample.image_path.name} ref {sample.ref_id} sentence {sample.sent_id} ({sample.expression!r})"
 
 
-def load_image(sample: RefSample) -> Image.Image:
+def read_sample_image(sample: RefSample) -> Image.Image:
     try:
         with Image.open(sample.image_path) as image:
             image = image.convert("RGB")
@@ -73,7 +73,7 @@ def compute_features(
     features = []
     for start in starts:
         chunk = samples[start : start + batch_size]
-        images = [load_image(sample) for sample in chunk]
+        images = [read_sample_image(sample) for sample in chunk]
         names = [sample_name(sample) for sample in chunk]
         collected = collect(
             adapter,

@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from visionloom.data.refcoco import RefSample
-from visionloom.grounding.features import SampleFeatures, collate, load_image
+from visionloom.grounding.features import SampleFeatures, collate, read_sample_image
 from visionloom.grounding.model import Grounder
 
 TILE = 224
@@ -49,7 +49,7 @@ def show(model: Grounder, samples: list[RefSample], features: list[SampleFeature
     prediction = model.predict(collate(features)["features"])
     paths = []
     for index, (sample, feature) in enumerate(zip(samples, features, strict=True)):
-        image = load_image(sample)
+        image = read_sample_image(sample)
         truth = sample.mask()
         panels = [
             ("image + ground truth (outline)", _outline(image, truth)),

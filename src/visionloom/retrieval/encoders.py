@@ -171,7 +171,7 @@ class T5ImageEncoder(nn.Module):
 
 
 class T5Gemma2ImageEncoder(nn.Module):
-    """Seed 000's system: 384x128 images through the image-token layer into the T5Gemma2 encoder.
+    """The T5Gemma2 system: 384x128 images through the image-token layer into the T5Gemma2 encoder.
 
     The number of image tokens comes from the layer's geometry for the image size (12 for the tiny
     preset at 384x128), never from a typed constant; the layer checks placeholders against features
@@ -213,7 +213,7 @@ class T5Gemma2TextEncoder(nn.Module):
 
 
 def ensure_width(output: ImageOutput, expected: int, who: str) -> None:
-    """Seed 000 in one line: the features must be as wide as what reads them."""
+    """The features must be as wide as what reads them (skipping the projection leaves them at the vision width)."""
     if output.pooled.shape[-1] != expected:
         raise ImageTokenMismatch(
             f"{who}: image features are {output.pooled.shape[-1]} wide but the projection expects {expected}"

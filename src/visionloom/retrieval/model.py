@@ -129,7 +129,7 @@ class MaskedImageGenerator(nn.Module):
 
 
 class CaptionGenerator(nn.Module):
-    """T5Gemma2's own decoder writes the caption from the image's encoder states (seed 000's gen_loss)."""
+    """T5Gemma2's own decoder writes the caption from the image's encoder states (the T5Gemma2 system's caption loss)."""
 
     def __init__(self, adapter):
         super().__init__()

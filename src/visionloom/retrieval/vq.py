@@ -29,6 +29,8 @@ from visionloom.data.build import GalleryImages
 from visionloom.data.pedes import PedesSplit
 
 SIZE_FILE = "visionloom_vq.json"  # the (height, width) the tokenizer encodes at
+RESTARTS_UNTIL = 0.8  # dead codes are restarted during the first 80% of the steps only
+FINAL_MSE_STEPS = 20  # the reported reconstruction error: the mean over the last this many steps
 
 
 @dataclass
@@ -185,7 +187,8 @@ def fit_vq(split: PedesSplit, out: Path, config: VQFitConfig, progress: bool = T
                 optimizer.step()
                 step += 1
                 history.append(reconstruction.detach().item())
-                if config.restart_every and step % config.restart_every == 0 and step <= 0.8 * config.steps:
+                restarting = step <= RESTARTS_UNTIL * config.steps  # then the codes settle
+                if config.restart_every and step % config.restart_every == 0 and restarting:
                     restarted += restart_dead_codes(model.quantize, seen["latents"], counts, generator)
                 bar.update(
                     task, advance=1, description=f"fitting VQ tokenizer  mse {reconstruction.item():.4f}"
@@ -202,7 +205,7 @@ def fit_vq(split: PedesSplit, out: Path, config: VQFitConfig, progress: bool = T
         sample = torch.stack([images[i] for i in range(min(64, len(images)))])
         used = encode_codes(model, sample).unique().numel()
     return {
-        "final_mse": sum(history[-20:]) / len(history[-20:]),
+        "final_mse": sum(history[-FINAL_MSE_STEPS:]) / len(history[-FINAL_MSE_STEPS:]),
         "codes_used_on_64_images": used,
         "codes_restarted": restarted,
         "codebook_size": config.codebook_size,
