@@ -485,6 +485,32 @@ def test_learned_scorer_is_soft_in_training_and_hard_at_inference(image):
     assert [len(k) for k in hard.keep] == [16, 16]
 
 
+def test_the_learned_scorer_trains_through_the_one_trainer(scenes_root, scene_vlm, tmp_path):
+    """Its run is an ordinary run: a checkpoint, a log of both losses, the VLM left out and unchanged."""
+    import csv
+
+    from safetensors.torch import load_file
+
+    from visionloom.backbones import load
+    from visionloom.data.scenes import read_scene_texts
+    from visionloom.pruning.build import ScorerConfig
+    from visionloom.pruning.train import train_scorer
+
+    adapter = load(scene_vlm[0])
+    before = {k: v.clone() for k, v in adapter.model.state_dict().items()}
+    texts = [t for t in read_scene_texts(scenes_root, "train") if t.task.startswith("qa")]
+    run = tmp_path / "scorer"
+    scorer = train_scorer(adapter, texts, ScorerConfig(steps=3, batch_size=4), seed=1, run_dir=run)
+    saved = load_file(str(run / "checkpoints" / "step_0000003" / "model.safetensors"))
+    assert set(saved) == {f"scorer.{name}" for name in scorer.state_dict()}  # the VLM is not written
+    assert all(torch.equal(saved[f"scorer.{k}"], v) for k, v in scorer.state_dict().items())
+    with open(run / "train_log.csv") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("loss")]
+    assert rows and {"answer_loss", "budget_loss"} <= set(rows[0])
+    assert all(torch.equal(before[k], v) for k, v in adapter.model.state_dict().items())
+    assert not scorer.training
+
+
 def test_prune_eval_writes_table_plot_and_keeps_accuracy_at_full_keep(scenes_root, scene_vlm, tmp_path):
     from visionloom.pruning.build import PruneConfig
     from visionloom.pruning.evaluate import evaluate_pruning, read_questions, run_pruner

@@ -57,25 +57,35 @@ def load_config(name_or_path: str | Path, overrides: list[str] | None = None) ->
     return config_io.load(PruneConfig, config_io.find_config("pruning", name_or_path), overrides)
 
 
-def _learned(config: PruneConfig, adapter: ImageTokenAdapter, train_texts: list[SceneText]) -> Pruner:
+def _learned(
+    config: PruneConfig, adapter: ImageTokenAdapter, train_texts: list[SceneText], work_dir: Path | None
+) -> Pruner:
     from visionloom.pruning.train import train_scorer  # train.py builds on this module's configs
 
-    return train_scorer(adapter, train_texts, config.scorer, config.seed)
+    run_dir = work_dir / "scorer" if work_dir is not None else None
+    return train_scorer(adapter, train_texts, config.scorer, config.seed, run_dir)
 
 
-# Every pruner `prune eval` runs, built from the config (its settings live only there).
-PRUNERS: dict[str, Callable[[PruneConfig, ImageTokenAdapter, list[SceneText]], Pruner]] = {
-    "random": lambda config, adapter, texts: RandomPruner(config.seed),
-    "tower-attention": lambda config, adapter, texts: TowerAttention(config.tower_block),
-    "tower-attention-merge": lambda config, adapter, texts: TowerAttention(config.tower_block, merge=True),
-    "text-attention": lambda config, adapter, texts: TextAttention(config.text_layer),
+# Every pruner `prune eval` runs, built from the config (its settings live only there); a pruner
+# that trains writes its run under `work_dir`.
+PRUNERS: dict[str, Callable[[PruneConfig, ImageTokenAdapter, list[SceneText], Path | None], Pruner]] = {
+    "random": lambda config, adapter, texts, work_dir: RandomPruner(config.seed),
+    "tower-attention": lambda config, adapter, texts, work_dir: TowerAttention(config.tower_block),
+    "tower-attention-merge": lambda config, adapter, texts, work_dir: TowerAttention(
+        config.tower_block, merge=True
+    ),
+    "text-attention": lambda config, adapter, texts, work_dir: TextAttention(config.text_layer),
     "learned": _learned,
 }
 
 
 def make_pruner(
-    name: str, config: PruneConfig, adapter: ImageTokenAdapter, train_texts: list[SceneText]
+    name: str,
+    config: PruneConfig,
+    adapter: ImageTokenAdapter,
+    train_texts: list[SceneText],
+    work_dir: Path | None = None,
 ) -> Pruner:
     if name not in PRUNERS:
         raise ValueError(f"unknown pruner {name!r}; known: {', '.join(PRUNERS)}")
-    return PRUNERS[name](config, adapter, train_texts)
+    return PRUNERS[name](config, adapter, train_texts, work_dir)

@@ -141,7 +141,7 @@ def evaluate_pruning(
     pruners = {}
     for name, ratio in jobs:
         if name not in pruners:
-            pruners[name] = make_pruner(name, config, adapter, train_texts)
+            pruners[name] = make_pruner(name, config, adapter, train_texts, out)
         results.setdefault(name, {})[str(ratio)] = run_pruner(
             adapter, pruners[name], texts, ratio, config.batch_size
         )

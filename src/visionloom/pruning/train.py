@@ -7,40 +7,74 @@ scorer keeps the top-k (`LearnedScorer.decide`).
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import torch
+from torch import nn
+from torch.utils.data import DataLoader
 
 from visionloom.backbones.base import ImageTokenAdapter
-from visionloom.data.scenes import SceneText
+from visionloom.data.scenes import SceneText, SceneTextSet
+from visionloom.engine.run import open_run
+from visionloom.engine.samplers import RandomBatches
+from visionloom.engine.trainer import TrainConfig, Trainer
 from visionloom.pruning.apply import forward_pruned
 from visionloom.pruning.build import ScorerConfig
 from visionloom.pruning.pruners import LearnedScorer
-from visionloom.vlm.answers import AnswerCollate
+from visionloom.vlm.answers import AnswerCollate, answer_loss
+
+
+class ScorerTraining(nn.Module):
+    """The scorer as the trainer sees it: forward(batch) -> its two losses, the VLM frozen.
+
+    The VLM is held as a plain attribute, not a submodule: it is neither optimised nor written
+    into the scorer's checkpoints.
+    """
+
+    def __init__(self, adapter: ImageTokenAdapter, config: ScorerConfig):
+        super().__init__()
+        self.adapter, self.config = adapter, config
+        self.scorer = LearnedScorer(adapter.text_width)
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            tokens = self.adapter.encode_images(batch["inputs"])
+        decision = self.scorer.soft(tokens)
+        logits = forward_pruned(self.adapter, batch["inputs"], tokens, decision).logits
+        budget = (torch.cat(decision.weights).mean() - self.config.keep_ratio) ** 2
+        return {
+            "answer_loss": answer_loss(logits, batch["answer_labels"]),
+            "budget_loss": self.config.budget_weight * budget,
+        }
 
 
 def train_scorer(
-    adapter: ImageTokenAdapter, texts: list[SceneText], config: ScorerConfig, seed: int
+    adapter: ImageTokenAdapter,
+    texts: list[SceneText],
+    config: ScorerConfig,
+    seed: int,
+    run_dir: Path | None = None,
 ) -> LearnedScorer:
-    """Soft weights during training (the VLM frozen); the budget term keeps them from all staying at one."""
-    torch.manual_seed(seed)
-    scorer = LearnedScorer(adapter.text_width)
-    optimizer = torch.optim.AdamW(scorer.parameters(), lr=config.lr)
-    collate = AnswerCollate(adapter)
-    generator = torch.Generator().manual_seed(seed)
+    """Train the scorer through the one Trainer; its run (checkpoints, log) goes to `run_dir`, which
+    is replaced, or to a temporary folder."""
     adapter.model.requires_grad_(False)
-    for _ in range(config.steps):
-        picks = torch.randint(0, len(texts), (config.batch_size,), generator=generator).tolist()
-        batch = collate([texts[i] for i in picks])
-        with torch.no_grad():
-            tokens = adapter.encode_images(batch["inputs"])
-        decision = scorer.soft(tokens)
-        logits = forward_pruned(adapter, batch["inputs"], tokens, decision).logits
-        labels = batch["answer_labels"]
-        answer = torch.nn.functional.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100
-        )
-        budget = (torch.cat(decision.weights).mean() - config.keep_ratio) ** 2
-        loss = answer + config.budget_weight * budget
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return scorer.eval()
+    torch.manual_seed(seed)
+    model = ScorerTraining(adapter, config)
+    train = TrainConfig(
+        steps=config.steps,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        warmup_steps=0,
+        grad_clip=0.0,
+        checkpoint_every=config.steps,
+        log_every=max(1, config.steps // 10),
+        seed=seed,
+    )
+    sampler = RandomBatches(len(texts), config.batch_size, seed)
+    loader = DataLoader(SceneTextSet(texts), batch_sampler=sampler, collate_fn=AnswerCollate(adapter))
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = Path(run_dir) if run_dir is not None else Path(scratch)
+        with open_run(directory, resume=False, overwrite=True):
+            Trainer(model, loader, train, directory, progress=False).fit()
+    return model.scorer.eval()
