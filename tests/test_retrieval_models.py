@@ -241,3 +241,29 @@ def test_vq_fit_restarts_dead_codes_and_stops_before_the_end(pedes_root, tmp_pat
         split, tmp_path / "vq-off", VQFitConfig(steps=10, batch_size=4, restart_every=0), progress=False
     )
     assert off["codes_restarted"] == 0
+
+
+def test_vq_fit_trains_through_the_one_trainer_and_restarts_inside_its_update(
+    pedes_root, tmp_path, monkeypatch
+):
+    """The restarts happen in the Trainer's update (so a checkpoint holds them whole), at steps 4 and 8."""
+    from visionloom.engine import trainer as trainer_module
+    from visionloom.retrieval import vq as vq_module
+
+    fits, restarts = [], []
+    real_fit, real_restart = trainer_module.Trainer.fit, vq_module.VQTraining.after_optimizer_step
+    monkeypatch.setattr(
+        trainer_module.Trainer, "fit", lambda self, *a, **k: fits.append(1) or real_fit(self, *a, **k)
+    )
+
+    def recording(self, step):
+        restarts.append(step)
+        return real_restart(self, step)
+
+    monkeypatch.setattr(vq_module.VQTraining, "after_optimizer_step", recording)
+    split = read_pedes(pedes_root)["train"]
+    report = vq_module.fit_vq(
+        split, tmp_path / "vq", vq_module.VQFitConfig(steps=10, batch_size=4, restart_every=4), progress=False
+    )
+    assert fits == [1] and restarts == list(range(1, 11))  # called after every step; it restarts at 4, 8
+    assert report["codes_restarted"] > 0 and report["final_mse"] > 0

@@ -392,6 +392,11 @@ class Trainer:
                 if accelerator.sync_gradients:
                     self.scheduler.step()
                     state.step += 1
+                    # A model that maintains itself between steps (the VQ fit's dead-code
+                    # restarts) does it here, inside the update, so a checkpoint holds it whole.
+                    maintain = getattr(accelerator.unwrap_model(self.model), "after_optimizer_step", None)
+                    if maintain is not None:
+                        maintain(state.step)
                     # Where the next step starts: what a checkpoint of this step records.
                     epoch_done = batches_done >= self.batches_per_epoch
                     state.position = (epoch + 1, 0) if epoch_done else (epoch, batches_done)

@@ -13,8 +13,10 @@ never read by mistake: `VQCache.open` refuses it and says which tokenizer it bel
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +25,14 @@ import torch.nn.functional as F
 from diffusers import VQModel
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch.utils.data import DataLoader
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from visionloom.data.build import GalleryImages
 from visionloom.data.pedes import PedesSplit
+from visionloom.engine.run import open_run
+from visionloom.engine.samplers import EPOCH_SEED_STRIDE, RandomBatches
+from visionloom.engine.trainer import TrainConfig, Trainer
 
 SIZE_FILE = "visionloom_vq.json"  # the (height, width) the tokenizer encodes at
 RESTARTS_UNTIL = 0.8  # dead codes are restarted during the first 80% of the steps only
@@ -144,59 +150,87 @@ def restart_dead_codes(
     return len(dead)
 
 
+class VQTraining(nn.Module):
+    """The VQ tokenizer as the trainer sees it: reconstruction and commitment losses, code usage
+    counted, and dead codes restarted after the optimizer steps that call for it.
+
+    The usage counts are a buffer, so checkpoints hold them; each restart draws from a generator
+    seeded by (seed, step), so a resumed fit restarts exactly as an uninterrupted one.
+    """
+
+    def __init__(self, config: VQFitConfig):
+        super().__init__()
+        self.config = config
+        self.vq = build_vq(config)
+        self.register_buffer("counts", torch.zeros(config.codebook_size, dtype=torch.long))
+        self.latents: torch.Tensor | None = None  # what the quantizer saw in the last forward
+        self.restarted = 0
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        pixels = _to_vq_input(batch["images"], self.config.image_size)
+        latents = self.vq.encode(pixels).latents  # [B, C, h, w]
+        quantized, commit_loss, (_, _, indices) = self.vq.quantize(latents)
+        self.latents = latents.detach()
+        self.counts += torch.bincount(indices.flatten(), minlength=self.config.codebook_size).to(self.counts)
+        reconstruction = self.vq.decode(quantized, force_not_quantize=True).sample
+        return {
+            "reconstruction_loss": F.mse_loss(reconstruction, pixels),
+            "commit_loss": commit_loss.mean(),
+        }
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int) -> None:
+        config = self.config
+        if (
+            config.restart_every
+            and step % config.restart_every == 0
+            and step <= RESTARTS_UNTIL * config.steps
+        ):
+            generator = torch.Generator().manual_seed(config.seed * EPOCH_SEED_STRIDE + step)
+            self.restarted += restart_dead_codes(self.vq.quantize, self.latents, self.counts, generator)
+
+
+class _Images(Dataset):
+    """GalleryImages keyed by the sampler's (index, draw seed): {"images": uint8 [3, H, W]}."""
+
+    def __init__(self, images: GalleryImages):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key) -> dict[str, torch.Tensor]:
+        return {"images": self.images[key[0]]}
+
+
 def fit_vq(split: PedesSplit, out: Path, config: VQFitConfig, progress: bool = True) -> dict:
-    """Train a VQModel on the split's images (reconstruction + commitment) and save it to `out`."""
-    torch.manual_seed(config.seed)
-    model = build_vq(config)
-    model.train()
+    """Train a VQModel on the split's images through the one Trainer and save it to `out`."""
     images = GalleryImages(split, config.image_size)
     if len(images) == 0:
         raise ValueError("the split has no images to fit the VQ tokenizer on")
-    loader = DataLoader(
-        images,
-        batch_size=config.batch_size,
-        shuffle=True,
-        # A split smaller than one batch still trains (on one short batch per epoch).
-        drop_last=len(images) >= config.batch_size,
-        generator=torch.Generator().manual_seed(config.seed),
+    torch.manual_seed(config.seed)
+    model = VQTraining(config)
+    # A split smaller than one batch still trains, on one batch of all its images.
+    batch_size = min(config.batch_size, len(images))
+    sampler = RandomBatches(len(images), batch_size, config.seed)
+    loader = DataLoader(_Images(images), batch_sampler=sampler, collate_fn=default_collate)
+    train = TrainConfig(
+        steps=config.steps,
+        batch_size=batch_size,
+        lr=config.lr,
+        warmup_steps=0,
+        grad_clip=0.0,
+        checkpoint_every=config.steps,
+        log_every=1,  # the final reconstruction error is read from the log
+        seed=config.seed,
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
-    from rich.progress import Progress
-
-    # What the quantizer sees and picks each step: its input latents and the chosen code ids.
-    seen: dict[str, torch.Tensor] = {}
-    counts = torch.zeros(config.codebook_size, dtype=torch.long)
-
-    def record(_module, inputs, output):
-        seen["latents"] = inputs[0].detach()
-        counts.add_(torch.bincount(output[2][2].flatten().cpu(), minlength=config.codebook_size))
-
-    recording = model.quantize.register_forward_hook(record)
-    generator = torch.Generator().manual_seed(config.seed)
-    step, history, restarted = 0, [], 0
-    with Progress(disable=not progress) as bar:
-        task = bar.add_task("fitting VQ tokenizer", total=config.steps)
-        while step < config.steps:
-            for batch in loader:
-                pixels = _to_vq_input(batch, config.image_size)
-                output = model(pixels)
-                reconstruction = F.mse_loss(output.sample, pixels)
-                loss = reconstruction + output.commit_loss.mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                history.append(reconstruction.detach().item())
-                restarting = step <= RESTARTS_UNTIL * config.steps  # then the codes settle
-                if config.restart_every and step % config.restart_every == 0 and restarting:
-                    restarted += restart_dead_codes(model.quantize, seen["latents"], counts, generator)
-                bar.update(
-                    task, advance=1, description=f"fitting VQ tokenizer  mse {reconstruction.item():.4f}"
-                )
-                if step >= config.steps:
-                    break
-    recording.remove()  # the usage count below, and any later encoding, must not feed it
-    model.eval()
+    with tempfile.TemporaryDirectory() as run_dir:
+        with open_run(Path(run_dir), resume=False, overwrite=True):
+            Trainer(model, loader, train, Path(run_dir), progress=progress).fit()
+        with open(Path(run_dir) / "train_log.csv") as handle:
+            history = [float(row["reconstruction_loss"]) for row in csv.DictReader(handle) if row.get("loss")]
+    model.vq.eval()
+    restarted, model = model.restarted, model.vq
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     (out / SIZE_FILE).write_text(json.dumps({"image_size": list(config.image_size)}))
