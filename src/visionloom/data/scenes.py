@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
 
 from visionloom.data.refcoco import decode_segmentation
 from visionloom.data.synth_scenes import COLOURS, LOCATIONS, SHAPES, location_words, names_location
@@ -130,15 +129,3 @@ class SceneCells:
                 shape[wins] = annotation["category_id"]
             self._cache[key] = (colour.flatten(), shape.flatten())
         return self._cache[key]
-
-
-class SceneTextSet(Dataset):
-    def __init__(self, texts: list[SceneText]):
-        self.texts = texts
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def __getitem__(self, key) -> SceneText:
-        index = key[0] if isinstance(key, tuple) else key
-        return self.texts[index]

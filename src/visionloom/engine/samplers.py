@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 import torch
+from torch.utils.data import Dataset
 
 # Mixes the run seed with the epoch: a prime, so (seed, epoch) pairs do not collide.
 EPOCH_SEED_STRIDE = 1_000_003
@@ -122,3 +123,17 @@ class IdentityBatches(Batches):
             batch = [index for pid in chosen for index in groups[pid].pop()]
             batches.append([(index, rng.getrandbits(62)) for index in batch])
         return batches
+
+
+class Items(Dataset):
+    """A list as a Dataset: indexed by a sampler's (index, draw seed) or by a plain index."""
+
+    def __init__(self, items: list):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key):
+        index = key[0] if isinstance(key, tuple) else key
+        return self.items[index]

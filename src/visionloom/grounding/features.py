@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.data.refcoco import RefSample
@@ -107,18 +106,6 @@ def compute_features(
                 )
             )
     return features
-
-
-class FeatureSet(Dataset):
-    def __init__(self, features: list[SampleFeatures]):
-        self.features = features
-
-    def __len__(self) -> int:
-        return len(self.features)
-
-    def __getitem__(self, key) -> SampleFeatures:
-        index = key[0] if isinstance(key, tuple) else key  # samplers hand (index, draw seed)
-        return self.features[index]
 
 
 def collate(items: list[SampleFeatures]) -> dict[str, GroundingBatch]:

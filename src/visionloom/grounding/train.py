@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from visionloom import config as config_io
 from visionloom.data.refcoco import evaluation_splits, find_refs_file
 from visionloom.engine.run import check_run_dir, fingerprint, finish_run, open_run, record_data
-from visionloom.engine.samplers import RandomBatches
+from visionloom.engine.samplers import Items, RandomBatches
 from visionloom.engine.trainer import Trainer, make_accelerator
 from visionloom.grounding import build
 from visionloom.grounding.build import (
@@ -34,7 +34,7 @@ from visionloom.grounding.build import (
     split_features,
 )
 from visionloom.grounding.evaluate import evaluate
-from visionloom.grounding.features import FeatureSet, collate
+from visionloom.grounding.features import collate
 from visionloom.grounding.model import Grounder
 
 
@@ -77,7 +77,7 @@ def train_grounding(
             accelerator.process_index,
             accelerator.num_processes,
         )
-        loader = DataLoader(FeatureSet(train_features), batch_sampler=sampler, collate_fn=collate)
+        loader = DataLoader(Items(train_features), batch_sampler=sampler, collate_fn=collate)
         trainer = Trainer(
             model,
             loader,

@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader
 
 from visionloom.backbones import load
 from visionloom.backbones.base import ImageTokenAdapter
-from visionloom.data.scenes import SceneText, SceneTextSet, read_scene_texts
+from visionloom.data.scenes import SceneText, read_scene_texts
+from visionloom.engine.samplers import Items
 from visionloom.pruning.apply import prune_sequence, run_pruned
 from visionloom.pruning.build import PruneConfig, make_pruner
 from visionloom.pruning.pruners import KeepAll, Pruner
@@ -72,7 +73,7 @@ def prefill_flops(
 def run_pruner(
     adapter: ImageTokenAdapter, pruner: Pruner, texts: list[SceneText], keep_ratio: float, batch_size: int
 ) -> dict:
-    loader = DataLoader(SceneTextSet(texts), batch_size=batch_size, collate_fn=AnswerCollate(adapter))
+    loader = DataLoader(Items(texts), batch_size=batch_size, collate_fn=AnswerCollate(adapter))
     correct, seconds, flops, kept_tokens, images = 0, 0.0, 0.0, 0, 0
     for batch in loader:
         inputs = batch["inputs"]

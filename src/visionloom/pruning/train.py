@@ -15,9 +15,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from visionloom.backbones.base import ImageTokenAdapter
-from visionloom.data.scenes import SceneText, SceneTextSet
+from visionloom.data.scenes import SceneText
 from visionloom.engine.run import open_run
-from visionloom.engine.samplers import RandomBatches
+from visionloom.engine.samplers import Items, RandomBatches
 from visionloom.engine.trainer import TrainConfig, Trainer
 from visionloom.pruning.apply import forward_pruned
 from visionloom.pruning.build import ScorerConfig
@@ -72,7 +72,7 @@ def train_scorer(
         seed=seed,
     )
     sampler = RandomBatches(len(texts), config.batch_size, seed)
-    loader = DataLoader(SceneTextSet(texts), batch_sampler=sampler, collate_fn=AnswerCollate(adapter))
+    loader = DataLoader(Items(texts), batch_sampler=sampler, collate_fn=AnswerCollate(adapter))
     with tempfile.TemporaryDirectory() as scratch:
         directory = Path(run_dir) if run_dir is not None else Path(scratch)
         with open_run(directory, resume=False, overwrite=True):

@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader
 
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.backbones.types import MultimodalInputs
-from visionloom.data.scenes import SceneText, SceneTextSet
+from visionloom.data.scenes import SceneText
+from visionloom.engine.samplers import Items
 from visionloom.vlm.answers import AnswerCollate, answers_correct
 
 
@@ -23,7 +24,7 @@ def answer_accuracy(
 ) -> dict[str, float]:
     """Exact-match accuracy (%) overall and per task."""
     collate = AnswerCollate(adapter)
-    loader = DataLoader(SceneTextSet(texts), batch_size=batch_size, collate_fn=collate)
+    loader = DataLoader(Items(texts), batch_size=batch_size, collate_fn=collate)
     correct: dict[str, list[bool]] = defaultdict(list)
     iterator = loader
     if progress:

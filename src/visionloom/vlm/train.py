@@ -21,9 +21,9 @@ from pathlib import Path
 from torch.utils.data import DataLoader
 
 from visionloom import config as config_io
-from visionloom.data.scenes import SceneCells, SceneTextSet, read_scene_texts
+from visionloom.data.scenes import SceneCells, read_scene_texts
 from visionloom.engine.run import fingerprint, finish_run, open_run, record_data
-from visionloom.engine.samplers import RandomBatches
+from visionloom.engine.samplers import Items, RandomBatches
 from visionloom.engine.trainer import Trainer
 from visionloom.vlm.answers import AnswerCollate
 from visionloom.vlm.build import FAMILY_PRESETS, PretrainConfig, build_vlm
@@ -58,7 +58,7 @@ def pretrain(
         sampler = RandomBatches(len(train_texts), config.train.batch_size, config.train.seed)
         cells = SceneCells(root) if config.cell_weight else None
         loader = DataLoader(
-            SceneTextSet(train_texts), batch_sampler=sampler, collate_fn=AnswerCollate(adapter, cells)
+            Items(train_texts), batch_sampler=sampler, collate_fn=AnswerCollate(adapter, cells)
         )
         model = AnswerModel(adapter, config.cell_weight)
 
