@@ -14,19 +14,18 @@ from PIL import Image
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.data.refcoco import RefSample
 from visionloom.data.scenes import DEFAULT_PROMPT
-from visionloom.grounding.attention import Padding, collect
+from visionloom.grounding.attention import ExpressionFeatures, collect
 from visionloom.grounding.model import GroundingBatch
 from visionloom.grounding.sam import SamRefiner
 
 
 @dataclass
-class SampleFeatures:
+class SampleFeatures(ExpressionFeatures):
+    """An expression's frozen features (attention, hidden states, padding) and what its sample adds."""
+
     name: str
-    attention: torch.Tensor  # [L*H, h, w]
-    hidden: torch.Tensor  # [K, n, D]
-    padding: Padding
-    mask: torch.Tensor  # bool [H, W]
-    sam_embedding: torch.Tensor | None  # [C, e, e]
+    mask: torch.Tensor  # bool [H, W], the target
+    sam_embedding: torch.Tensor | None  # [C, e, e], SAM's image embedding
     sam_size: torch.Tensor | None  # [2]
 
 
@@ -96,10 +95,8 @@ def compute_features(
             sam_embedding, sam_size = sam_cache.get(str(sample.image_path), (None, None))
             features.append(
                 SampleFeatures(
+                    **vars(item),
                     name=name,
-                    attention=item.attention,
-                    hidden=item.hidden,
-                    padding=item.padding,
                     mask=torch.from_numpy(sample.mask()),
                     sam_embedding=sam_embedding,
                     sam_size=sam_size,
