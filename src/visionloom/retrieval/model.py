@@ -26,6 +26,7 @@ The generator (phase 4's masked-image decoder, or T5Gemma2's caption decoder) ru
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -75,7 +76,7 @@ class MaskedImageGenerator(nn.Module):
         t5: T5EncoderModel,
         codebook_size: int,
         decoder_layers: int = 2,
-        vq_model: nn.Module | None = None,
+        vq_model: Any = None,  # a VQTokenizer, to encode codes online
     ):
         super().__init__()
         self.image_path = image_path
@@ -95,7 +96,8 @@ class MaskedImageGenerator(nn.Module):
         self.start_id = codebook_size
         # Only for online encoding; frozen, and None when the codes come from the offline cache.
         # Held in a tuple so it is neither trained nor saved: the checkpoint is the same either way.
-        self.online_vq = (vq_model.requires_grad_(False).eval(),) if vq_model is not None else ()
+        # In a tuple, not a submodule: the tokenizer is frozen and is not part of this model's weights.
+        self.online_vq = (vq_model,) if vq_model is not None else ()
 
     def targets(self, batch: dict) -> torch.Tensor:
         if "vq_ids" in batch:

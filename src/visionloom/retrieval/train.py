@@ -52,7 +52,7 @@ def prepare_vq(config: RetrievalConfig, data_root: Path):
 
     directory = vq_directory(config, data_root)
     model = load_vq(directory)
-    config.model.codebook_size = int(model.config.num_vq_embeddings)
+    config.model.codebook_size = model.codebook_size
     config.model.code_grid = code_grid(model)
     cache = None if config.vq.online else VQCache.open(data_root, directory)
     return model, cache

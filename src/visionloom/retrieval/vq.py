@@ -78,7 +78,27 @@ def encode_size(directory: Path, fallback: tuple[int, int]) -> tuple[int, int]:
     return fallback
 
 
-def load_vq(directory: str | Path) -> VQModel:
+@dataclass
+class VQTokenizer:
+    """A diffusers VQModel and the (height, width) it encodes images at.
+
+    The size is the tokenizer's own (it sets the code grid), but VQModel's config has no field for
+    it, so it travels beside the model (and is saved beside it, in SIZE_FILE).
+    """
+
+    model: VQModel
+    image_size: tuple[int, int]
+
+    @property
+    def codebook_size(self) -> int:
+        return int(self.model.config.num_vq_embeddings)
+
+    def to(self, device: torch.device | str) -> VQTokenizer:
+        self.model.to(device)
+        return self
+
+
+def load_vq(directory: str | Path) -> VQTokenizer:
     directory = Path(directory)
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(
@@ -87,8 +107,7 @@ def load_vq(directory: str | Path) -> VQModel:
         )
     model = VQModel.from_pretrained(directory).eval()
     model.requires_grad_(False)
-    model.encode_image_size = encode_size(directory, (model.config.sample_size,) * 2)
-    return model
+    return VQTokenizer(model, encode_size(directory, (model.config.sample_size,) * 2))
 
 
 def tokenizer_hash(directory: str | Path) -> str:
@@ -105,9 +124,9 @@ def downsample_factor(model: VQModel) -> int:
     return 2 ** (len(model.config.block_out_channels) - 1)
 
 
-def code_grid(model: VQModel) -> tuple[int, int]:
-    height, width = model.encode_image_size
-    factor = downsample_factor(model)
+def code_grid(tokenizer: VQTokenizer) -> tuple[int, int]:
+    height, width = tokenizer.image_size
+    factor = downsample_factor(tokenizer.model)
     if height % factor or width % factor:
         raise ValueError(
             f"VQ encode size {height}x{width} is not a multiple of its downsampling factor {factor}"
@@ -124,9 +143,10 @@ def _to_vq_input(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_codes(model: VQModel, images: torch.Tensor) -> torch.Tensor:
+def encode_codes(tokenizer: VQTokenizer, images: torch.Tensor) -> torch.Tensor:
     """uint8 [B, 3, H, W] -> code ids [B, h, w]."""
-    pixels = _to_vq_input(images, model.encode_image_size).to(model.device, model.dtype)
+    model = tokenizer.model
+    pixels = _to_vq_input(images, tokenizer.image_size).to(model.device, model.dtype)
     latents = model.encode(pixels).latents  # [B, C, h, w], before quantisation
     _, _, (_, _, indices) = model.quantize(latents)
     return indices.view(len(images), *latents.shape[-2:]).long()
@@ -234,16 +254,16 @@ def fit_vq(split: PedesSplit, out: Path, config: VQFitConfig, progress: bool = T
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     (out / SIZE_FILE).write_text(json.dumps({"image_size": list(config.image_size)}))
-    model.encode_image_size = config.image_size
+    tokenizer = VQTokenizer(model, config.image_size)
     with torch.no_grad():
         sample = torch.stack([images[i] for i in range(min(64, len(images)))])
-        used = encode_codes(model, sample).unique().numel()
+        used = encode_codes(tokenizer, sample).unique().numel()
     return {
         "final_mse": sum(history[-FINAL_MSE_STEPS:]) / len(history[-FINAL_MSE_STEPS:]),
         "codes_used_on_64_images": used,
         "codes_restarted": restarted,
         "codebook_size": config.codebook_size,
-        "grid": list(code_grid(model)),
+        "grid": list(code_grid(tokenizer)),
     }
 
 
@@ -255,7 +275,7 @@ def build_cache(
     data_root: Path, split: PedesSplit, vq_dir: Path, batch_size: int = 64, progress: bool = True
 ) -> Path:
     """Encode every image of `split` (as is and mirrored) once; write the cache atomically."""
-    model = load_vq(vq_dir)
+    tokenizer = load_vq(vq_dir)
     digest = tokenizer_hash(vq_dir)
     # The images as stored: `encode_codes` resizes to the tokenizer's size exactly as it does online.
     images = GalleryImages(split, None)
@@ -264,8 +284,8 @@ def build_cache(
     from rich.progress import track
 
     for batch in track(loader, description="encoding VQ codes", disable=not progress):
-        plain = encode_codes(model, batch)
-        mirrored = encode_codes(model, batch.flip(-1))
+        plain = encode_codes(tokenizer, batch)
+        mirrored = encode_codes(tokenizer, batch.flip(-1))
         codes.append(torch.stack([plain, mirrored], dim=1).to(torch.int32))  # [B, 2, h, w]
     files = [str(image.path.relative_to(Path(data_root) / "imgs")) for image in split.images]
     target = cache_path(data_root, digest)
