@@ -20,9 +20,9 @@ import torch
 from visionloom.data.build import Collate, TrainPairs
 from visionloom.data.pedes import read_pedes
 from visionloom.data.synth_pedes import generate
-from visionloom.retrieval.build import create_model, load_config
+from visionloom.retrieval.build import VQFitConfig, create_model, load_config
 from visionloom.retrieval.train import prepare_vq
-from visionloom.retrieval.vq import VQFitConfig, build_cache, fit_vq
+from visionloom.retrieval.vq import build_cache, fit_vq
 
 
 def step_time(config, root: Path, repeats: int, batch_size: int) -> float:

@@ -44,7 +44,8 @@ def pedes_root(tmp_path_factory):
 def vq_dir(pedes_root):
     """A VQ tokenizer fitted for a few steps on pedes_root's training images, with its code cache."""
     from visionloom.data.pedes import read_pedes
-    from visionloom.retrieval.vq import VQFitConfig, build_cache, fit_vq
+    from visionloom.retrieval.build import VQFitConfig
+    from visionloom.retrieval.vq import build_cache, fit_vq
 
     directory = pedes_root / "vq"
     split = read_pedes(pedes_root)["train"]

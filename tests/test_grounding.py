@@ -11,12 +11,13 @@ import torch
 from tests.conftest import cached_preset
 from visionloom.data.refcoco import read_refcoco
 from visionloom.grounding.attention import collect, expression_token_count, merge_attention, pad_to_square
+from visionloom.grounding.build import HeadConfig, SamSettings
 from visionloom.grounding.features import collate, compute_features
-from visionloom.grounding.head import HeadConfig, MaskHead
+from visionloom.grounding.head import MaskHead
 from visionloom.grounding.loss import bce_loss, dice_loss
 from visionloom.grounding.metrics import MaskMetrics
 from visionloom.grounding.model import Grounder
-from visionloom.grounding.sam import SamRefiner, SamSettings, box_of, tiny_sam
+from visionloom.grounding.sam import SamRefiner, box_of, tiny_sam
 
 FAMILIES = ["tiny-llava", "tiny-qwen2.5-vl", "tiny-llava-next"]
 

@@ -395,7 +395,8 @@ def vq_fit(
 ) -> None:
     """Train a small diffusers VQModel on the training images."""
     from visionloom.data.pedes import read_pedes
-    from visionloom.retrieval.vq import VQFitConfig, fit_vq
+    from visionloom.retrieval.build import VQFitConfig
+    from visionloom.retrieval.vq import fit_vq
 
     config = VQFitConfig(steps=steps, seed=seed, restart_every=restart_every)
     report = fit_vq(read_pedes(data)["train"], out or data / "vq", config)

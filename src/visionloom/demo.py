@@ -116,7 +116,8 @@ def run_demo(
         overrides = [f"train.seed={seed}"] + ([f"train.steps={steps}"] if steps else [])
         configs[phase] = load_config(phase, overrides)
     if any(needs_vq(config) for config in configs.values()):
-        from visionloom.retrieval.vq import VQFitConfig, build_cache, fit_vq
+        from visionloom.retrieval.build import VQFitConfig
+        from visionloom.retrieval.vq import build_cache, fit_vq
 
         vq_dir = data / "vq"
         if not (vq_dir / "config.json").is_file():

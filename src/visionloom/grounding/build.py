@@ -17,9 +17,23 @@ from visionloom.data.refcoco import RefSample, read_refcoco
 from visionloom.data.scenes import DEFAULT_PROMPT
 from visionloom.engine.trainer import TrainConfig
 from visionloom.grounding.features import SampleFeatures, compute_features
-from visionloom.grounding.head import HeadConfig
 from visionloom.grounding.model import Grounder
-from visionloom.grounding.sam import SamRefiner, SamSettings, load_sam
+from visionloom.grounding.sam import SamRefiner, load_sam
+
+
+@dataclass
+class HeadConfig:
+    width: PositiveInt = 32
+    upsample: Literal[1, 2, 4, 8, 16] = 4  # output grid = token grid x this (a power of two)
+
+
+@dataclass
+class SamSettings:
+    enabled: bool = True
+    path: str | None = None  # a local SAM checkpoint directory; None: a tiny random-weight SAM
+    multimask: bool = True
+    train_decoder: bool = True
+    seed: int = 0
 
 
 @dataclass

@@ -8,20 +8,14 @@ gets. Two down steps and three up steps with skip connections give logits at 4x 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from visionloom.config import PositiveInt
-
-
-@dataclass
-class HeadConfig:
-    width: PositiveInt = 32
-    upsample: Literal[1, 2, 4, 8, 16] = 4  # output grid = token grid x this (a power of two)
+if TYPE_CHECKING:  # annotations only: build.py builds on this module
+    from visionloom.grounding.build import HeadConfig
 
 
 def block(in_channels: int, out_channels: int) -> nn.Sequential:

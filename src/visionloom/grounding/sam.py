@@ -13,8 +13,8 @@ through the image processor's own `post_process_masks`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -23,14 +23,8 @@ from torch.nn import functional as F
 from transformers import SamConfig, SamModel
 from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
 
-
-@dataclass
-class SamSettings:
-    enabled: bool = True
-    path: str | None = None  # a local SAM checkpoint directory; None: a tiny random-weight SAM
-    multimask: bool = True
-    train_decoder: bool = True
-    seed: int = 0
+if TYPE_CHECKING:  # annotations only: build.py builds on this module
+    from visionloom.grounding.build import SamSettings
 
 
 def tiny_sam(seed: int = 0, image_size: int = 256) -> tuple[SamModel, SamImageProcessorPil]:

@@ -37,7 +37,7 @@ from transformers.image_utils import (
 )
 
 from visionloom import config as config_io
-from visionloom.config import Fraction, NonNegativeInt, PositiveInt
+from visionloom.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from visionloom.engine.trainer import TrainConfig
 from visionloom.retrieval import tiny
 from visionloom.retrieval.encoders import (
@@ -53,9 +53,33 @@ from visionloom.retrieval.model import (
     CaptionGenerator,
     DualEncoder,
     InputSpec,
-    LossConfig,
     MaskedImageGenerator,
 )
+
+
+@dataclass
+class LossConfig:
+    sdm: NonNegativeFloat = 1.0
+    itc: NonNegativeFloat = 0.0
+    id: NonNegativeFloat = 1.0
+    temperature: PositiveFloat = 0.02  # IRRA's: a fixed logit scale of 50
+    enable_gen: bool = False
+    gen_weight: NonNegativeFloat = 1.0
+
+
+@dataclass
+class VQFitConfig:
+    image_size: tuple[int, int] = (96, 32)  # height x width the images are encoded at
+    channels: tuple[int, ...] = (16, 32, 64, 64)  # one down block each; factor 2**(len - 1)
+    latent_channels: int = 16
+    codebook_size: int = 256
+    steps: int = 200
+    batch_size: int = 32
+    lr: float = 2e-3
+    seed: int = 0
+    # Every this many steps, codes no latent chose since the last check move onto latents of the
+    # batch (dead-code restart); none in the last 20% of steps, so the codes settle. 0 = off.
+    restart_every: int = 20
 
 
 @dataclass

@@ -26,7 +26,7 @@ The generator (phase 4's masked-image decoder, or T5Gemma2's caption decoder) ru
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -34,19 +34,11 @@ from transformers import PreTrainedTokenizerBase, T5Config, T5EncoderModel
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.t5.modeling_t5 import T5Stack
 
-from visionloom.config import NonNegativeFloat, PositiveFloat
 from visionloom.retrieval.encoders import ImageOutput, T5ImageEncoder, ensure_width
 from visionloom.retrieval.loss import generation_loss, id_loss, itc_loss, sdm_loss
 
-
-@dataclass
-class LossConfig:
-    sdm: NonNegativeFloat = 1.0
-    itc: NonNegativeFloat = 0.0
-    id: NonNegativeFloat = 1.0
-    temperature: PositiveFloat = 0.02  # IRRA's: a fixed logit scale of 50
-    enable_gen: bool = False
-    gen_weight: NonNegativeFloat = 1.0
+if TYPE_CHECKING:  # annotations only: build.py builds on this module
+    from visionloom.retrieval.build import LossConfig
 
 
 @dataclass

@@ -19,6 +19,7 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -34,24 +35,13 @@ from visionloom.engine.run import open_run
 from visionloom.engine.samplers import EPOCH_SEED_STRIDE, RandomBatches
 from visionloom.engine.trainer import TrainConfig, Trainer
 
+if TYPE_CHECKING:  # annotations only: build.py builds on this module
+    from visionloom.retrieval.build import VQFitConfig
+
+
 SIZE_FILE = "visionloom_vq.json"  # the (height, width) the tokenizer encodes at
 RESTARTS_UNTIL = 0.8  # dead codes are restarted during the first 80% of the steps only
 FINAL_MSE_STEPS = 20  # the reported reconstruction error: the mean over the last this many steps
-
-
-@dataclass
-class VQFitConfig:
-    image_size: tuple[int, int] = (96, 32)  # height x width the images are encoded at
-    channels: tuple[int, ...] = (16, 32, 64, 64)  # one down block each; factor 2**(len - 1)
-    latent_channels: int = 16
-    codebook_size: int = 256
-    steps: int = 200
-    batch_size: int = 32
-    lr: float = 2e-3
-    seed: int = 0
-    # Every this many steps, codes no latent chose since the last check move onto latents of the
-    # batch (dead-code restart); none in the last 20% of steps, so the codes settle. 0 = off.
-    restart_every: int = 20
 
 
 def build_vq(config: VQFitConfig) -> VQModel:
