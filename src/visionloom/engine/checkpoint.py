@@ -1,11 +1,13 @@
 """Atomic checkpoints: weights in safetensors, optimizer, scheduler, every process's RNG, the step.
 
     RUN/checkpoints/step_0000200/   model.safetensors  optimizer.pt  scheduler.pt  rng_0.pt ...  state.json
-    RUN/checkpoints/latest          the name of the newest complete checkpoint
+    RUN/checkpoints/latest          the name of the newest checkpoint, for people to read
 
 A checkpoint is written into a hidden temporary directory and renamed into place only when every
 file is on disk; `latest` is replaced by rename too. A run killed mid-write leaves a stray
-temporary directory and the previous checkpoint, still named by `latest`, intact.
+temporary directory and the previous checkpoint intact. Resuming takes the newest complete
+checkpoint directory (`latest_checkpoint`), not what `latest` says, so a run killed between
+writing a checkpoint and updating `latest` loses nothing.
 
 A model may name state-dict prefixes it rebuilds from their own source every time it is built
 (`weights_from_elsewhere()`, e.g. a frozen SAM loaded from `sam.path`): those are not written,

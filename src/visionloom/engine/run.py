@@ -100,17 +100,6 @@ def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
         )
 
 
-def claim_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> RunLock:
-    """Check the directory (see `check_run_dir`), lock it, and empty it when overwriting (main process)."""
-    check_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    lock = RunLock(run_dir).acquire()
-    if overwrite and not resume:
-        for path in run_dir.iterdir():
-            if path.name != LOCK:
-                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-    return lock
-
-
 def fingerprint(files: Iterable[Path], sized: Iterable[Path] = ()) -> str:
     """sha256 of the contents of `files` (annotations) and of the names and byte sizes of `sized`
     (images: reading every one would cost minutes; a changed image set changes sizes or names)."""
@@ -143,10 +132,15 @@ def record_data(run_dir: Path, data_root: Path, data_fingerprint: str, *, resume
 
 @contextmanager
 def open_run(run_dir: Path, *, resume: bool, overwrite: bool, main: bool = True) -> Iterator[Path]:
-    """The run directory for the length of a run: checked on every process, locked (and emptied on
-    `overwrite`) by the main one, released when the run ends however it ends."""
+    """The run directory for the length of a run: checked on every process (`check_run_dir`),
+    locked by the main one and emptied there on `overwrite`, released when the run ends however it
+    ends."""
     check_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    lock = claim_run_dir(run_dir, resume=resume, overwrite=overwrite) if main else None
+    lock = RunLock(run_dir).acquire() if main else None
+    if main and overwrite:
+        for path in run_dir.iterdir():
+            if path.name != LOCK:
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     try:
         yield run_dir
     finally:
