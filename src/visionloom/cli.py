@@ -480,12 +480,10 @@ def retrieval_eval(
 ) -> None:
     """R@1/5/10, mAP and mINP, text to image, on a split."""
     from visionloom.data.check import require_usable
-    from visionloom.data.pedes import read_pedes
     from visionloom.retrieval.evaluate import evaluate_split
     from visionloom.retrieval.train import load_trained
 
-    require_usable(data)
-    dataset = read_pedes(data)
+    dataset = require_usable(data)
     if split not in dataset.splits:
         raise typer.BadParameter(
             f"{split!r}; {dataset.name} has {', '.join(dataset.splits)}", param_hint="--split"

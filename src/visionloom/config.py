@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import json
 import math
 import types
 import typing
@@ -206,6 +207,20 @@ def read_yaml(path: Path) -> Any:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(error, "problem", None) or str(error)
         raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+
+
+def read_json(path: Path, error: type[ValueError] = ConfigError) -> Any:
+    """A JSON file's content; `error` (naming the file and the fault) when it is not UTF-8 JSON.
+
+    Every file a user hands the project (checkpoint configs, annotations) is read through here, each
+    caller choosing the error its own callers catch.
+    """
+    try:
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as fault:
+        raise error(f"{path}: not UTF-8 text (byte {fault.start}: {fault.reason})") from None
+    except json.JSONDecodeError as fault:
+        raise error(f"{path}: not valid JSON ({fault})") from None
 
 
 def load(cls: type[T], path: Path, overrides: list[str] | None = None) -> T:

@@ -9,7 +9,6 @@ insertion of the embeddings, and attention maps reshaped to each image's token g
 
 from __future__ import annotations
 
-import json
 import logging
 import operator
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, PreTrainedModel
 
+from visionloom import config as config_io
 from visionloom.backbones.checks import (
     ImageTokenMismatch,
     check_attention_weights,
@@ -67,10 +67,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON object from a checkpoint file; an error naming the file otherwise."""
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    content = config_io.read_json(path, ValueError)
     if not isinstance(content, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(content).__name__}")
     return content

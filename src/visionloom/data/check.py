@@ -21,10 +21,12 @@ from statistics import median
 from PIL import Image, UnidentifiedImageError
 
 from visionloom.data.pedes import (
-    ANNOTATION_FILES,
     IMAGE_KEYS,
     DatasetFormatError,
+    PedesDataset,
+    PedesImage,
     Problem,
+    dataset_from,
     read_annotations,
     refuse,
     validate_entries,
@@ -58,6 +60,8 @@ class DataCheck:
     name: str
     problems: list[Problem]
     sizes: SizeSummary
+    annotation_file: Path | None = None  # None: the annotation file itself could not be read
+    by_split: dict[str, list[PedesImage]] = field(default_factory=dict)  # the entries without a problem
 
 
 def image_problem(path: Path) -> tuple[tuple[int, int] | None, str | None]:
@@ -92,7 +96,7 @@ def check_pedes(
     except (FileNotFoundError, DatasetFormatError) as error:
         return DataCheck("unknown", [Problem(None, str(root), str(error))], SizeSummary())
     checked = validate_entries(root, name, annotation_file, entries)
-    problems = checked.problems
+    problems = list(checked.problems)  # the entries' problems, then the images'
     sizes: dict[int, tuple[int, int]] = {}
     usable_by_pid: dict[int, int] = defaultdict(int)
     images = checked.image_paths
@@ -121,15 +125,18 @@ def check_pedes(
         if usable == 0:
             problems.append(Problem(None, str(annotation_file), f"identity {pid} has no usable image"))
     problems.sort(key=lambda problem: (problem.entry is None, problem.entry or 0))
-    return DataCheck(name, problems, SizeSummary(Counter(sizes.values())))
+    return DataCheck(name, problems, SizeSummary(Counter(sizes.values())), annotation_file, checked.by_split)
 
 
-def require_usable(root: str | Path, progress: Iterable | None = None) -> None:
-    """Refuse a data set with any problem `check_pedes` finds, listing them; before any work."""
+def require_usable(root: str | Path, progress: Iterable | None = None) -> PedesDataset:
+    """The data set at `root`, after `check_pedes` found no problem; otherwise an error listing them,
+    before any work. The annotations are read once, for the check and the data set alike."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data root {root} is not a directory")
     report = check_pedes(root, progress=progress)
+    if report.annotation_file is None:  # the annotation file itself: its one problem says why
+        raise DatasetFormatError(report.problems[0].message)
     if report.problems:
-        annotation = next((p for p in (root / f for f in ANNOTATION_FILES.values()) if p.is_file()), root)
-        raise refuse(annotation, report.problems)
+        raise refuse(report.annotation_file, report.problems)
+    return dataset_from(root, report.name, report.annotation_file, report.by_split)

@@ -23,9 +23,10 @@ them together with the problems of the images themselves.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from visionloom.config import read_json
 
 ANNOTATION_FILES = {
     "cuhk-pedes": "reid_raw.json",
@@ -53,13 +54,18 @@ class Problem:
         return f"{where}: {self.file}: {self.message}" if self.file else f"{where} {self.message}"
 
 
+def listing(problems: list) -> str:
+    """The first SHOWN_PROBLEMS problems, one indented line each, and how many more there are."""
+    shown = "".join(f"\n  {problem}" for problem in problems[:SHOWN_PROBLEMS])
+    more = f"\n  ... and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
+    return shown + more
+
+
 def refuse(annotation_file: Path, problems: list[Problem]) -> DatasetFormatError:
     """One error listing the first problems of a data set, and how to see them all."""
-    shown = "\n  ".join(str(problem) for problem in problems[:SHOWN_PROBLEMS])
-    more = f"\n  ... and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
     return DatasetFormatError(
         f"{annotation_file}: {len(problems)} problem(s); nothing was trained or evaluated. "
-        f"`visionloom data check {annotation_file.parent}` lists them all:\n  {shown}{more}"
+        f"`visionloom data check {annotation_file.parent}` lists them all:{listing(problems)}"
     )
 
 
@@ -149,14 +155,7 @@ def read_annotations(root: Path, name: str | None = None) -> tuple[str, Path, li
     """The raw entries of a data set: its annotation file parsed, nothing checked per entry yet."""
     name = name or detect_format(root)
     annotation_file = root / ANNOTATION_FILES[name]
-    try:
-        entries = json.loads(annotation_file.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as error:
-        raise DatasetFormatError(
-            f"{annotation_file}: not UTF-8 text (byte {error.start}: {error.reason})"
-        ) from None
-    except json.JSONDecodeError as error:
-        raise DatasetFormatError(f"{annotation_file}: not valid JSON ({error})") from None
+    entries = read_json(annotation_file, DatasetFormatError)
     if not isinstance(entries, list):
         raise DatasetFormatError(
             f"{annotation_file}: expected a list of entries, got {type(entries).__name__}"
@@ -203,7 +202,8 @@ def validate_entries(root: Path, name: str, annotation_file: Path, entries: list
         found = len(problems)
         if split not in SPLITS:
             problem(f"split {split!r}; expected one of {', '.join(SPLITS)}")
-        if isinstance(pid, bool) or not isinstance(pid, int):
+        pid_is_int = isinstance(pid, int) and not isinstance(pid, bool)
+        if not pid_is_int:
             problem(f"identity {pid!r} is not an integer")
         if isinstance(captions, str):
             problem("captions is a single string; expected a list of strings")
@@ -215,23 +215,20 @@ def validate_entries(root: Path, name: str, annotation_file: Path, entries: list
                     problem(f"caption {number} is {text!r}, not text")
                 elif not text.strip():
                     problem(f"caption {number} is empty")
-        path, why = resolve_inside(image_root, entry[image_key])
+        resolved, why = resolve_inside(image_root, entry[image_key])
         if why:
             problem(why)
-        elif path in seen_paths:
-            problem(f"same image as entry {seen_paths[path]}")
+        elif resolved in seen_paths:
+            problem(f"same image as entry {seen_paths[resolved]}")
         else:
-            seen_paths[path] = index
+            seen_paths[resolved] = index
+            # The path as named (ROOT/imgs/<file>), now known to resolve inside ROOT/imgs.
             named = image_root / entry[image_key]
-            image_paths.append(
-                (index, pid if isinstance(pid, int) and not isinstance(pid, bool) else None, named)
-            )
+            image_paths.append((index, pid if pid_is_int else None, named))
         if len(problems) > found:
             continue
         splits_by_pid.setdefault(pid, set()).add(split)
-        # The path as named (ROOT/imgs/<file>): it was checked to resolve inside ROOT/imgs above.
-        image = PedesImage(path=image_root / entry[image_key], pid=pid, captions=tuple(captions), entry=index)
-        by_split[split].append(image)
+        by_split[split].append(PedesImage(path=named, pid=pid, captions=tuple(captions), entry=index))
     for pid, splits in sorted(splits_by_pid.items()):
         if len(splits) > 1:
             problems.append(
@@ -250,7 +247,15 @@ def read_pedes(root: str | Path, name: str | None = None) -> PedesDataset:
     checked = validate_entries(root, name, annotation_file, entries)
     if checked.problems:
         raise refuse(annotation_file, checked.problems)
-    by_split = checked.by_split
+    return dataset_from(root, name, annotation_file, checked.by_split)
+
+
+def dataset_from(
+    root: Path, name: str, annotation_file: Path, by_split: dict[str, list[PedesImage]]
+) -> PedesDataset:
+    """The data set from entries that passed `validate_entries`: splits, ICFG's carved validation,
+    training identities renumbered."""
+    by_split = dict(by_split)
     if not by_split["train"] or not by_split["test"]:
         raise DatasetFormatError(
             f"{annotation_file}: a {name} set needs train and test entries; found "

@@ -14,14 +14,14 @@ among the layouts people keep COCO in (`IMAGE_DIRS`), unless one is given.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from visionloom.data.pedes import SHOWN_PROBLEMS, DatasetFormatError, resolve_inside
+from visionloom.config import read_json
+from visionloom.data.pedes import DatasetFormatError, listing, resolve_inside
 
 DEFAULT_SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
 
@@ -123,18 +123,9 @@ def find_refs_file(root: Path, split_by: str | None) -> Path:
     raise DatasetFormatError(f"{root}: no refs file; looked for {', '.join(names)}")
 
 
-def read_json_file(path: Path) -> object:
-    try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as error:
-        raise DatasetFormatError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason})") from None
-    except json.JSONDecodeError as error:
-        raise DatasetFormatError(f"{path}: not valid JSON ({error})") from None
-
-
 def load_refs(path: Path, allow_pickle: bool = False) -> list[dict]:
     if path.suffix == ".json":
-        return read_json_file(path)
+        return read_json(path, DatasetFormatError)
     if allow_pickle is not True:  # only the real True: a truthy "false" or "n" must not unpickle
         raise DatasetFormatError(
             f"{path} is a pickle, and unpickling runs whatever code the file holds. Export it to JSON "
@@ -176,7 +167,7 @@ def segmentation_problem(segmentation: object, height: int, width: int) -> str |
 
 def index_instances(instances_file: Path) -> tuple[dict, dict, list[str]]:
     """(images by id, annotations by id, problems) of a COCO instances file."""
-    instances = read_json_file(instances_file)
+    instances = read_json(instances_file, DatasetFormatError)
     if not isinstance(instances, dict) or not isinstance(instances.get("images"), list):
         raise DatasetFormatError(f"{instances_file}: expected COCO instances with an 'images' list")
     if not isinstance(instances.get("annotations"), list):
@@ -297,10 +288,8 @@ def read_refcoco(
                 )
             )
     if problems:
-        shown = "\n  ".join(problems[:SHOWN_PROBLEMS])
-        more = f"\n  ... and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
         raise DatasetFormatError(
-            f"{refs_file} / {instances_file.name}: {len(problems)} problem(s):\n  {shown}{more}"
+            f"{refs_file} / {instances_file.name}: {len(problems)} problem(s):{listing(problems)}"
         )
     if not samples:
         found = sorted({str(ref["split"]) for ref in refs})

@@ -22,7 +22,6 @@ from rich.progress import track
 from visionloom import config as config_io
 from visionloom.data.build import TrainPairs, make_sampler, train_loader
 from visionloom.data.check import require_usable
-from visionloom.data.pedes import read_pedes
 from visionloom.engine.checkpoint import load_weights
 from visionloom.engine.run import (
     best_weights,
@@ -82,10 +81,9 @@ def train_retrieval(
     accelerator = make_accelerator(config.train)
     with open_run(run_dir, resume=resume, overwrite=overwrite, main=accelerator.is_main_process):
         # The whole data set is checked before any work: the same rules as `data check`, one code path.
-        require_usable(
+        dataset = require_usable(
             data_root, progress=(lambda it: track(it, description="checking data")) if progress else None
         )
-        dataset = read_pedes(data_root)
         train_split, val_split = dataset["train"], dataset["val"]
         vq_model, cache = prepare_vq(config, data_root) if needs_vq(config) else (None, None)
         model = create_model(config, train_split.num_identities, vq_model)
