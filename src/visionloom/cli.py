@@ -122,15 +122,19 @@ def doctor(
     device: str = typer.Option("cpu", "--device", help="Where to run, e.g. cpu or cuda:0."),
 ) -> None:
     """Report what the image-token layer does for MODEL and check it end to end."""
-    from visionloom.backbones.base import DTYPES
+    import torch
+
+    from visionloom.backbones.base import resolve_dtype
     from visionloom.backbones.doctor import parse_size, run_doctor
 
     try:
         size = parse_size(image_size) if image_size else None
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
-    if dtype is not None and dtype not in ("auto", *DTYPES):
-        raise typer.BadParameter(f"{dtype!r} is not one of auto, {', '.join(DTYPES)}", param_hint="--dtype")
+    try:
+        resolve_dtype(dtype, torch.device("cpu"))  # the one rule for dtype names, checked before loading
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--dtype") from None
     report = run_doctor(model, size, native=native, dtype=dtype, device=device)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))

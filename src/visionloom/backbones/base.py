@@ -65,6 +65,14 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return DTYPES[dtype]
 
 
+def place(model: torch.nn.Module, dtype: str | torch.dtype | None, device: str | torch.device | None) -> None:
+    """Move a model to `device` (default the CPU) in the dtype `resolve_dtype` picks for it there;
+    "auto" keeps the dtype loading gave it."""
+    device = torch.device(device or "cpu")
+    resolved = resolve_dtype(dtype, device)
+    model.to(device=device, dtype=None if resolved == "auto" else resolved)
+
+
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON object from a checkpoint file; an error naming the file otherwise."""
     content = config_io.read_json(path, ValueError)
@@ -117,8 +125,7 @@ class ImageTokenAdapter:
         and the checkpoint's own dtype (config.json) on a GPU; "auto", "float32", "float16",
         "bfloat16" or a torch dtype choose one.
         """
-        device = torch.device(device or "cpu")
-        resolved = resolve_dtype(dtype, device)
+        resolved = resolve_dtype(dtype, torch.device(device or "cpu"))
         model, info = cls.model_class.from_pretrained(
             str(path), output_loading_info=True, dtype=resolved, **model_kwargs
         )
@@ -136,7 +143,8 @@ class ImageTokenAdapter:
             )
         # Sub-models with a dtype of their own in config.json (T5Gemma2's encoder parts) ignore the
         # `dtype` argument, so the whole model is cast once more.
-        model.to(device=device, dtype=None if resolved == "auto" else resolved).eval()
+        place(model, dtype, device)
+        model.eval()
         return cls(model, cls.load_processor(Path(path), model.config), native_resolution=native_resolution)
 
     @classmethod

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from visionloom.backbones.base import ImageTokenAdapter, read_json, resolve_dtype
+from visionloom.backbones.base import ImageTokenAdapter, place, read_json
 from visionloom.backbones.deepseek_vl import DeepseekVLAdapter
 from visionloom.backbones.gemma3 import Gemma3Adapter
 from visionloom.backbones.llava import LlavaAdapter
@@ -63,9 +63,7 @@ def load(
     name = str(path_or_preset)
     if name in PRESETS:
         adapter = build_preset(name, native_resolution=native_resolution, **kwargs)
-        target = torch.device(device or "cpu")
-        resolved = resolve_dtype(dtype, target)
-        adapter.model.to(device=target, dtype=None if resolved == "auto" else resolved)
+        place(adapter.model, dtype, device)
         return adapter
     if not Path(name).is_dir():
         raise FileNotFoundError(
