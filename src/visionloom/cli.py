@@ -131,10 +131,7 @@ def doctor(
         size = parse_size(image_size) if image_size else None
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
-    try:
-        resolve_dtype(dtype, torch.device("cpu"))  # the one rule for dtype names, checked before loading
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--dtype") from None
+    resolve_dtype(dtype, torch.device("cpu"))  # the one rule for dtype names, checked before loading
     report = run_doctor(model, size, native=native, dtype=dtype, device=device)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -329,10 +326,7 @@ def ground_eval(
     """cIoU, mIoU and P@0.5 of the coarse and the SAM-refined masks, per split."""
     from visionloom.grounding.evaluate import evaluate_run, read_run_config
 
-    try:
-        evaluation = evaluate_run(checkpoint, data, split)
-    except (FileNotFoundError, ValueError) as error:
-        raise typer.BadParameter(str(error)) from None
+    evaluation = evaluate_run(checkpoint, data, split)
     _print_split_metrics(f"{read_run_config(checkpoint).name}, %", evaluation)
     if json_out is not None:
         json_out.write_text(json.dumps(evaluation, indent=1))
@@ -351,10 +345,7 @@ def ground_show(
     from visionloom.grounding.evaluate import load_trained, read_run_config
     from visionloom.grounding.show import show
 
-    try:
-        samples = read_samples(read_run_config(checkpoint), data, split)[:n]
-    except (FileNotFoundError, ValueError) as error:
-        raise typer.BadParameter(str(error)) from None
+    samples = read_samples(read_run_config(checkpoint), data, split)[:n]
     model, _, features = load_trained(checkpoint, samples=samples, split=split)
     paths = show(model, samples, features, out or checkpoint / "show")
     console.print(f"wrote {len(paths)} images to {paths[0].parent}")
