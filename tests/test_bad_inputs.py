@@ -592,3 +592,17 @@ def test_ctrl_c_with_several_processes_says_plainly_that_nothing_was_saved(pedes
     stop = Trainer._interrupted(several, LoopState(step=3, position=(0, 3)), 1.0)
     assert stop.saved is None and stop.resume_from == 4
     assert "nothing was saved" in stop.message and "--resume continues from step 4" in stop.message
+
+
+def test_a_pretraining_that_cannot_read_its_data_leaves_no_run_behind(tmp_path):
+    """Otherwise the next attempt, with the right --data, would be refused as "already holds a run"."""
+    from visionloom.engine.run import holds_a_run
+    from visionloom.vlm.build import PretrainConfig
+    from visionloom.vlm.train import pretrain
+
+    out = tmp_path / "vlm"
+    with pytest.raises(FileNotFoundError, match="nowhere: no instances.json"):
+        pretrain(tmp_path / "nowhere", out, PretrainConfig(), progress=False)
+    assert not holds_a_run(out)
+    result = invoke("vlm", "pretrain", out, "--data", tmp_path / "nowhere")
+    assert result.exit_code == 2 and "no instances.json" in result.output

@@ -205,7 +205,7 @@ def data_check(
     expected = _size(image_size, "--image-size")
     report = check_pedes(root, expected, progress=lambda it: track(it, description="checking entries"))
     name, problems = report.name, report.problems
-    console.print(f"image sizes: {report.sizes.describe()}", highlight=False)
+    console.print(f"image sizes: {report.sizes.describe()}", highlight=False, soft_wrap=True)
     for problem in problems:
         console.print(f"[red]problem[/] {problem}", highlight=False)
     if problems:

@@ -38,6 +38,10 @@ class SceneText:
 def read_scene_texts(root: str | Path, split: str) -> list[SceneText]:
     """Captions, questions and where-questions about the referring expressions of one split."""
     root = Path(root)
+    if not (root / "instances.json").is_file():
+        raise FileNotFoundError(
+            f"{root}: no instances.json; expected a `visionloom data synth-scenes` directory"
+        )
     instances = json.loads((root / "instances.json").read_text())
     images = {image["id"]: image for image in instances["images"]}
     annotations = {annotation["id"]: annotation for annotation in instances["annotations"]}

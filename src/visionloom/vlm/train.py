@@ -49,12 +49,13 @@ def pretrain(
     out = Path(out)
     root = Path(root)
     with open_run(out, resume=resume, overwrite=overwrite):
+        # The data first: a run that cannot read it must leave nothing that looks like a run.
+        train_texts = read_scene_texts(root, "train")
+        val_texts = read_scene_texts(root, "val")
         config_io.save_run_config(out / "run", config, resume)
         record_data(out / "run", root, fingerprint(sorted(root.glob("*.json"))), resume=resume)
         adapter = build_vlm(config)
         adapter.model.train()
-        train_texts = read_scene_texts(root, "train")
-        val_texts = read_scene_texts(root, "val")
         sampler = RandomBatches(len(train_texts), config.train.batch_size, config.train.seed)
         cells = SceneCells(root) if config.cell_weight else None
         loader = DataLoader(
