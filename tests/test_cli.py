@@ -118,6 +118,19 @@ def test_demo_writes_the_report_folder(tmp_path):
     assert "| baseline |" in table and "| phase4 |" in table and "Chance R@1" in table
 
 
+@pytest.mark.slow
+def test_demo_quick_learns_well_above_chance(tmp_path):
+    out = tmp_path / "quick"
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["phases"]) == ["baseline"]
+    assert results["phases"]["baseline"]["steps"] == 200
+    # 60 identities: 12 in test, 4 images each, so chance R@1 is 1/12.
+    assert results["chance_R1"] == pytest.approx(100 / 12)
+    assert results["phases"]["baseline"]["test"]["R1"] > 2 * results["chance_R1"]
+
+
 def test_demo_rejects_unknown_phases():
     result = CliRunner().invoke(app, ["demo", "--phases", "baseline,phase9"])
     assert result.exit_code != 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -38,7 +39,7 @@ def one_line_errors(command: Callable) -> Callable:
 
     @functools.wraps(command)
     def guarded(*args, **kwargs):
-        from visionloom.engine.trainer import TrainingInterrupted
+        from visionloom.engine.interrupt import TrainingInterrupted
 
         try:
             return command(*args, **kwargs)
@@ -92,17 +93,34 @@ app.add_typer(vlm_app, name="vlm")
 
 
 @app.callback()
-def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs too.")) -> None:
+def main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs too."),
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        min=1,
+        help="CPU threads for torch. Default: OMP_NUM_THREADS if set, else the physical cores this "
+        "process may use.",
+    ),
+) -> None:
+    from visionloom.threads import configure_threads
+
+    configure_threads(threads)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(message)s",
         handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
     )
     if not verbose:
-        from transformers.utils import logging as hf_logging
+        # Through the environment, which transformers reads when (and if) a command imports it:
+        # importing it here would cost every command, --help included, over half a second.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        if "transformers" in sys.modules:  # imported already (the app called from Python): tell it
+            from transformers.utils import logging as hf_logging
 
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
 
 
 @app.command()
@@ -125,7 +143,8 @@ def doctor(
     import torch
 
     from visionloom.backbones.base import resolve_dtype
-    from visionloom.backbones.doctor import parse_size, run_doctor
+    from visionloom.backbones.doctor import run_doctor
+    from visionloom.config import parse_size
 
     try:
         size = parse_size(image_size) if image_size else None
@@ -177,7 +196,7 @@ def preset_save(
 
 
 def _size(value: str | None, hint: str) -> tuple[int, int] | None:
-    from visionloom.backbones.doctor import parse_size
+    from visionloom.config import parse_size
 
     try:
         return parse_size(value) if value else None
@@ -525,25 +544,43 @@ def retrieval_search(
 # ---------------------------------------------------------------------------------------- demo
 @app.command()
 def demo(
-    phases: str = typer.Option("baseline,phase4", "--phases", help="Comma-separated phases, or all."),
+    phases: str | None = typer.Option(
+        None, "--phases", help="Comma-separated phases, or all. Default: baseline,phase4 (--quick: baseline)."
+    ),
     out: Path | None = typer.Option(None, "--out", help="Report folder (default runs/demo-<time>)."),
-    ids: int = typer.Option(300, "--ids", help="Identities in the synthetic data set."),
-    seed: int = typer.Option(0, "--seed"),
+    ids: int | None = typer.Option(
+        None, "--ids", min=10, help="Identities in the synthetic data set. Default: 300 (--quick: 60)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the data, the VQ fit and every phase."),
     steps: int | None = typer.Option(
-        None, "--steps", help="Training steps per phase (default: each config's)."
+        None, "--steps", min=1, help="Training steps per phase. Default: each config's (--quick: 200)."
     ),
     vq_steps: int = typer.Option(
-        200, "--vq-steps", help="Steps to fit the VQ tokenizer (when a phase needs it)."
+        200, "--vq-steps", min=1, help="Steps to fit the VQ tokenizer (when a phase needs it)."
+    ),
+    quick: bool = typer.Option(
+        False,
+        "--quick",
+        help="A one-minute run: 60 identities, the baseline only, 200 steps (options given beside it win).",
     ),
 ) -> None:
     """The main job: synthetic data, VQ tokenizer, train the phases, evaluate, write a report under runs/."""
-    from visionloom.demo import parse_phases, run_demo
+    from visionloom.demo import QUICK, parse_phases, run_demo
 
+    defaults = QUICK if quick else {"phases": "baseline,phase4", "ids": 300, "steps": None}
     try:
-        names = parse_phases(phases)
+        names = parse_phases(phases or defaults["phases"])
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--phases") from None
-    run_demo(out, names, identities=ids, seed=seed, steps=steps, vq_steps=vq_steps, console=console)
+    run_demo(
+        out,
+        names,
+        identities=ids or defaults["ids"],
+        seed=seed,
+        steps=steps or defaults["steps"],
+        vq_steps=vq_steps,
+        console=console,
+    )
 
 
 if __name__ == "__main__":

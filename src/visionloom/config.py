@@ -269,3 +269,14 @@ def save_run_config(run_dir: Path, config: Any, resume: bool) -> None:
                 f"Resume with the same settings."
             )
     saved.write_text(yaml.safe_dump(resolved, sort_keys=False))
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """HEIGHTxWIDTH, as the CLI's --image-size takes it, to (height, width)."""
+    try:
+        height, width = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--image-size {text!r}: expected HEIGHTxWIDTH, e.g. 384x128") from None
+    if height <= 0 or width <= 0:
+        raise ValueError(f"--image-size {text!r}: height and width must be positive, e.g. 384x128")
+    return height, width

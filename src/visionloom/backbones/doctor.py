@@ -77,16 +77,6 @@ class CallCounter:
         self._handle.remove()
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"--image-size {text!r}: expected HEIGHTxWIDTH, e.g. 384x128") from None
-    if height <= 0 or width <= 0:
-        raise ValueError(f"--image-size {text!r}: height and width must be positive, e.g. 384x128")
-    return height, width
-
-
 @torch.no_grad()
 def run_doctor(
     model: str,

@@ -15,11 +15,8 @@ from __future__ import annotations
 import csv
 import json
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +36,7 @@ from visionloom.engine.checkpoint import (
     save_weights,
     write_text_atomic,
 )
+from visionloom.engine.interrupt import DeferredInterrupt, TrainingInterrupted
 from visionloom.engine.run import best_weights
 
 
@@ -107,48 +105,6 @@ def move(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
         key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value.to(device)
         for key, value in batch.items()
     }
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training, after whatever could be saved consistently was saved."""
-
-    def __init__(self, step: int, saved: Path | None, resume_from: int | None, message: str):
-        super().__init__(message)
-        self.step, self.saved, self.resume_from, self.message = step, saved, resume_from, message
-
-
-class DeferredInterrupt:
-    """Ctrl-C raises at once, except inside `critical()` (the optimizer's update of the weights),
-    where it is held until the block ends, so a checkpoint never holds half-updated weights."""
-
-    def __init__(self):
-        self.inside, self.pending, self.previous = False, False, None
-
-    def __enter__(self) -> DeferredInterrupt:
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-
-    def _handle(self, _signum, _frame) -> None:
-        if self.inside:
-            self.pending = True
-        else:
-            raise KeyboardInterrupt
-
-    @contextmanager
-    def critical(self) -> Iterator[None]:
-        self.inside = True
-        try:
-            yield
-        finally:
-            self.inside = False
-        if self.pending:
-            self.pending = False
-            raise KeyboardInterrupt
 
 
 @dataclass

@@ -1,50 +1,135 @@
 """Text-to-image retrieval metrics with IRRA's definitions: R@1/5/10, mAP and mINP, in percent.
 
-IRRA sorts every row of the full similarity matrix. Here only the ranks of each query's relevant
-gallery items are computed, in chunks of queries sized to a memory budget, so a gallery of a
-million images needs no [queries x gallery] index matrix. Ties are ordered by gallery index, as a
-stable descending sort orders them. From the sorted relevant ranks p_1 < ... < p_R (0-based):
-R@k = [p_1 < k], AP = mean_i i / (p_i + 1), INP = R / (p_R + 1).
+IRRA sorts every row of the full similarity matrix. Sorting is not needed: a metric depends only
+on where each query's relevant gallery items land, and the rank of one item is a count,
+
+    rank(c) = #{g : s_g > s_c} + #{g < c : s_g == s_c}        (0-based)
+
+which is the position a stable descending sort (IRRA's argsort) gives it, ties included. So the
+evaluator forms the similarity a few query rows at a time (a chunk small enough to stay in the
+CPU cache), looks up each query's relevant columns in a per-identity table (no [queries x
+gallery] relevance mask), and counts, for each relevant score, the scores above it and the scores
+equal to it. Only rows where a score ties with a relevant one pay for the exact tie rule. From the
+sorted ranks p_1 < ... < p_R: R@k = [p_1 < k], AP = mean_i i / (p_i + 1), INP = R / (p_R + 1).
+
+The two counts per relevant item can run eagerly (two passes over the chunk) or as one fused pass
+built by `torch.compile` (`kernel="compiled"`). Both give the same integers, so the same metrics;
+the compiled kernel is faster once built but costs a compile (seconds, cached on disk), so
+`kernel="auto"` uses it only for problems large enough to repay that, and falls back to the eager
+counts, saying so, where no C++ compiler is available. `benchmarks/eval_speed.py` measures both
+against the floor (forming the similarity and reading it once).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 KS = (1, 5, 10)
+Kernel = Literal["auto", "eager", "compiled"]
+
+# One chunk of similarity rows is sized to stay in a core's L2 cache, so the counting passes after
+# the matrix product read from cache rather than memory (measured best at 0.5-1 MiB on the 2-core
+# machine; larger chunks were up to 1.4x slower).
+DEFAULT_CHUNK_BYTES = 2**20
+# "auto" compiles the fused count only from this many scores (queries x gallery) up: below it the
+# compile (about 3.5 s with a warm cache, 18 s cold, on the 2-core machine) costs more than it saves.
+AUTO_COMPILE_MIN_SCORES = 2 * 10**9
+
+# (rows [C, G], relevant scores [C, R] with +inf padding, relevant counts [C] descending)
+#   -> (above [C, R], equal [C, R]): per relevant score, how many scores of its row lie above it
+#      and how many equal it (itself included); 0 and 0 at padding.
+CountFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-def relevant_ranks(similarity: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
-    """Sorted 0-based ranks of the relevant items of each row; padded with -1.
+def count_eager(
+    rows: torch.Tensor, scores: torch.Tensor, num_relevant: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The counts with one comparison per pass, slot by slot.
 
-    similarity: [C, G] float, relevant: [C, G] bool  ->  [C, R_max] long, ascending, -1 = padding
+    The rows having a slot are a prefix of the chunk (counts descend), so padding costs nothing.
+    Comparisons are written as 0.0/1.0 into a float32 buffer and summed as floats: summing a bool
+    tensor casts it to an integer copy first, which measured 3.5x slower. Float32 sums of ones are
+    exact below 2**24, which `_check_inputs` guarantees for the gallery size.
     """
-    num_relevant = relevant.sum(1)  # [C]
-    r_max = int(num_relevant.max())
-    # Column index of each relevant item, packed left: [C, R_max], -1 where a row has fewer.
-    rows, cols = relevant.nonzero(as_tuple=True)  # row-major, so each row's columns ascend
-    first_of_row = torch.cumsum(num_relevant, 0) - num_relevant
-    slots = torch.arange(len(rows), device=similarity.device) - first_of_row[rows]
-    columns = torch.full((similarity.shape[0], r_max), -1, dtype=torch.long, device=similarity.device)
-    columns[rows, slots] = cols
-    slot_used = columns >= 0
-    gallery_index = torch.arange(similarity.shape[1], device=similarity.device)[None]  # [1, G]
-    ranks = torch.full_like(columns, -1)
-    for slot in range(r_max):
-        column = columns[:, slot : slot + 1].clamp(min=0)  # [C, 1]
-        score = similarity.gather(1, column)  # [C, 1]
-        ahead = (similarity > score).sum(1)
-        equal = similarity == score
-        if int(equal.sum()) > equal.shape[0]:  # ties beyond each item itself: order them by gallery index
-            ahead += (equal & (gallery_index < column)).sum(1)
-        ranks[:, slot] = torch.where(slot_used[:, slot], ahead, -1)
-    ranks = torch.where(ranks < 0, torch.iinfo(ranks.dtype).max, ranks).sort(1).values
-    return torch.where(ranks == torch.iinfo(ranks.dtype).max, -1, ranks)
+    above = torch.zeros(scores.shape, device=rows.device)
+    equal = torch.zeros(scores.shape, device=rows.device)
+    buffer = torch.empty_like(rows)
+    for slot in range(scores.shape[1]):
+        having = int((num_relevant > slot).sum())
+        threshold = scores[:having, slot : slot + 1]  # [c, 1]
+        above[:having, slot] = torch.gt(rows[:having], threshold, out=buffer[:having]).sum(1)
+        equal[:having, slot] = torch.eq(rows[:having], threshold, out=buffer[:having]).sum(1)
+    return above, equal
 
 
-def _check_pids(
+def _count_fused(rows: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # torch.compile turns this into one loop over each row: no [C, R, G] tensor, no casts, and one
+    # reduction that carries both counts (above in the high bits, equal below 2**24; both are at
+    # most the gallery size, which `_check_inputs` keeps below 2**24). Of the formulations tried
+    # (two int32 sums, float sums, sign sums, slot by slot), this one measured fastest.
+    # rows [C, G], scores [C, R] -> [C, R], [C, R]
+    above = rows[:, None, :] > scores[:, :, None]  # [C, R, G], never materialised
+    equal = rows[:, None, :] == scores[:, :, None]
+    code = (above.to(torch.int32) * 2**24 + equal.to(torch.int32)).sum(2, dtype=torch.int64)  # [C, R]
+    return code // 2**24, code % 2**24
+
+
+_compiled_fused: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+def count_compiled(
+    rows: torch.Tensor, scores: torch.Tensor, num_relevant: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same counts from one fused pass per chunk, built by torch.compile on first use."""
+    global _compiled_fused
+    if _compiled_fused is None:
+        # dynamic=True: one kernel for every chunk height, slot count and gallery size.
+        _compiled_fused = torch.compile(_count_fused, dynamic=True)
+    return _compiled_fused(rows, scores)
+
+
+@dataclass(frozen=True)
+class RelevantTable:
+    """The gallery columns of each identity, built once per gallery.
+
+    identities: [I] sorted pids; columns: [I, R_max] long, each identity's columns ascending and
+    padded with -1; counts: [I] how many columns each identity has.
+    """
+
+    identities: torch.Tensor
+    columns: torch.Tensor
+    counts: torch.Tensor
+
+    @classmethod
+    def of(cls, gallery_pids: torch.Tensor) -> RelevantTable:
+        order = torch.argsort(gallery_pids, stable=True)  # stable: columns ascend within an identity
+        sorted_pids = gallery_pids[order]
+        identities, counts = torch.unique_consecutive(sorted_pids, return_counts=True)
+        first = torch.cumsum(counts, 0) - counts
+        identity_of = torch.repeat_interleave(torch.arange(len(identities)), counts)
+        slot = torch.arange(len(order)) - first[identity_of]
+        columns = torch.full((len(identities), int(counts.max())), -1, dtype=torch.long)
+        columns[identity_of, slot] = order
+        return cls(identities, columns, counts)
+
+    def rows_of(self, query_pids: torch.Tensor) -> torch.Tensor:
+        """Index into the table for each query; names the first query whose identity is absent."""
+        index = torch.searchsorted(self.identities, query_pids).clamp(max=len(self.identities) - 1)
+        missing = self.identities[index] != query_pids
+        if bool(missing.any()):
+            query = int(missing.nonzero()[0])
+            raise ValueError(
+                f"query {query} (pid {int(query_pids[query])}) has no image of its identity in the gallery"
+            )
+        return index
+
+
+def _check_inputs(
     num_queries: int, gallery_size: int, query_pids: torch.Tensor, gallery_pids: torch.Tensor
 ) -> None:
     if query_pids.shape != (num_queries,) or gallery_pids.shape != (gallery_size,):
@@ -52,40 +137,70 @@ def _check_pids(
             f"pids must be [{num_queries}] and [{gallery_size}], got {tuple(query_pids.shape)} and "
             f"{tuple(gallery_pids.shape)}"
         )
+    if gallery_size == 0 or num_queries == 0:
+        raise ValueError(f"retrieval needs queries and a gallery, got {num_queries} and {gallery_size}")
+    if gallery_size >= 2**24:
+        raise ValueError(f"the gallery has {gallery_size} images; counts are exact up to {2**24 - 1}")
 
 
-def _rows_per_chunk(gallery_size: int, memory_budget_bytes: int) -> int:
-    # Per query row: the float row, two bool temporaries and the relevance mask.
-    return max(1, memory_budget_bytes // (gallery_size * 8))
+def _rows_per_chunk(gallery_size: int, chunk_bytes: int) -> int:
+    return max(1, chunk_bytes // (gallery_size * 4))
+
+
+def _choose_count(kernel: Kernel, num_scores: int) -> CountFn:
+    if kernel not in ("auto", "eager", "compiled"):
+        raise ValueError(f"kernel must be one of auto, eager, compiled, got {kernel!r}")
+    if kernel == "eager" or (kernel == "auto" and num_scores < AUTO_COMPILE_MIN_SCORES):
+        return count_eager
+    return count_compiled
+
+
+def _relevant_ranks(
+    rows: torch.Tensor, columns: torch.Tensor, num_relevant: torch.Tensor, count: CountFn
+) -> torch.Tensor:
+    """Sorted 0-based ranks of each row's relevant columns, padded with -1.
+
+    rows [C, G] float32; columns [C, R] long (-1 padded); num_relevant [C], descending
+    ->  [C, R] long, ascending, -1 = padding
+    """
+    padded = columns < 0
+    scores = rows.gather(1, columns.clamp(min=0)).masked_fill(padded, float("inf"))  # [C, R]
+    above, equal = count(rows, scores, num_relevant)  # [C, R], [C, R]
+    ranks = above.long()
+    # A score equal to a relevant one (another relevant item's included) is ahead of it when its
+    # column is smaller: the stable sort's rule. Only the rows where that happens pay for it.
+    tied_rows = (equal > 1).any(1).nonzero().squeeze(1)
+    if len(tied_rows):
+        gallery_index = torch.arange(rows.shape[1], device=rows.device)[None, None]  # [1, 1, G]
+        tied = rows[tied_rows][:, None, :] == scores[tied_rows][:, :, None]  # [t, R, G]
+        before = gallery_index < columns[tied_rows][:, :, None]
+        ranks[tied_rows] += (tied & before).sum(2)
+    padding = torch.iinfo(torch.long).max
+    ranks = ranks.masked_fill(padded, padding).sort(1).values
+    return torch.where(ranks == padding, -1, ranks)
 
 
 def _metrics(
-    row_chunks: Iterator[tuple[int, torch.Tensor]], query_pids: torch.Tensor, gallery_pids: torch.Tensor
+    row_chunks: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    table: RelevantTable,
+    query_table_rows: torch.Tensor,
+    count: CountFn,
 ) -> dict[str, float]:
-    """Accumulate the metrics over (first query index, similarity rows [C, G]) chunks."""
-    num_queries = len(query_pids)
+    """Accumulate the metrics over (query indices [C], similarity rows [C, G]) chunks."""
+    num_queries = len(query_table_rows)
     hits = torch.zeros(len(KS), dtype=torch.float64)
     ap_sum = inp_sum = 0.0
-    for start, rows in row_chunks:
-        rows = rows.float()  # [C, G]
-        gallery_pids = gallery_pids.to(rows.device)
-        relevant = query_pids[start : start + len(rows)].to(rows.device)[:, None] == gallery_pids[None]
-        num_relevant = relevant.sum(1)
-        if bool((num_relevant == 0).any()):
-            query = start + int((num_relevant == 0).nonzero()[0])
-            raise ValueError(
-                f"query {query} (pid {int(query_pids[query])}) has no image of its identity in the gallery"
-            )
-        ranks = relevant_ranks(rows, relevant)  # [C, R_max]
-        valid = ranks >= 0
+    for queries, rows in row_chunks:
+        table_rows = query_table_rows[queries].to(rows.device)
+        num_relevant = table.counts.to(rows.device)[table_rows]  # [C], descending
+        columns = table.columns.to(rows.device)[table_rows, : int(num_relevant[0])]  # [C, R]
+        ranks = _relevant_ranks(rows.float(), columns, num_relevant, count)  # [C, R]
         first = ranks[:, 0]
         for i, k in enumerate(KS):
             hits[i] += float((first < k).sum())
         # Sums in float64, so a million queries add up without float32 rounding.
-        position = torch.arange(1, ranks.shape[1] + 1, device=ranks.device, dtype=torch.float64)[
-            None
-        ]  # i = 1..R
-        precision = torch.where(valid, position / (ranks + 1).clamp(min=1), 0.0)
+        position = torch.arange(1, ranks.shape[1] + 1, dtype=torch.float64, device=rows.device)[None]
+        precision = torch.where(ranks >= 0, position / (ranks + 1).clamp(min=1), 0.0)
         ap_sum += float((precision.sum(1) / num_relevant).sum())
         last = ranks.gather(1, (num_relevant - 1)[:, None]).squeeze(1)
         inp_sum += float((num_relevant.double() / (last + 1)).sum())
@@ -95,21 +210,46 @@ def _metrics(
     return result
 
 
+def _query_order(table: RelevantTable, query_pids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Table row of each query, and the queries ordered by how many relevant items they have
+    (descending), so a chunk's rows with a given slot form a prefix. The metrics are sums over
+    queries, so the order does not change them."""
+    query_table_rows = table.rows_of(query_pids.cpu())  # the table lives on the CPU
+    order = torch.argsort(table.counts[query_table_rows], descending=True, stable=True)
+    return query_table_rows, order
+
+
+def _require_finite(tensor: torch.Tensor, name: str) -> None:
+    # A NaN compares false with everything, so it would be ranked silently rather than refused.
+    if not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"{name} contains NaN or infinite values; the ranks would be meaningless")
+
+
 def retrieval_metrics(
     similarity: torch.Tensor,
     query_pids: torch.Tensor,
     gallery_pids: torch.Tensor,
     *,
-    memory_budget_bytes: int = 256 * 2**20,
+    memory_budget_bytes: int = DEFAULT_CHUNK_BYTES,
+    kernel: Kernel = "auto",
 ) -> dict[str, float]:
     """{"R1", "R5", "R10", "mAP", "mINP"} in percent for a [queries, gallery] similarity matrix."""
     if similarity.ndim != 2:
         raise ValueError(f"similarity must be [queries, gallery], got shape {tuple(similarity.shape)}")
     num_queries, gallery_size = similarity.shape
-    _check_pids(num_queries, gallery_size, query_pids, gallery_pids)
+    _check_inputs(num_queries, gallery_size, query_pids, gallery_pids)
+    _require_finite(similarity, "similarity")
+    table = RelevantTable.of(gallery_pids.cpu())
+    query_table_rows, order = _query_order(table, query_pids)
     chunk = _rows_per_chunk(gallery_size, memory_budget_bytes)
-    chunks = ((start, similarity[start : start + chunk]) for start in range(0, num_queries, chunk))
-    return _metrics(chunks, query_pids, gallery_pids)
+    order = order.to(similarity.device)
+
+    def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, num_queries, chunk):
+            queries = order[start : start + chunk]
+            yield queries, similarity[queries]
+
+    return _run(chunks, table, query_table_rows, kernel, num_queries * gallery_size)
 
 
 def retrieval_metrics_from_features(
@@ -118,7 +258,8 @@ def retrieval_metrics_from_features(
     query_pids: torch.Tensor,
     gallery_pids: torch.Tensor,
     *,
-    memory_budget_bytes: int = 256 * 2**20,
+    memory_budget_bytes: int = DEFAULT_CHUNK_BYTES,
+    kernel: Kernel = "auto",
 ) -> dict[str, float]:
     """The same metrics with the similarity (dot products) made one chunk of queries at a time.
 
@@ -126,10 +267,41 @@ def retrieval_metrics_from_features(
     never held, so a million-image gallery needs memory for a chunk of rows only.
     """
     num_queries, gallery_size = len(query_features), len(gallery_features)
-    _check_pids(num_queries, gallery_size, query_pids, gallery_pids)
+    _check_inputs(num_queries, gallery_size, query_pids, gallery_pids)
+    _require_finite(query_features, "query features")
+    _require_finite(gallery_features, "gallery features")
+    table = RelevantTable.of(gallery_pids.cpu())
+    query_table_rows, order = _query_order(table, query_pids)
     chunk = _rows_per_chunk(gallery_size, memory_budget_bytes)
-    gallery_t = gallery_features.t()  # [D, G]
-    chunks = (
-        (start, query_features[start : start + chunk] @ gallery_t) for start in range(0, num_queries, chunk)
-    )
-    return _metrics(chunks, query_pids, gallery_pids)
+    order = order.to(query_features.device)
+    gallery_t = gallery_features.t().contiguous()  # [D, G]: contiguous, for the matrix product
+
+    def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, num_queries, chunk):
+            queries = order[start : start + chunk]
+            yield queries, query_features[queries] @ gallery_t  # [C, G]
+
+    return _run(chunks, table, query_table_rows, kernel, num_queries * gallery_size)
+
+
+def _run(
+    chunks: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]],
+    table: RelevantTable,
+    query_table_rows: torch.Tensor,
+    kernel: Kernel,
+    num_scores: int,
+) -> dict[str, float]:
+    count = _choose_count(kernel, num_scores)
+    if count is count_eager:
+        return _metrics(chunks(), table, query_table_rows, count)
+    try:
+        return _metrics(chunks(), table, query_table_rows, count)
+    except Exception as error:  # torch.compile raises its backend's own types (no C++ compiler, ...)
+        if kernel == "compiled":
+            raise RuntimeError(f"the compiled count kernel could not be built: {error}") from error
+        warnings.warn(
+            f"the compiled count kernel could not be built ({type(error).__name__}); "
+            "counting eagerly instead: same metrics, slower",
+            stacklevel=3,
+        )
+        return _metrics(chunks(), table, query_table_rows, count_eager)

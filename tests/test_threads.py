@@ -1,0 +1,59 @@
+"""Thread settings: --threads over OMP_NUM_THREADS over the physical cores; waiting threads sleep."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from visionloom.threads import configure_threads, physical_cores_available
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY"):
+        monkeypatch.setenv(name, "")  # recorded, so the test's own changes are undone afterwards
+        monkeypatch.delenv(name)
+    before = torch.get_num_threads()
+    yield monkeypatch
+    torch.set_num_threads(before)
+
+
+def test_requested_beats_environment_beats_cores(clean_env):
+    import os
+
+    assert configure_threads(None) == physical_cores_available()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    clean_env.setenv("OMP_NUM_THREADS", "3")
+    assert configure_threads(None) == 3 and torch.get_num_threads() == 3
+    assert configure_threads(1) == 1 and torch.get_num_threads() == 1
+    assert os.environ["OMP_NUM_THREADS"] == "1"  # child processes inherit the choice
+
+
+def test_a_users_wait_policy_is_kept_and_zero_threads_refused(clean_env):
+    import os
+
+    clean_env.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    configure_threads(2)
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    with pytest.raises(ValueError, match="--threads must be at least 1"):
+        configure_threads(0)
+
+
+def test_cli_threads_reach_torch_before_it_starts():
+    # In a fresh interpreter: the option is set in the environment before torch is imported.
+    probe = (
+        "from typer.testing import CliRunner; from visionloom.cli import app; import sys\n"
+        "r = CliRunner().invoke(app, ['--threads', '1', 'preset', 'list'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "import torch, os; print(torch.get_num_threads(), os.environ['OMP_WAIT_POLICY'])"
+    )
+    env = {
+        k: v
+        for k, v in __import__("os").environ.items()
+        if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")
+    }
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.split()[-2:] == ["1", "PASSIVE"]
