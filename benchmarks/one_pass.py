@@ -54,9 +54,11 @@ def mid_sized_llava() -> LlavaAdapter:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--batch", type=int, default=2)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each path; the median counts")
+    parser.add_argument("--batch", type=int, default=2, help="images per batch")
     args = parser.parse_args()
     torch.manual_seed(0)
     adapter = mid_sized_llava()

@@ -134,8 +134,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--layers", type=int, default=2, help="language-model layers (real widths; default: 2)"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="timed prefills of each setting; the median counts (default: 5)",
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     for name, build, side in (("LLaVA-1.5 shape", llava, 336), ("Qwen2.5-VL shape", qwen, 672)):

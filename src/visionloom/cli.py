@@ -63,12 +63,45 @@ def one_line_errors(command: Callable) -> Callable:
     return guarded
 
 
+def _switches_without_metavar(params: list) -> list:
+    # typer 0.29 shows every flag as taking a value ("--resume <bool>"); a flag takes none. (typer
+    # carries its own copy of click, so the parameters are not `click.Option` instances.)
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Command(typer.core.TyperCommand):
+    def get_params(self, ctx) -> list:
+        return _switches_without_metavar(super().get_params(ctx))
+
+
+class _Group(typer.core.TyperGroup):
+    def get_params(self, ctx) -> list:
+        return _switches_without_metavar(super().get_params(ctx))
+
+
 class Commands(typer.Typer):
-    """A typer app whose every command runs inside `one_line_errors`."""
+    """A typer app whose every command runs inside `one_line_errors` and whose help shows flags
+    as the switches they are."""
+
+    def __init__(self, **kwargs):
+        super().__init__(cls=_Group, **kwargs)
 
     def command(self, *args, **kwargs):
-        register = super().command(*args, **kwargs)
+        register = super().command(*args, cls=kwargs.pop("cls", _Command), **kwargs)
         return lambda function: register(one_line_errors(function))
+
+
+def set_option(example: str):
+    """The repeatable --set KEY=VALUE option of every command that reads a config."""
+    return typer.Option(
+        [],
+        "--set",
+        metavar="KEY=VALUE",
+        help=f"Override a config value, e.g. {example}; repeatable. `visionloom config show` lists the keys.",
+    )
 
 
 app = Commands(
@@ -237,8 +270,8 @@ def data_check(
 def data_synth_pedes(
     out: Path = typer.Argument(..., help="Directory to write (CUHK-PEDES layout)."),
     ids: int = typer.Option(300, "--ids", help="Number of identities (70% train, 10% val, 20% test)."),
-    seed: int = typer.Option(0, "--seed"),
-    images_per_id: int = typer.Option(4, "--images-per-id"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the drawing: the same seed, the same data set."),
+    images_per_id: int = typer.Option(4, "--images-per-id", min=2, help="Images of each identity."),
 ) -> None:
     """Draw a synthetic pedestrian data set: 384x128 images, two captions each."""
     from visionloom.data.synth_pedes import generate
@@ -256,7 +289,7 @@ def data_synth_scenes(
         ..., help="Directory to write (RefCOCO-style refs.json + COCO instances.json)."
     ),
     scenes: int = typer.Option(1000, "--scenes", help="Number of scenes (80% train, 10% val, 10% test)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the drawing: the same seed, the same scenes."),
     size: int = typer.Option(224, "--size", help="Image side in pixels."),
 ) -> None:
     """Draw scenes of shapes with referring expressions, masks, captions and questions."""
@@ -281,7 +314,7 @@ def vlm_pretrain(
     config: str | None = typer.Option(
         None, "--config", help="Another config name under configs/vlm/ or a YAML path."
     ),
-    overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. train.steps=100."),
+    overrides: list[str] = set_option("train.steps=100"),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/run/checkpoints."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace what OUT already holds."),
 ) -> None:
@@ -314,7 +347,7 @@ def ground_train(
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's latest checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in OUT."),
-    overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. train.steps=100."),
+    overrides: list[str] = set_option("train.steps=100"),
 ) -> None:
     """Train the mask head, text projection and SAM decoder on a frozen VLM; select on val, test once."""
     from visionloom.grounding.build import load_config
@@ -354,7 +387,7 @@ def ground_eval(
 @ground_app.command("show")
 def ground_show(
     checkpoint: Path = typer.Argument(..., help="A `ground train` run directory."),
-    data: Path = typer.Option(..., "--data"),
+    data: Path = typer.Option(..., "--data", help="The scenes or RefCOCO root the run was trained on."),
     n: int = typer.Option(8, "--n", help="How many samples."),
     split: str = typer.Option("val", "--split", help="Which split's samples (val, test, testA, testB, ...)."),
     out: Path | None = typer.Option(None, "--out", help="Folder for the PNGs (default CHECKPOINT/show)."),
@@ -377,9 +410,9 @@ def prune_eval(
     data: Path = typer.Option(
         ..., "--data", help="A synth-scenes directory (its qa.json), or any root for --set questions=..."
     ),
-    out: Path = typer.Option(Path("runs/prune"), "--out"),
+    out: Path = typer.Option(Path("runs/prune"), "--out", help="Folder for the table, plot and results."),
     vlm: str | None = typer.Option(None, "--vlm", help="The VLM: a checkpoint directory."),
-    overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. max_questions=100."),
+    overrides: list[str] = set_option("max_questions=100"),
 ) -> None:
     """Accuracy, prefill time and FLOPs for each pruner at keep ratios 100/50/25/11%."""
     from visionloom.pruning.build import load_config
@@ -398,8 +431,8 @@ def prune_eval(
 def vq_fit(
     data: Path = typer.Argument(..., help="Data set root; the tokenizer is fitted on its training images."),
     out: Path | None = typer.Option(None, "--out", help="Tokenizer directory (default DATA/vq)."),
-    steps: int = typer.Option(200, "--steps"),
-    seed: int = typer.Option(0, "--seed"),
+    steps: int = typer.Option(200, "--steps", min=1, help="Optimizer steps of the fit."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the initial weights and the batch order."),
     restart_every: int = typer.Option(
         20,
         "--restart-every",
@@ -442,9 +475,7 @@ def retrieval_train(
     out: Path = typer.Option(..., "--out", help="Run directory."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's latest checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in OUT."),
-    overrides: list[str] = typer.Option(
-        [], "--set", help="Override a config field, e.g. --set train.steps=50."
-    ),
+    overrides: list[str] = set_option("train.steps=50"),
 ) -> None:
     """Train a retrieval model; select on val; evaluate test once. Works under `accelerate launch`."""
     from visionloom.retrieval.build import load_config
@@ -487,7 +518,7 @@ def retrieval_eval(
         ..., help="A run directory (its selected weights) or one of its checkpoints."
     ),
     data: Path = typer.Option(..., "--data", help="Data set root."),
-    split: str = typer.Option("test", "--split"),
+    split: str = typer.Option("test", "--split", help="The split to evaluate (val or test)."),
     out: Path | None = typer.Option(
         None, "--json", help="Where to write the metrics (default CHECKPOINT/eval_<split>.json)."
     ),
@@ -515,8 +546,8 @@ def retrieval_search(
     checkpoint: Path = typer.Argument(..., help="A run directory or checkpoint."),
     query: str = typer.Argument(..., help="The text to search for."),
     data: Path = typer.Option(..., "--data", help="Data set root; its gallery is searched."),
-    split: str = typer.Option("test", "--split"),
-    top: int = typer.Option(10, "--top"),
+    split: str = typer.Option("test", "--split", help="The split whose gallery is searched."),
+    top: int = typer.Option(10, "--top", min=1, help="How many images to show."),
     pid: int | None = typer.Option(
         None,
         "--pid",

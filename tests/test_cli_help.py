@@ -1,0 +1,41 @@
+"""The CLI's help reads right: switches shown as switches, --set as KEY=VALUE, every option explained."""
+
+from __future__ import annotations
+
+import pytest
+import typer.main
+from typer.testing import CliRunner
+
+from visionloom.cli import app
+
+
+def all_commands():
+    """(path, click command) for every command and group of the app."""
+    found = []
+
+    def walk(command, path):
+        found.append((path, command))
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+COMMANDS = all_commands()
+
+
+@pytest.mark.parametrize("path, command", COMMANDS, ids=[" ".join(p) or "visionloom" for p, _ in COMMANDS])
+def test_help_shows_switches_as_switches_and_explains_every_option(path, command):
+    result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.output
+    assert "list[str]" not in result.output
+    if "--set" in result.output:
+        assert "KEY=VALUE" in result.output
+    undocumented = [
+        param.opts[0]
+        for param in command.params
+        if param.param_type_name == "option" and not (param.help or "").strip()
+    ]
+    assert not undocumented, f"{' '.join(path)}: options without help: {undocumented}"
