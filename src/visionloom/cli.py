@@ -250,9 +250,8 @@ def data_check(
 ) -> None:
     """Report every problem of a data set (missing or unreadable images, empty captions, identities)
     and summarise its image sizes."""
-    from rich.progress import track
-
     from visionloom.data.check import check_pedes
+    from visionloom.progress import track
 
     expected = _size(image_size, "--image-size")
     report = check_pedes(root, expected, progress=lambda it: track(it, description="checking entries"))
@@ -271,7 +270,7 @@ def data_synth_pedes(
     out: Path = typer.Argument(..., help="Directory to write (CUHK-PEDES layout)."),
     ids: int = typer.Option(300, "--ids", help="Number of identities (70% train, 10% val, 20% test)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the drawing: the same seed, the same data set."),
-    images_per_id: int = typer.Option(4, "--images-per-id", min=2, help="Images of each identity."),
+    images_per_id: int = typer.Option(4, "--images-per-id", min=1, help="Images of each identity."),
 ) -> None:
     """Draw a synthetic pedestrian data set: 384x128 images, two captions each."""
     from visionloom.data.synth_pedes import generate

@@ -376,7 +376,7 @@ def generate(
     jobs = [(pid, view) for pid in range(identities) for view in range(images_per_identity)]
     iterator = jobs
     if progress:
-        from rich.progress import track
+        from visionloom.progress import track
 
         iterator = track(jobs, description=f"drawing {len(jobs)} pedestrians")
     for pid, view in iterator:

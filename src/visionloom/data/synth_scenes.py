@@ -250,7 +250,7 @@ def generate(out: Path, scenes: int, seed: int = 0, size: int = 224, progress: b
     images, annotations, refs, captions, qa = [], [], [], [], []
     iterator = range(scenes)
     if progress:
-        from rich.progress import track
+        from visionloom.progress import track
 
         iterator = track(iterator, description=f"drawing {scenes} scenes")
     for image_id in iterator:

@@ -29,6 +29,7 @@ import torch
 
 from visionloom import config as config_io
 from visionloom.engine.checkpoint import load_weights
+from visionloom.progress import is_terminal
 
 LOCK = ".lock"
 T = TypeVar("T")
@@ -161,6 +162,15 @@ def read_run_config(cls: type[T], run_dir: Path, command: str) -> T:
     return config_io.from_dict(cls, config_io.read_yaml(config_file) or {}, str(config_file))
 
 
+def say(run_dir: Path, line: str, echo: bool | None = None) -> None:
+    """A progress line: appended to RUN/train.log, and printed when `echo` (by default, when stdout
+    is not a terminal: there a rich bar or table shows the same on its own)."""
+    with open(run_dir / "train.log", "a") as handle:
+        handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+    if echo if echo is not None else not is_terminal():
+        print(line, flush=True)
+
+
 def finish_run(
     run_dir: Path,
     model: torch.nn.Module,
@@ -178,7 +188,11 @@ def finish_run(
         )
     load_weights(model, weights)
     model.eval()
+    selected = f" (selected at step {result.best['step']})" if result.best else ""
+    say(run_dir, f"evaluating the selected weights{selected}")
     metrics = evaluate(model)
+    for split, values in metrics.items():
+        say(run_dir, f"{split}: " + ", ".join(f"{key} {value:.4g}" for key, value in values.items()))
     summary = {
         **description,
         "steps": result.step,

@@ -6,7 +6,8 @@ select the best weights on (the validation split, never the test split).
 
 AdamW with linear warm-up and cosine decay, gradient clipping, mixed precision where the device
 has it, gradient accumulation, all through `accelerate` (so `accelerate launch` runs it on several
-processes); per-step logs to CSV and TensorBoard; a rich progress bar; atomic checkpoints every
+processes); per-step logs to CSV and TensorBoard; a rich progress bar on a terminal and plain
+progress lines otherwise (both also in RUN/train.log); atomic checkpoints every
 `checkpoint_every` steps and at the end, from which `resume` continues bit for bit.
 """
 
@@ -37,7 +38,8 @@ from visionloom.engine.checkpoint import (
     write_text_atomic,
 )
 from visionloom.engine.interrupt import DeferredInterrupt, TrainingInterrupted
-from visionloom.engine.run import best_weights
+from visionloom.engine.run import best_weights, say
+from visionloom.progress import PLAIN_LINES_PER_PHASE, clock, is_terminal
 
 
 @dataclass
@@ -156,6 +158,8 @@ class Trainer:
         self.validate = validate
         self.select_key = select_key
         self.progress = progress and self.accelerator.is_main_process
+        # Off a terminal the bar would print nothing until the end: plain lines instead.
+        self.plain_lines = self.progress and not is_terminal()
         self.checkpoints = self.run_dir / "checkpoints"
 
     # ------------------------------------------------------------------ state
@@ -248,8 +252,15 @@ class Trainer:
             writer.writerows(self._csv_rows)
         temporary.replace(log_file)
 
+    def _say(self, line: str) -> None:
+        """A progress line: into RUN/train.log, and on stdout when it is not a terminal."""
+        if self.accelerator.is_main_process:
+            say(self.run_dir, line, echo=self.plain_lines)
+
     def _log_validation(self, step: int, metrics: dict) -> None:
         if self.accelerator.is_main_process and metrics:
+            shown = ", ".join(f"{key} {value:.4g}" for key, value in metrics.items())
+            self._say(f"validation at step {step}: {shown}")
             row = {"step": step, **{f"val_{k}": round(v, 4) for k, v in metrics.items()}}
             self._csv_rows.append(row)
             if self._tensorboard is not None:
@@ -267,10 +278,16 @@ class Trainer:
                 f"an epoch has {self.batches_per_epoch} batches, fewer than grad_accum={config.grad_accum}"
             )
         self.model.train()
-        started = time.perf_counter()
+        started = self._started = time.perf_counter()
         self._seconds = lambda: state.seconds_before + time.perf_counter() - started
         self._window = [0, time.perf_counter()]  # samples since the last log line, and when it began
         progress = self._progress_bar(state.step)
+        self._first_step = state.step
+        self._next_line = state.step * PLAIN_LINES_PER_PHASE // config.steps + 1
+        self._say(
+            f"train: {'resumed at' if state.step else 'from'} step {state.step} of {config.steps}, batch "
+            f"{config.batch_size} x {self.accelerator.num_processes} process(es), run {self.run_dir}"
+        )
         state.rng = capture_rng()
         interrupts = DeferredInterrupt()
         try:
@@ -287,12 +304,16 @@ class Trainer:
                     if state.step == config.steps:
                         break
         except KeyboardInterrupt:
-            raise self._interrupted(state, self._seconds()) from None
+            stop = self._interrupted(state, self._seconds())
+            self._say(stop.message)
+            raise stop from None
         finally:
             if log_file is not None:
                 self._write_csv(log_file)
             if self._tensorboard is not None:
                 self._tensorboard.close()
+        best = f"; selected step {state.best['step']}" if state.best else ""
+        self._say(f"train: done, step {state.step} of {config.steps} in {clock(self._seconds())}{best}")
         return TrainResult(state.step, self._seconds(), state.best, self.run_dir)
 
     def _restore(self) -> LoopState:
@@ -369,6 +390,9 @@ class Trainer:
             self._window = [0, time.perf_counter()]
             shown = self._log_step(step, epoch, losses, total, throughput, self._seconds(), log_file)
             progress.update(self._task, status=f"loss {shown:.3f}  {throughput:.0f} samples/s")
+            if step * PLAIN_LINES_PER_PHASE >= self._next_line * config.steps or at_end:
+                self._next_line = step * PLAIN_LINES_PER_PHASE // config.steps + 1
+                self._say_step(step, shown, throughput)
         progress.update(self._task, completed=step)
         if self._validation_due(step):
             self._validate(state)
@@ -376,6 +400,17 @@ class Trainer:
             self._save(state, self._seconds())
             if log_file is not None:
                 self._write_csv(log_file)
+
+    def _say_step(self, step: int, loss: float, throughput: float) -> None:
+        config, elapsed = self.config, self._seconds()
+        # The rate of this session only: a resumed run's earlier sessions may have run elsewhere.
+        session = time.perf_counter() - self._started
+        eta = session / max(1, step - self._first_step) * (config.steps - step)
+        self._say(
+            f"step {step}/{config.steps} ({100 * step // config.steps}%) | loss {loss:.4f} | lr "
+            f"{self.scheduler.get_last_lr()[0]:.2e} | {throughput:.1f} samples/s | elapsed {clock(elapsed)} | "
+            f"ETA {clock(eta)}"
+        )
 
     def _validate(self, state: LoopState) -> None:
         state.validation_pending = True  # until it finishes: what Ctrl-C during it records
@@ -389,7 +424,7 @@ class Trainer:
             MofNCompleteColumn(),
             TextColumn("{task.fields[status]}"),
             TimeRemainingColumn(),
-            disable=not self.progress,
+            disable=not self.progress or self.plain_lines,
         )
         self._task = progress.add_task("train", total=self.config.steps, completed=step, status="")
         return progress

@@ -62,7 +62,7 @@ def compute_features(
     adapter.model.eval()
     starts = range(0, len(samples), batch_size)
     if progress:
-        from rich.progress import track
+        from visionloom.progress import track
 
         starts = track(
             starts, description=f"{description}: {len(samples)} expressions through the frozen VLM"

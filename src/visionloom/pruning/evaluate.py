@@ -136,7 +136,7 @@ def evaluate_pruning(
     }
     jobs = [(name, ratio) for name in config.pruners for ratio in config.keep_ratios if ratio < 1.0]
     if progress:
-        from rich.progress import track
+        from visionloom.progress import track
 
         jobs = track(jobs, description=f"{len(texts)} questions x pruners x keep ratios")
     pruners = {}

@@ -17,7 +17,6 @@ import os
 from pathlib import Path
 
 import torch
-from rich.progress import track
 
 from visionloom import config as config_io
 from visionloom.data.build import TrainPairs, make_sampler, train_loader
@@ -32,6 +31,7 @@ from visionloom.engine.run import (
     record_data,
 )
 from visionloom.engine.trainer import Trainer, TrainResult, make_accelerator
+from visionloom.progress import track
 from visionloom.retrieval import evaluate
 from visionloom.retrieval.build import RetrievalConfig, create_model
 from visionloom.retrieval.model import DualEncoder

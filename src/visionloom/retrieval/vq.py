@@ -271,7 +271,7 @@ def build_cache(
     images = GalleryImages(split, None)
     loader = DataLoader(images, batch_size=batch_size)
     codes = []
-    from rich.progress import track
+    from visionloom.progress import track
 
     for batch in track(loader, description="encoding VQ codes", disable=not progress):
         plain = encode_codes(tokenizer, batch)

@@ -28,7 +28,7 @@ def answer_accuracy(
     correct: dict[str, list[bool]] = defaultdict(list)
     iterator = loader
     if progress:
-        from rich.progress import track
+        from visionloom.progress import track
 
         iterator = track(loader, description="answering")
     offset = 0
