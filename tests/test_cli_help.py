@@ -39,3 +39,22 @@ def test_help_shows_switches_as_switches_and_explains_every_option(path, command
         if param.param_type_name == "option" and not (param.help or "").strip()
     ]
     assert not undocumented, f"{' '.join(path)}: options without help: {undocumented}"
+
+
+def test_output_does_not_depend_on_the_terminal_width(tmp_path):
+    # A long path and a verdict: at 40 columns rich used to break both across lines.
+    root = tmp_path / ("a-rather-long-folder-name-" * 3) / "pedes"
+    runner = CliRunner()
+    assert runner.invoke(app, ["data", "synth-pedes", str(root), "--ids", "10"]).exit_code == 0
+    outputs = {}
+    for columns in ("40", "200"):
+        result = runner.invoke(app, ["data", "check", str(root)], env={"COLUMNS": columns})
+        assert result.exit_code == 0, result.output
+        outputs[columns] = result.output.replace("0:00:01", "0:00:00")  # the only varying part
+    assert outputs["40"] == outputs["200"]
+    assert f"ok {root} (cuhk-pedes): no problems" in outputs["40"]
+    bad = runner.invoke(
+        app, ["data", "synth-scenes", str(tmp_path / "s"), "--scenes", "5"], env={"COLUMNS": "40"}
+    )
+    assert bad.exit_code == 2
+    assert "--scenes 5: need at least 10 scenes to fill train, val and test" in bad.output

@@ -23,8 +23,18 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-console = Console()
-error_console = Console(stderr=True)
+
+def _console(stderr: bool = False) -> Console:
+    # Lines are never broken at the terminal's width (soft_wrap): a path or a verdict split in two
+    # cannot be copied or searched for. Off a terminal (a pipe, a log file, a test) nothing is fitted
+    # to a width at all, so what a program or a person reads does not depend on COLUMNS.
+    on_terminal = Console(stderr=stderr).is_terminal
+    return Console(stderr=stderr, soft_wrap=True, width=None if on_terminal else OFF_TERMINAL_WIDTH)
+
+
+OFF_TERMINAL_WIDTH = 200
+console = _console()
+error_console = _console(stderr=True)
 
 
 def resume_command() -> str:
@@ -80,6 +90,20 @@ class _Command(typer.core.TyperCommand):
 class _Group(typer.core.TyperGroup):
     def get_params(self, ctx) -> list:
         return _switches_without_metavar(super().get_params(ctx))
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        # typer draws a usage error (a bad option value) in a panel as wide as the terminal, which
+        # breaks the message, and the option it names, across lines at a narrow width. Its main
+        # loop without rich markup prints click's plain form instead: the message on one line.
+        return typer.core._main(
+            self,
+            args=args,
+            prog_name=prog_name,
+            complete_var=complete_var,
+            standalone_mode=standalone_mode,
+            rich_markup_mode=None,
+            **extra,
+        )
 
 
 class Commands(typer.Typer):
@@ -142,7 +166,7 @@ def main(
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+        handlers=[RichHandler(console=error_console, show_path=False)],
     )
     if not verbose:
         # Through the environment, which transformers reads when (and if) a command imports it:
