@@ -153,8 +153,46 @@ def test_trainer_sums_only_loss_keys(pedes_root, tmp_path):
 def test_resume_with_another_config_is_refused(pedes_root, tmp_path):
     run = tmp_path / "run"
     _train(pedes_root, run, evaluate_test=False)
-    with pytest.raises(ValueError, match="another config"):
+    with pytest.raises(ValueError, match=r"cannot change what .* train\.lr: 0\.001 -> 0\.5"):
         _train(pedes_root, run, "train.lr=0.5", resume=True, evaluate_test=False)
+
+
+def test_resume_with_more_steps_extends_a_finished_run_on_the_longer_schedule(
+    pedes_root, tmp_path, monkeypatch
+):
+    run = tmp_path / "run"
+    _train(pedes_root, run, evaluate_test=False)  # 4 steps, finished
+    used = []  # the learning rate each optimizer step of the second session applies
+    adamw_step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        used.append(self.param_groups[0]["lr"])
+        return adamw_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    summary = _train(pedes_root, run, "train.steps=8", "train.eval_every=4", resume=True, evaluate_test=False)
+    assert summary["steps"] == 8
+    assert (run / "checkpoints" / "step_0000008").is_dir()
+    assert "steps: 8" in (run / "config.yaml").read_text()
+    # From the resume point on, the learning rate is the 8-step schedule's, not the finished 4-step
+    # one's (which had reached 0): warm-up 1 step, then cosine to 0 at step 8.
+    with open(run / "train_log.csv") as handle:
+        logged = {int(row["step"]): float(row["lr"]) for row in csv.DictReader(handle) if row["lr"]}
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=1e-3)
+    schedule = warmup_cosine(optimizer, 1, 8)
+    expected = {}
+    for step in range(1, 9):
+        optimizer.step()
+        schedule.step()
+        expected[step] = schedule.get_last_lr()[0]
+    assert logged[4] == pytest.approx(1e-3 * 0.0, abs=1e-12)  # the first session ended at lr 0
+    for step in range(5, 9):
+        assert logged[step] == pytest.approx(expected[step], rel=1e-6), step
+    # Step 5 applies the rate the 8-step schedule sets after step 4, not the saved 0.
+    assert used == pytest.approx([expected[step] for step in range(4, 8)], rel=1e-6)
+    with pytest.raises(ValueError, match=r"the run is at step 8 .* train\.steps=6 would end it before"):
+        _train(pedes_root, run, "train.steps=6", resume=True, evaluate_test=False)
 
 
 SHARD_SCRIPT = """

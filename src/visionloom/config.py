@@ -243,30 +243,45 @@ def to_dict(config: Any) -> dict:
     return plain(dataclasses.asdict(config))
 
 
-def differing_keys(before: Any, after: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested mappings, as "key: old -> new"."""
+# What may change when a run is resumed: how long it runs and how often it logs, validates and
+# saves. Everything else would make the continued run a different experiment from its start.
+RESUMABLE_KEYS = (
+    "train.steps",
+    "train.eval_every",
+    "train.checkpoint_every",
+    "train.log_every",
+    "train.num_workers",
+)
+
+
+def differing_keys(before: Any, after: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) for every value that differs between two nested mappings."""
     if isinstance(before, dict) and isinstance(after, dict):
         keys = list(dict.fromkeys([*before, *after]))
         return [
-            line
+            change
             for key in keys
-            for line in differing_keys(before.get(key), after.get(key), f"{prefix}{key}.")
+            for change in differing_keys(before.get(key), after.get(key), f"{prefix}{key}.")
         ]
-    return [] if before == after else [f"{prefix.rstrip('.')}: {before!r} -> {after!r}"]
+    return [] if before == after else [(prefix.rstrip("."), before, after)]
 
 
 def save_run_config(run_dir: Path, config: Any, resume: bool) -> None:
-    """Write RUN/config.yaml; on --resume, refuse a config other than the one the run was trained
-    with, naming every key that differs."""
+    """Write RUN/config.yaml. On --resume, only RESUMABLE_KEYS may differ from what the run was
+    trained with (a longer train.steps extends it); any other change is refused, naming the key."""
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = run_dir / "config.yaml"
     resolved = to_dict(config)
     if resume and saved.is_file():
-        differences = differing_keys(yaml.safe_load(saved.read_text()), resolved)
-        if differences:
+        refused = [
+            f"{key}: {old!r} -> {new!r}"
+            for key, old, new in differing_keys(yaml.safe_load(saved.read_text()), resolved)
+            if key not in RESUMABLE_KEYS
+        ]
+        if refused:
             raise ConfigError(
-                f"--resume with another config than {saved} was trained with: {'; '.join(differences)}. "
-                f"Resume with the same settings."
+                f"--resume cannot change what {saved} was trained with: {'; '.join(refused)}. Only "
+                f"{', '.join(RESUMABLE_KEYS)} may change on --resume."
             )
     saved.write_text(yaml.safe_dump(resolved, sort_keys=False))
 

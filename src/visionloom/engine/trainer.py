@@ -324,9 +324,23 @@ class Trainer:
                 f"--resume: {self.checkpoints} holds no complete checkpoint (the run stopped before its "
                 f"first one, every {self.config.checkpoint_every} steps); start it again with --overwrite"
             )
+        if checkpoint_step(checkpoint) > self.config.steps:
+            raise ValueError(
+                f"--resume: the run is at step {checkpoint_step(checkpoint)} ({checkpoint}); train.steps="
+                f"{self.config.steps} would end it before that. Give at least {checkpoint_step(checkpoint)}."
+            )
+        # The scheduler's factor is rebuilt from this config, so a run extended with a larger
+        # train.steps follows the cosine of the new length from here on: at the resume step the
+        # learning rate is what the longer schedule gives there, and it reaches 0 at the new end.
         record, rng = load_checkpoint(
             checkpoint, self.model, self.optimizer, self.scheduler, self.accelerator
         )
+        # The optimizer's saved learning rate is the old schedule's; the next step takes this one's.
+        step = self.scheduler.last_epoch
+        for group, base_lr, factor in zip(
+            self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas, strict=True
+        ):
+            group["lr"] = base_lr * factor(step)
         restore_rng(rng)
         return LoopState(
             step=checkpoint_step(checkpoint),
