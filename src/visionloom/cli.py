@@ -9,11 +9,13 @@ line naming the cause, exit status 2.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import os
 import shlex
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,6 +61,18 @@ def one_line_errors(command: Callable) -> Callable:
             error_console.print(stop.message, highlight=False, soft_wrap=True)
             if stop.resume_from is not None:
                 error_console.print(f"continue with: {resume_command()}", highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
+        except KeyboardInterrupt:
+            # Ctrl-C outside the training loop (reading data, the final evaluation): the run keeps
+            # every checkpoint it wrote, and --resume picks up from the newest (or just evaluates).
+            if "resume" in inspect.signature(command).parameters:
+                error_console.print(
+                    f"interrupted; the run keeps its checkpoints. continue with: {resume_command()}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            else:
+                error_console.print("interrupted", highlight=False)
             raise typer.Exit(130) from None
         except (
             ValueError,
@@ -620,21 +634,38 @@ def demo(
 ) -> None:
     """The main job: synthetic data, VQ tokenizer, train the phases, evaluate, write a report under runs/."""
     from visionloom.demo import QUICK, parse_phases, run_demo
+    from visionloom.engine.interrupt import TrainingInterrupted
 
     defaults = QUICK if quick else {"phases": "baseline,phase4", "ids": 300, "steps": None}
     try:
         names = parse_phases(phases or defaults["phases"])
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--phases") from None
-    run_demo(
-        out,
-        names,
-        identities=ids or defaults["ids"],
-        seed=seed,
-        steps=steps or defaults["steps"],
-        vq_steps=vq_steps,
-        console=console,
-    )
+    out = out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
+    try:
+        run_demo(
+            out,
+            names,
+            identities=ids or defaults["ids"],
+            seed=seed,
+            steps=steps or defaults["steps"],
+            vq_steps=vq_steps,
+            console=console,
+        )
+    except KeyboardInterrupt as stop:
+        if isinstance(stop, TrainingInterrupted):
+            error_console.print(stop.message, highlight=False, soft_wrap=True)
+        arguments = [a for a in sys.argv[1:] if a != "--out"]
+        if "--out" in sys.argv:  # drop the old value with the flag; the folder is given below
+            del arguments[sys.argv[1:].index("--out")]
+        again = shlex.join(["visionloom", *arguments, "--out", str(out)])
+        error_console.print(
+            f"demo interrupted; {out} keeps the data and every finished phase or checkpoint. "
+            f"continue with: {again}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 Generates a data set, fits and caches the VQ tokenizer (when a phase needs it), trains each phase
 at tiny size (selecting weights on val), evaluates test once, and writes a report folder:
 
+An interrupted demo continues where it stopped when run again with the same `--out`: the data,
+the VQ tokenizer and finished phases are kept, and a phase with a checkpoint resumes from it.
+
     runs/demo-YYYYmmdd-HHMMSS/
         table.md  results.json      R@1/5/10, mAP, mINP on test, train time, selected step per phase
         loss_curves.png             every loss and the validation R@1 against the step, per phase
@@ -23,6 +26,7 @@ from rich.table import Table
 
 from visionloom.data.pedes import read_pedes
 from visionloom.data.synth_pedes import generate
+from visionloom.engine.checkpoint import latest_checkpoint
 from visionloom.retrieval.build import ARCHITECTURES, load_config
 from visionloom.retrieval.train import load_trained, needs_vq, train_retrieval
 
@@ -91,6 +95,21 @@ def plot_curves(runs: dict[str, Path], out: Path) -> Path:
     return out
 
 
+def _run_phase(config, data: Path, run_dir: Path, progress: bool, console: Console) -> dict:
+    """A phase of the demo, continuing what an interrupted demo left in `run_dir`: a finished phase
+    is read back, one with a checkpoint is resumed, one stopped before its first is started over."""
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        done = json.loads(summary.read_text())
+        if done.get("steps") == config.train.steps:
+            console.print(f"{run_dir.name}: finished in an earlier run ({summary})")
+            return done
+    if latest_checkpoint(run_dir / "checkpoints") is not None:
+        console.print(f"{run_dir.name}: continuing from {latest_checkpoint(run_dir / 'checkpoints')}")
+        return train_retrieval(config, data, run_dir, resume=True, progress=progress)
+    return train_retrieval(config, data, run_dir, overwrite=run_dir.exists(), progress=progress)
+
+
 def run_demo(
     out: Path | None = None,
     phases: list[str] | None = None,
@@ -136,7 +155,7 @@ def run_demo(
     results: dict[str, dict] = {}
     for phase, config in configs.items():
         console.rule(f"{phase} ({config.train.steps} steps)")
-        results[phase] = train_retrieval(config, data, out / phase, progress=progress)
+        results[phase] = _run_phase(config, data, out / phase, progress, console)
 
     test_split = dataset["test"]
     chance = chance_r1(test_split)

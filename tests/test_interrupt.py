@@ -1,0 +1,92 @@
+"""Ctrl-C, as a real SIGINT to a real process: it says what was saved and the exact command that
+continues, and that command does continue."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+
+import pytest
+
+CLI = [sys.executable, "-m", "visionloom.cli", "--threads", "1"]
+
+
+def interrupt_when(command: list[str], marker: str) -> tuple[int, list[str], str]:
+    """Run `command`, send SIGINT once a stdout line starts with `marker`; (exit code, stdout, stderr)."""
+    env = {**os.environ, "COLUMNS": "80"}
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as job:
+        lines = []
+        for line in job.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith(marker):
+                job.send_signal(signal.SIGINT)
+                break
+        out, err = job.communicate(timeout=120)
+        return job.returncode, lines + out.splitlines(), err
+
+
+def continue_command(stderr: str) -> list[str]:
+    line = next(line for line in stderr.splitlines() if "continue with: " in line)
+    words = shlex.split(line.split("continue with: ", 1)[1])
+    assert words[0] == "visionloom"
+    return [*CLI, *words[1:]]
+
+
+@pytest.mark.slow
+def test_sigint_in_training_saves_and_names_the_resume_command(pedes_root, tmp_path):
+    run = tmp_path / "run"
+    train = [
+        *CLI, "retrieval", "train", "baseline", "--data", str(pedes_root), "--out", str(run),
+        "--set", "model.image_size=[64, 32]", "--set", "train.steps=60", "--set", "train.batch_size=4",
+        "--set", "data.ids_per_batch=2", "--set", "train.log_every=2", "--set", "train.checkpoint_every=1000",
+    ]  # fmt: skip
+    code, _, err = interrupt_when(train, "step 12/60")
+    assert code == 130, err
+    assert "interrupted after step " in err and f"saved {run}/checkpoints/step_" in err
+    again = continue_command(err)
+    assert again[-1] == "--resume"
+    finished = subprocess.run(again, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 60
+    log = (run / "train.log").read_text()
+    assert "interrupted after step" in log and "train: resumed at step" in log
+
+
+@pytest.mark.slow
+def test_sigint_in_the_demo_keeps_its_work_and_the_same_out_continues(tmp_path):
+    out = tmp_path / "demo"
+    demo = [*CLI, "demo", "--ids", "20", "--phases", "baseline", "--steps", "40", "--out", str(out)]
+    code, _, err = interrupt_when(demo, "step 10/40")
+    assert code == 130, err
+    assert (
+        f"continue with: visionloom --threads 1 demo --ids 20 --phases baseline --steps 40 --out {out}" in err
+    )
+    finished = subprocess.run(continue_command(err), capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr
+    assert "baseline: continuing from" in finished.stdout
+    assert "drawing" not in finished.stdout  # the data set was kept
+    assert json.loads((out / "results.json").read_text())["phases"]["baseline"]["steps"] == 40
+
+
+def test_ctrl_c_outside_the_loop_still_names_the_resume_command(pedes_root, tmp_path, monkeypatch):
+    # E.g. during the final evaluation, after training ended: nothing is lost, --resume evaluates.
+    from typer.testing import CliRunner
+
+    from visionloom import cli
+    from visionloom.retrieval import train as retrieval_train
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(retrieval_train, "train_retrieval", interrupted)
+    monkeypatch.setattr(sys, "argv", ["visionloom", "retrieval", "train", "baseline", "--out", "r"])
+    result = CliRunner().invoke(
+        cli.app, ["retrieval", "train", "baseline", "--data", str(pedes_root), "--out", "r"]
+    )
+    assert result.exit_code == 130
+    assert "continue with: visionloom retrieval train baseline --out r --resume" in result.output
