@@ -57,25 +57,37 @@ def chance_r1(split) -> float:
     return 100.0 * sum(per_pid[pid] for pid in pids) / (len(pids) * len(split.images))
 
 
-def plot_curves(runs: dict[str, Path], out: Path) -> Path:
+def plot_curves(runs: dict[str, Path], out: Path, columns: int = 3) -> Path:
+    """One panel per phase, laid out in a grid of at most `columns` per row. Each loss is drawn
+    relative to its first logged value, so a loss of about 2 falls as visibly as one of about 25
+    beside it (the legend gives each one's starting value); validation R@1 on its own axis."""
+    import math
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.6), squeeze=False)
-    for axis, (phase, run_dir) in zip(axes[0], runs.items(), strict=True):
+    columns = min(columns, len(runs))
+    rows = math.ceil(len(runs) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 4.2 * rows), squeeze=False)
+    for axis in axes.flat[len(runs) :]:
+        axis.set_visible(False)
+    for axis, (phase, run_dir) in zip(axes.flat, runs.items(), strict=False):
         with open(run_dir / "train_log.csv") as handle:
-            rows = list(csv.DictReader(handle))
-        train_rows = [row for row in rows if row.get("loss")]
-        keys = [key for key in train_rows[0] if key.endswith("_loss")] + ["loss"]
+            rows_logged = list(csv.DictReader(handle))
+        train_rows = [row for row in rows_logged if row.get("loss")]
+        keys = ["loss"] + [key for key in train_rows[0] if key.endswith("_loss")]
+        steps = [int(row["step"]) for row in train_rows]
         for key in keys:
-            axis.plot([int(r["step"]) for r in train_rows], [float(r[key]) for r in train_rows], label=key)
+            values = [float(row[key]) for row in train_rows]
+            start = values[0] if values[0] != 0 else 1.0
+            axis.plot(steps, [value / start for value in values], label=f"{key} (from {values[0]:.3g})")
         axis.set_title(phase)
         axis.set_xlabel("step")
-        axis.set_ylabel("loss")
+        axis.set_ylabel("loss / its first value")
         handles, labels = axis.get_legend_handles_labels()
-        val_rows = [row for row in rows if row.get("val_R1")]
+        val_rows = [row for row in rows_logged if row.get("val_R1")]
         if val_rows:
             twin = axis.twinx()
             twin.plot(
@@ -87,8 +99,7 @@ def plot_curves(runs: dict[str, Path], out: Path) -> Path:
             twin.set_ylabel("val R@1 (%)")
             twin_handles, twin_labels = twin.get_legend_handles_labels()
             handles, labels = handles + twin_handles, labels + twin_labels
-        # One legend below the axes, so neither curve family hides under it.
-        axis.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=5)
+        axis.legend(handles, labels, fontsize=7, loc="best")
     figure.tight_layout()
     figure.savefig(out, dpi=110)
     plt.close(figure)
