@@ -161,6 +161,16 @@ prune_app = Commands(no_args_is_help=True, help="Vision-token pruning: accuracy 
 app.add_typer(prune_app, name="prune")
 vlm_app = Commands(no_args_is_help=True, help="A tiny VLM that has learned the synthetic scenes.")
 app.add_typer(vlm_app, name="vlm")
+config_app = Commands(no_args_is_help=True, help="The configs each system ships, resolved and explained.")
+app.add_typer(config_app, name="config")
+
+# Each system's config loader, imported only when a config is shown.
+CONFIG_LOADERS = {
+    "retrieval": "visionloom.retrieval.build",
+    "grounding": "visionloom.grounding.build",
+    "pruning": "visionloom.pruning.build",
+    "vlm": "visionloom.vlm.build",
+}
 
 
 @app.callback()
@@ -273,6 +283,43 @@ def _size(value: str | None, hint: str) -> tuple[int, int] | None:
         return parse_size(value) if value else None
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint=hint) from None
+
+
+# -------------------------------------------------------------------------------------- config
+@config_app.command("list")
+def config_list() -> None:
+    """Name every config, as SYSTEM/NAME."""
+    from visionloom.config import CONFIG_ROOT
+
+    for system in CONFIG_LOADERS:
+        names = sorted(path.stem for path in (CONFIG_ROOT / system).glob("*.yaml"))
+        console.print(f"{system}: " + ", ".join(f"{system}/{name}" for name in names), highlight=False)
+
+
+@config_app.command("show")
+def config_show(
+    target: str = typer.Argument(
+        ...,
+        help="SYSTEM/NAME (e.g. retrieval/phase4; `visionloom config list` names them) or SYSTEM/FILE.yaml.",
+    ),
+    overrides: list[str] = set_option("train.steps=50"),
+) -> None:
+    """The resolved config as YAML, each key with what it allows and its default."""
+    import importlib
+
+    from visionloom.config import explain
+
+    system, _, name = target.partition("/")
+    if system not in CONFIG_LOADERS or not name:
+        raise ValueError(
+            f"config {target!r}: expected SYSTEM/NAME with SYSTEM one of {', '.join(CONFIG_LOADERS)}, "
+            "e.g. retrieval/phase4"
+        )
+    config = importlib.import_module(CONFIG_LOADERS[system]).load_config(name, overrides)
+    console.print(
+        f"# {target}" + (f" with --set {' '.join(overrides)}" if overrides else ""), highlight=False
+    )
+    console.print("\n".join(explain(config)), highlight=False, markup=False)
 
 
 # ---------------------------------------------------------------------------------------- data

@@ -105,6 +105,8 @@ def describe(hint: Any) -> str:
         return f"a list of {len(args)}: [{', '.join(describe(a) for a in args)}]"
     if origin is list:
         return f"a list of ({describe(args[0])})" if args else "a list"
+    if origin is dict:
+        return "a mapping"
     names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
     return names.get(hint, getattr(hint, "__name__", str(hint)))
 
@@ -252,6 +254,33 @@ RESUMABLE_KEYS = (
     "train.log_every",
     "train.num_workers",
 )
+
+
+def explain(config: Any, indent: int = 0) -> list[str]:
+    """A resolved config as YAML lines, each value followed by what its key allows and its default
+    (what `visionloom config show` prints)."""
+    hints = typing.get_type_hints(type(config), include_extras=True)
+    lines = []
+    for field in dataclasses.fields(config):
+        value, pad = getattr(config, field.name), "  " * indent
+        if dataclasses.is_dataclass(value):
+            lines += [f"{pad}{field.name}:", *explain(value, indent + 1)]
+            continue
+        if field.default is not dataclasses.MISSING:
+            default = f"; default {_inline(field.default)}"
+        elif field.default_factory is not dataclasses.MISSING:
+            default = f"; default {_inline(field.default_factory())}"
+        else:
+            default = "; required"
+        lines.append(f"{pad}{field.name}: {_inline(value)}  # {describe(hints[field.name])}{default}")
+    return lines
+
+
+def _inline(value: Any) -> str:
+    plain = json.loads(json.dumps(value, default=str))  # tuples to lists, as the YAML holds them
+    if isinstance(plain, str) and "\n" in plain:
+        return json.dumps(plain)  # one line, and a valid YAML double-quoted string
+    return yaml.safe_dump(plain, default_flow_style=True, width=10**6).removesuffix("...\n").strip()
 
 
 def differing_keys(before: Any, after: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
