@@ -1,10 +1,10 @@
-"""CPU seconds per VQ-fit step on a loaded machine: torch's default threading against visionloom's.
+"""CPU and wall seconds per VQ-fit step: OpenMP threads that spin while waiting, or sleep.
 
 Starts --load busy processes (a shared machine), then fits the VQ tokenizer for --steps steps in a
 fresh interpreter under each setting, and prints CPU seconds and wall seconds per step:
 
-- spin:    all cores, OMP_WAIT_POLICY=ACTIVE (what torch does by default: waiting threads spin)
-- passive: all cores, OMP_WAIT_POLICY=PASSIVE (visionloom's default: waiting threads sleep)
+- spin:    all cores, OMP_WAIT_POLICY=ACTIVE (torch's default; visionloom's on an idle machine)
+- passive: all cores, OMP_WAIT_POLICY=PASSIVE (visionloom's default on a busy machine)
 - one:     a single thread
 
 The last line is the headline: spin / passive in CPU seconds per step.

@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 
+from visionloom.retrieval import metrics
 from visionloom.retrieval.metrics import RelevantTable, retrieval_metrics, retrieval_metrics_from_features
 
 
@@ -56,7 +57,7 @@ def uneven_problem(seed: int, ties: bool | str, queries: int = 120, gallery: int
 
 
 @pytest.mark.parametrize("seed, ties", [(0, False), (1, False), (2, True), (3, True), (6, "few"), (7, "few")])
-def test_matches_literal_irra_definition(seed, ties):
+def test_matches_literal_irra_definition(seed, ties, monkeypatch):
     similarity, query_pids, gallery_pids = uneven_problem(seed, ties)
     expected = irra_literal(similarity, query_pids, gallery_pids)
     # One chunk; chunks of a few queries; one query per chunk.
@@ -65,6 +66,10 @@ def test_matches_literal_irra_definition(seed, ties):
             similarity, query_pids, gallery_pids, memory_budget_bytes=budget, kernel="eager"
         )
         assert_same(got, expected)
+    # One chunk, counted in blocks of a few rows.
+    monkeypatch.setattr(metrics, "COUNT_BLOCK_BYTES", 5000)
+    got = retrieval_metrics(similarity, query_pids, gallery_pids, memory_budget_bytes=10**9, kernel="eager")
+    assert_same(got, expected)
 
 
 def test_every_score_tied_orders_by_gallery_index():

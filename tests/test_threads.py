@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -25,11 +26,23 @@ def test_requested_beats_environment_beats_cores(clean_env):
     import os
 
     assert configure_threads(None) == physical_cores_available()
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
     clean_env.setenv("OMP_NUM_THREADS", "3")
     assert configure_threads(None) == 3 and torch.get_num_threads() == 3
     assert configure_threads(1) == 1 and torch.get_num_threads() == 1
     assert os.environ["OMP_NUM_THREADS"] == "1"  # child processes inherit the choice
+
+
+def test_waiting_threads_sleep_only_on_a_busy_machine(clean_env):
+    import os
+
+    from visionloom import threads
+
+    clean_env.setattr(threads.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    configure_threads(2)
+    assert "OMP_WAIT_POLICY" not in os.environ  # idle: OpenMP's own spinning, the faster there
+    clean_env.setattr(threads.os, "getloadavg", lambda: (5.0, 5.0, 5.0))
+    configure_threads(2)
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
 
 
 def test_a_users_wait_policy_is_kept_and_zero_threads_refused(clean_env):
@@ -48,12 +61,12 @@ def test_cli_threads_reach_torch_before_it_starts():
         "from typer.testing import CliRunner; from visionloom.cli import app; import sys\n"
         "r = CliRunner().invoke(app, ['--threads', '1', 'preset', 'list'])\n"
         "assert r.exit_code == 0, r.output\n"
-        "import torch, os; print(torch.get_num_threads(), os.environ['OMP_WAIT_POLICY'])"
+        "import torch, os; print(torch.get_num_threads(), os.environ.get('OMP_WAIT_POLICY', 'default'))"
     )
     env = {
         k: v
-        for k, v in __import__("os").environ.items()
+        for k, v in os.environ.items()
         if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")
     }
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)
-    assert out.stdout.split()[-2:] == ["1", "PASSIVE"]
+    assert out.stdout.split()[-2] == "1"  # the wait policy depends on the load: tested above

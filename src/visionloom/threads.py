@@ -1,15 +1,21 @@
-"""How many CPU threads torch uses, set before torch starts.
+"""How many CPU threads torch uses, and how its waiting threads wait, set before torch starts.
 
 torch's default (one OpenMP thread per logical CPU, spinning while it waits) suits an idle
-machine. On a shared one it is costly: with the other core busy, the VQ fit took 1.54 CPU-s per
-step on 2 threads against 0.75 on one, and under a load of 4 on 2 cores 1.95 against 0.73, because
-OpenMP threads spin while they wait for a descheduled sibling (measured on the 2-core machine with
-`benchmarks/threads.py`). So every command:
+machine. On a shared one it is costly, because a thread spins while it waits for a descheduled
+sibling. Measured with `benchmarks/threads.py` on the 2-core machine, VQ fit, 2 threads:
 
-- uses as many threads as the cores this process may run on (its CPU affinity, one per physical
-  core), or what `--threads` or `OMP_NUM_THREADS` says;
-- lets waiting OpenMP threads sleep (`OMP_WAIT_POLICY=PASSIVE`) unless the user set a policy;
-  that took the loaded 2-thread step from 1.95 to 0.84 CPU-s.
+| machine | spin (torch's default) | passive |
+|---|---|---|
+| idle | 0.88 CPU-s, 0.45 s wall per step | 0.94 CPU-s, 0.60 s wall |
+| load 2 (two busy processes) | 1.62 CPU-s, 1.63 s wall | 0.92 CPU-s, 1.05 s wall |
+
+Neither wins everywhere, so every command:
+
+- uses as many threads as the physical cores this process may run on (its CPU affinity), or
+  what `--threads` or `OMP_NUM_THREADS` says;
+- lets waiting threads sleep (`OMP_WAIT_POLICY=PASSIVE`) when the machine is already busy at
+  start (1-minute load average at least the thread count), and keeps OpenMP's spinning on an
+  idle one, unless the user set a policy.
 
 Both must be in the environment before torch is imported, which the CLI's callback guarantees.
 """
@@ -36,6 +42,14 @@ def physical_cores_available() -> int:
     return max(1, len(cores))
 
 
+def machine_is_busy(threads: int) -> bool:
+    """Whether other work already occupies the cores: the 1-minute load average is at least `threads`."""
+    try:
+        return os.getloadavg()[0] >= threads
+    except OSError:  # no load average on this platform
+        return False
+
+
 def configure_threads(requested: int | None = None) -> int:
     """Set the thread count (requested > OMP_NUM_THREADS > physical cores) and the wait policy.
 
@@ -51,7 +65,8 @@ def configure_threads(requested: int | None = None) -> int:
         threads = physical_cores_available()
     # torch reads MKL_NUM_THREADS too and lets it win, so both say the same.
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "OMP_WAIT_POLICY" not in os.environ and machine_is_busy(threads):
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
     return threads

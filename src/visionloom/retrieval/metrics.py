@@ -32,10 +32,12 @@ import torch
 KS = (1, 5, 10)
 Kernel = Literal["auto", "eager", "compiled"]
 
-# One chunk of similarity rows is sized to stay in a core's L2 cache, so the counting passes after
-# the matrix product read from cache rather than memory (measured best at 0.5-1 MiB on the 2-core
-# machine; larger chunks were up to 1.4x slower).
-DEFAULT_CHUNK_BYTES = 2**20
+# Two sizes. The similarity is formed a large chunk of query rows at a time, so the matrix product
+# runs at full speed (with 2 threads, 13-row products at dim 512 cost 3.8x the floor's large ones);
+# the counting passes then run over blocks of that chunk small enough to stay in a core's L2 cache
+# (measured best at 0.5-1 MiB on the 2-core machine; whole-chunk passes were up to 1.4x slower).
+DEFAULT_CHUNK_BYTES = 64 * 2**20
+COUNT_BLOCK_BYTES = 2**20
 # "auto" compiles the fused count only from this many scores (queries x gallery) up: below it the
 # compile (about 3.5 s with a warm cache, 18 s cold, on the 2-core machine) costs more than it saves.
 AUTO_COMPILE_MIN_SCORES = 2 * 10**9
@@ -190,24 +192,46 @@ def _metrics(
     num_queries = len(query_table_rows)
     hits = torch.zeros(len(KS), dtype=torch.float64)
     ap_sum = inp_sum = 0.0
-    for queries, rows in row_chunks:
-        table_rows = query_table_rows[queries].to(rows.device)
-        num_relevant = table.counts.to(rows.device)[table_rows]  # [C], descending
-        columns = table.columns.to(rows.device)[table_rows, : int(num_relevant[0])]  # [C, R]
-        ranks = _relevant_ranks(rows.float(), columns, num_relevant, count)  # [C, R]
-        first = ranks[:, 0]
-        for i, k in enumerate(KS):
-            hits[i] += float((first < k).sum())
-        # Sums in float64, so a million queries add up without float32 rounding.
-        position = torch.arange(1, ranks.shape[1] + 1, dtype=torch.float64, device=rows.device)[None]
-        precision = torch.where(ranks >= 0, position / (ranks + 1).clamp(min=1), 0.0)
-        ap_sum += float((precision.sum(1) / num_relevant).sum())
-        last = ranks.gather(1, (num_relevant - 1)[:, None]).squeeze(1)
-        inp_sum += float((num_relevant.double() / (last + 1)).sum())
+    for chunk_queries, chunk_rows in row_chunks:
+        block = min(len(chunk_rows), _rows_per_chunk(chunk_rows.shape[1], COUNT_BLOCK_BYTES))
+        for start in range(0, len(chunk_rows), block):
+            block_hits, block_ap, block_inp = _block_sums(
+                chunk_queries[start : start + block],
+                chunk_rows[start : start + block],
+                table,
+                query_table_rows,
+                count,
+            )
+            hits += block_hits
+            ap_sum += block_ap
+            inp_sum += block_inp
     result = {f"R{k}": float(hits[i]) / num_queries * 100 for i, k in enumerate(KS)}
     result["mAP"] = ap_sum / num_queries * 100
     result["mINP"] = inp_sum / num_queries * 100
     return result
+
+
+def _block_sums(
+    queries: torch.Tensor,
+    rows: torch.Tensor,
+    table: RelevantTable,
+    query_table_rows: torch.Tensor,
+    count: CountFn,
+) -> tuple[torch.Tensor, float, float]:
+    """A block of queries' contribution: (hits at each k [len(KS)], sum of AP, sum of INP)."""
+    table_rows = query_table_rows[queries].to(rows.device)
+    num_relevant = table.counts.to(rows.device)[table_rows]  # [C], descending
+    columns = table.columns.to(rows.device)[table_rows, : int(num_relevant[0])]  # [C, R]
+    ranks = _relevant_ranks(rows.float(), columns, num_relevant, count)  # [C, R]
+    first = ranks[:, 0]
+    hits = torch.tensor([float((first < k).sum()) for k in KS], dtype=torch.float64)
+    # Sums in float64, so a million queries add up without float32 rounding.
+    position = torch.arange(1, ranks.shape[1] + 1, dtype=torch.float64, device=rows.device)[None]  # i = 1..R
+    precision = torch.where(ranks >= 0, position / (ranks + 1).clamp(min=1), 0.0)
+    ap_sum = float((precision.sum(1) / num_relevant).sum())
+    last = ranks.gather(1, (num_relevant - 1)[:, None]).squeeze(1)
+    inp_sum = float((num_relevant.double() / (last + 1)).sum())
+    return hits, ap_sum, inp_sum
 
 
 def _query_order(table: RelevantTable, query_pids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
