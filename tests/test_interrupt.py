@@ -9,6 +9,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -16,7 +17,8 @@ CLI = [sys.executable, "-m", "visionloom.cli", "--threads", "1"]
 
 
 def interrupt_when(command: list[str], marker: str) -> tuple[int, list[str], str]:
-    """Run `command`, send SIGINT once a stdout line starts with `marker`; (exit code, stdout, stderr)."""
+    """Run `command`, send SIGINT once a stdout line starts with `marker`; (exit code, stdout, stderr).
+    The seconds from the signal to the exit are kept in `interrupt_when.seconds`."""
     env = {**os.environ, "COLUMNS": "80"}
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as job:
         lines = []
@@ -24,8 +26,10 @@ def interrupt_when(command: list[str], marker: str) -> tuple[int, list[str], str
             lines.append(line.rstrip("\n"))
             if line.startswith(marker):
                 job.send_signal(signal.SIGINT)
+                signalled = time.monotonic()
                 break
         out, err = job.communicate(timeout=120)
+        interrupt_when.seconds = time.monotonic() - signalled
         return job.returncode, lines + out.splitlines(), err
 
 
@@ -90,3 +94,22 @@ def test_ctrl_c_outside_the_loop_still_names_the_resume_command(pedes_root, tmp_
     )
     assert result.exit_code == 130
     assert "continue with: visionloom retrieval train baseline --out r --resume" in result.output
+
+
+@pytest.mark.slow
+def test_sigint_in_ground_trains_final_evaluation_stops_at_once(scenes_root, tmp_path):
+    # It used to be ignored for over 35 s there.
+    run = tmp_path / "ground"
+    train = [
+        *CLI, "ground", "train", "llava-control", "--data", str(scenes_root), "--out", str(run),
+        "--set", "train.steps=2", "--set", "train.batch_size=4",
+    ]  # fmt: skip
+    code, _, err = interrupt_when(train, "evaluating the selected weights")
+    assert code == 130, err
+    assert interrupt_when.seconds < 15
+    assert "interrupted; the run keeps its checkpoints. continue with: visionloom" in err
+    again = continue_command(err)
+    assert again[-1] == "--resume"
+    finished = subprocess.run(again, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr
+    assert json.loads((run / "summary.json").read_text())["steps"] == 2
