@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
@@ -55,7 +54,8 @@ def one_line_errors(command: Callable) -> Callable:
 
         try:
             return command(*args, **kwargs)
-        except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+        except (typer.Exit, typer.Abort, typer.BadParameter):
+            # typer's own (it carries its own copy of click): shown by typer, not turned into our line.
             raise
         except TrainingInterrupted as stop:
             error_console.print(stop.message, highlight=False, soft_wrap=True)
