@@ -146,3 +146,25 @@ def test_hand_computed_example():
 def test_query_without_its_identity_in_the_gallery_is_named():
     with pytest.raises(ValueError, match=r"query 1 \(pid 7\) has no image of its identity"):
         retrieval_metrics(torch.zeros(2, 3), torch.tensor([1, 7]), torch.tensor([1, 2, 3]))
+
+
+def test_a_failed_build_stops_compiled_and_auto_says_so_and_counts_eagerly(monkeypatch):
+    similarity, query_pids, gallery_pids = uneven_problem(8, ties="few")
+    expected = irra_literal(similarity, query_pids, gallery_pids)
+    calls = []
+
+    def failing_build(*_args):
+        calls.append(1)
+        raise OSError("no C++ compiler")
+
+    monkeypatch.setattr(metrics, "count_compiled", failing_build)
+    with pytest.raises(
+        RuntimeError, match="the compiled count kernel could not be built: no C\\+\\+ compiler"
+    ):
+        retrieval_metrics(similarity, query_pids, gallery_pids, kernel="compiled")
+    monkeypatch.setattr(metrics, "AUTO_COMPILE_MIN_SCORES", 0)
+    calls.clear()
+    with pytest.warns(UserWarning, match="counting eagerly instead: same metrics, slower"):
+        got = retrieval_metrics(similarity, query_pids, gallery_pids, memory_budget_bytes=4096, kernel="auto")
+    assert_same(got, expected)
+    assert len(calls) == 1  # tried once, then eager for every later block

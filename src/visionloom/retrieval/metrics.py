@@ -121,6 +121,9 @@ class RelevantTable:
         columns[identity_of, slot] = order
         return cls(identities, columns, counts)
 
+    def to(self, device: torch.device) -> RelevantTable:
+        return RelevantTable(self.identities.to(device), self.columns.to(device), self.counts.to(device))
+
     def rows_of(self, query_pids: torch.Tensor) -> torch.Tensor:
         """Index into the table for each query; names the first query whose identity is absent."""
         index = torch.searchsorted(self.identities, query_pids).clamp(max=len(self.identities) - 1)
@@ -156,7 +159,28 @@ def _choose_count(kernel: Kernel, num_scores: int) -> CountFn:
         raise ValueError(f"kernel must be one of auto, eager, compiled, got {kernel!r}")
     if kernel == "eager" or (kernel == "auto" and num_scores < AUTO_COMPILE_MIN_SCORES):
         return count_eager
-    return count_compiled
+    use_eager = False
+
+    def count(rows: torch.Tensor, scores: torch.Tensor, num_relevant: torch.Tensor):
+        # The build happens on a call (the first, or a new shape), so a failed build is caught
+        # here: "compiled" stops, "auto" says so once and counts eagerly from then on (the same
+        # integers, so the same metrics).
+        nonlocal use_eager
+        if not use_eager:
+            try:
+                return count_compiled(rows, scores, num_relevant)
+            except Exception as error:  # torch.compile raises its backend's own types (no C++ compiler, ...)
+                if kernel == "compiled":
+                    raise RuntimeError(f"the compiled count kernel could not be built: {error}") from error
+                warnings.warn(
+                    f"the compiled count kernel could not be built ({type(error).__name__}); "
+                    "counting eagerly instead: same metrics, slower",
+                    stacklevel=2,
+                )
+                use_eager = True
+        return count_eager(rows, scores, num_relevant)
+
+    return count
 
 
 def _relevant_ranks(
@@ -221,9 +245,9 @@ def _block_sums(
     count: CountFn,
 ) -> tuple[torch.Tensor, float, float]:
     """A block of queries' contribution: (hits at each k [len(KS)], sum of AP, sum of INP)."""
-    table_rows = query_table_rows[queries].to(rows.device)
-    num_relevant = table.counts.to(rows.device)[table_rows]  # [C], descending
-    columns = table.columns.to(rows.device)[table_rows, : int(num_relevant[0])]  # [C, R]
+    table_rows = query_table_rows[queries]
+    num_relevant = table.counts[table_rows]  # [C], descending
+    columns = table.columns[table_rows, : int(num_relevant[0])]  # [C, R]
     ranks = _relevant_ranks(rows.float(), columns, num_relevant, count)  # [C, R]
     first = ranks[:, 0]
     hits = torch.tensor([float((first < k).sum()) for k in KS], dtype=torch.float64)
@@ -236,19 +260,27 @@ def _block_sums(
     return hits, ap_sum, inp_sum
 
 
-def _query_order(table: RelevantTable, query_pids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Table row of each query, and the queries ordered by how many relevant items they have
-    (descending), so a chunk's rows with a given slot form a prefix. The metrics are sums over
-    queries, so the order does not change them."""
-    query_table_rows = table.rows_of(query_pids.cpu())  # the table lives on the CPU
-    order = torch.argsort(table.counts[query_table_rows], descending=True, stable=True)
-    return query_table_rows, order
-
-
 def _require_finite(tensor: torch.Tensor, name: str) -> None:
     # A NaN compares false with everything, so it would be ranked silently rather than refused.
     if not bool(torch.isfinite(tensor).all()):
         raise ValueError(f"{name} contains NaN or infinite values; the ranks would be meaningless")
+
+
+def _prepare(
+    num_queries: int,
+    gallery_size: int,
+    query_pids: torch.Tensor,
+    gallery_pids: torch.Tensor,
+    device: torch.device,
+) -> tuple[RelevantTable, torch.Tensor, torch.Tensor]:
+    """The gallery's identity table, each query's row in it, and the queries ordered by how many
+    relevant items they have (descending, so a block's rows with a given slot form a prefix; the
+    metrics are sums over queries, so the order does not change them). All on `device`."""
+    _check_inputs(num_queries, gallery_size, query_pids, gallery_pids)
+    table = RelevantTable.of(gallery_pids.cpu())
+    query_table_rows = table.rows_of(query_pids.cpu())
+    order = torch.argsort(table.counts[query_table_rows], descending=True, stable=True)
+    return table.to(device), query_table_rows.to(device), order.to(device)
 
 
 def retrieval_metrics(
@@ -263,19 +295,16 @@ def retrieval_metrics(
     if similarity.ndim != 2:
         raise ValueError(f"similarity must be [queries, gallery], got shape {tuple(similarity.shape)}")
     num_queries, gallery_size = similarity.shape
-    _check_inputs(num_queries, gallery_size, query_pids, gallery_pids)
+    table, query_table_rows, order = _prepare(
+        num_queries, gallery_size, query_pids, gallery_pids, similarity.device
+    )
     _require_finite(similarity, "similarity")
-    table = RelevantTable.of(gallery_pids.cpu())
-    query_table_rows, order = _query_order(table, query_pids)
     chunk = _rows_per_chunk(gallery_size, memory_budget_bytes)
-    order = order.to(similarity.device)
-
-    def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for start in range(0, num_queries, chunk):
-            queries = order[start : start + chunk]
-            yield queries, similarity[queries]
-
-    return _run(chunks, table, query_table_rows, kernel, num_queries * gallery_size)
+    chunks = (
+        (order[start : start + chunk], similarity[order[start : start + chunk]])
+        for start in range(0, num_queries, chunk)
+    )
+    return _metrics(chunks, table, query_table_rows, _choose_count(kernel, num_queries * gallery_size))
 
 
 def retrieval_metrics_from_features(
@@ -293,41 +322,15 @@ def retrieval_metrics_from_features(
     never held, so a million-image gallery needs memory for a chunk of rows only.
     """
     num_queries, gallery_size = len(query_features), len(gallery_features)
-    _check_inputs(num_queries, gallery_size, query_pids, gallery_pids)
+    table, query_table_rows, order = _prepare(
+        num_queries, gallery_size, query_pids, gallery_pids, query_features.device
+    )
     _require_finite(query_features, "query features")
     _require_finite(gallery_features, "gallery features")
-    table = RelevantTable.of(gallery_pids.cpu())
-    query_table_rows, order = _query_order(table, query_pids)
     chunk = _rows_per_chunk(gallery_size, memory_budget_bytes)
-    order = order.to(query_features.device)
     gallery_t = gallery_features.t().contiguous()  # [D, G]: contiguous, for the matrix product
-
-    def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for start in range(0, num_queries, chunk):
-            queries = order[start : start + chunk]
-            yield queries, query_features[queries] @ gallery_t  # [C, G]
-
-    return _run(chunks, table, query_table_rows, kernel, num_queries * gallery_size)
-
-
-def _run(
-    chunks: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]],
-    table: RelevantTable,
-    query_table_rows: torch.Tensor,
-    kernel: Kernel,
-    num_scores: int,
-) -> dict[str, float]:
-    count = _choose_count(kernel, num_scores)
-    if count is count_eager:
-        return _metrics(chunks(), table, query_table_rows, count)
-    try:
-        return _metrics(chunks(), table, query_table_rows, count)
-    except Exception as error:  # torch.compile raises its backend's own types (no C++ compiler, ...)
-        if kernel == "compiled":
-            raise RuntimeError(f"the compiled count kernel could not be built: {error}") from error
-        warnings.warn(
-            f"the compiled count kernel could not be built ({type(error).__name__}); "
-            "counting eagerly instead: same metrics, slower",
-            stacklevel=3,
-        )
-        return _metrics(chunks(), table, query_table_rows, count_eager)
+    chunks = (
+        (order[start : start + chunk], query_features[order[start : start + chunk]] @ gallery_t)  # [C, G]
+        for start in range(0, num_queries, chunk)
+    )
+    return _metrics(chunks, table, query_table_rows, _choose_count(kernel, num_queries * gallery_size))
