@@ -115,8 +115,9 @@ def _run_phase(config, data: Path, run_dir: Path, progress: bool, console: Conso
         if done.get("steps") == config.train.steps:
             console.print(f"{run_dir.name}: finished in an earlier run ({summary})")
             return done
-    if latest_checkpoint(run_dir / "checkpoints") is not None:
-        console.print(f"{run_dir.name}: continuing from {latest_checkpoint(run_dir / 'checkpoints')}")
+    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    if checkpoint is not None:
+        console.print(f"{run_dir.name}: continuing from {checkpoint}")
         return train_retrieval(config, data, run_dir, resume=True, progress=progress)
     return train_retrieval(config, data, run_dir, overwrite=run_dir.exists(), progress=progress)
 
