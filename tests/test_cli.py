@@ -89,33 +89,29 @@ def test_preset_list_names_every_preset():
 
 
 @pytest.mark.slow
-def test_demo_writes_the_report_folder(tmp_path):
+def test_demo_compares_phase4_with_phase3_over_seeds(tmp_path):
     out = tmp_path / "demo"
-    result = CliRunner().invoke(
-        app,
-        [
-            "demo",
-            "--out",
-            str(out),
-            "--ids",
-            "20",
-            "--steps",
-            "3",
-            "--vq-steps",
-            "2",
-            "--phases",
-            "baseline,phase4",
-        ],
-    )
+    arguments = ["demo", "--out", str(out), "--ids", "20", "--steps", "3", "--vq-steps", "2", "--seeds", "2"]
+    result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
-    assert set(results["phases"]) == {"baseline", "phase4"}
-    for phase in ("baseline", "phase4"):
-        assert set(results["phases"][phase]["test"]) == {"R1", "R5", "R10", "mAP", "mINP"}
+    assert set(results["reference"]["baseline"]["test"]) == {"R1", "R5", "R10", "mAP", "mINP"}
+    entries = results["comparison"]["entries"]
+    assert list(entries) == ["phase3", "phase4"]
+    for phase in ("phase3", "phase4"):
+        assert [run["seed"] for run in entries[phase]["per_seed"]] == [0, 1]
+        assert (out / "compare" / phase / "seed1" / "test_queries.safetensors").is_file()
         assert (out / f"search_{phase}.png").stat().st_size > 0
-    assert (out / "loss_curves.png").stat().st_size > 0
+    (pair,) = results["comparison"]["pairs"]
+    assert (pair["a"], pair["b"]) == ("phase4", "phase3")
     table = (out / "table.md").read_text()
-    assert "| baseline |" in table and "| phase4 |" in table and "Chance R@1" in table
+    assert "| baseline (reference) | 1 |" in table and "| phase4 | 2 |" in table
+    assert "phase4 − phase3: R@1" in table and "95% paired bootstrap interval" in table
+    for report in ("loss_curves.png", "compare/compare.png", "compare/compare.md", "compare/per_seed.csv"):
+        assert (out / report).stat().st_size > 0
+    # run again with the same --out: every run is read back, nothing trains
+    again = CliRunner().invoke(app, arguments)
+    assert again.exit_code == 0 and again.output.count("finished in an earlier run") == 5
 
 
 @pytest.mark.slow
@@ -124,11 +120,12 @@ def test_demo_quick_learns_well_above_chance(tmp_path):
     result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
-    assert list(results["phases"]) == ["baseline"]
-    assert results["phases"]["baseline"]["steps"] == 200
+    assert results["comparison"] is None
+    baseline = results["reference"]["baseline"]
+    assert baseline["steps"] == 200
     # 60 identities: 12 in test, 4 images each, so chance R@1 is 1/12.
     assert results["chance_R1"] == pytest.approx(100 / 12)
-    assert results["phases"]["baseline"]["test"]["R1"] > 2 * results["chance_R1"]
+    assert baseline["test"]["R1"] > 2 * results["chance_R1"]
 
 
 def test_demo_rejects_unknown_phases():

@@ -126,13 +126,13 @@ def test_a_run_killed_mid_write_keeps_the_previous_checkpoint(pedes_root, tmp_pa
 
 def test_selection_uses_val_and_test_is_evaluated_once_at_the_end(pedes_root, tmp_path, monkeypatch):
     seen = []
-    real = evaluate.evaluate_split
+    real = evaluate.evaluate_split_outcomes  # what validation (through evaluate_split) and test both call
 
     def recording(model, split, *args, **kwargs):
         seen.append(split.name)
         return real(model, split, *args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "evaluate_split", recording)
+    monkeypatch.setattr(evaluate, "evaluate_split_outcomes", recording)
     summary = _train(pedes_root, tmp_path / "run", "train.eval_every=2")
     assert seen == ["val", "val", "test"]
     selection = json.loads((tmp_path / "run" / "best" / "selection.json").read_text())
@@ -312,3 +312,139 @@ def test_weights_from_elsewhere_are_not_written_and_everything_else_must_load(tm
     save_weights(torch.nn.Sequential(torch.nn.Linear(3, 2)), tmp_path / "short.safetensors")
     with pytest.raises(RuntimeError, match="1.weight"):
         load_weights(plain, tmp_path / "short.safetensors")
+
+
+# ---------------------------------------------------------------- optimizer groups and epochs
+IRRA_GROUPS = (
+    "train.param_groups=[{pattern: 'bias', lr_factor: 2.0, weight_decay: 0.0},"
+    " {pattern: '^(classifier|image_proj|text_proj)\\.', lr_factor: 5.0}]"
+)
+
+
+def test_parameter_groups_follow_the_rules_in_order_later_rules_overriding():
+    from visionloom.engine.trainer import TrainConfig, parameter_groups
+
+    model = torch.nn.ModuleDict(
+        {
+            "backbone": torch.nn.Linear(4, 4),
+            "norm": torch.nn.LayerNorm(4),
+            "classifier": torch.nn.Linear(4, 3),
+        }
+    )
+    config = TrainConfig(
+        lr=1e-5,
+        weight_decay=4e-5,
+        param_groups=[
+            {"pattern": "bias", "lr_factor": 2.0, "weight_decay": 0.0},
+            {"pattern": "^classifier\\.", "lr_factor": 5.0},
+        ],
+    )
+    groups = parameter_groups(model, config)
+    by_parameter = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    expected = {
+        "backbone.weight": (1e-5, 4e-5),
+        "backbone.bias": (2e-5, 0.0),
+        "norm.weight": (1e-5, 4e-5),  # with rules a norm's weight decays, as in IRRA
+        "norm.bias": (2e-5, 0.0),
+        "classifier.weight": (5e-5, 4e-5),
+        "classifier.bias": (5e-5, 0.0),  # the later rule sets the lr; the bias rule's decay stays
+    }
+    for name, parameter in model.named_parameters():
+        assert by_parameter[id(parameter)] == pytest.approx(expected[name]), name
+    assert len(groups) == 4 and sum(len(g["params"]) for g in groups) == 6
+    # without rules: decay on matrices only (CLIP's and the project's default)
+    plain = parameter_groups(model, TrainConfig(weight_decay=0.01))
+    assert [(g["lr_factor"], g["weight_decay"], len(g["params"])) for g in plain] == [
+        (1.0, 0.01, 2),
+        (1.0, 0.0, 4),
+    ]
+
+
+def test_a_rule_that_matches_nothing_or_is_no_regex_is_an_error(pedes_root, tmp_path):
+    from visionloom.config import ConfigError
+    from visionloom.engine.trainer import TrainConfig, parameter_groups
+
+    with pytest.raises(ValueError, match=r"'\^clasifier' match no trainable parameter"):
+        parameter_groups(torch.nn.Linear(2, 2), TrainConfig(param_groups=[{"pattern": "^clasifier"}]))
+    with pytest.raises(
+        ConfigError, match=r"train.param_groups\[0\]: pattern '\(' is not a regular expression"
+    ):
+        small_config("phase1", "train.param_groups=[{pattern: '('}]")
+    with pytest.raises(ConfigError, match=r"give one of train.steps \(4\) and train.epochs \(2\)"):
+        small_config("phase1", "train.epochs=2")
+
+
+def test_warmup_starts_at_its_fraction():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = warmup_cosine(optimizer, warmup_steps=4, total_steps=12, warmup_start=0.1)
+    rates = []
+    for _ in range(5):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([0.325, 0.55, 0.775, 1.0, 1.0])
+
+
+def _irra_epochs(root, run_dir, **kwargs):
+    return _train(
+        root,
+        run_dir,
+        "train.steps=null",
+        "train.epochs=2",
+        "train.warmup_steps=null",
+        "train.warmup_epochs=0.5",
+        "train.warmup_start=0.1",
+        "train.optimizer=adam",
+        "train.eps=0.001",
+        "train.weight_decay=0.00004",
+        "train.checkpoint_every=6",
+        IRRA_GROUPS,
+        evaluate_test=False,
+        **kwargs,
+    )
+
+
+def test_epochs_warmup_and_groups_train_and_resume_bit_for_bit(pedes_root, tmp_path, monkeypatch):
+    recorded = []  # (base lr, {lr_factor: lr}) of every optimizer step
+    adam_step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        recorded.append({group["lr_factor"]: group["lr"] for group in self.param_groups})
+        return adam_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    full = tmp_path / "full"
+    summary = _irra_epochs(pedes_root, full)
+    with open(full / "train_log.csv") as handle:
+        epochs = [row["epoch"] for row in csv.DictReader(handle) if row["loss"]]
+    steps_per_epoch = epochs.count("0")
+    assert steps_per_epoch > 6 and epochs.count("1") == steps_per_epoch and len(epochs) == 2 * steps_per_epoch
+    assert summary["steps"] == 2 * steps_per_epoch  # two epochs of the identity sampler's batches
+    log = (full / "train.log").read_text()
+    assert f"2 epoch(s) of {steps_per_epoch} steps, warm-up {round(0.5 * steps_per_epoch)} steps" in log
+    # groups: base 1x, biases 2x, new heads 5x; each step's rates in those ratios
+    assert sorted(recorded[0]) == [1.0, 2.0, 5.0]
+    for rates in recorded:
+        assert rates[2.0] == pytest.approx(2 * rates[1.0]) and rates[5.0] == pytest.approx(5 * rates[1.0])
+    warmup = round(0.5 * steps_per_epoch)
+    assert recorded[0][1.0] == pytest.approx(1e-3 * (0.1 + 0.9 / warmup))
+    assert recorded[warmup - 1][1.0] == pytest.approx(1e-3)
+    assert recorded[-1][1.0] < recorded[warmup][1.0]  # then the cosine
+
+    # interrupted after an earlier checkpoint (mid-epoch: 12 of 2 x 9), resumed: the same weights and losses
+    earlier = sorted((full / "checkpoints").glob("step_*"))[0].name
+    assert 6 <= int(earlier.removeprefix("step_")) < 2 * steps_per_epoch
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / earlier, resumed / "checkpoints" / earlier)
+    (resumed / "checkpoints" / "latest").write_text(earlier)
+    shutil.copy(full / "config.yaml", resumed / "config.yaml")
+    recorded.clear()
+    _irra_epochs(pedes_root, resumed, resume=True)
+    last = f"step_{2 * steps_per_epoch:07d}"
+    final_full, final_resumed = (
+        _weights(full / "checkpoints" / last),
+        _weights(resumed / "checkpoints" / last),
+    )
+    assert all(torch.equal(final_full[k], final_resumed[k]) for k in final_full)
+    assert _losses(full)[int(earlier.removeprefix("step_")) :] == _losses(resumed)

@@ -64,17 +64,15 @@ def test_sigint_in_training_saves_and_names_the_resume_command(pedes_root, tmp_p
 @pytest.mark.slow
 def test_sigint_in_the_demo_keeps_its_work_and_the_same_out_continues(tmp_path):
     out = tmp_path / "demo"
-    demo = [*CLI, "demo", "--ids", "20", "--phases", "baseline", "--steps", "40", "--out", str(out)]
+    demo = [*CLI, "demo", "--ids", "20", "--phases", "", "--steps", "40", "--out", str(out)]
     code, _, err = interrupt_when(demo, "step 10/40")
     assert code == 130, err
-    assert (
-        f"continue with: visionloom --threads 1 demo --ids 20 --phases baseline --steps 40 --out {out}" in err
-    )
+    assert f"continue with: visionloom --threads 1 demo --ids 20 --phases '' --steps 40 --out {out}" in err
     finished = subprocess.run(continue_command(err), capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr
     assert "baseline: continuing from" in finished.stdout
     assert "drawing" not in finished.stdout  # the data set was kept
-    assert json.loads((out / "results.json").read_text())["phases"]["baseline"]["steps"] == 40
+    assert json.loads((out / "results.json").read_text())["reference"]["baseline"]["steps"] == 40
 
 
 def test_ctrl_c_outside_the_loop_still_names_the_resume_command(pedes_root, tmp_path, monkeypatch):

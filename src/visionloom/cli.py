@@ -574,6 +574,61 @@ def retrieval_train(
         )
 
 
+@retrieval_app.command("compare")
+def retrieval_compare(
+    configs: list[str] = typer.Argument(
+        ..., help="Config names under configs/retrieval or YAML paths, e.g. phase3 phase4."
+    ),
+    data: Path = typer.Option(..., "--data", help="Data set root (one data set for every run)."),
+    out: Path = typer.Option(..., "--out", help="Report folder; each run trains into OUT/ENTRY/seedK."),
+    seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds per entry: train.seed=0..N-1."),
+    pairs: list[str] = typer.Option(
+        [],
+        "--pair",
+        help="A,B: report A minus B (repeatable; entry names as the table prints them). Default: each entry against the first.",
+    ),
+    sweep: str | None = typer.Option(
+        None,
+        "--sweep",
+        help="KEY=V1,V2,...: one entry per value for each config, e.g. loss.gen_weight=0,0.1,0.5.",
+    ),
+    resamples: int = typer.Option(
+        10_000, "--resamples", min=100, help="Bootstrap resamples of the test queries."
+    ),
+    vq_steps: int = typer.Option(
+        200, "--vq-steps", min=1, help="Steps to fit DATA/vq when an entry needs it and it is missing."
+    ),
+    overrides: list[str] = set_option("train.steps=200"),
+) -> None:
+    """Train each config with N seeds on the same data; test once each; mean ± std per metric and a
+    paired bootstrap interval of the R@1 difference for each pair. Rerun with the same OUT to continue."""
+    from visionloom.data.check import require_usable
+    from visionloom.retrieval.build import VQFitConfig
+    from visionloom.retrieval.compare import make_entries, parse_pairs, run_comparison
+    from visionloom.retrieval.vq import ensure_vq
+
+    entries = make_entries(configs, sweep)
+    chosen = parse_pairs(pairs, entries)
+
+    def prepare_vq(_configs) -> None:
+        dataset = require_usable(data)
+        ensure_vq(data, dataset["train"], VQFitConfig(steps=vq_steps), say=console.print)
+
+    run_comparison(
+        entries,
+        data,
+        out,
+        seeds=seeds,
+        pairs=chosen,
+        common_overrides=overrides,
+        resamples=resamples,
+        prepare_vq=prepare_vq,
+        say=lambda line: console.print(line, highlight=False),
+    )
+    console.print((out / "compare.md").read_text(), highlight=False, markup=False)
+    console.print(f"wrote {out}/compare.json, compare.md, per_seed.csv, compare.png")
+
+
 def _print_split_metrics(title: str, evaluation: dict[str, dict[str, float]]) -> None:
     """One row per split (as F-LMM's tables read), cIoU, mIoU and P@0.5 of each mask kind."""
     table = Table(title=title)
@@ -660,39 +715,48 @@ def retrieval_search(
 @app.command()
 def demo(
     phases: str | None = typer.Option(
-        None, "--phases", help="Comma-separated phases, or all. Default: baseline,phase4 (--quick: baseline)."
+        None,
+        "--phases",
+        help="Comma-separated phases trained with --seeds seeds each, each compared with the first, "
+        "or all. Default: phase3,phase4 (--quick: none).",
     ),
+    reference: str = typer.Option(
+        "baseline", "--reference", help="A phase trained once as the reference row; none to skip it."
+    ),
+    seeds: int | None = typer.Option(None, "--seeds", min=1, help="Seeds per compared phase. Default: 3."),
     out: Path | None = typer.Option(None, "--out", help="Report folder (default runs/demo-<time>)."),
     ids: int | None = typer.Option(
         None, "--ids", min=10, help="Identities in the synthetic data set. Default: 300 (--quick: 60)."
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the data, the VQ fit and every phase."),
-    steps: int | None = typer.Option(
-        None, "--steps", min=1, help="Training steps per phase. Default: each config's (--quick: 200)."
-    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the data, the VQ fit and the first training seed."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Training steps per run. Default: 200."),
     vq_steps: int = typer.Option(
         200, "--vq-steps", min=1, help="Steps to fit the VQ tokenizer (when a phase needs it)."
     ),
     quick: bool = typer.Option(
         False,
         "--quick",
-        help="A one-minute run: 60 identities, the baseline only, 200 steps (options given beside it win).",
+        help="A one-minute run: 60 identities, the reference only, 200 steps (options given beside it win).",
     ),
 ) -> None:
-    """The main job: synthetic data, VQ tokenizer, train the phases, evaluate, write a report under runs/."""
-    from visionloom.demo import QUICK, parse_phases, run_demo
+    """The main job: synthetic data, VQ tokenizer, phase 3 against phase 4 over seeds (and the
+    baseline once), evaluated on test, with a report under runs/."""
+    from visionloom.demo import DEFAULT, QUICK, parse_phases, run_demo
     from visionloom.engine.interrupt import TrainingInterrupted
 
-    defaults = QUICK if quick else {"phases": "baseline,phase4", "ids": 300, "steps": None}
+    defaults = QUICK if quick else DEFAULT
     try:
-        names = parse_phases(phases or defaults["phases"])
+        names = parse_phases(defaults["phases"] if phases is None else phases)
+        chosen_reference = None if reference == "none" else parse_phases(reference)[0]
     except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--phases") from None
+        raise typer.BadParameter(str(error), param_hint="--phases/--reference") from None
     out = out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     try:
         run_demo(
             out,
             names,
+            reference=chosen_reference,
+            seeds=seeds or defaults["seeds"],
             identities=ids or defaults["ids"],
             seed=seed,
             steps=steps or defaults["steps"],

@@ -249,6 +249,7 @@ def to_dict(config: Any) -> dict:
 # saves. Everything else would make the continued run a different experiment from its start.
 RESUMABLE_KEYS = (
     "train.steps",
+    "train.epochs",
     "train.eval_every",
     "train.checkpoint_every",
     "train.log_every",

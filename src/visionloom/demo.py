@@ -1,17 +1,22 @@
 """`visionloom demo`: the retrieval system end to end on synthetic pedestrians, on a laptop's CPU.
 
-Generates a data set, fits and caches the VQ tokenizer (when a phase needs it), trains each phase
-at tiny size (selecting weights on val), evaluates test once, and writes a report folder:
+It answers the seed's question at toy scale: does the generative task help? Phase 3 (the shared
+encoder, no generator) and phase 4 (the same encoders plus the masked-image generator) train with
+the same steps and several seeds each, on the same data and VQ codes, and the report gives
+mean ± std and a paired bootstrap interval of the phase 4 − phase 3 R@1 difference
+(`retrieval/compare.py`). The baseline trains once beside them as the reference row.
 
 An interrupted demo continues where it stopped when run again with the same `--out`: the data,
-the VQ tokenizer and finished phases are kept, and a phase with a checkpoint resumes from it.
+the VQ tokenizer and finished runs are kept, and a run with a checkpoint resumes from it.
 
     runs/demo-YYYYmmdd-HHMMSS/
-        table.md  results.json      R@1/5/10, mAP, mINP on test, train time, selected step per phase
-        loss_curves.png             every loss and the validation R@1 against the step, per phase
+        table.md  results.json      the reference row, each phase's mean ± std, the difference and its interval
+        compare/                    the comparison (`retrieval compare`): compare.md, .json, .png,
+                                    per_seed.csv, and each run in <phase>/seed<k>/
+        loss_curves.png             every loss and the validation R@1 against the step (seed 0 of each)
         search_<phase>.png          the top 10 for one test caption, correct identity in green
         data/                       the synthetic data set, its VQ tokenizer and code cache
-        <phase>/                    each phase's run directory (config, checkpoints, logs, best weights)
+        <reference>/                the reference run (config, checkpoints, logs, best weights)
 """
 
 from __future__ import annotations
@@ -26,22 +31,25 @@ from rich.table import Table
 
 from visionloom.data.pedes import read_pedes
 from visionloom.data.synth_pedes import generate
-from visionloom.engine.checkpoint import latest_checkpoint
-from visionloom.retrieval.build import ARCHITECTURES, load_config
-from visionloom.retrieval.train import load_trained, needs_vq, train_retrieval
+from visionloom.retrieval.build import ARCHITECTURES, VQFitConfig, load_config
+from visionloom.retrieval.compare import METRICS, Entry, run_comparison
+from visionloom.retrieval.train import load_trained, train_or_continue
+from visionloom.retrieval.vq import ensure_vq
 
-DEFAULT_PHASES = ("baseline", "phase4")
-# `demo --quick`: the pipeline end to end in under a minute on 2 cores. Phase 4 is left out: its
-# VQ fit and generative head take minutes at any size that learns (measured: 120 steps of phase 4
-# on 60 identities took 88 s of training alone).
-QUICK = {"phases": "baseline", "ids": 60, "steps": 200}
-METRICS = ("R1", "R5", "R10", "mAP", "mINP")
+# The default: phase 4 against phase 3 (the first phase is what the others are compared with),
+# SEEDS seeds each, STEPS steps per run, and the baseline once as the reference row.
+DEFAULT = {"phases": "phase3,phase4", "reference": "baseline", "ids": 300, "steps": 200, "seeds": 3}
+# `demo --quick`: the pipeline end to end in under a minute on 2 cores: the reference alone. Phase 4
+# is left out: its VQ fit and generative head take minutes at any size that learns (measured: 120
+# steps of phase 4 on 60 identities took 88 s of training alone).
+QUICK = {"phases": "", "reference": "baseline", "ids": 60, "steps": 200, "seeds": 1}
 
 
 def parse_phases(phases: str) -> list[str]:
+    """ "phase3,phase4" -> the names; "all" -> every architecture; "" -> none (the reference alone)."""
     names = list(ARCHITECTURES) if phases == "all" else [p.strip() for p in phases.split(",") if p.strip()]
     unknown = [name for name in names if name not in ARCHITECTURES]
-    if unknown or not names:
+    if unknown:
         raise ValueError(
             f"unknown phase(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(ARCHITECTURES)} or all"
         )
@@ -106,34 +114,24 @@ def plot_curves(runs: dict[str, Path], out: Path, columns: int = 3) -> Path:
     return out
 
 
-def _run_phase(config, data: Path, run_dir: Path, progress: bool, console: Console) -> dict:
-    """A phase of the demo, continuing what an interrupted demo left in `run_dir`: a finished phase
-    is read back, one with a checkpoint is resumed, one stopped before its first is started over."""
-    summary = run_dir / "summary.json"
-    if summary.is_file():
-        done = json.loads(summary.read_text())
-        if done.get("steps") == config.train.steps:
-            console.print(f"{run_dir.name}: finished in an earlier run ({summary})")
-            return done
-    checkpoint = latest_checkpoint(run_dir / "checkpoints")
-    if checkpoint is not None:
-        console.print(f"{run_dir.name}: continuing from {checkpoint}")
-        return train_retrieval(config, data, run_dir, resume=True, progress=progress)
-    return train_retrieval(config, data, run_dir, overwrite=run_dir.exists(), progress=progress)
-
-
 def run_demo(
     out: Path | None = None,
     phases: list[str] | None = None,
+    reference: str | None = "baseline",
+    seeds: int = 3,
     identities: int = 300,
     seed: int = 0,
-    steps: int | None = None,
+    steps: int | None = 200,
     vq_steps: int = 200,
     console: Console | None = None,
     progress: bool = True,
 ) -> dict:
+    """Data, VQ, the reference once, each phase with `seeds` seeds (train.seed = seed, seed + 1, ...),
+    the comparison of each phase with the first, and the report folder."""
     console = console or Console()
-    phases = phases or list(DEFAULT_PHASES)
+    phases = list(DEFAULT["phases"].split(",")) if phases is None else phases
+    if not phases and not reference:
+        raise ValueError("the demo needs a reference or at least one phase")
     out = out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     data = out / "data"
     started = time.perf_counter()
@@ -146,66 +144,127 @@ def run_demo(
         f"data: {dataset.name} format, {dataset['train'].num_identities} train / {dataset['val'].num_identities} val / "
         f"{dataset['test'].num_identities} test identities, {len(dataset['test'].images)} test images"
     )
-    configs = {}
-    for phase in phases:
-        overrides = [f"train.seed={seed}"] + ([f"train.steps={steps}"] if steps else [])
-        configs[phase] = load_config(phase, overrides)
-    if any(needs_vq(config) for config in configs.values()):
-        from visionloom.retrieval.build import VQFitConfig
-        from visionloom.retrieval.vq import build_cache, fit_vq
+    length = [f"train.steps={steps}"] if steps else []
+    say = lambda line: console.print(line, highlight=False)  # noqa: E731
 
-        vq_dir = data / "vq"
-        if not (vq_dir / "config.json").is_file():
-            fit_started = time.perf_counter()
-            report = fit_vq(
-                dataset["train"], vq_dir, VQFitConfig(steps=vq_steps, seed=seed), progress=progress
-            )
-            console.print(f"VQ tokenizer: {report} ({time.perf_counter() - fit_started:.0f} s)")
-        cache = build_cache(data, dataset["train"], vq_dir, progress=progress)
-        console.print(f"VQ code cache: {cache}")
+    def prepare_vq(_configs) -> None:
+        ensure_vq(data, dataset["train"], VQFitConfig(steps=vq_steps, seed=seed), progress, say)
 
-    results: dict[str, dict] = {}
-    for phase, config in configs.items():
-        console.rule(f"{phase} ({config.train.steps} steps)")
-        results[phase] = _run_phase(config, data, out / phase, progress, console)
+    reference_summary = None
+    if reference:
+        config = load_config(reference, [*length, f"train.seed={seed}"])
+        if config.model.architecture == "phase4" and config.loss.enable_gen:
+            prepare_vq([config])
+        console.rule(f"reference: {reference} ({config.train.steps} steps, seed {seed})")
+        reference_summary = train_or_continue(config, data, out / reference, progress=progress, say=say)
+
+    comparison = None
+    if phases:
+        console.rule(f"{', '.join(phases)}: {seeds} seed(s) each")
+        entries = [Entry(phase, phase) for phase in phases]
+        comparison = run_comparison(
+            entries,
+            data,
+            out / "compare",
+            seeds=seeds,
+            first_seed=seed,
+            common_overrides=length,
+            prepare_vq=prepare_vq,
+            progress=progress,
+            say=say,
+        )
 
     test_split = dataset["test"]
     chance = chance_r1(test_split)
-    table = Table(
-        title=f"test split: {len(test_split.images)} images, {len(test_split.queries()[0])} queries "
-        f"(chance R@1 {chance:.1f}%)"
-    )
-    for column in ("phase", *METRICS, "train s", "selected step (val R@1)"):
-        table.add_column(column, justify="right" if column != "phase" else "left")
-    lines = [
-        "| phase | R@1 | R@5 | R@10 | mAP | mINP | train s | selected at step (val R@1) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for phase, summary in results.items():
-        test, selected = summary["test"], summary["selected"]
-        cells = [f"{test[m]:.1f}" for m in METRICS]
-        choice = f"{selected['step']} ({selected['R1']:.1f})"
-        table.add_row(phase, *cells, f"{summary['train_seconds']:.0f}", choice)
-        lines.append(f"| {phase} | " + " | ".join(cells) + f" | {summary['train_seconds']:.0f} | {choice} |")
-    console.print(table)
     total = time.perf_counter() - started
-    lines += [
-        "",
-        f"Chance R@1: {chance:.1f}%. Weights selected on the validation split; test evaluated once.",
-        f"Total demo time: {total:.0f} s.",
-    ]
+    lines = _report_lines(reference, reference_summary, comparison, chance, total)
+    _print_table(console, reference, reference_summary, comparison, test_split, chance)
     (out / "table.md").write_text("\n".join(lines) + "\n")
-    (out / "results.json").write_text(
-        json.dumps({"phases": results, "chance_R1": chance, "seconds": total}, indent=1)
-    )
-    plot_curves({phase: out / phase for phase in results}, out / "loss_curves.png")
+    results = {
+        "reference": {reference: reference_summary} if reference else {},
+        "comparison": comparison,
+        "chance_R1": chance,
+        "seconds": total,
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    runs = {reference: out / reference} if reference else {}
+    runs |= {phase: out / "compare" / phase / f"seed{seed}" for phase in phases}
+    plot_curves(runs, out / "loss_curves.png")
 
     from visionloom.retrieval.search import draw_grid, search
 
     query_image = test_split.images[0]
     query = query_image.captions[0]
-    for phase in results:
-        hits = search(load_trained(out / phase), test_split, query, top=10)
-        draw_grid(query, hits, out / f"search_{phase}.png", true_pid=query_image.pid)
-    console.print(f"report: {out}/table.md, loss_curves.png, search_*.png  ({total:.0f} s)")
-    return {"out": str(out), "results": results, "chance_R1": chance, "seconds": total}
+    for name, run_dir in runs.items():
+        hits = search(load_trained(run_dir), test_split, query, top=10)
+        draw_grid(query, hits, out / f"search_{name}.png", true_pid=query_image.pid)
+    console.print(f"report: {out}/table.md, loss_curves.png, compare/, search_*.png  ({total:.0f} s)")
+    return {"out": str(out), **results}
+
+
+def _report_lines(reference, reference_summary, comparison, chance: float, total: float) -> list[str]:
+    lines = [
+        "| run | seeds | " + " | ".join(METRICS) + " | train s (each) |",
+        "|---|---|" + "---|" * (len(METRICS) + 1),
+    ]
+    if reference_summary is not None:
+        cells = [f"{reference_summary['test'][m]:.1f}" for m in METRICS]
+        lines.append(
+            f"| {reference} (reference) | 1 | "
+            + " | ".join(cells)
+            + f" | {reference_summary['train_seconds']:.0f} |"
+        )
+    if comparison is not None:
+        for name, entry in comparison["entries"].items():
+            summary = entry["summary"]
+            cells = [f"{summary[m]['mean']:.1f} ± {summary[m]['std']:.1f}" for m in METRICS]
+            seconds = sum(run["seconds"] for run in entry["per_seed"]) / len(entry["per_seed"])
+            lines.append(
+                f"| {name} | {len(entry['per_seed'])} | " + " | ".join(cells) + f" | {seconds:.0f} |"
+            )
+        for pair in comparison["pairs"]:
+            low, high = pair["interval"]
+            per_seed = ", ".join(f"{value:+.1f}" for value in pair["per_seed_difference"])
+            lines += [
+                "",
+                f"{pair['a']} − {pair['b']}: R@1 {pair['difference']:+.1f} points, 95% paired bootstrap interval "
+                f"over the test queries [{low:+.1f}, {high:+.1f}]; per seed {per_seed}.",
+            ]
+    lines += [
+        "",
+        f"Chance R@1: {chance:.1f}%. Mean ± sample std over seeds. Weights selected on the validation "
+        "split; test evaluated once per run.",
+        f"Time of this invocation of the demo: {total:.0f} s (runs finished earlier are read back).",
+    ]
+    return lines
+
+
+def _print_table(
+    console: Console, reference, reference_summary, comparison, test_split, chance: float
+) -> None:
+    table = Table(
+        title=f"test split: {len(test_split.images)} images, {len(test_split.queries()[0])} queries "
+        f"(chance R@1 {chance:.1f}%)"
+    )
+    for column in ("run", "seeds", *METRICS):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    if reference_summary is not None:
+        table.add_row(
+            f"{reference} (reference)", "1", *(f"{reference_summary['test'][m]:.1f}" for m in METRICS)
+        )
+    if comparison is not None:
+        for name, entry in comparison["entries"].items():
+            summary = entry["summary"]
+            table.add_row(
+                name,
+                str(len(entry["per_seed"])),
+                *(f"{summary[m]['mean']:.1f} ± {summary[m]['std']:.1f}" for m in METRICS),
+            )
+    console.print(table)
+    if comparison is not None:
+        for pair in comparison["pairs"]:
+            low, high = pair["interval"]
+            console.print(
+                f"{pair['a']} − {pair['b']}: R@1 {pair['difference']:+.1f} points, 95% interval [{low:+.1f}, {high:+.1f}]",
+                highlight=False,
+            )

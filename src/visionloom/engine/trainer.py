@@ -16,9 +16,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,7 +27,7 @@ import torch
 from accelerate import Accelerator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from visionloom.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from visionloom.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from visionloom.engine.checkpoint import (
     capture_rng,
     checkpoint_step,
@@ -43,12 +44,45 @@ from visionloom.progress import PLAIN_LINES_PER_PHASE, clock, is_terminal
 
 
 @dataclass
+class ParamGroup:
+    """A learning-rate rule for the parameters whose name matches `pattern` (`re.search` on the
+    name `model.named_parameters()` gives, e.g. `image_encoder.model.vision_model...bias`).
+
+    Rules apply in order and each sets only what it names, so a later rule overrides an earlier
+    one on the fields it sets: IRRA's "biases at 2x without decay, then the new heads at 5x" gives
+    a new head's bias 5x without decay, as IRRA's `build_optimizer` does.
+    """
+
+    pattern: str
+    lr_factor: PositiveFloat | None = None  # x train.lr
+    weight_decay: NonNegativeFloat | None = None  # replaces train.weight_decay
+
+    def __post_init__(self):
+        try:
+            re.compile(self.pattern)
+        except re.error as error:
+            raise ValueError(f"pattern {self.pattern!r} is not a regular expression ({error})") from None
+
+
+@dataclass
 class TrainConfig:
-    steps: PositiveInt = 500  # optimizer steps
+    # How long: `steps` optimizer steps, or `epochs` passes over the training batches (give one,
+    # the other null). The warm-up likewise: `warmup_steps` or `warmup_epochs`.
+    steps: PositiveInt | None = 500
+    epochs: PositiveInt | None = None
     batch_size: PositiveInt = 32  # per process and micro-batch
+    optimizer: Literal["adamw", "adam"] = "adamw"  # adam: decay added to the gradient (L2), as IRRA's
     lr: PositiveFloat = 1e-3
+    betas: tuple[Fraction, Fraction] = (0.9, 0.999)
+    eps: PositiveFloat = 1e-8  # IRRA's Adam uses 1e-3
     weight_decay: NonNegativeFloat = 0.01
-    warmup_steps: NonNegativeInt = 50
+    # Without rules, biases, norms and other 1-d parameters take no weight decay (as CLIP trains);
+    # with rules, every parameter takes train.weight_decay unless a rule says otherwise.
+    param_groups: list[ParamGroup] = field(default_factory=list)
+    warmup_steps: NonNegativeInt | None = 50
+    warmup_epochs: NonNegativeFloat | None = None
+    # The warm-up rises linearly from this fraction of each group's lr (IRRA: 0.1) to all of it.
+    warmup_start: Fraction = 0.0
     grad_clip: NonNegativeFloat = 1.0  # max gradient norm; 0 = off
     grad_accum: PositiveInt = 1
     # auto: bf16 on a GPU that has it, else fp32
@@ -58,6 +92,32 @@ class TrainConfig:
     eval_every: NonNegativeInt = 0  # validate every N steps; 0 = only at the end
     num_workers: NonNegativeInt = 0
     seed: int = 0
+
+    def __post_init__(self):
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError(
+                f"give one of train.steps ({self.steps}) and train.epochs ({self.epochs}); set the other to null"
+            )
+        if (self.warmup_steps is None) == (self.warmup_epochs is None):
+            raise ValueError(
+                f"give one of train.warmup_steps ({self.warmup_steps}) and train.warmup_epochs "
+                f"({self.warmup_epochs}); set the other to null"
+            )
+        # A dict from YAML or a caller becomes a ParamGroup here, so its pattern is checked too.
+        self.param_groups = [
+            rule if isinstance(rule, ParamGroup) else ParamGroup(**rule) for rule in self.param_groups
+        ]
+
+    def schedule(self, batches_per_epoch: int) -> tuple[int, int]:
+        """(optimizer steps, warm-up steps) for an epoch of `batches_per_epoch` micro-batches."""
+        steps_per_epoch = max(1, batches_per_epoch // self.grad_accum)
+        total = self.steps if self.steps is not None else self.epochs * steps_per_epoch
+        warmup = (
+            self.warmup_steps
+            if self.warmup_steps is not None
+            else round(self.warmup_epochs * steps_per_epoch)
+        )
+        return total, warmup
 
 
 def resolve_precision(precision: str) -> str:
@@ -76,29 +136,70 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     )
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
-    """Linear warm-up from 0, then cosine decay to 0 at `total_steps`."""
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, warmup_start: float = 0.0
+):
+    """Each group's lr times: a linear warm-up from `warmup_start`, then a cosine to 0 at `total_steps`.
+
+    Step s < W takes start + (1 - start) (s + 1) / W, so with start 0 no step is spent at lr 0.
+    """
 
     def factor(step: int) -> float:
         if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
+            return warmup_start + (1.0 - warmup_start) * (step + 1) / max(1, warmup_steps)
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases, norms and 1-d parameters (as CLIP and IRRA train)."""
-    decay, no_decay = [], []
-    for parameter in model.parameters():
-        if parameter.requires_grad:
-            (decay if parameter.ndim >= 2 else no_decay).append(parameter)
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+def parameter_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """The trainable parameters in groups of equal (lr factor, weight decay), in a fixed order.
+
+    Without `config.param_groups`: one group that decays and one of 1-d parameters that does not.
+    With rules: each parameter starts at (1, train.weight_decay) and every rule whose pattern
+    matches its name sets what it names. A rule that matches nothing is an error (a typo would
+    otherwise train everything at the base lr). Each group carries its `name` and `lr_factor`.
+    """
+    settings: dict[tuple[float, float], list[tuple[str, torch.nn.Parameter]]] = {}
+    used = [False] * len(config.param_groups)
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        factor, decay = 1.0, config.weight_decay
+        if not config.param_groups and parameter.ndim < 2:
+            decay = 0.0
+        for index, rule in enumerate(config.param_groups):
+            if re.search(rule.pattern, name):
+                used[index] = True
+                factor = rule.lr_factor if rule.lr_factor is not None else factor
+                decay = rule.weight_decay if rule.weight_decay is not None else decay
+        settings.setdefault((factor, decay), []).append((name, parameter))
+    unused = [rule.pattern for rule, hit in zip(config.param_groups, used, strict=True) if not hit]
+    if unused:
+        raise ValueError(
+            f"train.param_groups: pattern(s) {', '.join(map(repr, unused))} match no trainable parameter "
+            f"of {type(model).__name__}; its names look like {next(iter(dict(model.named_parameters())), '')!r}"
+        )
+    return [
+        {
+            "name": f"lr x{factor:g}, decay {decay:g}",
+            "params": [parameter for _, parameter in members],
+            "lr": config.lr * factor,
+            "lr_factor": factor,
+            "weight_decay": decay,
+        }
+        # In the order of the first parameter of each (the model's order): the groups of a resumed
+        # run line up with the saved optimizer state.
+        for (factor, decay), members in settings.items()
     ]
-    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (decoupled decay) or Adam (decay added to the gradient, as IRRA trains) over
+    `parameter_groups`."""
+    optimizer = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return optimizer(parameter_groups(model, config), lr=config.lr, betas=config.betas, eps=config.eps)
 
 
 def move(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -146,10 +247,17 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.accelerator = accelerator or make_accelerator(config)
         self.loader = loader  # its batch_sampler has set_epoch(epoch, start)
+        self.batches_per_epoch = len(loader.batch_sampler)
+        if self.batches_per_epoch < config.grad_accum:
+            raise ValueError(
+                f"an epoch has {self.batches_per_epoch} batches, fewer than grad_accum={config.grad_accum}"
+            )
+        # train.steps, or train.epochs in steps of this loader (the warm-up likewise).
+        self.total_steps, self.warmup_steps = config.schedule(self.batches_per_epoch)
         optimizer = make_optimizer(model, config)
         # The scheduler is stepped here once per optimizer step, not through accelerate, which
         # would step it once per process.
-        self.scheduler = warmup_cosine(optimizer, config.warmup_steps, config.steps)
+        self.scheduler = warmup_cosine(optimizer, self.warmup_steps, self.total_steps, config.warmup_start)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         if validate is not None and select_key is None:
             raise ValueError(
@@ -184,10 +292,24 @@ class Trainer:
             self.accelerator,
         )
 
+    def _length(self) -> str:
+        """How the run's length was given, in words."""
+        per_epoch = max(1, self.batches_per_epoch // self.config.grad_accum)
+        if self.config.epochs is not None:
+            return f"{self.config.epochs} epoch(s) of {per_epoch} steps, warm-up {self.warmup_steps} steps"
+        return f"{self.total_steps / per_epoch:.3g} epoch(s) of {per_epoch} steps"
+
+    def _ends_at(self) -> str:
+        if self.config.epochs is not None:
+            return f"train.epochs={self.config.epochs} ({self.total_steps} steps)"
+        return f"train.steps={self.total_steps}"
+
+    def _base_lr(self) -> float:
+        """train.lr times the schedule now (each group's lr is this times its lr_factor)."""
+        return self.scheduler.get_last_lr()[0] / self.optimizer.param_groups[0]["lr_factor"]
+
     def _validation_due(self, step: int) -> bool:
-        return (
-            bool(self.config.eval_every and step % self.config.eval_every == 0) or step == self.config.steps
-        )
+        return bool(self.config.eval_every and step % self.config.eval_every == 0) or step == self.total_steps
 
     def _select(self, step: int, best: dict | None) -> dict | None:
         """Validate; keep the weights in RUN/best when they beat the best so far (main process)."""
@@ -272,20 +394,16 @@ class Trainer:
         config = self.config
         state = self._restore() if resume else LoopState()
         log_file, self._tensorboard = self._open_logs(state.step)
-        self.batches_per_epoch = len(self.loader.batch_sampler)
-        if self.batches_per_epoch < config.grad_accum:
-            raise ValueError(
-                f"an epoch has {self.batches_per_epoch} batches, fewer than grad_accum={config.grad_accum}"
-            )
         self.model.train()
         started = self._started = time.perf_counter()
         self._seconds = lambda: state.seconds_before + time.perf_counter() - started
         self._window = [0, time.perf_counter()]  # samples since the last log line, and when it began
         progress = self._progress_bar(state.step)
         self._first_step = state.step
-        self._next_line = state.step * PLAIN_LINES_PER_PHASE // config.steps + 1
+        self._next_line = state.step * PLAIN_LINES_PER_PHASE // self.total_steps + 1
         self._say(
-            f"train: {'resumed at' if state.step else 'from'} step {state.step} of {config.steps}, batch "
+            f"train: {'resumed at' if state.step else 'from'} step {state.step} of {self.total_steps} "
+            f"({self._length()}), batch "
             f"{config.batch_size} x {self.accelerator.num_processes} process(es), run {self.run_dir}"
         )
         state.rng = capture_rng()
@@ -301,7 +419,7 @@ class Trainer:
                         continue
                     # 2. after the step: log, validate, checkpoint
                     self._after_step(state, epoch, losses, total, progress, log_file)
-                    if state.step == config.steps:
+                    if state.step == self.total_steps:
                         break
         except KeyboardInterrupt:
             stop = self._interrupted(state, self._seconds())
@@ -313,7 +431,7 @@ class Trainer:
             if self._tensorboard is not None:
                 self._tensorboard.close()
         best = f"; selected step {state.best['step']}" if state.best else ""
-        self._say(f"train: done, step {state.step} of {config.steps} in {clock(self._seconds())}{best}")
+        self._say(f"train: done, step {state.step} of {self.total_steps} in {clock(self._seconds())}{best}")
         return TrainResult(state.step, self._seconds(), state.best, self.run_dir)
 
     def _restore(self) -> LoopState:
@@ -324,10 +442,10 @@ class Trainer:
                 f"--resume: {self.checkpoints} holds no complete checkpoint (the run stopped before its "
                 f"first one, every {self.config.checkpoint_every} steps); start it again with --overwrite"
             )
-        if checkpoint_step(checkpoint) > self.config.steps:
+        if checkpoint_step(checkpoint) > self.total_steps:
             raise ValueError(
-                f"--resume: the run is at step {checkpoint_step(checkpoint)} ({checkpoint}); train.steps="
-                f"{self.config.steps} would end it before that. Give at least {checkpoint_step(checkpoint)}."
+                f"--resume: the run is at step {checkpoint_step(checkpoint)} ({checkpoint}); {self._ends_at()} "
+                f"would end it before that. Give at least {checkpoint_step(checkpoint)} steps."
             )
         # The scheduler's factor is rebuilt from this config, so a run extended with a larger
         # train.steps follows the cosine of the new length from here on: at the resume step the
@@ -353,7 +471,7 @@ class Trainer:
     def _batches(self, state: LoopState) -> Iterator[tuple[int, int, Any]]:
         """(epoch, batches done in it, batch) from `state.position` on, epoch after epoch, until
         the last step; each epoch's order comes from the sampler's (seed, epoch)."""
-        if state.step >= self.config.steps:
+        if state.step >= self.total_steps:
             return
         epoch, done = state.position
         sampler = self.loader.batch_sampler
@@ -397,15 +515,15 @@ class Trainer:
 
     def _after_step(self, state: LoopState, epoch: int, losses, total, progress, log_file) -> None:
         config, step = self.config, state.step
-        at_end = step == config.steps
+        at_end = step == self.total_steps
         if step % config.log_every == 0 or at_end:
             samples, since = self._window
             throughput = samples / max(1e-9, time.perf_counter() - since)
             self._window = [0, time.perf_counter()]
             shown = self._log_step(step, epoch, losses, total, throughput, self._seconds(), log_file)
             progress.update(self._task, status=f"loss {shown:.3f}  {throughput:.0f} samples/s")
-            if step * PLAIN_LINES_PER_PHASE >= self._next_line * config.steps or at_end:
-                self._next_line = step * PLAIN_LINES_PER_PHASE // config.steps + 1
+            if step * PLAIN_LINES_PER_PHASE >= self._next_line * self.total_steps or at_end:
+                self._next_line = step * PLAIN_LINES_PER_PHASE // self.total_steps + 1
                 self._say_step(step, shown, throughput)
         progress.update(self._task, completed=step)
         if self._validation_due(step):
@@ -416,13 +534,13 @@ class Trainer:
                 self._write_csv(log_file)
 
     def _say_step(self, step: int, loss: float, throughput: float) -> None:
-        config, elapsed = self.config, self._seconds()
+        elapsed = self._seconds()
         # The rate of this session only: a resumed run's earlier sessions may have run elsewhere.
         session = time.perf_counter() - self._started
-        eta = session / max(1, step - self._first_step) * (config.steps - step)
+        eta = session / max(1, step - self._first_step) * (self.total_steps - step)
         self._say(
-            f"step {step}/{config.steps} ({100 * step // config.steps}%) | loss {loss:.4f} | lr "
-            f"{self.scheduler.get_last_lr()[0]:.2e} | {throughput:.1f} samples/s | elapsed {clock(elapsed)} | "
+            f"step {step}/{self.total_steps} ({100 * step // self.total_steps}%) | loss {loss:.4f} | lr "
+            f"{self._base_lr():.2e} | {throughput:.1f} samples/s | elapsed {clock(elapsed)} | "
             f"ETA {clock(eta)}"
         )
 
@@ -440,7 +558,7 @@ class Trainer:
             TimeRemainingColumn(),
             disable=not self.progress or self.plain_lines,
         )
-        self._task = progress.add_task("train", total=self.config.steps, completed=step, status="")
+        self._task = progress.add_task("train", total=self.total_steps, completed=step, status="")
         return progress
 
     def _interrupted(self, state: LoopState, seconds: float) -> TrainingInterrupted:
@@ -479,7 +597,7 @@ class Trainer:
         row = {
             "step": step,
             "epoch": epoch,
-            "lr": self.scheduler.get_last_lr()[0],
+            "lr": self._base_lr(),
             "loss": round(total.item(), 6),
             **{key: round(value.item(), 6) for key, value in losses.items()},
             "samples_per_s": round(throughput, 2),

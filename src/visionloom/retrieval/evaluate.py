@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from visionloom.data.build import GalleryImages
 from visionloom.data.pedes import PedesSplit
-from visionloom.retrieval.metrics import retrieval_metrics_from_features
+from visionloom.retrieval.metrics import QueryOutcomes, retrieval_metrics_from_features
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -44,14 +44,24 @@ def encode_queries(model, captions: list[str], batch_size: int = 128) -> torch.T
 
 
 @torch.no_grad()
-def evaluate_split(model, split: PedesSplit, batch_size: int = 64) -> dict[str, float]:
-    """{"R1", "R5", "R10", "mAP", "mINP"} in percent, text to image, on `split`."""
+def evaluate_split_outcomes(
+    model, split: PedesSplit, batch_size: int = 64
+) -> tuple[dict[str, float], QueryOutcomes]:
+    """The metrics of `evaluate_split`, and each query's own result in `split.queries()` order."""
     was_training = model.training
     model.eval()
     gallery = encode_gallery(model, split, batch_size)
     captions, query_pids = split.queries()
     queries = encode_queries(model, captions, batch_size)
     gallery_pids = torch.tensor([image.pid for image in split.images])
-    metrics = retrieval_metrics_from_features(queries, gallery, torch.tensor(query_pids), gallery_pids)
+    outcomes = QueryOutcomes.empty(len(captions))
+    metrics = retrieval_metrics_from_features(
+        queries, gallery, torch.tensor(query_pids), gallery_pids, outcomes=outcomes
+    )
     model.train(was_training)
-    return metrics
+    return metrics, outcomes
+
+
+def evaluate_split(model, split: PedesSplit, batch_size: int = 64) -> dict[str, float]:
+    """{"R1", "R5", "R10", "mAP", "mINP"} in percent, text to image, on `split`."""
+    return evaluate_split_outcomes(model, split, batch_size)[0]

@@ -208,13 +208,34 @@ def _relevant_ranks(
     return torch.where(ranks == padding, -1, ranks)
 
 
+@dataclass
+class QueryOutcomes:
+    """Each query's own result, in the caller's query order: what a paired comparison of two
+    models over the same queries resamples (`retrieval/compare.py`)."""
+
+    first_rank: torch.Tensor  # [Q] long: 0-based rank of the query's first relevant gallery item
+    average_precision: torch.Tensor  # [Q] float64, in [0, 1]
+
+    @classmethod
+    def empty(cls, num_queries: int) -> QueryOutcomes:
+        return cls(
+            torch.full((num_queries,), -1, dtype=torch.long), torch.zeros(num_queries, dtype=torch.float64)
+        )
+
+    def hits(self, k: int = 1) -> torch.Tensor:
+        """[Q] float64: 1 where a relevant item is in the top k (the mean x 100 is R@k)."""
+        return (self.first_rank < k).double()
+
+
 def _metrics(
     row_chunks: Iterator[tuple[torch.Tensor, torch.Tensor]],
     table: RelevantTable,
     query_table_rows: torch.Tensor,
     count: CountFn,
+    outcomes: QueryOutcomes | None = None,
 ) -> dict[str, float]:
-    """Accumulate the metrics over (query indices [C], similarity rows [C, G]) chunks."""
+    """Accumulate the metrics over (query indices [C], similarity rows [C, G]) chunks; fill
+    `outcomes` per query when given."""
     num_queries = len(query_table_rows)
     hits = torch.zeros(len(KS), dtype=torch.float64)
     ap_sum = inp_sum = 0.0
@@ -227,6 +248,7 @@ def _metrics(
                 table,
                 query_table_rows,
                 count,
+                outcomes,
             )
             hits += block_hits
             ap_sum += block_ap
@@ -243,6 +265,7 @@ def _block_sums(
     table: RelevantTable,
     query_table_rows: torch.Tensor,
     count: CountFn,
+    outcomes: QueryOutcomes | None = None,
 ) -> tuple[torch.Tensor, float, float]:
     """A block of queries' contribution: (hits at each k [len(KS)], sum of AP, sum of INP)."""
     table_rows = query_table_rows[queries]
@@ -254,7 +277,11 @@ def _block_sums(
     # Sums in float64, so a million queries add up without float32 rounding.
     position = torch.arange(1, ranks.shape[1] + 1, dtype=torch.float64, device=rows.device)[None]  # i = 1..R
     precision = torch.where(ranks >= 0, position / (ranks + 1).clamp(min=1), 0.0)
-    ap_sum = float((precision.sum(1) / num_relevant).sum())
+    average_precision = precision.sum(1) / num_relevant  # [C]
+    ap_sum = float(average_precision.sum())
+    if outcomes is not None:
+        outcomes.first_rank[queries.cpu()] = first.cpu()
+        outcomes.average_precision[queries.cpu()] = average_precision.cpu()
     last = ranks.gather(1, (num_relevant - 1)[:, None]).squeeze(1)
     inp_sum = float((num_relevant.double() / (last + 1)).sum())
     return hits, ap_sum, inp_sum
@@ -315,11 +342,13 @@ def retrieval_metrics_from_features(
     *,
     memory_budget_bytes: int = DEFAULT_CHUNK_BYTES,
     kernel: Kernel = "auto",
+    outcomes: QueryOutcomes | None = None,
 ) -> dict[str, float]:
     """The same metrics with the similarity (dot products) made one chunk of queries at a time.
 
     query_features [Q, D], gallery_features [G, D], normalised by the caller: the [Q, G] matrix is
-    never held, so a million-image gallery needs memory for a chunk of rows only.
+    never held, so a million-image gallery needs memory for a chunk of rows only. `outcomes`
+    (`QueryOutcomes.empty(Q)`), when given, receives each query's own result.
     """
     num_queries, gallery_size = len(query_features), len(gallery_features)
     table, query_table_rows, order = _prepare(
@@ -333,4 +362,6 @@ def retrieval_metrics_from_features(
         (order[start : start + chunk], query_features[order[start : start + chunk]] @ gallery_t)  # [C, G]
         for start in range(0, num_queries, chunk)
     )
-    return _metrics(chunks, table, query_table_rows, _choose_count(kernel, num_queries * gallery_size))
+    return _metrics(
+        chunks, table, query_table_rows, _choose_count(kernel, num_queries * gallery_size), outcomes
+    )

@@ -6,6 +6,7 @@
     RUN/best/              the weights selected on the validation split, and why
     RUN/train_log.csv      per-step losses, learning rate, throughput; RUN/tensorboard/ the same
     RUN/test_metrics.json  the test split, evaluated once with the selected weights
+    RUN/test_queries.safetensors  each test query's first-hit rank and AP (paired comparisons)
 
 Checkpoint selection uses the validation split only; the test split is evaluated once, at the end.
 """
@@ -17,11 +18,12 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from visionloom import config as config_io
 from visionloom.data.build import TrainPairs, make_sampler, train_loader
 from visionloom.data.check import require_usable
-from visionloom.engine.checkpoint import load_weights
+from visionloom.engine.checkpoint import latest_checkpoint, load_weights
 from visionloom.engine.run import (
     best_weights,
     fingerprint,
@@ -34,6 +36,7 @@ from visionloom.engine.trainer import Trainer, TrainResult, make_accelerator
 from visionloom.progress import track
 from visionloom.retrieval import evaluate
 from visionloom.retrieval.build import RetrievalConfig, create_model
+from visionloom.retrieval.metrics import QueryOutcomes
 from visionloom.retrieval.model import DualEncoder
 
 
@@ -138,12 +141,69 @@ def train_retrieval(
                 model,
                 result,
                 lambda best: (
-                    {"test": evaluate.evaluate_split(best, dataset["test"])} if evaluate_test else {}
+                    {"test": _evaluate_test(best, dataset["test"], run_dir)} if evaluate_test else {}
                 ),
                 {"name": config.name},
             )
         accelerator.wait_for_everyone()
         return summary
+
+
+def _evaluate_test(model: DualEncoder, split, run_dir: Path) -> dict[str, float]:
+    """The test metrics; each query's own result goes to RUN/test_queries.safetensors, so two runs
+    can be compared query by query (`retrieval compare`)."""
+    metrics, outcomes = evaluate.evaluate_split_outcomes(model, split)
+    save_outcomes(outcomes, run_dir / QUERY_OUTCOMES)
+    return metrics
+
+
+QUERY_OUTCOMES = "test_queries.safetensors"
+
+
+def save_outcomes(outcomes: QueryOutcomes, path: Path) -> None:
+    save_file(
+        {
+            "first_rank": outcomes.first_rank.contiguous(),
+            "average_precision": outcomes.average_precision.contiguous(),
+        },
+        str(path),
+    )
+
+
+def load_outcomes(run_dir: Path) -> QueryOutcomes:
+    path = Path(run_dir) / QUERY_OUTCOMES
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: the run was not evaluated on test by this version (run it again)"
+        )
+    tensors = load_file(str(path))
+    return QueryOutcomes(tensors["first_rank"], tensors["average_precision"])
+
+
+def train_or_continue(
+    config: RetrievalConfig, data_root: Path, run_dir: Path, *, progress: bool = True, say=print
+) -> dict:
+    """Train `config` into `run_dir`, continuing what an interrupted run left there: a finished
+    run (same steps) is read back, one with a checkpoint resumes, one stopped before its first
+    checkpoint starts over. What `demo` and `retrieval compare` run each configuration through."""
+    summary = run_dir / "summary.json"
+    if summary.is_file() and (run_dir / QUERY_OUTCOMES).is_file():
+        saved = config_io.read_yaml(run_dir / "config.yaml") or {}
+        # phase 4's codebook size and grid are filled from the VQ model when training starts
+        filled = ("model.codebook_size", "model.code_grid")
+        changed = [
+            key
+            for key, _, _ in config_io.differing_keys(saved, config_io.to_dict(config))
+            if key not in filled
+        ]
+        if not changed:
+            say(f"{run_dir}: finished in an earlier run ({summary})")
+            return json.loads(summary.read_text())
+    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    if checkpoint is not None:
+        say(f"{run_dir}: continuing from {checkpoint}")
+        return train_retrieval(config, data_root, run_dir, resume=True, progress=progress)
+    return train_retrieval(config, data_root, run_dir, overwrite=run_dir.exists(), progress=progress)
 
 
 def find_run(path: str | Path) -> tuple[Path, Path]:
@@ -155,8 +215,6 @@ def find_run(path: str | Path) -> tuple[Path, Path]:
         best = best_weights(path)
         if best.is_file():
             return path, best
-        from visionloom.engine.checkpoint import latest_checkpoint
-
         latest = latest_checkpoint(path / "checkpoints")
         if latest is not None:
             return path, latest / "model.safetensors"

@@ -17,6 +17,7 @@ import csv
 import hashlib
 import json
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -328,3 +329,20 @@ class VQCache:
                 f"{name} is not in the VQ cache {self.digest}; rebuild it with `visionloom vq cache`"
             )
         return self.codes_tensor[self.row[name], int(flipped)].flatten().long()
+
+
+def ensure_vq(
+    data_root: Path, split: PedesSplit, config: VQFitConfig, progress: bool = True, say=print
+) -> Path:
+    """DATA_ROOT/vq fitted on `split` when it is not there yet, and its code cache built (or
+    reused when its file exists: the cache is keyed by the tokenizer's hash). Returns the cache."""
+    vq_dir = Path(data_root) / "vq"
+    if not (vq_dir / "config.json").is_file():
+        started = time.perf_counter()
+        report = fit_vq(split, vq_dir, config, progress=progress)
+        say(f"VQ tokenizer: {report} ({time.perf_counter() - started:.0f} s)")
+    target = cache_path(data_root, tokenizer_hash(vq_dir))
+    if not target.is_file():
+        target = build_cache(data_root, split, vq_dir, progress=progress)
+    say(f"VQ code cache: {target}")
+    return target

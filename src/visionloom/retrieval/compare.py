@@ -1,0 +1,303 @@
+"""`visionloom retrieval compare`: several configs, several seeds each, on one data set; the numbers
+that say whether a difference between two of them is real.
+
+Each (config, seed) trains through `train_or_continue` into OUT/<entry>/seed<k> (so an interrupted
+comparison continues where it stopped) and is evaluated once on test, which also writes each test
+query's own result. Then, per entry, the mean and sample standard deviation over seeds of every
+metric; and, per pair (A, B), the R@1 difference over the same queries with a paired bootstrap
+interval:
+
+    d_q = mean over A's seeds of hit_q  -  mean over B's seeds of hit_q      (each query q, in %)
+    difference = mean_q d_q;  interval = the 2.5 and 97.5 percentiles of mean_q d_q over
+    `resamples` draws of the Q queries with replacement
+
+The interval covers what the choice of test queries adds to the difference of these trained
+models; the spread over seeds (training noise) shows in the per-seed differences beside it.
+
+    OUT/compare.json   every entry's per-seed metrics, mean and std; every pair's difference and interval
+    OUT/compare.md     the same as tables;  OUT/per_seed.csv  one row per (entry, seed)
+    OUT/compare.png    R@1 and mAP per entry (mean, std, each seed) and each pair's interval
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from visionloom.retrieval.build import RetrievalConfig, load_config
+from visionloom.retrieval.train import load_outcomes, needs_vq, train_or_continue
+
+METRICS = ("R1", "R5", "R10", "mAP", "mINP")
+DEFAULT_RESAMPLES = 10_000
+# Resamples drawn per [chunk, Q] index matrix: bounded memory for any number of queries.
+RESAMPLE_CHUNK_ELEMENTS = 2**24
+
+
+@dataclass
+class Entry:
+    """One configuration of the comparison: a named config with its overrides."""
+
+    name: str  # how tables and folders call it, e.g. "phase4" or "phase4 loss.gen_weight=0.1"
+    config: str  # a config name or YAML path
+    overrides: list[str] = field(default_factory=list)
+
+    @property
+    def folder(self) -> str:
+        return "".join(c if c.isalnum() or c in "-._" else "_" for c in self.name.replace(" ", "__"))
+
+
+def parse_sweep(sweep: str) -> tuple[str, list[str]]:
+    """ "loss.gen_weight=0,0.1,0.5" -> ("loss.gen_weight", ["0", "0.1", "0.5"])."""
+    key, _, values = sweep.partition("=")
+    choices = [value.strip() for value in values.split(",") if value.strip()]
+    if not key or not choices:
+        raise ValueError(f"--sweep {sweep!r}: expected KEY=V1,V2,..., e.g. loss.gen_weight=0,0.1,0.5")
+    return key.strip(), choices
+
+
+def make_entries(configs: list[str], sweep: str | None = None) -> list[Entry]:
+    """One entry per config, or, with a sweep, one per (config, value)."""
+    if not configs:
+        raise ValueError("name at least one config to compare, e.g. phase3 phase4")
+    if sweep is None:
+        entries = [
+            Entry(Path(name).stem if name.endswith((".yaml", ".yml")) else name, name) for name in configs
+        ]
+    else:
+        key, values = parse_sweep(sweep)
+        entries = [
+            Entry(
+                f"{Path(name).stem if name.endswith(('.yaml', '.yml')) else name} {key}={value}",
+                name,
+                [f"{key}={value}"],
+            )
+            for name in configs
+            for value in values
+        ]
+    names = [entry.name for entry in entries]
+    if len(set(names)) != len(names):
+        raise ValueError(f"the entries must differ: {', '.join(names)}")
+    return entries
+
+
+def parse_pairs(pairs: list[str], entries: list[Entry]) -> list[tuple[str, str]]:
+    """ "A,B" means A minus B. With none given: every entry against the first."""
+    names = [entry.name for entry in entries]
+    if not pairs:
+        return [(name, names[0]) for name in names[1:]]
+    parsed = []
+    for pair in pairs:
+        first, _, second = pair.partition(",")
+        first, second = first.strip(), second.strip()
+        unknown = [name for name in (first, second) if name not in names]
+        if not second or unknown:
+            raise ValueError(
+                f"--pair {pair!r}: expected A,B with A and B among the entries: {'; '.join(names)}"
+            )
+        parsed.append((first, second))
+    return parsed
+
+
+# ------------------------------------------------------------------------------------ statistics
+def paired_bootstrap(
+    differences: torch.Tensor, resamples: int = DEFAULT_RESAMPLES, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """The percentile interval of the mean of `differences` [Q] over `resamples` draws of Q
+    indices with replacement (torch's generator seeded with `seed`, drawn in order, chunk by chunk)."""
+    values = differences.double().flatten()
+    count = len(values)
+    if count == 0:
+        raise ValueError("a bootstrap needs at least one query")
+    generator = torch.Generator().manual_seed(seed)
+    chunk = max(1, RESAMPLE_CHUNK_ELEMENTS // count)
+    means = []
+    for start in range(0, resamples, chunk):
+        draws = torch.randint(count, (min(chunk, resamples - start), count), generator=generator)  # [c, Q]
+        means.append(values[draws].mean(1))
+    means = torch.cat(means)  # [resamples]
+    tail = (1.0 - level) / 2
+    low, high = torch.quantile(means, torch.tensor([tail, 1.0 - tail], dtype=torch.float64)).tolist()
+    return low, high
+
+
+def summarise(per_seed: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """{metric: {"mean", "std"}} over seeds; std is the sample standard deviation (0 for one seed)."""
+    return {
+        metric: {
+            "mean": statistics.fmean(run[metric] for run in per_seed),
+            "std": statistics.stdev([run[metric] for run in per_seed]) if len(per_seed) > 1 else 0.0,
+        }
+        for metric in METRICS
+    }
+
+
+def compare_pair(
+    hits_a: torch.Tensor, hits_b: torch.Tensor, resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+) -> dict[str, object]:
+    """A minus B in R@1 points from per-seed hits [seeds, Q] of each (same queries, same order)."""
+    if hits_a.shape[1] != hits_b.shape[1]:
+        raise ValueError(
+            f"the two entries were evaluated on different queries ({hits_a.shape[1]} and {hits_b.shape[1]}); "
+            "a paired comparison needs the same test split"
+        )
+    differences = 100.0 * (hits_a.double().mean(0) - hits_b.double().mean(0))  # [Q]
+    low, high = paired_bootstrap(differences, resamples, seed)
+    per_seed = [
+        100.0 * float(a.mean() - b.mean()) for a, b in zip(hits_a.double(), hits_b.double(), strict=False)
+    ]
+    return {
+        "difference": float(differences.mean()),
+        "interval": [low, high],
+        "resamples": resamples,
+        "per_seed_difference": per_seed,  # seed k of A against seed k of B
+    }
+
+
+# ------------------------------------------------------------------------------------ the run
+def run_comparison(
+    entries: list[Entry],
+    data_root: Path,
+    out: Path,
+    *,
+    seeds: int = 3,
+    first_seed: int = 0,
+    pairs: list[tuple[str, str]] | None = None,
+    common_overrides: list[str] | None = None,
+    resamples: int = DEFAULT_RESAMPLES,
+    prepare_vq: Callable[[list[RetrievalConfig]], None] | None = None,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> dict:
+    """Train and test every entry with train.seed = first_seed .. first_seed + seeds - 1, then the
+    statistics and the report files."""
+    if seeds < 1:
+        raise ValueError(f"--seeds {seeds}: at least 1")
+    data_root, out = Path(data_root), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pairs = pairs if pairs is not None else parse_pairs([], entries)
+    seed_values = range(first_seed, first_seed + seeds)
+    configs = {
+        (entry.name, seed): load_config(
+            entry.config, [*(common_overrides or []), *entry.overrides, f"train.seed={seed}"]
+        )
+        for entry in entries
+        for seed in seed_values
+    }
+    if prepare_vq is not None and any(needs_vq(config) for config in configs.values()):
+        prepare_vq(list(configs.values()))
+
+    results: dict[str, dict] = {}
+    for entry in entries:
+        runs = []
+        for seed in seed_values:
+            run_dir = out / entry.folder / f"seed{seed}"
+            say(f"{entry.name}, seed {seed} -> {run_dir}")
+            summary = train_or_continue(
+                configs[entry.name, seed], data_root, run_dir, progress=progress, say=say
+            )
+            runs.append(
+                {"seed": seed, "run": str(run_dir), "seconds": summary["train_seconds"], **summary["test"]}
+            )
+        results[entry.name] = {"config": entry.config, "overrides": entry.overrides, "per_seed": runs}
+        results[entry.name]["summary"] = summarise(runs)
+
+    hits = {
+        entry.name: torch.stack(
+            [load_outcomes(out / entry.folder / f"seed{seed}").hits(1) for seed in seed_values]
+        )
+        for entry in entries
+    }
+    compared = [{"a": a, "b": b, **compare_pair(hits[a], hits[b], resamples)} for a, b in pairs]
+    report = {"data": str(data_root.resolve()), "seeds": seeds, "entries": results, "pairs": compared}
+    (out / "compare.json").write_text(json.dumps(report, indent=1))
+    write_tables(report, out)
+    plot_comparison(report, out / "compare.png")
+    return report
+
+
+def write_tables(report: dict, out: Path) -> None:
+    """OUT/per_seed.csv and OUT/compare.md."""
+    with open(out / "per_seed.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["entry", "seed", *METRICS, "train_seconds", "run"])
+        for name, result in report["entries"].items():
+            for run in result["per_seed"]:
+                writer.writerow(
+                    [name, run["seed"], *(round(run[m], 4) for m in METRICS), run["seconds"], run["run"]]
+                )
+    lines = [
+        f"Test split, {report['seeds']} seed(s) per entry: mean ± sample std over seeds.",
+        "",
+        "| entry | " + " | ".join(METRICS) + " | train s (mean) |",
+        "|---|" + "---|" * (len(METRICS) + 1),
+    ]
+    for name, result in report["entries"].items():
+        cells = [f"{result['summary'][m]['mean']:.1f} ± {result['summary'][m]['std']:.1f}" for m in METRICS]
+        seconds = statistics.fmean(run["seconds"] for run in result["per_seed"])
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {seconds:.0f} |")
+    if report["pairs"]:
+        lines += [
+            "",
+            "R@1 difference A − B over the same test queries, with a 95% paired bootstrap interval over "
+            "queries; per seed: seed k of A against seed k of B.",
+            "",
+            "| A − B | R@1 difference | 95% interval | per seed |",
+            "|---|---|---|---|",
+        ]
+        for pair in report["pairs"]:
+            low, high = pair["interval"]
+            seeds = ", ".join(f"{value:+.1f}" for value in pair["per_seed_difference"])
+            lines.append(
+                f"| {pair['a']} − {pair['b']} | {pair['difference']:+.1f} | [{low:+.1f}, {high:+.1f}] | {seeds} |"
+            )
+    (out / "compare.md").write_text("\n".join(lines) + "\n")
+
+
+def plot_comparison(report: dict, path: Path) -> Path:
+    """R@1 and mAP per entry (bar: mean, whisker: std, dots: seeds), and each pair's interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["entries"])
+    panels = 3 if report["pairs"] else 2
+    figure, axes = plt.subplots(1, panels, figsize=(4.8 * panels, 4.0))
+    for axis, metric in zip(axes, ("R1", "mAP"), strict=False):
+        for index, name in enumerate(names):
+            result = report["entries"][name]
+            summary = result["summary"][metric]
+            axis.bar(index, summary["mean"], yerr=summary["std"], color="#9ecae1", capsize=4)
+            values = [run[metric] for run in result["per_seed"]]
+            axis.plot([index] * len(values), values, "k.", markersize=6)
+        axis.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+        axis.set_ylabel(f"test {metric} (%)")
+        axis.set_title(f"{metric}: mean ± std, dots = seeds")
+    if report["pairs"]:
+        axis = axes[-1]
+        for index, pair in enumerate(report["pairs"]):
+            low, high = pair["interval"]
+            axis.errorbar(
+                pair["difference"],
+                index,
+                xerr=[[pair["difference"] - low], [high - pair["difference"]]],
+                fmt="o",
+                color="black",
+                capsize=4,
+            )
+        axis.axvline(0.0, color="grey", linestyle="--")
+        axis.set_yticks(
+            range(len(report["pairs"])), [f"{p['a']} − {p['b']}" for p in report["pairs"]], fontsize=8
+        )
+        axis.set_xlabel("R@1 difference (points), 95% paired bootstrap")
+        axis.set_title("differences")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
