@@ -289,10 +289,10 @@ def _size(value: str | None, hint: str) -> tuple[int, int] | None:
 @config_app.command("list")
 def config_list() -> None:
     """Name every config, as SYSTEM/NAME."""
-    from visionloom.config import CONFIG_ROOT
+    from visionloom.config import config_names
 
     for system in CONFIG_LOADERS:
-        names = sorted(path.stem for path in (CONFIG_ROOT / system).glob("*.yaml"))
+        names = config_names(system)
         console.print(f"{system}: " + ", ".join(f"{system}/{name}" for name in names), highlight=False)
 
 
@@ -515,22 +515,35 @@ def prune_eval(
 def vq_fit(
     data: Path = typer.Argument(..., help="Data set root; the tokenizer is fitted on its training images."),
     out: Path | None = typer.Option(None, "--out", help="Tokenizer directory (default DATA/vq)."),
-    steps: int = typer.Option(200, "--steps", min=1, help="Optimizer steps of the fit."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the initial weights and the batch order."),
-    restart_every: int = typer.Option(
-        20,
+    config: str | None = typer.Option(
+        None,
+        "--config",
+        help="A retrieval config whose vq.fit sizes the tokenizer (e.g. cuhk-pedes/phase4). Default: the demo's.",
+    ),
+    steps: int | None = typer.Option(
+        None, "--steps", min=1, help="Optimizer steps of the fit (default: the config's, 200)."
+    ),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Seed of the initial weights and the batch order (default 0)."
+    ),
+    restart_every: int | None = typer.Option(
+        None,
         "--restart-every",
         min=0,
-        help="Restart unused codes every N steps (not in the last 20%); 0: never.",
+        help="Restart unused codes every N steps (not in the last 20%); 0: never. Default: the config's, 20.",
     ),
 ) -> None:
-    """Train a small diffusers VQModel on the training images."""
+    """Train a diffusers VQModel on the training images."""
+    import dataclasses
+
     from visionloom.data.pedes import read_pedes
-    from visionloom.retrieval.build import VQFitConfig
+    from visionloom.retrieval.build import VQFitConfig, load_config
     from visionloom.retrieval.vq import fit_vq
 
-    config = VQFitConfig(steps=steps, seed=seed, restart_every=restart_every)
-    report = fit_vq(read_pedes(data)["train"], out or data / "vq", config)
+    fit = load_config(config).vq.fit if config else VQFitConfig()
+    given = {"steps": steps, "seed": seed, "restart_every": restart_every}
+    fit = dataclasses.replace(fit, **{key: value for key, value in given.items() if value is not None})
+    report = fit_vq(read_pedes(data)["train"], out or data / "vq", fit)
     console.print(f"wrote {out or data / 'vq'}: {report}")
 
 

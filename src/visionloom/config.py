@@ -69,9 +69,16 @@ def find_config(system: str, name_or_path: str | Path) -> Path:
         return path
     candidate = CONFIG_ROOT / system / f"{name_or_path}.yaml"
     if not candidate.is_file():
-        known = sorted(p.stem for p in (CONFIG_ROOT / system).glob("*.yaml"))
-        raise ConfigError(f"no {system} config named {name_or_path!r}; known: {', '.join(known)}")
+        raise ConfigError(
+            f"no {system} config named {name_or_path!r}; known: {', '.join(config_names(system))}"
+        )
     return candidate
+
+
+def config_names(system: str) -> list[str]:
+    """The configs shipped for `system`: NAME, or FOLDER/NAME for a recipe set (cuhk-pedes/phase4)."""
+    root = CONFIG_ROOT / system
+    return sorted(str(path.relative_to(root).with_suffix("")) for path in root.rglob("*.yaml"))
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -101,6 +108,8 @@ def describe(hint: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin in (typing.Union, types.UnionType):
         return " or ".join("null" if a is type(None) else describe(a) for a in args)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return f"a list of ({describe(args[0])})"
     if origin is tuple:
         return f"a list of {len(args)}: [{', '.join(describe(a) for a in args)}]"
     if origin is list:
@@ -142,6 +151,10 @@ def _convert(hint: Any, value: Any, source: str, key: str) -> Any:
         if any(type(value) is type(choice) and value == choice for choice in args):
             return value
         raise refuse()
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:  # tuple[int, ...]: any length
+        if not isinstance(value, (list, tuple)) or not value:
+            raise refuse()
+        return tuple(_convert(args[0], v, source, f"{key}[{i}]") for i, v in enumerate(value))
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise refuse()

@@ -23,9 +23,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 from transformers import (
+    AutoConfig,
     AutoTokenizer,
     CLIPTextModelWithProjection,
     CLIPVisionModelWithProjection,
+    PreTrainedModel,
     SiglipVisionModel,
     T5EncoderModel,
 )
@@ -73,6 +75,8 @@ class VQFitConfig:
     channels: tuple[int, ...] = (16, 32, 64, 64)  # one down block each; factor 2**(len - 1)
     latent_channels: int = 16
     codebook_size: int = 256
+    layers_per_block: PositiveInt = 1  # resnet blocks per level (taming-transformers' VQGAN: 2)
+    norm_groups: PositiveInt = 8  # GroupNorm groups; must divide every entry of channels
     steps: int = 200
     batch_size: int = 32
     lr: float = 2e-3
@@ -96,6 +100,9 @@ class ModelConfig:
     vision: BackboneConfig = field(default_factory=BackboneConfig)
     text: BackboneConfig = field(default_factory=BackboneConfig)
     max_text_length: PositiveInt = 64
+    # Recompute each backbone layer's activations in the backward pass instead of keeping them
+    # (transformers' gradient_checkpointing_enable): less memory, about a third more compute.
+    gradient_checkpointing: bool = False
     use_cls: bool = True  # phase 3/4: a learnable CLS in front of the image tokens
     text_mask_ratio: Fraction = 0.15  # phase 4: caption tokens masked for the generator
     image_mask_ratio: Fraction = 0.5  # phase 4: VQ-grid blocks of the image masked for the generator
@@ -108,6 +115,8 @@ class ModelConfig:
 class VQConfig:
     path: str | None = None  # a diffusers VQModel directory; null = DATA_ROOT/vq (what `vq fit` writes)
     online: bool = False  # encode VQ codes in the training step instead of reading the offline cache
+    # What `visionloom vq fit DATA --config NAME` (and the demo) fit into DATA_ROOT/vq.
+    fit: VQFitConfig = field(default_factory=VQFitConfig)
 
 
 @dataclass
@@ -146,14 +155,45 @@ def _processor_stats(directory: str | None, default_mean, default_std) -> tuple[
     return tuple(default_mean), tuple(default_std)
 
 
-def _tokenizer(backbone: BackboneConfig, make_tiny: Callable):
-    return AutoTokenizer.from_pretrained(backbone.pretrained) if backbone.pretrained else make_tiny()
+def local_checkpoint(path: str, setting: str) -> Path:
+    """`path` as a local checkpoint directory, or an error naming the setting: a path that is not
+    a directory would otherwise be taken for a hub id and downloaded."""
+    directory = Path(path).expanduser()
+    if not (directory / "config.json").is_file():
+        where = "" if directory.is_absolute() else f" (relative to the working directory {Path.cwd()})"
+        raise config_io.ConfigError(
+            f"{setting}: {path}{where} is not a checkpoint directory with a config.json; put the "
+            "released checkpoint there (the recipe names its model id) or give its path with "
+            f"--set {setting}=DIR"
+        )
+    return directory
+
+
+def _tokenizer(backbone: BackboneConfig, make_tiny: Callable, setting: str):
+    if not backbone.pretrained:
+        return make_tiny()
+    return AutoTokenizer.from_pretrained(local_checkpoint(backbone.pretrained, setting))
+
+
+def _clip_part(directory: Path, part: str):
+    """The vision or text config of a CLIP checkpoint, whole (`CLIPModel`, as openai/clip-* ship)
+    or one tower, with the projection width of the whole model: a sub-config saved without its
+    own projection_dim would otherwise take the class default (512) and reinitialise the projection."""
+    config = AutoConfig.from_pretrained(directory)
+    if config.model_type != "clip":
+        return config
+    sub = getattr(config, f"{part}_config")
+    sub.projection_dim = config.projection_dim
+    return sub
 
 
 def clip_vision(config: ModelConfig) -> ClipImageEncoder:
     backbone = config.vision
     if backbone.pretrained:
-        model = CLIPVisionModelWithProjection.from_pretrained(backbone.pretrained)
+        directory = local_checkpoint(backbone.pretrained, "model.vision.pretrained")
+        model = CLIPVisionModelWithProjection.from_pretrained(
+            directory, config=_clip_part(directory, "vision")
+        )
     else:
         model = CLIPVisionModelWithProjection(tiny.clip_vision_config(**backbone.tiny))
     mean, std = _processor_stats(backbone.pretrained, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
@@ -163,7 +203,9 @@ def clip_vision(config: ModelConfig) -> ClipImageEncoder:
 def siglip_vision(config: ModelConfig) -> SiglipImageEncoder:
     backbone = config.vision
     if backbone.pretrained:
-        model = SiglipVisionModel.from_pretrained(backbone.pretrained)
+        model = SiglipVisionModel.from_pretrained(
+            local_checkpoint(backbone.pretrained, "model.vision.pretrained")
+        )
     else:
         model = SiglipVisionModel(tiny.siglip_vision_config(**backbone.tiny))
     mean, std = _processor_stats(backbone.pretrained, IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD)
@@ -171,11 +213,13 @@ def siglip_vision(config: ModelConfig) -> SiglipImageEncoder:
 
 
 def clip_text(config: ModelConfig):
-    tokenizer = _tokenizer(config.text, tiny.clip_tokenizer)
+    tokenizer = _tokenizer(config.text, tiny.clip_tokenizer, "model.text.pretrained")
     if config.text.pretrained:
-        model = CLIPTextModelWithProjection.from_pretrained(config.text.pretrained)
+        directory = local_checkpoint(config.text.pretrained, "model.text.pretrained")
+        model = CLIPTextModelWithProjection.from_pretrained(directory, config=_clip_part(directory, "text"))
     else:
         model = CLIPTextModelWithProjection(tiny.clip_text_config(tokenizer, **config.text.tiny))
+    check_clip_pooling(model.config, tokenizer)
     return (
         ClipTextEncoder(model),
         tokenizer,
@@ -183,10 +227,37 @@ def clip_text(config: ModelConfig):
     )
 
 
+def check_clip_pooling(text_config, tokenizer) -> None:
+    """CLIP pools the text at its end token. A config with the released eos_token_id 2 (openai's
+    checkpoints) takes the position of the highest token id instead, which is the end token only
+    when the tokenizer puts <|endoftext|> at its highest id (49407 in CLIP's); any other tokenizer
+    would be pooled at some word, silently."""
+    ids = tokenizer("a")["input_ids"]
+    if ids[-1] != tokenizer.eos_token_id:
+        raise ValueError(
+            f"CLIP pools the text at its end token, but this tokenizer does not end a text with "
+            f"{tokenizer.eos_token!r} (it gave {ids} for 'a'): use the checkpoint's own tokenizer"
+        )
+    if text_config.eos_token_id == 2:
+        highest = max(tokenizer.get_vocab().values())
+        if tokenizer.eos_token_id != highest:
+            raise ValueError(
+                f"CLIP text config has eos_token_id 2 (the released checkpoints' legacy value), so the text is "
+                f"pooled at its highest token id, {highest}, but the tokenizer's end token {tokenizer.eos_token!r} "
+                f"is {tokenizer.eos_token_id}: use the checkpoint's own tokenizer"
+            )
+
+
 def t5_text(config: ModelConfig):
-    tokenizer = _tokenizer(config.text, tiny.t5_tokenizer)
+    tokenizer = _tokenizer(config.text, tiny.t5_tokenizer, "model.text.pretrained")
+    # T5's tokenizers (t5-base and the rest) define no mask token; phase 4 masks caption words with
+    # the first span sentinel, the token T5 was pretrained to read as "something missing here".
+    if tokenizer.mask_token is None and "<extra_id_0>" in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"mask_token": "<extra_id_0>"})
     if config.text.pretrained:
-        model = T5EncoderModel.from_pretrained(config.text.pretrained)
+        model = T5EncoderModel.from_pretrained(
+            local_checkpoint(config.text.pretrained, "model.text.pretrained")
+        )
     else:
         model = T5EncoderModel(tiny.t5_config(tokenizer, **config.text.tiny))
     return T5TextEncoder(model), tokenizer, config.max_text_length
@@ -264,7 +335,8 @@ def _phase3_t5gemma2(config: RetrievalConfig, num_identities: int, vq_model: nn.
 
     pretrained = config.model.vision.pretrained or config.model.text.pretrained
     if pretrained:
-        adapter = load(pretrained, native_resolution=True)
+        setting = "model.vision.pretrained" if config.model.vision.pretrained else "model.text.pretrained"
+        adapter = load(str(local_checkpoint(pretrained, setting)), native_resolution=True)
     else:
         adapter = build_preset(
             "tiny-t5gemma2", seed=config.train.seed, native_resolution=True, **config.model.vision.tiny
@@ -303,4 +375,12 @@ def create_model(
     if architecture not in ARCHITECTURES:
         raise KeyError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
     torch.manual_seed(config.train.seed)
-    return ARCHITECTURES[architecture](config, num_identities, vq_model)
+    model = ARCHITECTURES[architecture](config, num_identities, vq_model)
+    if config.model.gradient_checkpointing:
+        backbones = [
+            m for m in model.modules() if isinstance(m, PreTrainedModel) and m.supports_gradient_checkpointing
+        ]
+        for backbone in backbones:
+            # non-reentrant: works when the inputs need no grad, and with DDP (accelerate launch)
+            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model

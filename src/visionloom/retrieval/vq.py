@@ -53,11 +53,11 @@ def build_vq(config: VQFitConfig) -> VQModel:
         down_block_types=("DownEncoderBlock2D",) * blocks,
         up_block_types=("UpDecoderBlock2D",) * blocks,
         block_out_channels=tuple(config.channels),
-        layers_per_block=1,
+        layers_per_block=config.layers_per_block,
         latent_channels=config.latent_channels,
         num_vq_embeddings=config.codebook_size,
         vq_embed_dim=config.latent_channels,
-        norm_num_groups=8,
+        norm_num_groups=config.norm_groups,
         sample_size=max(config.image_size),
     )
 
