@@ -76,10 +76,11 @@ def _release_files(name: str) -> dict[str, dict]:
     return {path.name: json.loads(path.read_text()) for path in (FIXTURES / name).glob("*.json")}
 
 
-def _write(directory: Path, files: dict[str, dict], model_class, tokenizer, cut) -> Path:
+def _write(directory: Path, files: dict[str, dict], model_class, tokenizer, cut, layers: int | None) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     config_file = json.loads(json.dumps(files["config.json"]))
-    cut(config_file)
+    if layers is not None:
+        cut(config_file, layers)
     (directory / "config.json").write_text(json.dumps(config_file, indent=2))
     torch.manual_seed(0)
     model = model_class(AutoConfig.from_pretrained(str(directory)))
@@ -93,45 +94,48 @@ def _write(directory: Path, files: dict[str, dict], model_class, tokenizer, cut)
     return directory
 
 
-def _cut_towers(config: dict) -> None:
+def _cut_towers(config: dict, layers: int) -> None:
     for part in ("text_config", "vision_config"):
-        config[part]["num_hidden_layers"] = LAYERS
+        config[part]["num_hidden_layers"] = layers
 
 
-def _cut_t5(config: dict) -> None:
-    config["num_layers"] = LAYERS
+def _cut_t5(config: dict, layers: int) -> None:
+    config["num_layers"] = layers
 
 
-def _cut_t5gemma2(config: dict) -> None:
+def _cut_t5gemma2(config: dict, layers: int) -> None:
     for text in (config["encoder"]["text_config"], config["decoder"]):
-        text["layer_types"] = text["layer_types"][:LAYERS]
-        text["num_hidden_layers"] = LAYERS
-    config["encoder"]["vision_config"]["num_hidden_layers"] = LAYERS
+        text["layer_types"] = text["layer_types"][:layers]
+        text["num_hidden_layers"] = layers
+    config["encoder"]["vision_config"]["num_hidden_layers"] = layers
 
 
-def write_clip(directory: Path) -> Path:
-    return _write(
-        directory, _release_files("clip-vit-base-patch16"), CLIPModel, clip_tokenizer(), _cut_towers
-    )
+# Each writer takes `layers`: blocks kept per tower, or None for the release's full depth
+# (`benchmarks/recipe_step.py` measures the recipes at full depth).
+def write_clip(directory: Path, layers: int | None = LAYERS) -> Path:
+    files = _release_files("clip-vit-base-patch16")
+    return _write(directory, files, CLIPModel, clip_tokenizer(), _cut_towers, layers)
 
 
-def write_t5(directory: Path) -> Path:
-    return _write(directory, _release_files("t5-base"), T5ForConditionalGeneration, t5_tokenizer(), _cut_t5)
+def write_t5(directory: Path, layers: int | None = LAYERS) -> Path:
+    files = _release_files("t5-base")
+    return _write(directory, files, T5ForConditionalGeneration, t5_tokenizer(), _cut_t5, layers)
 
 
-def write_siglip(directory: Path) -> Path:
+def write_siglip(directory: Path, layers: int | None = LAYERS) -> Path:
     # SigLIP's own tokenizer is not used by any recipe (the text goes through T5)
-    return _write(directory, _release_files("siglip-base-patch16-224"), SiglipModel, None, _cut_towers)
+    files = _release_files("siglip-base-patch16-224")
+    return _write(directory, files, SiglipModel, None, _cut_towers, layers)
 
 
-def write_t5gemma2(directory: Path) -> Path:
+def write_t5gemma2(directory: Path, layers: int | None = LAYERS) -> Path:
     from visionloom.backbones.registry import ADAPTERS
 
     name = "t5gemma-2-270m-270m"
     release = RELEASES[name]
     files = {file: json.loads((FIXTURES / name / file).read_text()) for file in release.files}
     model_class = ADAPTERS["t5gemma2"].model_class
-    return _write(directory, files, model_class, release_tokenizer(release), _cut_t5gemma2)
+    return _write(directory, files, model_class, release_tokenizer(release), _cut_t5gemma2, layers)
 
 
 WRITERS = {

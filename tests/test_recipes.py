@@ -200,3 +200,19 @@ def test_vq_fit_takes_its_size_from_the_recipe_and_flags_override_it(pedes_root,
     assert config.image_size == (384, 128) and config.channels == (128, 128, 256, 256, 512)
     assert config.codebook_size == 1024 and config.layers_per_block == 2
     assert config.steps == 3 and config.restart_every == 200  # the flag given wins; the rest is the recipe's
+
+
+@pytest.mark.slow
+def test_a_checkpoint_missing_weights_is_refused_not_filled_at_random(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    t5 = tmp_path / "t5"
+    shutil.copytree(recipe_checkpoint("t5-base"), t5)
+    weights = load_file(str(t5 / "model.safetensors"))
+    del weights["encoder.block.0.layer.0.SelfAttention.q.weight"]
+    save_file(weights, str(t5 / "model.safetensors"), metadata={"format": "pt"})
+    config = load_config("cuhk-pedes/phase1", [*_overrides("phase1"), f"model.text.pretrained={t5}"])
+    with pytest.raises(
+        ValueError, match=r"model.text.pretrained: .* has no weights for 1 parameter\(s\) of T5EncoderModel"
+    ):
+        create_model(config, num_identities=4)

@@ -175,6 +175,30 @@ def _tokenizer(backbone: BackboneConfig, make_tiny: Callable, setting: str):
     return AutoTokenizer.from_pretrained(local_checkpoint(backbone.pretrained, setting))
 
 
+def load_backbone(model_class, directory: Path, setting: str, config=None):
+    """`model_class` from a local checkpoint, refusing one that leaves weights missing.
+
+    A tower loaded from a whole-model checkpoint (CLIP's vision tower from `CLIPModel`) finds
+    the other tower's weights unexpected, which is fine and not reported. A weight the class needs
+    and the checkpoint lacks would be initialised at random, silently: that is an error here.
+    """
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # the load report lists the other tower's keys
+    try:
+        model, info = model_class.from_pretrained(directory, config=config, output_loading_info=True)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    missing = sorted(info["missing_keys"])
+    if missing:
+        raise ValueError(
+            f"{setting}: {directory} has no weights for {len(missing)} parameter(s) of {model_class.__name__} "
+            f"(e.g. {', '.join(missing[:3])}); they would train from random values. Is it the right checkpoint?"
+        )
+    return model
+
+
 def _clip_part(directory: Path, part: str):
     """The vision or text config of a CLIP checkpoint, whole (`CLIPModel`, as openai/clip-* ship)
     or one tower, with the projection width of the whole model: a sub-config saved without its
@@ -191,8 +215,8 @@ def clip_vision(config: ModelConfig) -> ClipImageEncoder:
     backbone = config.vision
     if backbone.pretrained:
         directory = local_checkpoint(backbone.pretrained, "model.vision.pretrained")
-        model = CLIPVisionModelWithProjection.from_pretrained(
-            directory, config=_clip_part(directory, "vision")
+        model = load_backbone(
+            CLIPVisionModelWithProjection, directory, "model.vision.pretrained", _clip_part(directory, "vision")
         )
     else:
         model = CLIPVisionModelWithProjection(tiny.clip_vision_config(**backbone.tiny))
@@ -203,9 +227,8 @@ def clip_vision(config: ModelConfig) -> ClipImageEncoder:
 def siglip_vision(config: ModelConfig) -> SiglipImageEncoder:
     backbone = config.vision
     if backbone.pretrained:
-        model = SiglipVisionModel.from_pretrained(
-            local_checkpoint(backbone.pretrained, "model.vision.pretrained")
-        )
+        directory = local_checkpoint(backbone.pretrained, "model.vision.pretrained")
+        model = load_backbone(SiglipVisionModel, directory, "model.vision.pretrained")
     else:
         model = SiglipVisionModel(tiny.siglip_vision_config(**backbone.tiny))
     mean, std = _processor_stats(backbone.pretrained, IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD)
@@ -216,7 +239,9 @@ def clip_text(config: ModelConfig):
     tokenizer = _tokenizer(config.text, tiny.clip_tokenizer, "model.text.pretrained")
     if config.text.pretrained:
         directory = local_checkpoint(config.text.pretrained, "model.text.pretrained")
-        model = CLIPTextModelWithProjection.from_pretrained(directory, config=_clip_part(directory, "text"))
+        model = load_backbone(
+            CLIPTextModelWithProjection, directory, "model.text.pretrained", _clip_part(directory, "text")
+        )
     else:
         model = CLIPTextModelWithProjection(tiny.clip_text_config(tokenizer, **config.text.tiny))
     check_clip_pooling(model.config, tokenizer)
@@ -255,9 +280,8 @@ def t5_text(config: ModelConfig):
     if tokenizer.mask_token is None and "<extra_id_0>" in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"mask_token": "<extra_id_0>"})
     if config.text.pretrained:
-        model = T5EncoderModel.from_pretrained(
-            local_checkpoint(config.text.pretrained, "model.text.pretrained")
-        )
+        directory = local_checkpoint(config.text.pretrained, "model.text.pretrained")
+        model = load_backbone(T5EncoderModel, directory, "model.text.pretrained")
     else:
         model = T5EncoderModel(tiny.t5_config(tokenizer, **config.text.tiny))
     return T5TextEncoder(model), tokenizer, config.max_text_length
