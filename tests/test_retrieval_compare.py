@@ -123,7 +123,6 @@ SMALL = [
 ]
 
 
-@pytest.mark.slow
 def test_compare_trains_every_seed_once_reports_and_continues(pedes_root, tmp_path, capsys):
     entries = [Entry("baseline", "baseline"), Entry("phase1 lr", "phase1", ["train.lr=0.002"])]
     out = tmp_path / "cmp"
@@ -163,3 +162,22 @@ def test_compare_trains_every_seed_once_reports_and_continues(pedes_root, tmp_pa
     )
     assert capsys.readouterr().out.count("finished in an earlier run") == 4
     assert again["pairs"][0]["interval"] == pair["interval"]
+
+
+def test_compare_from_the_command_line_names_a_bad_sweep_key_before_training(pedes_root, tmp_path):
+    from typer.testing import CliRunner
+
+    from visionloom.cli import app
+
+    out = tmp_path / "cmp"
+    arguments = ["retrieval", "compare", "baseline", "phase1", "--data", str(pedes_root), "--out", str(out)]
+    small = [item for setting in SMALL for item in ("--set", setting)]
+    result = CliRunner().invoke(
+        app, [*arguments, "--seeds", "1", "--pair", "phase1,baseline", "--resamples", "200", *small]
+    )
+    assert result.exit_code == 0, result.output
+    assert "phase1 − baseline" in result.output and (out / "compare.json").is_file()
+    bad = CliRunner().invoke(app, [*arguments, "--sweep", "loss.gen_wieght=0,1", *small])
+    assert bad.exit_code != 0
+    assert "unknown key(s) loss.gen_wieght" in bad.output
+    assert not (out / "baseline__loss.gen_wieght_0").exists()

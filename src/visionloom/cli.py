@@ -90,9 +90,13 @@ def one_line_errors(command: Callable) -> Callable:
 def _switches_without_metavar(params: list) -> list:
     # typer 0.29 shows every flag as taking a value ("--resume <bool>"); a flag takes none. (typer
     # carries its own copy of click, so the parameters are not `click.Option` instances.)
+    # It also prints a list argument's Python type ("<list[str]>") beside its metavar; the
+    # metavar ("CONFIG...") says it all.
     for param in params:
         if getattr(param, "is_flag", False) and param.metavar is None:
             param.metavar = ""
+        if param.param_type_name == "argument" and param.nargs != 1 and param.metavar:
+            param.display_type_rich = lambda ctx: None
     return params
 
 
@@ -590,7 +594,9 @@ def retrieval_train(
 @retrieval_app.command("compare")
 def retrieval_compare(
     configs: list[str] = typer.Argument(
-        ..., help="Config names under configs/retrieval or YAML paths, e.g. phase3 phase4."
+        ...,
+        metavar="CONFIG",
+        help="Config names under configs/retrieval or YAML paths, e.g. phase3 phase4.",
     ),
     data: Path = typer.Option(..., "--data", help="Data set root (one data set for every run)."),
     out: Path = typer.Option(..., "--out", help="Report folder; each run trains into OUT/ENTRY/seedK."),
@@ -598,6 +604,7 @@ def retrieval_compare(
     pairs: list[str] = typer.Option(
         [],
         "--pair",
+        metavar="A,B",
         help="A,B: report A minus B (repeatable; entry names as the table prints them). Default: each entry against the first.",
     ),
     sweep: str | None = typer.Option(
@@ -742,7 +749,9 @@ def demo(
         None, "--ids", min=10, help="Identities in the synthetic data set. Default: 300 (--quick: 60)."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the data, the VQ fit and the first training seed."),
-    steps: int | None = typer.Option(None, "--steps", min=1, help="Training steps per run. Default: 200."),
+    steps: int | None = typer.Option(
+        None, "--steps", min=1, help="Training steps per run. Default: 150 (--quick: 200)."
+    ),
     vq_steps: int = typer.Option(
         200, "--vq-steps", min=1, help="Steps to fit the VQ tokenizer (when a phase needs it)."
     ),

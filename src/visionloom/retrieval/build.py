@@ -216,7 +216,10 @@ def clip_vision(config: ModelConfig) -> ClipImageEncoder:
     if backbone.pretrained:
         directory = local_checkpoint(backbone.pretrained, "model.vision.pretrained")
         model = load_backbone(
-            CLIPVisionModelWithProjection, directory, "model.vision.pretrained", _clip_part(directory, "vision")
+            CLIPVisionModelWithProjection,
+            directory,
+            "model.vision.pretrained",
+            _clip_part(directory, "vision"),
         )
     else:
         model = CLIPVisionModelWithProjection(tiny.clip_vision_config(**backbone.tiny))
