@@ -102,6 +102,16 @@ def test_entries_sweeps_and_pairs_and_their_errors():
     ]
     assert entries[3].overrides == ["loss.gen_weight=0.5"] and "/" not in entries[3].folder
     assert parse_pairs([], entries)[0] == ("phase3 loss.gen_weight=0.5", "phase3 loss.gen_weight=0")
+    referenced = make_entries(["phase4"], "model.image_mask_ratio=0.25,0.75", reference="phase3")
+    assert [e.name for e in referenced] == [
+        "phase3",
+        "phase4 model.image_mask_ratio=0.25",
+        "phase4 model.image_mask_ratio=0.75",
+    ]
+    assert referenced[0].overrides == [] and parse_pairs([], referenced) == [
+        ("phase4 model.image_mask_ratio=0.25", "phase3"),
+        ("phase4 model.image_mask_ratio=0.75", "phase3"),
+    ]
     with pytest.raises(
         ValueError, match=r"--pair 'phase4,phase9': expected A,B with A and B among the entries"
     ):

@@ -612,6 +612,11 @@ def retrieval_compare(
         "--sweep",
         help="KEY=V1,V2,...: one entry per value for each config, e.g. loss.gen_weight=0,0.1,0.5.",
     ),
+    reference: str | None = typer.Option(
+        None,
+        "--reference",
+        help="A config trained beside the others without the sweep and listed first: what each entry is compared with by default.",
+    ),
     resamples: int = typer.Option(
         10_000, "--resamples", min=100, help="Bootstrap resamples of the test queries."
     ),
@@ -627,7 +632,7 @@ def retrieval_compare(
     from visionloom.retrieval.compare import make_entries, parse_pairs, run_comparison
     from visionloom.retrieval.vq import ensure_vq
 
-    entries = make_entries(configs, sweep)
+    entries = make_entries(configs, sweep, reference)
     chosen = parse_pairs(pairs, entries)
 
     def prepare_vq(_configs) -> None:

@@ -61,14 +61,17 @@ def parse_sweep(sweep: str) -> tuple[str, list[str]]:
     return key.strip(), choices
 
 
-def make_entries(configs: list[str], sweep: str | None = None) -> list[Entry]:
-    """One entry per config, or, with a sweep, one per (config, value)."""
+def _entry_name(config: str) -> str:
+    return Path(config).stem if config.endswith((".yaml", ".yml")) else config
+
+
+def make_entries(configs: list[str], sweep: str | None = None, reference: str | None = None) -> list[Entry]:
+    """One entry per config, or, with a sweep, one per (config, value); a `reference` config
+    (not swept) comes first, so by default every other entry is compared with it."""
     if not configs:
         raise ValueError("name at least one config to compare, e.g. phase3 phase4")
     if sweep is None:
-        entries = [
-            Entry(Path(name).stem if name.endswith((".yaml", ".yml")) else name, name) for name in configs
-        ]
+        entries = [Entry(_entry_name(name), name) for name in configs]
     else:
         key, values = parse_sweep(sweep)
         entries = [
@@ -80,6 +83,8 @@ def make_entries(configs: list[str], sweep: str | None = None) -> list[Entry]:
             for name in configs
             for value in values
         ]
+    if reference is not None:
+        entries.insert(0, Entry(_entry_name(reference), reference))
     names = [entry.name for entry in entries]
     if len(set(names)) != len(names):
         raise ValueError(f"the entries must differ: {', '.join(names)}")
