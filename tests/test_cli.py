@@ -107,6 +107,7 @@ def test_demo_compares_phase4_with_phase3_over_seeds(tmp_path):
     table = (out / "table.md").read_text()
     assert "| baseline (reference) | 1 |" in table and "| phase4 | 2 |" in table
     assert "phase4 − phase3: R@1" in table and "95% paired bootstrap interval" in table
+    assert "resampling test queries" in table and "resampling identities" in table
     for report in ("loss_curves.png", "compare/compare.png", "compare/compare.md", "compare/per_seed.csv"):
         assert (out / report).stat().st_size > 0
     # run again with the same --out: every run is read back, nothing trains

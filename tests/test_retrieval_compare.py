@@ -153,6 +153,8 @@ def test_compare_trains_every_seed_once_reports_and_continues(pedes_root, tmp_pa
     assert values[0] != values[1]  # the seeds really differ
     (pair,) = report["pairs"]
     assert (pair["a"], pair["b"]) == ("phase1 lr", "baseline")
+    low, high = pair["interval_by_identity"]  # the test queries' identities came with the runs
+    assert low <= pair["difference"] <= high
     r1 = {
         name: statistics.fmean(run["R1"] for run in report["entries"][name]["per_seed"])
         for name in ("phase1 lr", "baseline")
@@ -191,3 +193,37 @@ def test_compare_from_the_command_line_names_a_bad_sweep_key_before_training(ped
     assert bad.exit_code != 0
     assert "unknown key(s) loss.gen_wieght" in bad.output
     assert not (out / "baseline__loss.gen_wieght_0").exists()
+
+
+def test_identity_bootstrap_equals_a_literal_cluster_loop_and_singletons_give_the_query_bootstrap(
+    monkeypatch,
+):
+    differences = _differences(300)
+    groups = torch.arange(300) // 5  # 60 identities of 5 queries
+    monkeypatch.setattr(compare, "RESAMPLE_CHUNK_ELEMENTS", 7 * 60)
+    low, high = paired_bootstrap(differences, resamples=800, seed=4, groups=groups)
+    generator = torch.Generator().manual_seed(4)
+    members = {
+        int(g): [float(d) for d, h in zip(differences, groups, strict=True) if h == g]
+        for g in groups.unique()
+    }
+    means = []
+    for _ in range(800):  # draw 60 identities with replacement, pool all their queries
+        pooled = [
+            value for g in torch.randint(60, (60,), generator=generator).tolist() for value in members[g]
+        ]
+        means.append(sum(pooled) / len(pooled))
+    assert (low, high) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])), abs=1e-9)
+    singletons = paired_bootstrap(differences, resamples=800, seed=4, groups=torch.arange(300) * 7)
+    assert singletons == pytest.approx(paired_bootstrap(differences, resamples=800, seed=4), abs=1e-12)
+
+
+def test_correlated_queries_widen_the_identity_interval():
+    generator = torch.Generator().manual_seed(2)
+    # each identity's 6 queries share one outcome: 6 copies of 50 independent values
+    per_identity = 100.0 * (torch.rand(50, generator=generator) < 0.5).double()
+    differences, groups = per_identity.repeat_interleave(6), torch.arange(50).repeat_interleave(6)
+    queries = paired_bootstrap(differences, resamples=4000)
+    identities = paired_bootstrap(differences, resamples=4000, groups=groups)
+    width = lambda interval: interval[1] - interval[0]  # noqa: E731
+    assert width(identities) > 2 * width(queries)  # about sqrt(6) wider: 50 independent values, not 300

@@ -224,13 +224,8 @@ def _report_lines(reference, reference_summary, comparison, chance: float, total
                 f"| {name} | {len(entry['per_seed'])} | " + " | ".join(cells) + f" | {seconds:.0f} |"
             )
         for pair in comparison["pairs"]:
-            low, high = pair["interval"]
             per_seed = ", ".join(f"{value:+.1f}" for value in pair["per_seed_difference"])
-            lines += [
-                "",
-                f"{pair['a']} − {pair['b']}: R@1 {pair['difference']:+.1f} points, 95% paired bootstrap interval "
-                f"over the test queries [{low:+.1f}, {high:+.1f}]; per seed {per_seed}.",
-            ]
+            lines += ["", f"{_difference(pair)}; per seed {per_seed}."]
     lines += [
         "",
         f"Chance R@1: {chance:.1f}%. Mean ± sample std over seeds. Weights selected on the validation "
@@ -238,6 +233,19 @@ def _report_lines(reference, reference_summary, comparison, chance: float, total
         f"Time of this invocation of the demo: {total:.0f} s (runs finished earlier are read back).",
     ]
     return lines
+
+
+def _difference(pair: dict) -> str:
+    """The pair's R@1 difference with its two 95% paired bootstrap intervals, in words."""
+    low, high = pair["interval"]
+    line = (
+        f"{pair['a']} − {pair['b']}: R@1 {pair['difference']:+.1f} points, 95% paired bootstrap interval "
+        f"[{low:+.1f}, {high:+.1f}] resampling test queries"
+    )
+    if pair.get("interval_by_identity"):
+        low, high = pair["interval_by_identity"]
+        line += f", [{low:+.1f}, {high:+.1f}] resampling identities"
+    return line
 
 
 def _print_table(
@@ -264,8 +272,4 @@ def _print_table(
     console.print(table)
     if comparison is not None:
         for pair in comparison["pairs"]:
-            low, high = pair["interval"]
-            console.print(
-                f"{pair['a']} − {pair['b']}: R@1 {pair['difference']:+.1f} points, 95% interval [{low:+.1f}, {high:+.1f}]",
-                highlight=False,
-            )
+            console.print(_difference(pair), highlight=False)

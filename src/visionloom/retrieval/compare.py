@@ -111,20 +111,37 @@ def parse_pairs(pairs: list[str], entries: list[Entry]) -> list[tuple[str, str]]
 
 # ------------------------------------------------------------------------------------ statistics
 def paired_bootstrap(
-    differences: torch.Tensor, resamples: int = DEFAULT_RESAMPLES, seed: int = 0, level: float = 0.95
+    differences: torch.Tensor,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    level: float = 0.95,
+    groups: torch.Tensor | None = None,
 ) -> tuple[float, float]:
-    """The percentile interval of the mean of `differences` [Q] over `resamples` draws of Q
-    indices with replacement (torch's generator seeded with `seed`, drawn in order, chunk by chunk)."""
+    """The percentile interval of the mean of `differences` [Q] over `resamples` bootstrap draws
+    (torch's generator seeded with `seed`, drawn in order, chunk by chunk).
+
+    Without `groups` the Q values are drawn with replacement. With `groups` [Q] (each query's
+    identity) whole groups are drawn instead, and each draw's mean is over all the queries of the
+    groups drawn: a cluster bootstrap, for queries that are not independent within a group.
+    """
     values = differences.double().flatten()
-    count = len(values)
-    if count == 0:
+    if len(values) == 0:
         raise ValueError("a bootstrap needs at least one query")
+    if groups is None:
+        sums, counts = values, torch.ones_like(values)
+    else:
+        _, member = torch.unique(groups.flatten(), return_inverse=True)  # [Q] -> 0..G-1
+        sums = torch.zeros(int(member.max()) + 1, dtype=torch.float64).index_add_(0, member, values)
+        counts = torch.bincount(member).double()
+    units = len(sums)
     generator = torch.Generator().manual_seed(seed)
-    chunk = max(1, RESAMPLE_CHUNK_ELEMENTS // count)
+    chunk = max(1, RESAMPLE_CHUNK_ELEMENTS // units)
     means = []
     for start in range(0, resamples, chunk):
-        draws = torch.randint(count, (min(chunk, resamples - start), count), generator=generator)  # [c, Q]
-        means.append(values[draws].mean(1))
+        draws = torch.randint(
+            units, (min(chunk, resamples - start), units), generator=generator
+        )  # [c, units]
+        means.append(sums[draws].sum(1) / counts[draws].sum(1))
     means = torch.cat(means)  # [resamples]
     tail = (1.0 - level) / 2
     low, high = torch.quantile(means, torch.tensor([tail, 1.0 - tail], dtype=torch.float64)).tolist()
@@ -143,9 +160,14 @@ def summarise(per_seed: list[dict[str, float]]) -> dict[str, dict[str, float]]:
 
 
 def compare_pair(
-    hits_a: torch.Tensor, hits_b: torch.Tensor, resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+    hits_a: torch.Tensor,
+    hits_b: torch.Tensor,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    query_pids: torch.Tensor | None = None,
 ) -> dict[str, object]:
-    """A minus B in R@1 points from per-seed hits [seeds, Q] of each (same queries, same order)."""
+    """A minus B in R@1 points from per-seed hits [seeds, Q] of each (same queries, same order);
+    with `query_pids`, also the interval of a bootstrap over identities."""
     if hits_a.shape[1] != hits_b.shape[1]:
         raise ValueError(
             f"the two entries were evaluated on different queries ({hits_a.shape[1]} and {hits_b.shape[1]}); "
@@ -153,12 +175,18 @@ def compare_pair(
         )
     differences = 100.0 * (hits_a.double().mean(0) - hits_b.double().mean(0))  # [Q]
     low, high = paired_bootstrap(differences, resamples, seed)
+    by_identity = (
+        list(paired_bootstrap(differences, resamples, seed, groups=query_pids))
+        if query_pids is not None
+        else None
+    )
     per_seed = [
         100.0 * float(a.mean() - b.mean()) for a, b in zip(hits_a.double(), hits_b.double(), strict=False)
     ]
     return {
         "difference": float(differences.mean()),
-        "interval": [low, high],
+        "interval": [low, high],  # resampling queries
+        "interval_by_identity": by_identity,  # resampling identities with all their queries
         "resamples": resamples,
         "per_seed_difference": per_seed,  # seed k of A against seed k of B
     }
@@ -212,13 +240,15 @@ def run_comparison(
         results[entry.name] = {"config": entry.config, "overrides": entry.overrides, "per_seed": runs}
         results[entry.name]["summary"] = summarise(runs)
 
-    hits = {
-        entry.name: torch.stack(
-            [load_outcomes(out / entry.folder / f"seed{seed}").hits(1) for seed in seed_values]
-        )
+    outcomes = {
+        entry.name: [load_outcomes(out / entry.folder / f"seed{seed}") for seed in seed_values]
         for entry in entries
     }
-    compared = [{"a": a, "b": b, **compare_pair(hits[a], hits[b], resamples)} for a, b in pairs]
+    hits = {name: torch.stack([run.hits(1) for run in runs]) for name, runs in outcomes.items()}
+    query_pids = outcomes[entries[0].name][0].query_pids
+    compared = [
+        {"a": a, "b": b, **compare_pair(hits[a], hits[b], resamples, query_pids=query_pids)} for a, b in pairs
+    ]
     report = {"data": str(data_root.resolve()), "seeds": seeds, "entries": results, "pairs": compared}
     (out / "compare.json").write_text(json.dumps(report, indent=1))
     write_tables(report, out)
@@ -249,19 +279,24 @@ def write_tables(report: dict, out: Path) -> None:
     if report["pairs"]:
         lines += [
             "",
-            "R@1 difference A − B over the same test queries, with a 95% paired bootstrap interval over "
-            "queries; per seed: seed k of A against seed k of B.",
+            "R@1 difference A − B over the same test queries, with 95% paired bootstrap intervals "
+            "resampling queries and resampling identities (all of an identity's queries together); "
+            "per seed: seed k of A against seed k of B.",
             "",
-            "| A − B | R@1 difference | 95% interval | per seed |",
-            "|---|---|---|---|",
+            "| A − B | R@1 difference | 95% interval, queries | 95% interval, identities | per seed |",
+            "|---|---|---|---|---|",
         ]
         for pair in report["pairs"]:
-            low, high = pair["interval"]
             seeds = ", ".join(f"{value:+.1f}" for value in pair["per_seed_difference"])
             lines.append(
-                f"| {pair['a']} − {pair['b']} | {pair['difference']:+.1f} | [{low:+.1f}, {high:+.1f}] | {seeds} |"
+                f"| {pair['a']} − {pair['b']} | {pair['difference']:+.1f} | {_interval(pair['interval'])} | "
+                f"{_interval(pair['interval_by_identity'])} | {seeds} |"
             )
     (out / "compare.md").write_text("\n".join(lines) + "\n")
+
+
+def _interval(interval: list[float] | None) -> str:
+    return "n/a" if interval is None else f"[{interval[0]:+.1f}, {interval[1]:+.1f}]"
 
 
 def plot_comparison(report: dict, path: Path) -> Path:

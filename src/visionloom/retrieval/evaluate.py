@@ -55,6 +55,7 @@ def evaluate_split_outcomes(
     queries = encode_queries(model, captions, batch_size)
     gallery_pids = torch.tensor([image.pid for image in split.images])
     outcomes = QueryOutcomes.empty(len(captions))
+    outcomes.query_pids = torch.tensor(query_pids)
     metrics = retrieval_metrics_from_features(
         queries, gallery, torch.tensor(query_pids), gallery_pids, outcomes=outcomes
     )

@@ -215,6 +215,9 @@ class QueryOutcomes:
 
     first_rank: torch.Tensor  # [Q] long: 0-based rank of the query's first relevant gallery item
     average_precision: torch.Tensor  # [Q] float64, in [0, 1]
+    query_pids: torch.Tensor | None = (
+        None  # [Q] long: each query's identity (queries of one are not independent)
+    )
 
     @classmethod
     def empty(cls, num_queries: int) -> QueryOutcomes:

@@ -161,13 +161,10 @@ QUERY_OUTCOMES = "test_queries.safetensors"
 
 
 def save_outcomes(outcomes: QueryOutcomes, path: Path) -> None:
-    save_file(
-        {
-            "first_rank": outcomes.first_rank.contiguous(),
-            "average_precision": outcomes.average_precision.contiguous(),
-        },
-        str(path),
-    )
+    tensors = {"first_rank": outcomes.first_rank, "average_precision": outcomes.average_precision}
+    if outcomes.query_pids is not None:
+        tensors["query_pids"] = outcomes.query_pids
+    save_file({key: value.contiguous() for key, value in tensors.items()}, str(path))
 
 
 def load_outcomes(run_dir: Path) -> QueryOutcomes:
@@ -177,7 +174,7 @@ def load_outcomes(run_dir: Path) -> QueryOutcomes:
             f"{path} does not exist: the run was not evaluated on test by this version (run it again)"
         )
     tensors = load_file(str(path))
-    return QueryOutcomes(tensors["first_rank"], tensors["average_precision"])
+    return QueryOutcomes(tensors["first_rank"], tensors["average_precision"], tensors.get("query_pids"))
 
 
 def train_or_continue(
