@@ -163,7 +163,8 @@ def test_compare_trains_every_seed_once_reports_and_continues(pedes_root, tmp_pa
     assert "train:\n" in (out / "phase1__lr" / "seed0" / "config.yaml").read_text()
     assert "lr: 0.002" in (out / "phase1__lr" / "seed0" / "config.yaml").read_text()
     with open(out / "per_seed.csv") as handle:
-        assert len(list(csv.DictReader(handle))) == 4
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 4 and rows[0]["selected_step"] == "2" and float(rows[0]["val_R1"]) >= 0
     assert "phase1 lr − baseline" in (out / "compare.md").read_text()
     assert (out / "compare.png").stat().st_size > 10_000
 

@@ -234,8 +234,17 @@ def run_comparison(
             summary = train_or_continue(
                 configs[entry.name, seed], data_root, run_dir, progress=progress, say=say
             )
+            selected = summary.get("selected") or {}
             runs.append(
-                {"seed": seed, "run": str(run_dir), "seconds": summary["train_seconds"], **summary["test"]}
+                {
+                    "seed": seed,
+                    "run": str(run_dir),
+                    "seconds": summary["train_seconds"],
+                    # what selection saw: on a small validation split it can disagree with test
+                    "selected_step": selected.get("step"),
+                    "val_R1": selected.get("R1"),
+                    **summary["test"],
+                }
             )
         results[entry.name] = {"config": entry.config, "overrides": entry.overrides, "per_seed": runs}
         results[entry.name]["summary"] = summarise(runs)
@@ -260,12 +269,12 @@ def write_tables(report: dict, out: Path) -> None:
     """OUT/per_seed.csv and OUT/compare.md."""
     with open(out / "per_seed.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["entry", "seed", *METRICS, "train_seconds", "run"])
+        writer.writerow(["entry", "seed", *METRICS, "selected_step", "val_R1", "train_seconds", "run"])
         for name, result in report["entries"].items():
             for run in result["per_seed"]:
-                writer.writerow(
-                    [name, run["seed"], *(round(run[m], 4) for m in METRICS), run["seconds"], run["run"]]
-                )
+                metrics = [round(run[m], 4) for m in METRICS]
+                selection = [run["selected_step"], run["val_R1"]]
+                writer.writerow([name, run["seed"], *metrics, *selection, run["seconds"], run["run"]])
     lines = [
         f"Test split, {report['seeds']} seed(s) per entry: mean ± sample std over seeds.",
         "",
