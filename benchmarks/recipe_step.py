@@ -98,6 +98,7 @@ def main() -> None:
         print(json.dumps(measure(args.one, args.batch_size, args.repeats)))
         return
     print(f"CUHK-PEDES recipes at full depth, batch {args.batch_size}, median of {args.repeats} steps")
+    steps = {}
     for recipe in args.recipe or RECIPES:
         command = [
             sys.executable,
@@ -112,10 +113,16 @@ def main() -> None:
         result = json.loads(
             subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1]
         )
+        steps[recipe] = result["step_s"]
         print(
             f"{recipe:16s} {result['parameters_M']:7.1f} M parameters  step {result['step_s']:6.2f} s  "
             f"peak memory {result['peak_rss_GB']:5.2f} GB  (gradient checkpointing "
             f"{'on' if result['gradient_checkpointing'] else 'off'}, {result['threads']} threads)"
+        )
+    if "baseline" in steps and len(steps) > 1:  # the comparable figure: each step against the baseline's
+        print(
+            "step / baseline step: "
+            + ", ".join(f"{name} {value / steps['baseline']:.2f}" for name, value in steps.items())
         )
 
 
