@@ -199,7 +199,8 @@ def run_demo(
     for name, run_dir in runs.items():
         hits = search(load_trained(run_dir), test_split, query, top=10)
         draw_grid(query, hits, out / f"search_{name}.png", true_pid=query_image.pid)
-    console.print(f"report: {out}/table.md, loss_curves.png, compare/, search_*.png  ({total:.0f} s)")
+    compared = ", compare/" if phases else ""
+    console.print(f"report: {out}/table.md, loss_curves.png{compared}, search_*.png  ({total:.0f} s)")
     return {"out": str(out), **results}
 
 
