@@ -316,8 +316,17 @@ def plot_comparison(report: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     names = list(report["entries"])
-    panels = 3 if report["pairs"] else 2
-    figure, axes = plt.subplots(1, panels, figsize=(4.8 * panels, 4.0))
+    pairs = report["pairs"]
+    # metrics side by side on top; the differences below, as wide as the figure (long entry names)
+    figure = plt.figure(
+        figsize=(max(9.0, 1.6 * len(names) * 2), 4.2 + (1.0 + 0.6 * len(pairs) if pairs else 0))
+    )
+    grid = figure.add_gridspec(
+        2 if pairs else 1, 2, height_ratios=[4.8, 1.0 + 0.6 * len(pairs)] if pairs else None
+    )
+    axes = [figure.add_subplot(grid[0, 0]), figure.add_subplot(grid[0, 1])]
+    if pairs:
+        axes.append(figure.add_subplot(grid[1, :]))
     for axis, metric in zip(axes, ("R1", "mAP"), strict=False):
         for index, name in enumerate(names):
             result = report["entries"][name]
@@ -325,27 +334,38 @@ def plot_comparison(report: dict, path: Path) -> Path:
             axis.bar(index, summary["mean"], yerr=summary["std"], color="#9ecae1", capsize=4)
             values = [run[metric] for run in result["per_seed"]]
             axis.plot([index] * len(values), values, "k.", markersize=6)
-        axis.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+        axis.set_xticks(
+            range(len(names)),
+            [name.replace(" ", "\n") for name in names],
+            rotation=25,
+            ha="right",
+            fontsize=8,
+        )
         axis.set_ylabel(f"test {metric} (%)")
         axis.set_title(f"{metric}: mean ± std, dots = seeds")
-    if report["pairs"]:
+    if pairs:
         axis = axes[-1]
         for index, pair in enumerate(report["pairs"]):
-            low, high = pair["interval"]
-            axis.errorbar(
-                pair["difference"],
-                index,
-                xerr=[[pair["difference"] - low], [high - pair["difference"]]],
-                fmt="o",
-                color="black",
-                capsize=4,
-            )
+            middle = pair["difference"]
+            intervals = [("queries", pair["interval"], 0.1, "black")]
+            if pair.get("interval_by_identity"):
+                intervals.append(("identities", pair["interval_by_identity"], -0.1, "#d62728"))
+            for label, (low, high), offset, colour in intervals:
+                axis.errorbar(
+                    middle,
+                    index + offset,
+                    xerr=[[middle - low], [high - middle]],
+                    fmt="o",
+                    color=colour,
+                    capsize=4,
+                    label=f"resampling {label}" if index == 0 else None,
+                )
+        axis.legend(fontsize=7, loc="best")
         axis.axvline(0.0, color="grey", linestyle="--")
         axis.set_yticks(
             range(len(report["pairs"])), [f"{p['a']} − {p['b']}" for p in report["pairs"]], fontsize=8
         )
-        axis.set_xlabel("R@1 difference (points), 95% paired bootstrap")
-        axis.set_title("differences")
+        axis.set_xlabel("R@1 difference A − B (points), 95% paired bootstrap intervals")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
