@@ -1,0 +1,111 @@
+"""POPE (Li et al., EMNLP 2023: object hallucination as yes/no questions) in its released format.
+
+The release (github.com/RUCAIBox/POPE, `output/coco/`) ships one file per subset,
+`coco_pope_{random,popular,adversarial}.json`, each JSON lines despite the suffix, 3000 questions
+on 500 COCO val2014 images, half of them answered yes:
+
+    {"question_id": 1, "image": "COCO_val2014_000000310196.jpg", "text": "Is there a snowboard in the image?", "label": "yes"}
+
+`read_pope(root, subset)` finds the subset's file in ROOT or ROOT/output/coco, and the images in
+`image_dir` (default ROOT/val2014). The file is untrusted: every line is checked (valid JSON, the
+four fields with their types, a label of yes or no, an image name that stays inside the image
+folder and exists, no repeated question id) and all problems are reported at once, each with
+its line number.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from visionloom.data.pedes import DatasetFormatError, resolve_inside
+
+SUBSETS = ("random", "popular", "adversarial")
+LABELS = ("yes", "no")
+SHOWN_PROBLEMS = 20
+
+
+@dataclass(frozen=True)
+class PopeQuestion:
+    question_id: int
+    image: Path  # resolved, inside the image folder
+    text: str
+    label: str  # "yes" or "no"
+    line: int  # 1-based line in the question file, for messages
+
+
+def find_question_file(root: Path, subset: str) -> Path:
+    if subset not in SUBSETS:
+        raise ValueError(f"POPE subset {subset!r}; the release has {', '.join(SUBSETS)}")
+    name = f"coco_pope_{subset}.json"
+    for candidate in (root / name, root / "output" / "coco" / name):
+        if candidate.is_file():
+            return candidate
+    raise DatasetFormatError(
+        f"{root}: no {name} (looked in {root} and {root / 'output' / 'coco'}); POPE's release has it "
+        "in output/coco/"
+    )
+
+
+def _check_line(
+    number: int, line: str, image_dir: Path, seen: set[int]
+) -> tuple[PopeQuestion | None, list[str]]:
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError as error:
+        return None, [f"line {number}: not valid JSON ({error.msg})"]
+    if not isinstance(entry, dict):
+        return None, [f"line {number}: expected an object with question_id, image, text, label"]
+    problems = []
+    question_id, text, label = entry.get("question_id"), entry.get("text"), entry.get("label")
+    if isinstance(question_id, bool) or not isinstance(question_id, int):
+        problems.append(f"line {number}: question_id {question_id!r} is not an integer")
+    elif question_id in seen:
+        problems.append(f"line {number}: question_id {question_id} appears twice")
+    else:
+        seen.add(question_id)
+    if not isinstance(text, str) or not text.strip():
+        problems.append(f"line {number}: text {text!r} is not a question")
+    if label not in LABELS:
+        problems.append(f"line {number}: label {label!r} is not yes or no")
+    image, why = resolve_inside(image_dir, entry.get("image"))
+    if why is not None:
+        problems.append(f"line {number}: {why}")
+    elif not image.is_file():
+        problems.append(f"line {number}: image {entry['image']!r} is not in {image_dir}")
+    if problems:
+        return None, problems
+    return PopeQuestion(question_id, image, text, label, number), []
+
+
+def read_pope(
+    root: str | Path, subset: str = "random", image_dir: str | Path | None = None
+) -> list[PopeQuestion]:
+    """Every question of a POPE subset, checked; one DatasetFormatError listing every problem."""
+    root = Path(root)
+    question_file = find_question_file(root, subset)
+    images = Path(image_dir) if image_dir is not None else root / "val2014"
+    if not images.is_dir():
+        raise DatasetFormatError(
+            f"{images}: no image folder; POPE's images are COCO val2014 (give the folder with --images)"
+        )
+    try:
+        lines = question_file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise DatasetFormatError(f"{question_file}: not UTF-8 text ({error.reason})") from None
+    questions, problems, seen = [], [], set()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        question, found = _check_line(number, line, images, seen)
+        problems += found
+        if question is not None:
+            questions.append(question)
+    if problems:
+        shown = "".join(f"\n  {problem}" for problem in problems[:SHOWN_PROBLEMS])
+        more = f"\n  ... and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
+        raise DatasetFormatError(f"{question_file}: {len(problems)} problem(s):{shown}{more}")
+    if not questions:
+        raise DatasetFormatError(f"{question_file}: no questions")
+    return questions
