@@ -56,6 +56,18 @@ def test_pretrain_saves_a_checkpoint_that_loads_back_and_answers_the_same(scenes
     assert not torch.equal(
         adapter.model.get_input_embeddings().weight, random.model.get_input_embeddings().weight
     )
+    # the warm-up head is kept beside the checkpoint, as trained (the selected weights of the run)
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from visionloom.data.scenes import CELL_CLASSES
+
+    head = load_file(str(directory / "cell_head.safetensors"))
+    assert head["weight"].shape == (CELL_CLASSES, adapter.text_width)
+    best = load_file(str(directory / "run" / "best" / "model.safetensors"))
+    assert torch.equal(head["weight"], best["cell_head.weight"])
+    with safe_open(str(directory / "cell_head.safetensors"), "pt") as handle:
+        assert len(handle.metadata()["layout"].split(",")) == CELL_CLASSES
 
 
 def test_cell_labels_follow_the_masks(scenes_root):

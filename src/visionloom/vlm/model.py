@@ -3,8 +3,9 @@
 The language-model loss covers every text token after the image. The per-token warm-up loss
 (`cell_weight`) makes each image token predict the colour and shape under it and its cell's
 location: with the answer loss alone, a tiny model trained from random weights learns the language
-prior and barely looks. The warm-up head is a training aid and is not saved with the VLM: the
-saved checkpoint is exactly the transformers model, which `backbones.load` reads back.
+prior and barely looks. The warm-up head is a training aid and stays out of the VLM's checkpoint,
+which is exactly the transformers model `backbones.load` reads back; `vlm pretrain` writes it
+beside it (OUT/cell_head.safetensors), for probing what the image tokens carry.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.data.scenes import CELL_CLASSES, cell_places
 from visionloom.data.synth_scenes import COLOURS, LOCATIONS, SHAPES
 from visionloom.vlm.answers import answer_loss
+
+# The head's output, in order: "none" + each colour, "none" + each shape, each place.
+CELL_LAYOUT = ",".join(["none", *COLOURS, "none", *SHAPES, *LOCATIONS])
 
 
 class AnswerModel(nn.Module):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
 from visionloom import config as config_io
@@ -28,7 +29,26 @@ from visionloom.engine.trainer import Trainer
 from visionloom.vlm.answers import AnswerCollate
 from visionloom.vlm.build import FAMILY_PRESETS, PretrainConfig, build_vlm
 from visionloom.vlm.evaluate import answer_accuracy
-from visionloom.vlm.model import AnswerModel
+from visionloom.vlm.model import CELL_LAYOUT, AnswerModel
+
+CELL_HEAD_FILE = "cell_head.safetensors"
+
+
+def save_cell_head(model: AnswerModel, path: Path) -> None:
+    """The per-token warm-up head, beside the checkpoint (not inside it: the checkpoint stays exactly
+    the transformers model). It reads an image token's embedding and gives colour, shape and place
+    logits (sizes in the metadata), so it can probe what a VLM's image tokens carry."""
+    head = model.cell_head
+    metadata = {
+        "in_features": str(head.in_features),
+        "out_features": str(head.out_features),
+        "layout": CELL_LAYOUT,
+    }
+    save_file(
+        {key: value.detach().contiguous() for key, value in head.state_dict().items()},
+        str(path),
+        metadata=metadata,
+    )
 
 
 def pretrain(
@@ -79,6 +99,8 @@ def pretrain(
             {"family": config.family},
         )
         adapter.save_pretrained(out)  # the selected weights (finish_run loaded them) as the checkpoint
+        if model.cell_head is not None:
+            save_cell_head(model, out / CELL_HEAD_FILE)
         report = {
             "family": config.family,
             "steps": summary["steps"],
