@@ -472,6 +472,45 @@ def ground_eval(
         json_out.write_text(json.dumps(evaluation, indent=1))
 
 
+@ground_app.command("baselines")
+def ground_baselines(
+    data: Path = typer.Option(
+        ..., "--data", help="RefCOCO-style root: refs.json (or refs(unc).p) + instances.json."
+    ),
+    split: str | None = typer.Option(
+        None,
+        "--split",
+        help="One split; default every evaluation split the data set has (val, test/testA/testB).",
+    ),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the metrics here."),
+) -> None:
+    """cIoU, mIoU and P@0.5 of masks that use neither image nor expression (a centred box of the mean
+    object size; the training masks' mean): what a VLM's attention has to beat."""
+    from visionloom.data.refcoco import EVALUATION_ORDER, read_refcoco
+    from visionloom.grounding.baselines import evaluate_baselines
+
+    samples = read_refcoco(data)
+    present = {sample.split for sample in samples}
+    splits = [split] if split else [name for name in EVALUATION_ORDER if name in present]
+    if split is not None and split not in present:
+        raise typer.BadParameter(f"{split!r}; {data} has {', '.join(sorted(present))}", param_hint="--split")
+    train = [sample for sample in samples if sample.split == "train"]
+    results = {name: evaluate_baselines(train, [s for s in samples if s.split == name]) for name in splits}
+    table = Table(
+        title=f"baselines without image or expression (priors fitted on {len(train)} training samples), %"
+    )
+    table.add_column("split")
+    table.add_column("baseline")
+    for column in ("cIoU", "mIoU", "P@0.5"):
+        table.add_column(column, justify="right")
+    for name, baselines in results.items():
+        for baseline, metrics in baselines.items():
+            table.add_row(name, baseline, *(f"{metrics[key]:.2f}" for key in ("cIoU", "mIoU", "P@0.5")))
+    console.print(table)
+    if json_out is not None:
+        json_out.write_text(json.dumps(results, indent=1))
+
+
 @ground_app.command("show")
 def ground_show(
     checkpoint: Path = typer.Argument(..., help="A `ground train` run directory."),
