@@ -11,7 +11,7 @@ from visionloom import config as config_io
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, ShareOfOne
 from visionloom.data.scenes import SceneText
-from visionloom.pruning.pruners import Pruner, RandomPruner, TextAttention, TowerAttention
+from visionloom.pruning.pruners import Pruner, RandomPruner, TextAttention, TowerAttention, VisionZip
 
 
 @dataclass
@@ -35,7 +35,9 @@ class PruneConfig:
     batch_size: PositiveInt = 32
     keep_ratios: list[ShareOfOne] = field(default_factory=lambda: [1.0, 0.5, 0.25, 0.11])
     pruners: list[
-        Literal["random", "tower-attention", "tower-attention-merge", "text-attention", "learned"]
+        Literal[
+            "random", "tower-attention", "tower-attention-merge", "visionzip", "text-attention", "learned"
+        ]
     ] = field(
         default_factory=lambda: [
             "random",
@@ -75,6 +77,7 @@ PRUNERS: dict[str, Callable[[PruneConfig, ImageTokenAdapter, list[SceneText], Pa
         config.tower_block, merge=True
     ),
     "text-attention": lambda config, adapter, texts, work_dir: TextAttention(config.text_layer),
+    "visionzip": lambda config, adapter, texts, work_dir: VisionZip(config.tower_block),
     "learned": _learned,
 }
 

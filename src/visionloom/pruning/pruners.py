@@ -146,6 +146,62 @@ class TowerAttention:
         return torch.cat(merged)
 
 
+class VisionZip:
+    """VisionZip (Yang et al., CVPR 2025): dominant tokens, plus contextual tokens merged from the rest.
+
+    Of the tokens a ratio keeps, `dominant_share` (VisionZip's 54 of 64 at its smallest budget) are
+    the ones the tower attends to most (`TowerAttention`'s scores). The remaining tokens are merged
+    into the rest of the budget: targets taken at even intervals among them (in raster order), every
+    other remaining token assigned to its most similar target, and each target replaced by its
+    group's mean. Similarity is the cosine of the projected embeddings: VisionZip compares the
+    tower's attention keys, which the layer does not keep. At ratio 1 every token is dominant and
+    nothing is merged, so keep-all holds bit for bit.
+    """
+
+    name = "visionzip"
+
+    def __init__(self, block: int | None = None, dominant_share: float = 54 / 64):
+        if not 0 < dominant_share <= 1:
+            raise ValueError(f"dominant_share {dominant_share} must be in (0, 1]")
+        self.tower, self.dominant_share = TowerAttention(block), dominant_share
+
+    def decide(self, adapter, inputs, tokens, keep_ratio: float, *, query_positions=None) -> Decision:
+        if not 0 < keep_ratio <= 1:
+            raise ValueError(f"keep_ratio {keep_ratio} must be in (0, 1]")
+        scores = self.tower.scores(adapter, tokens)
+        keep, merged, changed = [], [], False
+        for image, embeds in enumerate(tokens.per_image()):
+            pool = candidates(adapter, tokens, image)
+            budget = max(1, math.ceil(keep_ratio * len(pool)))
+            dominant_count = budget if budget == len(pool) else max(1, round(self.dominant_share * budget))
+            ranked = pool[scores[image][pool].float().argsort(descending=True, stable=True)]
+            dominant, rest = ranked[:dominant_count], ranked[dominant_count:].sort().values
+            context_count = min(budget - dominant_count, len(rest))
+            full = embeds
+            targets = rest[:0]
+            if context_count > 0:
+                picks = torch.linspace(0, len(rest) - 1, context_count).round().long().unique()
+                targets = rest[picks]
+                others = rest[~torch.isin(rest, targets)]
+                full, changed = embeds.clone(), True
+                sums = embeds[targets].clone()
+                counts = torch.ones(len(targets), device=embeds.device)
+                if len(others):
+                    normalise = nn.functional.normalize
+                    owner = (normalise(embeds[others], dim=-1) @ normalise(embeds[targets], dim=-1).T).argmax(
+                        -1
+                    )
+                    sums = sums.index_add(0, owner.to(embeds.device), embeds[others])
+                    counts = counts.index_add(
+                        0, owner.to(embeds.device), torch.ones(len(others), device=embeds.device)
+                    )
+                full[targets] = (sums / counts.unsqueeze(-1)).to(full.dtype)
+            layout = torch.tensor(adapter.structural_offsets(tokens.geometries[image]), dtype=torch.long)
+            keep.append(torch.cat([dominant.cpu(), targets.cpu(), layout]).sort().values)
+            merged.append(full)
+        return Decision(keep=keep, embeds=torch.cat(merged) if changed else None)
+
+
 # ---------------------------------------------------------------------------------------- language side
 def last_real_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """LongTensor [B]: each row's last non-padding position, under left or right padding."""
