@@ -269,3 +269,23 @@ def test_vq_fit_trains_through_the_one_trainer_and_restarts_inside_its_update(
     )
     assert fits == [1] and restarts == list(range(1, 11))  # called after every step; it restarts at 4, 8
     assert report["codes_restarted"] > 0 and report["final_mse"] > 0
+
+
+@pytest.mark.parametrize("architecture", ["baseline", "phase1", "phase3-t5gemma2"])
+def test_query_text_is_encoded_the_same_whichever_side_the_tokenizer_pads(architecture, pedes_root):
+    # Training pads captions on the right (data/build.py `pad`); the evaluator's queries must match
+    # that even when the tokenizer pads on the left: CLIP's absolute positions and its pooling at
+    # the end token would otherwise see other inputs than in training.
+    model = create_model(small_config(architecture), num_identities=4).eval()
+    captions = ["a woman in a red coat", "a man with a black backpack and blue jeans walking away"]
+    tokenizer = model.input_spec.tokenizer
+    with torch.no_grad():
+        tokenizer.padding_side = "right"
+        right = model.tokenize(captions)
+        expected = model.encode_text(right["caption_ids"], right["caption_mask"])
+        tokenizer.padding_side = "left"
+        left = model.tokenize(captions)
+        features = model.encode_text(left["caption_ids"], left["caption_mask"])
+    assert torch.equal(left["caption_ids"], right["caption_ids"])
+    assert right["caption_mask"][0, -1] == 0  # the batch really is padded
+    torch.testing.assert_close(features, expected)

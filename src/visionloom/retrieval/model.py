@@ -186,9 +186,12 @@ class DualEncoder(nn.Module):
 
     # ------------------------------------------------------------------ what the evaluator uses
     def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        # Right-padded whatever side the tokenizer pads by default: training batches are (data/build.py
+        # `pad`), and CLIP's absolute positions and end-token pooling must see the same layout.
         encoded = self.input_spec.tokenizer(
             list(captions),
             padding=True,
+            padding_side="right",
             truncation=True,
             max_length=self.input_spec.max_text_length,
             return_tensors="pt",
