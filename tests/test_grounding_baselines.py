@@ -29,7 +29,7 @@ def test_prior_box_is_centred_with_the_mean_size():
 def test_objects_always_in_one_place_are_found_exactly():
     train = [box_sample(25, 25, 50, 50) for _ in range(4)]
     test = [box_sample(25, 25, 50, 50, "test") for _ in range(2)]
-    results = evaluate_baselines(train, test)
+    results = evaluate_baselines(fit_priors(train), test)
     assert results["prior-box"]["cIoU"] == pytest.approx(100.0, abs=0.5)
     assert results["prior-mask"]["cIoU"] == pytest.approx(100.0, abs=3.0)
 
@@ -43,7 +43,7 @@ def test_on_scenes_both_predict_something(scenes_root):
     sample = next(s for s in samples if s.split == "test")
     assert predict_box(priors, sample.height, sample.width).any()
     assert predict_mask(priors, sample.height, sample.width).any()
-    results = evaluate_baselines(train, [s for s in samples if s.split == "test"])
+    results = evaluate_baselines(priors, [s for s in samples if s.split == "test"])
     assert all(0.0 < metrics["cIoU"] < 100.0 for metrics in results.values())
 
 

@@ -194,6 +194,12 @@ def test_compare_from_the_command_line_names_a_bad_sweep_key_before_training(ped
     assert bad.exit_code != 0
     assert "unknown key(s) loss.gen_wieght" in bad.output
     assert not (out / "baseline__loss.gen_wieght_0").exists()
+    missing = CliRunner().invoke(
+        app,
+        ["retrieval", "compare", "baseline", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x")],
+    )
+    assert missing.exit_code != 0 and "no annotation file" in missing.output
+    assert not (tmp_path / "x").exists()  # named before any folder is made
 
 
 def test_identity_bootstrap_equals_a_literal_cluster_loop_and_singletons_give_the_query_bootstrap(
@@ -228,3 +234,27 @@ def test_correlated_queries_widen_the_identity_interval():
     identities = paired_bootstrap(differences, resamples=4000, groups=groups)
     width = lambda interval: interval[1] - interval[0]  # noqa: E731
     assert width(identities) > 2 * width(queries)  # about sqrt(6) wider: 50 independent values, not 300
+
+
+def test_tokenizers_are_prepared_from_the_configs_own_vq_fit(pedes_root, tmp_path, monkeypatch):
+    from visionloom.retrieval import vq
+    from visionloom.retrieval.build import load_config
+    from visionloom.retrieval.train import ensure_tokenizers
+
+    fitted = []
+    monkeypatch.setattr(
+        vq, "ensure_vq", lambda root, split, fit, directory, **_: fitted.append((fit, directory))
+    )
+    configs = [load_config("phase4", ["vq.fit.steps=7"]), load_config("phase3")]
+    ensure_tokenizers(configs, pedes_root, fit_overrides={"seed": 3})
+    ((fit, directory),) = fitted
+    assert (fit.steps, fit.seed, directory) == (
+        7,
+        3,
+        pedes_root / "vq",
+    )  # the config's fit, the override on top
+    with pytest.raises(ValueError, match="fit different VQ tokenizers into .*vq \\(their vq.fit differs\\)"):
+        ensure_tokenizers([load_config("phase4"), load_config("phase4", ["vq.fit.steps=7"])], pedes_root)
+    monkeypatch.undo()
+    with pytest.raises(FileNotFoundError, match="vq.path .*elsewhere: no VQ tokenizer there"):
+        ensure_tokenizers([load_config("phase4", [f"vq.path={tmp_path / 'elsewhere'}"])], pedes_root)

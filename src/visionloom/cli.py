@@ -486,16 +486,20 @@ def ground_baselines(
 ) -> None:
     """cIoU, mIoU and P@0.5 of masks that use neither image nor expression (a centred box of the mean
     object size; the training masks' mean): what a VLM's attention has to beat."""
-    from visionloom.data.refcoco import EVALUATION_ORDER, read_refcoco
-    from visionloom.grounding.baselines import evaluate_baselines
+    from visionloom.data.refcoco import evaluation_splits, read_refcoco
+    from visionloom.grounding.baselines import evaluate_baselines, fit_priors
 
-    samples = read_refcoco(data)
-    present = {sample.split for sample in samples}
-    splits = [split] if split else [name for name in EVALUATION_ORDER if name in present]
-    if split is not None and split not in present:
-        raise typer.BadParameter(f"{split!r}; {data} has {', '.join(sorted(present))}", param_hint="--split")
-    train = [sample for sample in samples if sample.split == "train"]
-    results = {name: evaluate_baselines(train, [s for s in samples if s.split == name]) for name in splits}
+    by_split: dict[str, list] = {}
+    for sample in read_refcoco(data):
+        by_split.setdefault(sample.split, []).append(sample)
+    if split is not None and split not in by_split:
+        raise typer.BadParameter(f"{split!r}; {data} has {', '.join(sorted(by_split))}", param_hint="--split")
+    train = by_split.get("train", [])
+    priors = fit_priors(train)  # once, for every split scored
+    results = {
+        name: evaluate_baselines(priors, by_split[name])
+        for name in ([split] if split else evaluation_splits(by_split))
+    }
     table = Table(
         title=f"baselines without image or expression (priors fitted on {len(train)} training samples), %"
     )
@@ -659,34 +663,28 @@ def retrieval_compare(
     resamples: int = typer.Option(
         10_000, "--resamples", min=100, help="Bootstrap resamples of the test queries."
     ),
-    vq_steps: int = typer.Option(
-        200, "--vq-steps", min=1, help="Steps to fit DATA/vq when an entry needs it and it is missing."
+    vq_steps: int | None = typer.Option(
+        None,
+        "--vq-steps",
+        min=1,
+        help="Steps to fit DATA/vq when an entry needs it and it is missing. Default: the config's vq.fit.steps.",
     ),
     overrides: list[str] = set_option("train.steps=200"),
 ) -> None:
     """Train each config with N seeds on the same data; test once each; mean ± std per metric and a
     paired bootstrap interval of the R@1 difference for each pair. Rerun with the same OUT to continue."""
-    from visionloom.data.check import require_usable
-    from visionloom.retrieval.build import VQFitConfig
     from visionloom.retrieval.compare import make_entries, parse_pairs, run_comparison
-    from visionloom.retrieval.vq import ensure_vq
 
     entries = make_entries(configs, sweep, reference)
-    chosen = parse_pairs(pairs, entries)
-
-    def prepare_vq(_configs) -> None:
-        dataset = require_usable(data)
-        ensure_vq(data, dataset["train"], VQFitConfig(steps=vq_steps), say=console.print)
-
     run_comparison(
         entries,
         data,
         out,
         seeds=seeds,
-        pairs=chosen,
+        pairs=parse_pairs(pairs, entries),
         common_overrides=overrides,
         resamples=resamples,
-        prepare_vq=prepare_vq,
+        vq_fit_overrides={"steps": vq_steps} if vq_steps is not None else None,
         say=lambda line: console.print(line, highlight=False),
     )
     console.print((out / "compare.md").read_text(), highlight=False, markup=False)

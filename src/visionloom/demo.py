@@ -31,10 +31,9 @@ from rich.table import Table
 
 from visionloom.data.pedes import read_pedes
 from visionloom.data.synth_pedes import generate
-from visionloom.retrieval.build import ARCHITECTURES, VQFitConfig, load_config
+from visionloom.retrieval.build import ARCHITECTURES, load_config
 from visionloom.retrieval.compare import METRICS, Entry, run_comparison
-from visionloom.retrieval.train import load_trained, train_or_continue
-from visionloom.retrieval.vq import ensure_vq
+from visionloom.retrieval.train import ensure_tokenizers, load_trained, train_or_continue
 
 # The default: phase 4 against phase 3 (the first phase is what the others are compared with),
 # 3 seeds each, and the baseline once as the reference row. 150 steps per run keeps the seven
@@ -147,15 +146,12 @@ def run_demo(
     )
     length = [f"train.steps={steps}"] if steps else []
     say = lambda line: console.print(line, highlight=False)  # noqa: E731
-
-    def prepare_vq(_configs) -> None:
-        ensure_vq(data, dataset["train"], VQFitConfig(steps=vq_steps, seed=seed), progress, say)
+    vq_fit = {"steps": vq_steps, "seed": seed}  # over each config's vq.fit
 
     reference_summary = None
     if reference:
         config = load_config(reference, [*length, f"train.seed={seed}"])
-        if config.model.architecture == "phase4" and config.loss.enable_gen:
-            prepare_vq([config])
+        ensure_tokenizers([config], data, fit_overrides=vq_fit, progress=progress, say=say)
         console.rule(f"reference: {reference} ({config.train.steps} steps, seed {seed})")
         reference_summary = train_or_continue(config, data, out / reference, progress=progress, say=say)
 
@@ -170,7 +166,7 @@ def run_demo(
             seeds=seeds,
             first_seed=seed,
             common_overrides=length,
-            prepare_vq=prepare_vq,
+            vq_fit_overrides=vq_fit,
             progress=progress,
             say=say,
         )

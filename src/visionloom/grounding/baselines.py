@@ -81,9 +81,8 @@ def predict_mask(priors: Priors, height: int, width: int) -> torch.Tensor:
 BASELINES = {"prior-box": predict_box, "prior-mask": predict_mask}
 
 
-def evaluate_baselines(train: list[RefSample], samples: list[RefSample]) -> dict[str, dict[str, float]]:
-    """{baseline: {"cIoU", "mIoU", "P@0.5"}} on `samples`, the priors fitted on `train`."""
-    priors = fit_priors(train)
+def evaluate_baselines(priors: Priors, samples: list[RefSample]) -> dict[str, dict[str, float]]:
+    """{baseline: {"cIoU", "mIoU", "P@0.5"}} on `samples`, with priors from `fit_priors(train)`."""
     results = {}
     for name, predict in BASELINES.items():
         metrics = MaskMetrics()

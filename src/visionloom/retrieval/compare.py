@@ -4,15 +4,16 @@ that say whether a difference between two of them is real.
 Each (config, seed) trains through `train_or_continue` into OUT/<entry>/seed<k> (so an interrupted
 comparison continues where it stopped) and is evaluated once on test, which also writes each test
 query's own result. Then, per entry, the mean and sample standard deviation over seeds of every
-metric; and, per pair (A, B), the R@1 difference over the same queries with a paired bootstrap
-interval:
+metric; and, per pair (A, B), the R@1 difference over the same queries with two paired bootstrap
+intervals:
 
     d_q = mean over A's seeds of hit_q  -  mean over B's seeds of hit_q      (each query q, in %)
     difference = mean_q d_q;  interval = the 2.5 and 97.5 percentiles of mean_q d_q over
-    `resamples` draws of the Q queries with replacement
+    `resamples` draws of the Q queries with replacement, and the same drawing whole identities
+    (each with all its queries: queries of one identity are not independent)
 
-The interval covers what the choice of test queries adds to the difference of these trained
-models; the spread over seeds (training noise) shows in the per-seed differences beside it.
+The intervals cover what the choice of test set adds to the difference of these trained models;
+the spread over seeds (training noise) shows in the per-seed differences beside them.
 
     OUT/compare.json   every entry's per-seed metrics, mean and std; every pair's difference and interval
     OUT/compare.md     the same as tables;  OUT/per_seed.csv  one row per (entry, seed)
@@ -30,8 +31,9 @@ from pathlib import Path
 
 import torch
 
-from visionloom.retrieval.build import RetrievalConfig, load_config
-from visionloom.retrieval.train import load_outcomes, needs_vq, train_or_continue
+from visionloom.data.pedes import read_pedes
+from visionloom.retrieval.build import load_config
+from visionloom.retrieval.train import ensure_tokenizers, load_outcomes, train_or_continue
 
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 DEFAULT_RESAMPLES = 10_000
@@ -76,7 +78,7 @@ def make_entries(configs: list[str], sweep: str | None = None, reference: str | 
         key, values = parse_sweep(sweep)
         entries = [
             Entry(
-                f"{Path(name).stem if name.endswith(('.yaml', '.yml')) else name} {key}={value}",
+                f"{_entry_name(name)} {key}={value}",
                 name,
                 [f"{key}={value}"],
             )
@@ -203,15 +205,17 @@ def run_comparison(
     pairs: list[tuple[str, str]] | None = None,
     common_overrides: list[str] | None = None,
     resamples: int = DEFAULT_RESAMPLES,
-    prepare_vq: Callable[[list[RetrievalConfig]], None] | None = None,
+    vq_fit_overrides: dict | None = None,
     progress: bool = True,
     say: Callable[[str], None] = print,
 ) -> dict:
-    """Train and test every entry with train.seed = first_seed .. first_seed + seeds - 1, then the
+    """Train and test every entry with train.seed = first_seed .. first_seed + seeds - 1 (the VQ
+    tokenizers they need prepared first, `vq_fit_overrides` over their vq.fit), then the
     statistics and the report files."""
     if seeds < 1:
         raise ValueError(f"--seeds {seeds}: at least 1")
     data_root, out = Path(data_root), Path(out)
+    read_pedes(data_root)  # a data root that cannot be read is named before any folder is made
     out.mkdir(parents=True, exist_ok=True)
     pairs = pairs if pairs is not None else parse_pairs([], entries)
     seed_values = range(first_seed, first_seed + seeds)
@@ -222,8 +226,9 @@ def run_comparison(
         for entry in entries
         for seed in seed_values
     }
-    if prepare_vq is not None and any(needs_vq(config) for config in configs.values()):
-        prepare_vq(list(configs.values()))
+    ensure_tokenizers(
+        list(configs.values()), data_root, fit_overrides=vq_fit_overrides, progress=progress, say=say
+    )
 
     results: dict[str, dict] = {}
     for entry in entries:

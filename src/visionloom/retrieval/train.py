@@ -13,6 +13,7 @@ Checkpoint selection uses the validation split only; the test split is evaluated
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -46,6 +47,38 @@ def needs_vq(config: RetrievalConfig) -> bool:
 
 def vq_directory(config: RetrievalConfig, data_root: Path) -> Path:
     return Path(config.vq.path) if config.vq.path else Path(data_root) / "vq"
+
+
+def ensure_tokenizers(
+    configs: list[RetrievalConfig],
+    data_root: Path,
+    *,
+    fit_overrides: dict | None = None,
+    progress: bool = True,
+    say=print,
+) -> None:
+    """Every VQ tokenizer `configs` need, with its code cache, before any of them trains: DATA/vq
+    is fitted from the configs' own `vq.fit` (with `fit_overrides`) when it is missing; a
+    `vq.path` must already hold one. Configs that would fit different tokenizers into the one
+    DATA/vq are refused. What `demo` and `retrieval compare` prepare their runs with."""
+    from visionloom.data.pedes import read_pedes
+    from visionloom.retrieval.vq import ensure_vq
+
+    needed = {}  # tokenizer directory -> the fit that makes it (None: a given vq.path)
+    for config in configs:
+        if not needs_vq(config):
+            continue
+        fit = dataclasses.replace(config.vq.fit, **(fit_overrides or {})) if config.vq.path is None else None
+        directory = vq_directory(config, data_root)
+        if needed.setdefault(directory, fit) != fit:
+            raise ValueError(
+                f"the configs fit different VQ tokenizers into {directory} (their vq.fit differs); "
+                "compare them on separate data roots, or give them one vq.path"
+            )
+    if needed:
+        split = read_pedes(data_root)["train"]
+        for directory, fit in needed.items():
+            ensure_vq(data_root, split, fit, directory, progress=progress, say=say)
 
 
 def prepare_vq(config: RetrievalConfig, data_root: Path):

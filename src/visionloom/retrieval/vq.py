@@ -332,12 +332,20 @@ class VQCache:
 
 
 def ensure_vq(
-    data_root: Path, split: PedesSplit, config: VQFitConfig, progress: bool = True, say=print
+    data_root: Path,
+    split: PedesSplit,
+    config: VQFitConfig | None,
+    vq_dir: Path | None = None,
+    progress: bool = True,
+    say=print,
 ) -> Path:
-    """DATA_ROOT/vq fitted on `split` when it is not there yet, and its code cache built (or
-    reused when its file exists: the cache is keyed by the tokenizer's hash). Returns the cache."""
-    vq_dir = Path(data_root) / "vq"
+    """The tokenizer in `vq_dir` (default DATA_ROOT/vq), fitted on `split` from `config` when it is
+    not there yet (`config` None: it must be there), and its code cache, built or reused when its
+    file exists (the cache is keyed by the tokenizer's hash). Returns the cache."""
+    vq_dir = Path(vq_dir) if vq_dir is not None else Path(data_root) / "vq"
     if not (vq_dir / "config.json").is_file():
+        if config is None:
+            raise FileNotFoundError(f"vq.path {vq_dir}: no VQ tokenizer there (no config.json)")
         started = time.perf_counter()
         report = fit_vq(split, vq_dir, config, progress=progress)
         say(f"VQ tokenizer: {report} ({time.perf_counter() - started:.0f} s)")
