@@ -16,11 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +29,7 @@ def measure(recipe: str, batch_size: int, repeats: int) -> dict:
     """Build `recipe` at full depth in this process and time `repeats` steps after one warm-up."""
     sys.path.insert(0, str(ROOT))
     import torch
+    from train_step import median_step_seconds  # a sibling script: its folder is on sys.path
 
     from tests.recipe_checkpoints import WRITERS
     from tests.test_recipes import CHECKPOINTS
@@ -64,19 +63,11 @@ def measure(recipe: str, batch_size: int, repeats: int) -> dict:
         pairs = TrainPairs(split, model.input_spec, cache, augment=config.data.augment)
         batch = Collate(model.input_spec.tokenizer.pad_token_id)([pairs[(i, i)] for i in range(batch_size)])
         optimizer = make_optimizer(model, config.train)
-        times = []
-        for index in range(repeats + 1):
-            started = time.perf_counter()
-            loss = sum(value for key, value in model(batch).items() if "loss" in key)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if index >= 1:  # the first warms up (allocations, lazy initialisation)
-                times.append(time.perf_counter() - started)
+        step_seconds = median_step_seconds(model, batch, optimizer, repeats, warmup=1)
         return {
             "recipe": recipe,
             "parameters_M": sum(p.numel() for p in model.parameters()) / 1e6,
-            "step_s": statistics.median(times),
+            "step_s": step_seconds,
             "peak_rss_GB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "gradient_checkpointing": config.model.gradient_checkpointing,
             "threads": torch.get_num_threads(),

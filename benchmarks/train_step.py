@@ -63,14 +63,20 @@ def step_time(config, root: Path, repeats: int, batch_size: int) -> float:
     pairs = TrainPairs(split, model.input_spec, cache)
     batch = Collate(model.input_spec.tokenizer.pad_token_id)([pairs[(i, i)] for i in range(batch_size)])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    return median_step_seconds(model, batch, optimizer, repeats, warmup=2)
+
+
+def median_step_seconds(model, batch: dict, optimizer, repeats: int, warmup: int) -> float:
+    """The median time of `repeats` forward + backward + optimizer steps on `batch`, after `warmup`
+    untimed ones (allocations, lazy initialisation). `benchmarks/recipe_step.py` times with it too."""
     times = []
-    for index in range(repeats + 2):
+    for index in range(warmup + repeats):
         started = time.perf_counter()
         loss = sum(value for key, value in model(batch).items() if "loss" in key)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if index >= 2:  # the first two warm up
+        if index >= warmup:
             times.append(time.perf_counter() - started)
     return statistics.median(times)
 

@@ -108,9 +108,13 @@ class TrainConfig:
             rule if isinstance(rule, ParamGroup) else ParamGroup(**rule) for rule in self.param_groups
         ]
 
+    def steps_per_epoch(self, batches_per_epoch: int) -> int:
+        """Optimizer steps in an epoch of `batches_per_epoch` micro-batches."""
+        return max(1, batches_per_epoch // self.grad_accum)
+
     def schedule(self, batches_per_epoch: int) -> tuple[int, int]:
         """(optimizer steps, warm-up steps) for an epoch of `batches_per_epoch` micro-batches."""
-        steps_per_epoch = max(1, batches_per_epoch // self.grad_accum)
+        steps_per_epoch = self.steps_per_epoch(batches_per_epoch)
         total = self.steps if self.steps is not None else self.epochs * steps_per_epoch
         warmup = (
             self.warmup_steps
@@ -179,7 +183,7 @@ def parameter_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict[s
     if unused:
         raise ValueError(
             f"train.param_groups: pattern(s) {', '.join(map(repr, unused))} match no trainable parameter "
-            f"of {type(model).__name__}; its names look like {next(iter(dict(model.named_parameters())), '')!r}"
+            f"of {type(model).__name__}; its names look like {next((n for n, _ in model.named_parameters()), '')!r}"
         )
     return [
         {
@@ -294,7 +298,7 @@ class Trainer:
 
     def _length(self) -> str:
         """How the run's length was given, in words."""
-        per_epoch = max(1, self.batches_per_epoch // self.config.grad_accum)
+        per_epoch = self.config.steps_per_epoch(self.batches_per_epoch)
         if self.config.epochs is not None:
             return f"{self.config.epochs} epoch(s) of {per_epoch} steps, warm-up {self.warmup_steps} steps"
         return f"{self.total_steps / per_epoch:.3g} epoch(s) of {per_epoch} steps"

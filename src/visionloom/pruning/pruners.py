@@ -93,6 +93,24 @@ class RandomPruner:
 
 
 # ---------------------------------------------------------------------------------------- vision side
+def average_into(embeds: torch.Tensor, targets: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+    """[k, D]: each source token averaged into its most similar target (cosine of the embeddings),
+    every target the mean of itself and the sources it took. The merging step of PruMerge and of
+    VisionZip's contextual tokens. embeds [N, D]; targets [k] and sources [m] index into it."""
+    kept = embeds[targets]  # [k, D], a copy
+    if len(sources) == 0:
+        return kept
+    normalise = nn.functional.normalize
+    owner = (
+        (normalise(embeds[sources], dim=-1) @ normalise(kept, dim=-1).T).argmax(-1).to(embeds.device)
+    )  # [m]
+    sums = kept.index_add(0, owner, embeds[sources])
+    counts = torch.ones(len(kept), device=embeds.device).index_add(
+        0, owner, torch.ones(len(owner), device=embeds.device)
+    )
+    return sums / counts.unsqueeze(-1)
+
+
 class TowerAttention:
     """Keep the tokens the vision tower attends to most, at one tower block (VisionZip / PruMerge style)."""
 
@@ -129,19 +147,8 @@ class TowerAttention:
             content = keep[~torch.isin(keep, torch.tensor(structural, dtype=torch.long, device=keep.device))]
             dropped = torch.ones(len(embeds), dtype=torch.bool, device=embeds.device)
             dropped[keep] = False
-            kept = embeds[content].clone()
-            if dropped.any():
-                similarity = (
-                    nn.functional.normalize(embeds[dropped], dim=-1) @ nn.functional.normalize(kept, dim=-1).T
-                )
-                owner = similarity.argmax(-1)  # [dropped]
-                sums = kept.index_add(0, owner, embeds[dropped])
-                counts = torch.ones(len(kept), device=embeds.device).index_add(
-                    0, owner, torch.ones(len(owner), device=embeds.device)
-                )
-                kept = sums / counts.unsqueeze(-1)
             full = embeds.clone()
-            full[content] = kept.to(full.dtype)
+            full[content] = average_into(embeds, content, dropped.nonzero().squeeze(1)).to(full.dtype)
             merged.append(full)
         return torch.cat(merged)
 
@@ -184,18 +191,7 @@ class VisionZip:
                 targets = rest[picks]
                 others = rest[~torch.isin(rest, targets)]
                 full, changed = embeds.clone(), True
-                sums = embeds[targets].clone()
-                counts = torch.ones(len(targets), device=embeds.device)
-                if len(others):
-                    normalise = nn.functional.normalize
-                    owner = (normalise(embeds[others], dim=-1) @ normalise(embeds[targets], dim=-1).T).argmax(
-                        -1
-                    )
-                    sums = sums.index_add(0, owner.to(embeds.device), embeds[others])
-                    counts = counts.index_add(
-                        0, owner.to(embeds.device), torch.ones(len(others), device=embeds.device)
-                    )
-                full[targets] = (sums / counts.unsqueeze(-1)).to(full.dtype)
+                full[targets] = average_into(embeds, targets, others).to(full.dtype)
             layout = torch.tensor(adapter.structural_offsets(tokens.geometries[image]), dtype=torch.long)
             keep.append(torch.cat([dominant.cpu(), targets.cpu(), layout]).sort().values)
             merged.append(full)

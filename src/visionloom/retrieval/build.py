@@ -175,14 +175,18 @@ def _tokenizer(backbone: BackboneConfig, make_tiny: Callable, setting: str):
     return AutoTokenizer.from_pretrained(local_checkpoint(backbone.pretrained, setting))
 
 
-def load_backbone(model_class, directory: Path, setting: str, config=None):
-    """`model_class` from a local checkpoint, refusing one that leaves weights missing.
+def load_backbone(model_class, path: str, setting: str, clip_part: str | None = None):
+    """`model_class` from the local checkpoint `path` (named by `setting` in errors), refusing one
+    that leaves weights missing. `clip_part` ("vision" or "text") reads a CLIP tower's config.
 
     A tower loaded from a whole-model checkpoint (CLIP's vision tower from `CLIPModel`) finds
     the other tower's weights unexpected, which is fine and not reported. A weight the class needs
     and the checkpoint lacks would be initialised at random, silently: that is an error here.
     """
     from transformers.utils import logging as transformers_logging
+
+    directory = local_checkpoint(path, setting)
+    config = _clip_part(directory, clip_part) if clip_part else None
 
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()  # the load report lists the other tower's keys
@@ -214,12 +218,8 @@ def _clip_part(directory: Path, part: str):
 def clip_vision(config: ModelConfig) -> ClipImageEncoder:
     backbone = config.vision
     if backbone.pretrained:
-        directory = local_checkpoint(backbone.pretrained, "model.vision.pretrained")
         model = load_backbone(
-            CLIPVisionModelWithProjection,
-            directory,
-            "model.vision.pretrained",
-            _clip_part(directory, "vision"),
+            CLIPVisionModelWithProjection, backbone.pretrained, "model.vision.pretrained", clip_part="vision"
         )
     else:
         model = CLIPVisionModelWithProjection(tiny.clip_vision_config(**backbone.tiny))
@@ -230,8 +230,7 @@ def clip_vision(config: ModelConfig) -> ClipImageEncoder:
 def siglip_vision(config: ModelConfig) -> SiglipImageEncoder:
     backbone = config.vision
     if backbone.pretrained:
-        directory = local_checkpoint(backbone.pretrained, "model.vision.pretrained")
-        model = load_backbone(SiglipVisionModel, directory, "model.vision.pretrained")
+        model = load_backbone(SiglipVisionModel, backbone.pretrained, "model.vision.pretrained")
     else:
         model = SiglipVisionModel(tiny.siglip_vision_config(**backbone.tiny))
     mean, std = _processor_stats(backbone.pretrained, IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD)
@@ -241,9 +240,8 @@ def siglip_vision(config: ModelConfig) -> SiglipImageEncoder:
 def clip_text(config: ModelConfig):
     tokenizer = _tokenizer(config.text, tiny.clip_tokenizer, "model.text.pretrained")
     if config.text.pretrained:
-        directory = local_checkpoint(config.text.pretrained, "model.text.pretrained")
         model = load_backbone(
-            CLIPTextModelWithProjection, directory, "model.text.pretrained", _clip_part(directory, "text")
+            CLIPTextModelWithProjection, config.text.pretrained, "model.text.pretrained", clip_part="text"
         )
     else:
         model = CLIPTextModelWithProjection(tiny.clip_text_config(tokenizer, **config.text.tiny))
@@ -283,8 +281,7 @@ def t5_text(config: ModelConfig):
     if tokenizer.mask_token is None and "<extra_id_0>" in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"mask_token": "<extra_id_0>"})
     if config.text.pretrained:
-        directory = local_checkpoint(config.text.pretrained, "model.text.pretrained")
-        model = load_backbone(T5EncoderModel, directory, "model.text.pretrained")
+        model = load_backbone(T5EncoderModel, config.text.pretrained, "model.text.pretrained")
     else:
         model = T5EncoderModel(tiny.t5_config(tokenizer, **config.text.tiny))
     return T5TextEncoder(model), tokenizer, config.max_text_length

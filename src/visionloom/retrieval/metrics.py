@@ -283,8 +283,9 @@ def _block_sums(
     average_precision = precision.sum(1) / num_relevant  # [C]
     ap_sum = float(average_precision.sum())
     if outcomes is not None:
-        outcomes.first_rank[queries.cpu()] = first.cpu()
-        outcomes.average_precision[queries.cpu()] = average_precision.cpu()
+        rows = queries.cpu()
+        outcomes.first_rank[rows] = first.cpu()
+        outcomes.average_precision[rows] = average_precision.cpu()
     last = ranks.gather(1, (num_relevant - 1)[:, None]).squeeze(1)
     inp_sum = float((num_relevant.double() / (last + 1)).sum())
     return hits, ap_sum, inp_sum

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safetensors.torch import save_file
+from safetensors.torch import save_model
 from torch.utils.data import DataLoader
 
 from visionloom import config as config_io
@@ -44,11 +44,7 @@ def save_cell_head(model: AnswerModel, path: Path) -> None:
         "out_features": str(head.out_features),
         "layout": CELL_LAYOUT,
     }
-    save_file(
-        {key: value.detach().contiguous() for key, value in head.state_dict().items()},
-        str(path),
-        metadata=metadata,
-    )
+    save_model(head, str(path), metadata=metadata)
 
 
 def pretrain(
