@@ -13,6 +13,7 @@ each release's special tokens at their real ids; the real tokenizers cannot be d
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import shutil
@@ -193,11 +194,17 @@ def write_checkpoint(name: str, directory: Path, *, edit=None) -> Path:
     return directory
 
 
+def session_directory(prefix: str) -> Path:
+    """A temporary folder removed when this process ends (each xdist worker removes its own)."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return directory
+
+
 @functools.cache
 def checkpoint(name: str) -> Path:
     """Release `name` laid out once per test session (read-only: copy it to change it)."""
-    directory = Path(tempfile.mkdtemp(prefix=f"hub-{name}-"))
-    return write_checkpoint(name, directory / name)
+    return write_checkpoint(name, session_directory(f"hub-{name}-") / name)
 
 
 def edited_copy(name: str, directory: Path, edit) -> Path:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import json
-import tempfile
 from pathlib import Path
 
 import torch
@@ -26,7 +25,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from tests.hub_checkpoints import FIXTURES, RELEASES, release_tokenizer
+from tests.hub_checkpoints import FIXTURES, RELEASES, release_tokenizer, session_directory
 from visionloom.backbones.tiny import _randomise_zero_init, build_tokenizer
 
 LAYERS = 1  # blocks kept per tower; widths, heads, vocabularies and patch sizes stay real
@@ -149,4 +148,4 @@ WRITERS = {
 @functools.cache
 def recipe_checkpoint(name: str) -> Path:
     """Release `name` laid out once per test session (read-only)."""
-    return WRITERS[name](Path(tempfile.mkdtemp(prefix=f"recipe-{name}-")) / name)
+    return WRITERS[name](session_directory(f"recipe-{name}-") / name)
