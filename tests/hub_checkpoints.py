@@ -86,7 +86,13 @@ DEEPSEEK_SPECIALS = {
 }
 
 RELEASES: dict[str, Release] = {
-    "llava-1.5-7b-hf": Release(LLAMA_SPECIALS, LLAMA_ROLES, {"image_token": "<image>"}, padding_side="left"),
+    "llava-1.5-7b-hf": Release(
+        LLAMA_SPECIALS,
+        LLAMA_ROLES,
+        {"image_token": "<image>"},
+        padding_side="left",
+        files=("config.json", "preprocessor_config.json", "processor_config.json", "chat_template.json"),
+    ),
     # The same repository before processor_config.json was added: the processor has no patch_size,
     # vision_feature_select_strategy or num_additional_image_tokens.
     "llava-1.5-7b-hf-2023": Release(
@@ -104,9 +110,14 @@ RELEASES: dict[str, Release] = {
         QWEN_SPECIALS,
         {"pad_token": "<|endoftext|>", "eos_token": "<|im_end|>"},
         {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
-        files=("config.json", "preprocessor_config.json"),
+        files=("config.json", "preprocessor_config.json", "chat_template.json"),
     ),
-    "gemma-3-4b-it": Release({**GEMMA_SPECIALS, "<image_soft_token>": 262144}, GEMMA_ROLES, GEMMA_NAMED),
+    "gemma-3-4b-it": Release(
+        {**GEMMA_SPECIALS, "<image_soft_token>": 262144, "<start_of_turn>": 105, "<end_of_turn>": 106},
+        GEMMA_ROLES,
+        GEMMA_NAMED,
+        files=("config.json", "preprocessor_config.json", "processor_config.json", "chat_template.json"),
+    ),
     # T5Gemma 2 places its image token at 256001 (config.json); the token's text is assumed.
     "t5gemma-2-270m-270m": Release(
         {**GEMMA_SPECIALS, "<image_soft_token>": 256001}, GEMMA_ROLES, GEMMA_NAMED

@@ -537,15 +537,20 @@ def ground_show(
 # ---------------------------------------------------------------------------------------- prune
 @prune_app.command("eval")
 def prune_eval(
-    config: str = typer.Argument("scenes", help="A name under configs/pruning/ or a YAML path."),
+    config: str = typer.Argument(
+        "scenes", help="scenes (teacher-forced), pope or gqa (generated answers), or a YAML path."
+    ),
     data: Path = typer.Option(
-        ..., "--data", help="A synth-scenes directory (its qa.json), or any root for --set questions=..."
+        ...,
+        "--data",
+        help="scenes: a synth-scenes directory; pope: the POPE release root; gqa: the GQA root.",
     ),
     out: Path = typer.Option(Path("runs/prune"), "--out", help="Folder for the table, plot and results."),
     vlm: str | None = typer.Option(None, "--vlm", help="The VLM: a checkpoint directory."),
     overrides: list[str] = set_option("max_questions=100"),
 ) -> None:
-    """Accuracy, prefill time and FLOPs for each pruner at keep ratios 100/50/25/11%."""
+    """Accuracy (and POPE's precision, recall, F1, yes-ratio), prefill time and FLOPs for each pruner
+    at each keep ratio of the config."""
     from visionloom.pruning.build import load_config
     from visionloom.pruning.evaluate import evaluate_pruning
 

@@ -432,6 +432,12 @@ class ImageTokenAdapter:
         """
         raise NotImplementedError(f"{self.family}: no vision-tower attention scores for this family")
 
+    def tower_keys(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
+        """Per image [counts_i, C]: its tokens' attention keys in the vision tower at `block` (the block
+        `tower_attention_scores` uses by default), from the same pass and mapped onto the tokens the
+        same way (averaged over merged or pooled patches); NaN rows on layout placeholders."""
+        raise NotImplementedError(f"{self.family}: no vision-tower keys for this family")
+
     # ------------------------------------------------------------------ the model's own path
     @property
     def language_module(self) -> torch.nn.Module:

@@ -12,7 +12,7 @@ from transformers import DeepseekVLForConditionalGeneration
 
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.backbones.checks import ImageTokenMismatch
-from visionloom.backbones.tower_attention import encoder_block_attention
+from visionloom.backbones.tower_attention import encoder_block_attention, encoder_block_keys
 from visionloom.backbones.types import ImageGeometry, MultimodalInputs, VisionTokens
 
 
@@ -86,6 +86,10 @@ class DeepseekVLAdapter(ImageTokenAdapter):
         """Mean received attention per patch (SigLIP has no class token); one patch is one token."""
         block = -1 if block is None else block  # the last block's output feeds the aligner
         return list(encoder_block_attention(self.vision_tower, tokens.tower_hidden_states, block, "all"))
+
+    def tower_keys(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
+        block = -1 if block is None else block
+        return list(encoder_block_keys(self.vision_tower, tokens.tower_hidden_states, block))
 
     def describe_vision(self) -> dict[str, str]:
         vision, size = self.config.vision_config, self.configured_image_size()

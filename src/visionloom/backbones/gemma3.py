@@ -20,7 +20,7 @@ from transformers import Gemma3ForConditionalGeneration
 
 from visionloom.backbones.base import ImageTokenAdapter, nearest_multiples
 from visionloom.backbones.checks import ImageTokenMismatch
-from visionloom.backbones.tower_attention import encoder_block_attention
+from visionloom.backbones.tower_attention import encoder_block_attention, encoder_block_keys
 from visionloom.backbones.types import ImageGeometry, MultimodalInputs, VisionTokens
 
 
@@ -220,9 +220,18 @@ class Gemma3Adapter(ImageTokenAdapter):
         """Mean received attention per patch (SigLIP has no class token), pooled as the projector pools."""
         block = -1 if block is None else block  # the last block's output feeds the projector
         per_patch = encoder_block_attention(self.vision_tower, tokens.tower_hidden_states, block, "all")
+        return [scores.squeeze(-1) for scores in self.pooled(tokens, per_patch.unsqueeze(-1))]
+
+    def tower_keys(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
+        block = -1 if block is None else block
+        return self.pooled(tokens, encoder_block_keys(self.vision_tower, tokens.tower_hidden_states, block))
+
+    def pooled(self, tokens: VisionTokens, per_patch: torch.Tensor) -> list[torch.Tensor]:
+        """[N, patches, C] -> per image [tokens, C]: averaged over each pooling window, as the projector."""
         rows, cols = tokens.geometries[0].patch_grid  # one size per batch (checked in _process)
-        pooled = self.projector.avg_pool(per_patch.view(-1, 1, rows, cols))  # [N, 1, rows // k, cols // k]
-        return list(pooled.flatten(1))
+        grid = per_patch.view(-1, rows, cols, per_patch.shape[-1]).permute(0, 3, 1, 2)  # [N, C, rows, cols]
+        pooled = self.projector.avg_pool(grid)  # [N, C, rows // k, cols // k]
+        return list(pooled.flatten(2).transpose(1, 2))
 
     # --- language model
     def image_token_types(self, inputs: MultimodalInputs) -> dict[str, torch.Tensor]:

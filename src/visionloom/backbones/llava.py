@@ -16,7 +16,11 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from visionloom.backbones.base import ImageTokenAdapter, read_json, say_once
 from visionloom.backbones.checks import ImageTokenMismatch
-from visionloom.backbones.tower_attention import encoder_block_attention, require_hidden_states
+from visionloom.backbones.tower_attention import (
+    encoder_block_attention,
+    encoder_block_keys,
+    require_hidden_states,
+)
 from visionloom.backbones.types import ImageGeometry, VisionTokens
 
 
@@ -226,26 +230,45 @@ class LlavaAdapter(ImageTokenAdapter):
             tower_hidden_states=tuple(out.hidden_states),
         )
 
+    def score_block(self, tokens: VisionTokens, block: int | None) -> int:
+        """The tower block to score at: `block`, or the block whose output is the (last) feature layer."""
+        if block is not None:
+            return block
+        layer = feature_layers(self.config)[-1] % len(require_hidden_states(tokens.tower_hidden_states))
+        if layer == 0:
+            raise ValueError("the feature layer is the tower's embeddings; give the block to score at")
+        return layer - 1  # hidden_states[i] is the output of block i - 1
+
+    def selected_positions(self, per_position: torch.Tensor) -> torch.Tensor:
+        """[tiles, P, ...] -> [tiles, P', ...]: the positions the features keep (the class token goes)."""
+        if self.config.vision_feature_select_strategy == "default":
+            return per_position[:, 1:]  # the class token's own column: it is not an image token
+        return per_position
+
     def tile_attention_scores(self, tokens: VisionTokens, block: int | None = None) -> torch.Tensor:
         """[tiles, P']: per tower tile, the attention each selected feature position receives at `block`.
 
         CLIP towers: the class token's row (VisionZip, PruMerge). SigLIP towers have no class token, so
         the mean over all queries. `block` defaults to the block whose output is the (last) feature layer.
         """
-        hidden_states = require_hidden_states(tokens.tower_hidden_states)
-        if block is None:
-            layer = feature_layers(self.config)[-1] % len(hidden_states)
-            if layer == 0:
-                raise ValueError("the feature layer is the tower's embeddings; give the block to score at")
-            block = layer - 1  # hidden_states[i] is the output of block i - 1
         query = "cls" if tower_has_cls(self.config.vision_config) else "all"
-        scores = encoder_block_attention(self.vision_tower, hidden_states, block, query)
-        if self.config.vision_feature_select_strategy == "default":
-            scores = scores[:, 1:]  # the class token's own column: it is not an image token
-        return scores
+        block = self.score_block(tokens, block)
+        return self.selected_positions(
+            encoder_block_attention(self.vision_tower, tokens.tower_hidden_states, block, query)
+        )
+
+    def tile_keys(self, tokens: VisionTokens, block: int | None = None) -> torch.Tensor:
+        """[tiles, P', C]: each selected feature position's attention key at `block` (as the scores)."""
+        block = self.score_block(tokens, block)
+        return self.selected_positions(
+            encoder_block_keys(self.vision_tower, tokens.tower_hidden_states, block)
+        )
 
     def tower_attention_scores(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
         return list(self.tile_attention_scores(tokens, block))
+
+    def tower_keys(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
+        return list(self.tile_keys(tokens, block))
 
     def describe_vision(self) -> dict[str, str]:
         vision = self.config.vision_config

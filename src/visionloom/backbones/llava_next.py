@@ -124,18 +124,25 @@ class LlavaNextAdapter(LlavaAdapter):
     def tower_attention_scores(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
         """Per-tile scores laid out like the features: base view, stitched and unpadded tiles, newlines.
 
-        The layout comes from the model's own `pack_image_features`, run on one score channel. The
-        newlines get NaN because they are layout and never candidates.
+        The newlines get NaN because they are layout and never candidates.
         """
-        per_tile = self.tile_attention_scores(tokens, block)  # [all tiles, P']
+        per_tile = self.tile_attention_scores(tokens, block).unsqueeze(-1)  # [all tiles, P', 1]
+        return [scores.squeeze(-1) for scores in self.packed(tokens, per_tile)]
+
+    def tower_keys(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
+        return self.packed(tokens, self.tile_keys(tokens, block))
+
+    def packed(self, tokens: VisionTokens, per_tile: torch.Tensor) -> list[torch.Tensor]:
+        """[all tiles, P', C] -> per image [counts_i, C], laid out by the model's own
+        `pack_image_features` (tiles stitched, unpadded, a NaN row at each newline)."""
         tiles = [raw_count // per_tile.shape[1] for raw_count in tokens.raw_counts]
         packed, _ = self.model.model.pack_image_features(
-            [scores.unsqueeze(-1) for scores in per_tile.split(tiles)],  # per image [tiles, P', 1]
+            list(per_tile.split(tiles)),  # per image [tiles, P', C]
             image_sizes=torch.tensor([g.image_size for g in tokens.geometries]),
             vision_feature_select_strategy=self.config.vision_feature_select_strategy,
-            image_newline=torch.full((1,), float("nan")),
+            image_newline=torch.full((per_tile.shape[-1],), float("nan")),
         )
-        return [scores.squeeze(-1) for scores in packed]
+        return list(packed)
 
     def describe_vision(self) -> dict[str, str]:
         info = super().describe_vision()

@@ -27,7 +27,7 @@ from transformers.vision_utils import get_vision_window_index
 from visionloom.backbones._compat import qwen_video_processor
 from visionloom.backbones.base import ImageTokenAdapter, nearest_multiples, read_json
 from visionloom.backbones.checks import ImageTokenMismatch
-from visionloom.backbones.tower_attention import qwen_block_attention
+from visionloom.backbones.tower_attention import qwen_block_attention, qwen_block_keys
 from visionloom.backbones.types import ImageGeometry, MultimodalInputs, VisionTokens
 
 
@@ -68,6 +68,20 @@ def image_processor_settings(path: Path) -> tuple[dict[str, Any], Path]:
     return settings, source
 
 
+def read_chat_template(path: Path) -> str | None:
+    """The checkpoint's chat template, where AutoProcessor finds it: chat_template.jinja (what
+    transformers 5 writes), then chat_template.json (what the released repositories ship)."""
+    jinja, json_file = path / "chat_template.jinja", path / "chat_template.json"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    if json_file.is_file():
+        template = read_json(json_file).get("chat_template")
+        if not isinstance(template, str):
+            raise ValueError(f'{json_file}: expected {{"chat_template": "..."}}')
+        return template
+    return None
+
+
 class Qwen2_5_VLAdapter(ImageTokenAdapter):
     family = "qwen2.5-vl"
     model_types = ("qwen2_5_vl",)
@@ -83,7 +97,9 @@ class Qwen2_5_VLAdapter(ImageTokenAdapter):
             image_processor = Qwen2VLImageProcessorPil.from_dict(settings)
         except (TypeError, ValueError) as error:
             raise ValueError(f"{source}: not a Qwen2-VL image processor configuration ({error})") from None
-        return build_qwen_processor(image_processor, AutoTokenizer.from_pretrained(str(path)))
+        return build_qwen_processor(
+            image_processor, AutoTokenizer.from_pretrained(str(path)), read_chat_template(path)
+        )
 
     def save_pretrained(self, path: str | Path) -> None:
         self.model.save_pretrained(str(path))
@@ -207,13 +223,17 @@ class Qwen2_5_VLAdapter(ImageTokenAdapter):
 
     def tower_attention_scores(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
         """The attention each merged token's 2x2 patches receive at a full-attention block (default: the last)."""
+        return list(qwen_block_attention(*self.tower_block_inputs(tokens, block)).split(tokens.counts))
+
+    def tower_keys(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
+        """Each merged token's mean patch key at a full-attention block (default: the last)."""
+        return list(qwen_block_keys(*self.tower_block_inputs(tokens, block)).split(tokens.counts))
+
+    def tower_block_inputs(self, tokens: VisionTokens, block: int | None) -> tuple:
         tower = self.vision_tower
         block = tower.fullatt_block_indexes[-1] if block is None else block
         grid_thw = torch.tensor([[1, *g.patch_grid] for g in tokens.geometries])  # images: one temporal step
-        scores = qwen_block_attention(
-            tower, tokens.tower_hidden_states, grid_thw, self.window_index(grid_thw), block
-        )
-        return list(scores.split(tokens.counts))
+        return tower, tokens.tower_hidden_states, grid_thw, self.window_index(grid_thw), block
 
     def image_token_types(self, inputs: MultimodalInputs) -> dict[str, torch.Tensor]:
         return {"mm_token_type_ids": inputs.image_token_mask.long()}

@@ -80,11 +80,11 @@ def build_tokenizer(
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, extra_special_tokens=named, **roles)
 
 
-def _llama(vocab_size: int, **overrides: Any) -> LlamaConfig:
+def _llama(vocab_size: int, layers: int = LAYERS, **overrides: Any) -> LlamaConfig:
     return LlamaConfig(
         hidden_size=WIDTH,
         intermediate_size=2 * WIDTH,
-        num_hidden_layers=LAYERS,
+        num_hidden_layers=layers,
         num_attention_heads=HEADS,
         num_key_value_heads=HEADS,
         vocab_size=vocab_size,
@@ -127,7 +127,7 @@ def llava_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def tiny_llava(*, vision: str = "clip", **config_overrides: Any) -> LlavaAdapter:
+def tiny_llava(*, vision: str = "clip", text_layers: int = LAYERS, **config_overrides: Any) -> LlavaAdapter:
     """LLaVA-1.5 shape: 112x112 images, patch 14 -> 8x8 tokens; CLIP tower with CLS by default."""
     tokenizer = llava_tokenizer()
     vision_config = _clip(112) if vision == "clip" else _siglip(112)
@@ -138,7 +138,7 @@ def tiny_llava(*, vision: str = "clip", **config_overrides: Any) -> LlavaAdapter
     settings.update(config_overrides)
     config = LlavaConfig(
         vision_config=vision_config,
-        text_config=_llama(len(tokenizer), pad_token_id=tokenizer.pad_token_id),
+        text_config=_llama(len(tokenizer), text_layers, pad_token_id=tokenizer.pad_token_id),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         **settings,
     )
@@ -155,13 +155,13 @@ def tiny_llava(*, vision: str = "clip", **config_overrides: Any) -> LlavaAdapter
     return LlavaAdapter(LlavaAdapter.model_class(config).eval(), processor)
 
 
-def tiny_llava_next(**config_overrides: Any) -> LlavaNextAdapter:
+def tiny_llava_next(text_layers: int = LAYERS, **config_overrides: Any) -> LlavaNextAdapter:
     """LLaVA-NeXT shape: 56-px tiles (4x4 tokens each), any-res grids up to 112x112."""
     tokenizer = llava_tokenizer()
     pinpoints = [[56, 112], [112, 56], [112, 112]]
     config = LlavaNextConfig(
         vision_config=_clip(56),
-        text_config=_llama(len(tokenizer), pad_token_id=tokenizer.pad_token_id),
+        text_config=_llama(len(tokenizer), text_layers, pad_token_id=tokenizer.pad_token_id),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         image_grid_pinpoints=pinpoints,
         vision_feature_layer=-2,
@@ -201,14 +201,14 @@ def qwen_tokenizer() -> tuple[PreTrainedTokenizerFast, dict[str, int]]:
     return tokenizer, {token: tokenizer.convert_tokens_to_ids(token) for token in specials}
 
 
-def tiny_qwen2_5_vl(**config_overrides: Any) -> Qwen2_5_VLAdapter:
+def tiny_qwen2_5_vl(text_layers: int = LAYERS, **config_overrides: Any) -> Qwen2_5_VLAdapter:
     """Qwen2.5-VL shape: patch 14, 2x2 merge, 112-px attention windows, up to 64 tokens an image."""
     tokenizer, ids = qwen_tokenizer()
     config = Qwen2_5_VLConfig(
         text_config={
             "hidden_size": WIDTH,
             "intermediate_size": 2 * WIDTH,
-            "num_hidden_layers": LAYERS,
+            "num_hidden_layers": text_layers,
             "num_attention_heads": HEADS,
             "num_key_value_heads": 2,
             "vocab_size": len(tokenizer),
@@ -253,11 +253,11 @@ def _gemma_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def _gemma_text(vocab_size: int, tokenizer) -> dict[str, Any]:
+def _gemma_text(vocab_size: int, tokenizer, layers: int = LAYERS) -> dict[str, Any]:
     return {
         "hidden_size": WIDTH,
         "intermediate_size": 2 * WIDTH,
-        "num_hidden_layers": LAYERS,
+        "num_hidden_layers": layers,
         "num_attention_heads": HEADS,
         "num_key_value_heads": 1,
         "head_dim": WIDTH // HEADS,
@@ -283,14 +283,16 @@ def _randomise_zero_init(model: torch.nn.Module) -> None:
                 parameter.normal_(0.0, parameter.shape[0] ** -0.5)
 
 
-def tiny_gemma3(text_overrides: dict[str, Any] | None = None, **config_overrides: Any) -> Gemma3Adapter:
+def tiny_gemma3(
+    text_overrides: dict[str, Any] | None = None, text_layers: int = LAYERS, **config_overrides: Any
+) -> Gemma3Adapter:
     """Gemma3 shape: SigLIP at 224 px, patch 14 (16x16 patches), pooled 4x4 -> 4x4 = 16 tokens."""
     tokenizer = _gemma_tokenizer()
     settings = {"mm_tokens_per_image": 16}
     settings.update(config_overrides)
     config = Gemma3Config(
         vision_config=_siglip(224).to_dict(),
-        text_config={**_gemma_text(len(tokenizer), tokenizer), **(text_overrides or {})},
+        text_config={**_gemma_text(len(tokenizer), tokenizer, text_layers), **(text_overrides or {})},
         image_token_id=tokenizer.convert_tokens_to_ids("<image_soft_token>"),
         boi_token_id=tokenizer.convert_tokens_to_ids("<start_of_image>"),
         eoi_token_id=tokenizer.convert_tokens_to_ids("<end_of_image>"),
@@ -301,10 +303,10 @@ def tiny_gemma3(text_overrides: dict[str, Any] | None = None, **config_overrides
     return Gemma3Adapter(model, _gemma_processor(tokenizer, 224, config.mm_tokens_per_image))
 
 
-def tiny_t5gemma2(**encoder_overrides: Any) -> T5Gemma2Adapter:
+def tiny_t5gemma2(text_layers: int = LAYERS, **encoder_overrides: Any) -> T5Gemma2Adapter:
     """T5Gemma2 shape: the Gemma3 image path (224 px, 16 tokens) in an encoder-decoder; 384x128 gives 12."""
     tokenizer = _gemma_tokenizer()
-    text = _gemma_text(len(tokenizer), tokenizer)
+    text = _gemma_text(len(tokenizer), tokenizer, text_layers)
     encoder = {
         "vision_config": _siglip(224).to_dict(),
         "text_config": text,
@@ -324,7 +326,7 @@ def tiny_t5gemma2(**encoder_overrides: Any) -> T5Gemma2Adapter:
     return T5Gemma2Adapter(model, processor)
 
 
-def tiny_deepseek_vl(**config_overrides: Any) -> DeepseekVLAdapter:
+def tiny_deepseek_vl(text_layers: int = LAYERS, **config_overrides: Any) -> DeepseekVLAdapter:
     """DeepSeek-VL shape: SigLIP at 112 px, patch 14 -> 8x8 = 64 tokens, two-layer aligner."""
     specials = ["<unk>", "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<image_placeholder>", "<pad>"]
     tokenizer = build_tokenizer(
@@ -337,7 +339,7 @@ def tiny_deepseek_vl(**config_overrides: Any) -> DeepseekVLAdapter:
     )
     config = DeepseekVLConfig(
         vision_config=_siglip(112).to_dict(),
-        text_config=_llama(len(tokenizer), pad_token_id=tokenizer.pad_token_id).to_dict(),
+        text_config=_llama(len(tokenizer), text_layers, pad_token_id=tokenizer.pad_token_id).to_dict(),
         image_token_id=tokenizer.convert_tokens_to_ids("<image_placeholder>"),
         **config_overrides,
     )

@@ -49,18 +49,10 @@ def attention_received(query: torch.Tensor, key: torch.Tensor, scale: float) -> 
     return total / (heads * queries)
 
 
-@torch.no_grad()
-def encoder_block_attention(
-    tower: torch.nn.Module,
-    hidden_states: tuple[torch.Tensor, ...] | None,
-    block: int,
-    query: Literal["cls", "all"],
-) -> torch.Tensor:
-    """CLIP or SigLIP encoder: [tiles, P], the attention each position receives at `block`.
-
-    query="cls" takes the first position's row (CLIP's class token, as VisionZip and PruMerge do);
-    query="all" averages over every query (SigLIP has no class token).
-    """
+def encoder_block_qk(
+    tower: torch.nn.Module, hidden_states: tuple[torch.Tensor, ...] | None, block: int
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """CLIP or SigLIP encoder block `block`: queries and keys [tiles, heads, P, d] and the scale."""
     layers = getattr(tower, "vision_model", tower).encoder.layers
     index = block_index(block, len(layers))
     layer = layers[index]
@@ -73,29 +65,49 @@ def encoder_block_attention(
     def split_heads(projected: torch.Tensor) -> torch.Tensor:  # [tiles, P, C] -> [tiles, heads, P, d]
         return projected.view(tiles, length, attention.num_heads, attention.head_dim).transpose(1, 2)
 
-    queries = split_heads(attention.q_proj(normed))
-    keys = split_heads(attention.k_proj(normed))
-    if query == "cls":
-        queries = queries[:, :, :1]
-    return torch.stack([attention_received(queries[t], keys[t], attention.scale) for t in range(tiles)])
+    return split_heads(attention.q_proj(normed)), split_heads(attention.k_proj(normed)), attention.scale
 
 
 @torch.no_grad()
-def qwen_block_attention(
+def encoder_block_attention(
+    tower: torch.nn.Module,
+    hidden_states: tuple[torch.Tensor, ...] | None,
+    block: int,
+    query: Literal["cls", "all"],
+) -> torch.Tensor:
+    """CLIP or SigLIP encoder: [tiles, P], the attention each position receives at `block`.
+
+    query="cls" takes the first position's row (CLIP's class token, as VisionZip and PruMerge do);
+    query="all" averages over every query (SigLIP has no class token).
+    """
+    queries, keys, scale = encoder_block_qk(tower, hidden_states, block)
+    if query == "cls":
+        queries = queries[:, :, :1]
+    return torch.stack([attention_received(queries[t], keys[t], scale) for t in range(len(keys))])
+
+
+@torch.no_grad()
+def encoder_block_keys(
+    tower: torch.nn.Module, hidden_states: tuple[torch.Tensor, ...] | None, block: int
+) -> torch.Tensor:
+    """CLIP or SigLIP encoder: [tiles, P, heads * d], each position's attention key at `block`
+    (VisionZip compares these to merge its contextual tokens)."""
+    _, keys, _ = encoder_block_qk(tower, hidden_states, block)
+    return keys.transpose(1, 2).flatten(2)
+
+
+def qwen_block_qk(
     tower: torch.nn.Module,
     hidden_states: tuple[torch.Tensor, ...] | None,
     grid_thw: torch.Tensor,
     window_index: torch.Tensor,
     block: int,
-) -> torch.Tensor:
-    """Qwen2.5-VL's tower: [merged tokens], the attention each merged token's patches receive at `block`.
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Qwen2.5-VL's full-attention block `block`: queries and keys [patches, heads, d] in the tower's
+    (window) order, with the rotary angles applied as the tower applies them, and the scale.
 
     Only full-attention blocks (`fullatt_block_indexes`) are allowed. In the other blocks a patch is
-    attended only from inside its window, so those scores rank patches within a window, not within
-    the image. The tower runs on a window-permuted sequence, one 2x2 merge unit after another. The
-    scores are computed in that order, with the rotary angles permuted as the tower permutes them.
-    They are then averaged over each merge unit and put back in raster order, which is the order
-    of the merger's output. `window_index` is that order, as the adapter gets it from the model.
+    attended only from inside its window, so what they compare is local to a window.
     """
     index = block_index(block, len(tower.blocks))
     if index not in tower.fullatt_block_indexes:
@@ -118,17 +130,54 @@ def qwen_block_attention(
         for angles in tower.rotary_pos_emb(hidden, position_ids)
     )
     queries, keys = apply_rotary_pos_emb_vision(queries, keys, cos, sin)
+    return queries, keys, attention.scaling
 
+
+def per_merged_token(
+    values: torch.Tensor, tower: torch.nn.Module, window_index: torch.Tensor
+) -> torch.Tensor:
+    """[patches, ...] in window order -> [merged tokens, ...]: the mean over each 2x2 merge unit, in
+    raster order (the merger's output order)."""
+    per_unit = values.view(-1, tower.spatial_merge_unit, *values.shape[1:]).mean(1)
+    return per_unit[torch.argsort(window_index.to(values.device))]
+
+
+@torch.no_grad()
+def qwen_block_attention(
+    tower: torch.nn.Module,
+    hidden_states: tuple[torch.Tensor, ...] | None,
+    grid_thw: torch.Tensor,
+    window_index: torch.Tensor,
+    block: int,
+) -> torch.Tensor:
+    """Qwen2.5-VL's tower: [merged tokens], the attention each merged token's patches receive at `block`.
+
+    The tower runs on a window-permuted sequence, one 2x2 merge unit after another. The scores are
+    computed in that order (`qwen_block_qk`), averaged over each merge unit and put back in raster
+    order. `window_index` is that order, as the adapter gets it from the model.
+    """
+    queries, keys, scale = qwen_block_qk(tower, hidden_states, grid_thw, window_index, block)
     # A full-attention block attends within each image. An image's patches stay contiguous under the
     # window permutation.
-    bounds = get_vision_cu_seqlens(grid_thw).tolist()
+    bounds = get_vision_cu_seqlens(grid_thw.to(keys.device)).tolist()
     received = torch.cat(
         [
-            attention_received(
-                queries[start:end].transpose(0, 1), keys[start:end].transpose(0, 1), attention.scaling
-            )
+            attention_received(queries[start:end].transpose(0, 1), keys[start:end].transpose(0, 1), scale)
             for start, end in zip(bounds[:-1], bounds[1:], strict=True)
         ]
     )  # [patches], window order
-    per_unit = received.view(-1, tower.spatial_merge_unit).mean(-1)  # [merged tokens], window order
-    return per_unit[torch.argsort(window_index)]  # raster order, as the merger's output
+    return per_merged_token(received, tower, window_index)
+
+
+@torch.no_grad()
+def qwen_block_keys(
+    tower: torch.nn.Module,
+    hidden_states: tuple[torch.Tensor, ...] | None,
+    grid_thw: torch.Tensor,
+    window_index: torch.Tensor,
+    block: int,
+) -> torch.Tensor:
+    """Qwen2.5-VL's tower: [merged tokens, heads * d], the mean key of each merged token's patches at
+    `block`, as the block's attention compares them (rotary angles applied)."""
+    _, keys, _ = qwen_block_qk(tower, hidden_states, grid_thw, window_index, block)
+    return per_merged_token(keys.flatten(1), tower, window_index)

@@ -25,12 +25,26 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.backbones.types import LayerOutput, MultimodalInputs, VisionTokens
+
+
+@dataclass
+class DropStage:
+    """One drop inside the language model: language-model layers `layer`.. run without the dropped tokens.
+
+    Either `keep` fixes the kept indices per image (FastV, decided before), or `keep_ratio` keeps that
+    share of each image's remaining candidates, ranked by the attention the query token gives them
+    at layer `layer - 1` (PDrop), computed in the same prefill.
+    """
+
+    layer: int
+    keep: list[torch.Tensor] | None = None
+    keep_ratio: float | None = None
 
 
 @dataclass
@@ -44,6 +58,8 @@ class Decision:
     from_layer: int = 0  # the first language-model layer without the dropped tokens
     # [B, S, D]: the full sequence entering `from_layer`, when the pruner already computed it.
     hidden_entering: torch.Tensor | None = None
+    # PDrop: drops at later language-model layers, ranked while the prefill runs (see generate.py).
+    stages: list[DropStage] = field(default_factory=list)
 
     def kept_counts(self, tokens: VisionTokens) -> list[int]:
         return [len(k) for k in self.keep] if self.keep is not None else list(tokens.counts)
@@ -61,13 +77,25 @@ class PrunedSequence:
     layout: torch.Tensor  # [B, S'] the full-sequence position each one comes from, -1 for fill
 
 
-def full_sequence_kwargs(adapter: ImageTokenAdapter, inputs: MultimodalInputs) -> dict[str, torch.Tensor]:
-    """Position ids and per-token ids for the full sequence, exactly as the unpruned model has them."""
+def full_sequence_kwargs(
+    adapter: ImageTokenAdapter, inputs: MultimodalInputs, *, generation: bool = False
+) -> dict[str, torch.Tensor]:
+    """Position ids and per-token ids for the full sequence, exactly as the unpruned model has them.
+
+    `generation=True`: the 1-D positions `generate` gives (each row counts its real tokens from 0,
+    so a left-padded row starts at 0 too); a plain forward without positions uses 0..S-1 on every
+    row. Qwen2.5-VL's 3-D positions are the same either way (`get_rope_index` skips padding).
+    """
     kwargs = dict(adapter.language_model_kwargs(inputs))
     if "position_ids" not in kwargs:
         batch, length = inputs.input_ids.shape
-        # What a 1-D rotary model uses when given none: 0..S-1 on every row, whichever side is padded.
-        kwargs["position_ids"] = torch.arange(length, device=inputs.input_ids.device).expand(batch, length)
+        if generation:
+            counted = inputs.attention_mask.long().cumsum(-1) - 1
+            kwargs["position_ids"] = counted.masked_fill(inputs.attention_mask == 0, 0)
+        else:
+            kwargs["position_ids"] = torch.arange(length, device=inputs.input_ids.device).expand(
+                batch, length
+            )
     return kwargs
 
 
@@ -149,6 +177,12 @@ def validate(decision: Decision, tokens: VisionTokens, structural: list[tuple[in
                 )
 
 
+def last_real_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """LongTensor [B]: each row's last non-padding position, under left or right padding."""
+    length = attention_mask.shape[1]
+    return length - 1 - attention_mask.flip(1).int().argmax(1)
+
+
 def padding_side(attention_mask: torch.Tensor) -> str:
     """'left' when some row's padding comes before its tokens, else 'right' (also for no padding)."""
     mask = attention_mask.bool()
@@ -183,9 +217,23 @@ def sequence_layout(attention_mask: torch.Tensor, kept: list[torch.Tensor]) -> t
     return layout
 
 
+def gather_layout(tensor: torch.Tensor, rows: torch.Tensor, fill) -> torch.Tensor:
+    """[..., B, S] -> [..., B, S']: each row's positions in the layout `rows` [B, S'], `fill` where -1."""
+    source = rows.clamp(min=0).to(tensor.device)  # [B, S']
+    index = source.expand(*tensor.shape[:-2], *source.shape)
+    out = tensor.gather(-1, index)
+    return out.masked_fill((rows < 0).to(tensor.device), fill)
+
+
 def prune_sequence(
-    adapter: ImageTokenAdapter, inputs: MultimodalInputs, tokens: VisionTokens, decision: Decision
+    adapter: ImageTokenAdapter,
+    inputs: MultimodalInputs,
+    tokens: VisionTokens,
+    decision: Decision,
+    model_kwargs: dict[str, torch.Tensor] | None = None,
 ) -> PrunedSequence:
+    """The pruned inputs of the first layer. `model_kwargs`: the full sequence's positions and
+    per-token ids when not `full_sequence_kwargs(adapter, inputs)` (generation passes its own)."""
     structural = [adapter.structural_offsets(g) for g in inputs.geometries]
     validate(decision, tokens, structural)
     if decision.embeds is not None:
@@ -200,7 +248,7 @@ def prune_sequence(
         embeds = decision.hidden_entering  # [B, S, D] entering layer from_layer
     else:
         embeds = shallow_pass(adapter, inputs, tokens, decision.from_layer)[1]
-    kwargs = full_sequence_kwargs(adapter, inputs)
+    kwargs = full_sequence_kwargs(adapter, inputs) if model_kwargs is None else model_kwargs
     batch, length = inputs.input_ids.shape
     keep_mask = inputs.attention_mask.bool().clone()  # [B, S]; padding goes, and is re-added below
     scale = torch.ones(batch, length, dtype=embeds.dtype, device=embeds.device)
@@ -217,11 +265,7 @@ def prune_sequence(
     rows = sequence_layout(inputs.attention_mask, kept)  # [B, S'] source position, -1 for fill
 
     def gather(tensor: torch.Tensor, fill) -> torch.Tensor:
-        """[..., B, S] -> [..., B, S']: each row's positions in the layout, `fill` where it has none."""
-        source = rows.clamp(min=0).to(tensor.device)  # [B, S']
-        index = source.expand(*tensor.shape[:-2], *source.shape)
-        out = tensor.gather(-1, index)
-        return out.masked_fill((rows < 0).to(tensor.device), fill)
+        return gather_layout(tensor, rows, fill)
 
     gathered = {
         key: gather(value, 0) if isinstance(value, torch.Tensor) and value.shape[-1] == length else value

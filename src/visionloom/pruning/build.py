@@ -11,7 +11,7 @@ from visionloom import config as config_io
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.config import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, ShareOfOne
 from visionloom.data.scenes import SceneText
-from visionloom.pruning.pruners import Pruner, RandomPruner, TextAttention, TowerAttention, VisionZip
+from visionloom.pruning.pruners import PDrop, Pruner, RandomPruner, TextAttention, TowerAttention, VisionZip
 
 
 @dataclass
@@ -29,6 +29,13 @@ class ScorerConfig:
 class PruneConfig:
     name: str = "scenes"
     vlm: str | None = None  # a checkpoint directory (from `vlm pretrain`, or a real VLM)
+    # scenes: the synthetic scene questions, teacher-forced; pope / gqa: the released benchmarks
+    # (data/pope.py, data/gqa.py), answered by generating.
+    benchmark: Literal["scenes", "pope", "gqa"] = "scenes"
+    subset: Literal["random", "popular", "adversarial"] = "random"  # POPE's subset
+    images: str | None = None  # the benchmark's image folder, when not where its release puts it
+    prompt: Literal["chat", "plain"] = "chat"  # the checkpoint's chat template, or "<image>\n{question}"
+    max_new_tokens: PositiveInt = 128  # as LLaVA's evaluation scripts; decoding stops at the end token
     split: str = "test"
     questions: str | None = None  # a JSON list of {"image", "question", "answer"}; None: the scenes' qa.json
     max_questions: PositiveInt = 400
@@ -36,7 +43,13 @@ class PruneConfig:
     keep_ratios: list[ShareOfOne] = field(default_factory=lambda: [1.0, 0.5, 0.25, 0.11])
     pruners: list[
         Literal[
-            "random", "tower-attention", "tower-attention-merge", "visionzip", "text-attention", "learned"
+            "random",
+            "tower-attention",
+            "tower-attention-merge",
+            "visionzip",
+            "text-attention",
+            "pdrop",
+            "learned",
         ]
     ] = field(
         default_factory=lambda: [
@@ -50,6 +63,8 @@ class PruneConfig:
     # FastV's K: rank at this language-model layer, drop after it. FastV uses K=2 on LLaVA-1.5-7B;
     # the tiny scene VLMs have 2 layers, so 0.
     text_layer: NonNegativeInt = 0
+    # PDrop's stage layers (8, 16, 24 on LLaVA-1.5-7B); None: a quarter, half and three quarters of the depth.
+    pdrop_layers: list[PositiveInt] | None = None
     tower_block: int | None = None  # vision-side pruner: score at this tower block; None: the family's
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     seed: int = 0
@@ -78,6 +93,7 @@ PRUNERS: dict[str, Callable[[PruneConfig, ImageTokenAdapter, list[SceneText], Pa
     ),
     "text-attention": lambda config, adapter, texts, work_dir: TextAttention(config.text_layer),
     "visionzip": lambda config, adapter, texts, work_dir: VisionZip(config.tower_block),
+    "pdrop": lambda config, adapter, texts, work_dir: PDrop(config.pdrop_layers),
     "learned": _learned,
 }
 

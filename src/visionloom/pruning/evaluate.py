@@ -14,14 +14,18 @@ import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from visionloom.backbones import load
 from visionloom.backbones.base import ImageTokenAdapter
+from visionloom.data.pedes import DatasetFormatError
 from visionloom.data.scenes import SceneText, read_scene_texts
 from visionloom.engine.samplers import Items
-from visionloom.pruning.apply import prune_sequence, run_pruned
+from visionloom.pruning.benchmarks import METRICS, BenchmarkQuestion, read_benchmark
 from visionloom.pruning.build import PruneConfig, make_pruner
+from visionloom.pruning.generate import chat_prompt, generate
+from visionloom.pruning.prefill import prefill
 from visionloom.pruning.pruners import KeepAll, Pruner
 from visionloom.pruning.report import plot, write_table
 from visionloom.vlm.answers import AnswerCollate, answers_correct
@@ -50,29 +54,28 @@ def read_questions(config: PruneConfig, data_root: Path) -> list[SceneText]:
     return texts[: config.max_questions]
 
 
-def prefill_flops(
-    adapter: ImageTokenAdapter, full_lengths: torch.Tensor, kept_lengths: torch.Tensor, from_layer: int = 0
-) -> float:
+def prefill_flops(adapter: ImageTokenAdapter, lengths: list[tuple[int, torch.Tensor]]) -> float:
     """Per layer 2 * parameters * tokens for the projections plus 4 * S^2 * width for attention.
 
-    Layers before `from_layer` (FastV) run on the full lengths, the rest on the kept lengths.
+    `lengths`: per stretch of layers (`Prefill.lengths`), its layer count and the real tokens of
+    each sample there. FastV's and PDrop's early stretches run on more tokens than their last.
     """
     language = adapter.language_module
     layers, width = len(language.layers), adapter.text_width
     per_layer = sum(p.numel() for p in language.layers[0].parameters())
     outside = sum(p.numel() for p in language.parameters()) - layers * per_layer  # embeddings, final norm
-    full, kept = full_lengths.double(), kept_lengths.double()
-
-    def layer(lengths: torch.Tensor) -> torch.Tensor:
-        return 2 * per_layer * lengths + 4 * lengths**2 * width
-
-    return float((2 * outside * kept + from_layer * layer(full) + (layers - from_layer) * layer(kept)).sum())
+    total = 2 * outside * lengths[-1][1].double()
+    for count, stretch_lengths in lengths:
+        tokens = stretch_lengths.double()
+        total = total + count * (2 * per_layer * tokens + 4 * tokens**2 * width)
+    return float(total.sum())
 
 
 @torch.no_grad()
 def run_pruner(
     adapter: ImageTokenAdapter, pruner: Pruner, texts: list[SceneText], keep_ratio: float, batch_size: int
 ) -> dict:
+    """The scene questions, teacher-forced: accuracy is exact match under greedy decoding."""
     loader = DataLoader(Items(texts), batch_size=batch_size, collate_fn=AnswerCollate(adapter))
     correct, seconds, flops, kept_tokens, images = 0, 0.0, 0.0, 0, 0
     for batch in loader:
@@ -80,22 +83,17 @@ def run_pruner(
         started = time.perf_counter()
         tokens = adapter.encode_images(inputs)
         # The answer is teacher-forced here: a pruner that ranks from the text reads the last prompt token.
-        first_answer = (batch["answer_labels"] != -100).int().argmax(1)  # [B]
-        decision = pruner.decide(adapter, inputs, tokens, keep_ratio, query_positions=first_answer - 1)
-        pruned = prune_sequence(adapter, inputs, tokens, decision)
-        output = run_pruned(adapter, pruned, decision)
+        query = (batch["answer_labels"] != -100).int().argmax(1) - 1  # [B]
+        decision = pruner.decide(adapter, inputs, tokens, keep_ratio, query_positions=query)
+        state = prefill(adapter, inputs, tokens, decision, query_positions=query)
         seconds += time.perf_counter() - started
         # The answer's labels follow their tokens to wherever the layout put them (both padding sides).
-        source = batch["answer_labels"].gather(1, pruned.layout.clamp(min=0))  # [B, S']
-        labels = source.masked_fill(pruned.layout < 0, -100)
-        dropped = dropped_per_sample(inputs, tokens, decision)
-        correct += int(answers_correct(output.logits, labels).sum())
-        kept = decision.kept_counts(tokens)
-        kept_tokens += sum(kept)
-        images += len(kept)
-        full_lengths = inputs.attention_mask.sum(1)
-        kept_lengths = full_lengths - torch.tensor(dropped)
-        flops += prefill_flops(adapter, full_lengths, kept_lengths, decision.from_layer)
+        source = batch["answer_labels"].gather(1, state.layout.clamp(min=0))  # [B, S']
+        labels = source.masked_fill(state.layout < 0, -100)
+        correct += int(answers_correct(state.output.logits, labels).sum())
+        kept_tokens += sum(len(keep) for keep in state.keep)
+        images += len(state.keep)
+        flops += prefill_flops(adapter, state.lengths)
     return {
         "accuracy": 100.0 * correct / len(texts),
         "prefill_ms_per_question": 1000.0 * seconds / len(texts),
@@ -104,52 +102,129 @@ def run_pruner(
     }
 
 
-def dropped_per_sample(inputs, tokens, decision) -> list[int]:
-    kept = decision.kept_counts(tokens)
-    dropped = [0] * inputs.batch_size
-    for image, (sample, _) in enumerate(inputs.image_owner()):
-        dropped[sample] += tokens.counts[image] - kept[image]
-    return dropped
+class PromptCollate:
+    """BenchmarkQuestions -> {"inputs", "questions"}: one image and its chat prompt per sample."""
+
+    def __init__(self, adapter: ImageTokenAdapter, style: str):
+        self.adapter, self.style = adapter, style
+
+    def __call__(self, questions: list[BenchmarkQuestion]) -> dict:
+        images = []
+        for question in questions:
+            try:
+                with Image.open(question.image) as image:
+                    images.append(image.convert("RGB"))
+            except (OSError, ValueError) as error:
+                raise DatasetFormatError(f"{question.image}: not a readable image ({error})") from None
+        texts = [chat_prompt(self.adapter, q.question, self.style) for q in questions]
+        return {"inputs": self.adapter.build_inputs(images, texts), "questions": questions}
+
+
+@torch.no_grad()
+def run_generated(
+    adapter: ImageTokenAdapter,
+    pruner: Pruner,
+    questions: list[BenchmarkQuestion],
+    keep_ratio: float,
+    config: PruneConfig,
+    answers_file: Path,
+) -> dict:
+    """A released benchmark answered by generating (greedy, `config.max_new_tokens`); the answers
+    go to `answers_file` (JSON lines: question_id, text), the metrics into the returned row."""
+    loader = DataLoader(
+        Items(questions), batch_size=config.batch_size, collate_fn=PromptCollate(adapter, config.prompt)
+    )
+    answers: list[str] = []
+    prefill_seconds, total_seconds, flops, kept_tokens, images = 0.0, 0.0, 0.0, 0, 0
+    with answers_file.open("w", encoding="utf-8") as written:
+        for batch in loader:
+            inputs = batch["inputs"]
+            started = time.perf_counter()
+            tokens = adapter.encode_images(inputs)
+            decision = pruner.decide(adapter, inputs, tokens, keep_ratio)
+            decided = time.perf_counter()
+            generated = generate(adapter, inputs, tokens, decision, max_new_tokens=config.max_new_tokens)
+            total_seconds += time.perf_counter() - started
+            prefill_seconds += (decided - started) + generated.prefill_seconds
+            texts = adapter.tokenizer.batch_decode(generated.tokens, skip_special_tokens=True)
+            for question, text in zip(batch["questions"], texts, strict=True):
+                written.write(json.dumps({"question_id": question.question_id, "text": text.strip()}) + "\n")
+            answers += texts
+            kept_tokens += sum(len(keep) for keep in generated.keep)
+            images += len(generated.keep)
+            flops += prefill_flops(adapter, generated.lengths)
+    metrics = METRICS[config.benchmark](answers, [q.gold for q in questions])
+    return {
+        **metrics,
+        "prefill_ms_per_question": 1000.0 * prefill_seconds / len(questions),
+        "generate_ms_per_question": 1000.0 * total_seconds / len(questions),
+        "mflops_per_question": flops / len(questions) / 1e6,
+        "image_tokens_kept": kept_tokens / images,
+    }
 
 
 def evaluate_pruning(
     config: PruneConfig, data_root: str | Path, out: str | Path, progress: bool = True
 ) -> dict:
+    """Every pruner at every keep ratio on the config's benchmark; writes results.json,
+    prune_table.md, accuracy_vs_tokens.png (and the generated answers, answers/*.jsonl)."""
     if config.vlm is None:
         raise ValueError("no VLM: give --vlm DIR (from `visionloom vlm pretrain`, or a real checkpoint)")
+    generated = config.benchmark != "scenes"
+    if generated and "learned" in config.pruners:
+        raise ValueError(
+            f"pruners: 'learned' trains on the scene questions and has nothing to train on for "
+            f"{config.benchmark}; leave it out (e.g. --set pruners=[random,visionzip,text-attention,pdrop])"
+        )
     data_root, out = Path(data_root), Path(out)
+    if generated:
+        questions = read_benchmark(config.benchmark, data_root, subset=config.subset, image_dir=config.images)
+        questions = questions[: config.max_questions]
+    else:
+        texts = read_questions(config, data_root)
     out.mkdir(parents=True, exist_ok=True)
     adapter = load(config.vlm)
     adapter.model.eval()
-    if "text-attention" in config.pruners:
-        # It needs attention weights, which only eager attention gives. Switch before the first row,
-        # so every row's prefill time is taken with the same attention implementation.
+    if {"text-attention", "pdrop"} & set(config.pruners):
+        # They rank by attention weights, which only eager attention gives. Switch before the first
+        # row, so every row's prefill time is taken with the same attention implementation.
         adapter.use_eager_attention()
-    texts = read_questions(config, data_root)
     train_texts = (
         [t for t in read_scene_texts(data_root, "train") if t.task.startswith("qa")]
         if "learned" in config.pruners
         else []
     )
-    results: dict[str, dict[str, dict]] = {
-        "keep-all": {"1.0": run_pruner(adapter, KeepAll(), texts, 1.0, config.batch_size)}
-    }
+
+    def evaluate(name: str, pruner: Pruner, ratio: float) -> dict:
+        if not generated:
+            return run_pruner(adapter, pruner, texts, ratio, config.batch_size)
+        (out / "answers").mkdir(exist_ok=True)
+        return run_generated(
+            adapter, pruner, questions, ratio, config, out / "answers" / f"{name}-{ratio}.jsonl"
+        )
+
     jobs = [(name, ratio) for name in config.pruners for ratio in config.keep_ratios if ratio < 1.0]
+    count = len(questions) if generated else len(texts)
     if progress:
         from visionloom.progress import track
 
-        jobs = track(jobs, description=f"{len(texts)} questions x pruners x keep ratios")
-    pruners = {}
+        jobs = track([("keep-all", 1.0), *jobs], description=f"{count} questions x pruners x keep ratios")
+    else:
+        jobs = [("keep-all", 1.0), *jobs]
+    results: dict[str, dict[str, dict]] = {}
+    pruners: dict[str, Pruner] = {"keep-all": KeepAll()}
     for name, ratio in jobs:
         if name not in pruners:
             pruners[name] = make_pruner(name, config, adapter, train_texts, out)
-        results.setdefault(name, {})[str(ratio)] = run_pruner(
-            adapter, pruners[name], texts, ratio, config.batch_size
-        )
+        results.setdefault(name, {})[str(ratio)] = evaluate(name, pruners[name], ratio)
     report = {
         "vlm": config.vlm,
-        "questions": len(texts),
+        "benchmark": config.benchmark + (f" ({config.subset})" if config.benchmark == "pope" else ""),
+        "questions": count,
         "attention": adapter.attention_implementation(),
+        "answers": f"generated, greedy, at most {config.max_new_tokens} tokens, {config.prompt} prompt"
+        if generated
+        else "teacher-forced exact match",
         "results": results,
     }
     (out / "results.json").write_text(json.dumps(report, indent=1))

@@ -5,6 +5,10 @@ the text before the first period, drop commas, split on spaces; an answer with t
 "no" or "not" is no, anything else (an empty answer included) is yes. Then, with yes as the
 positive class: accuracy, precision, recall, F1 and the yes-ratio (how often the model said yes;
 0.5 on the balanced subsets when it is unbiased).
+
+GQA: accuracy is exact match with the release's short answer (GQA's eval.py), after the
+normalisation LLaVA's convert_gqa_for_eval.py applies to a generated answer before that script:
+surrounding spaces and a final period removed, lower case.
 """
 
 from __future__ import annotations
@@ -41,4 +45,20 @@ def pope_metrics(answers: list[str], labels: list[str]) -> dict[str, float]:
         "recall": 100.0 * recall,
         "f1": 100.0 * f1,
         "yes_ratio": 100.0 * predicted.count("yes") / len(predicted),
+    }
+
+
+def gqa_answer(text: str) -> str:
+    """A generated answer as GQA's evaluation compares it (see the module docstring)."""
+    return text.strip().rstrip(".").lower()
+
+
+def gqa_metrics(answers: list[str], gold: list[str]) -> dict[str, float]:
+    """{"accuracy"} in percent: normalised generated answers equal to the release's answers."""
+    if len(answers) != len(gold):
+        raise ValueError(f"{len(answers)} answers for {len(gold)} questions")
+    if not gold:
+        raise ValueError("no answers to score")
+    return {
+        "accuracy": 100.0 * sum(gqa_answer(a) == g for a, g in zip(answers, gold, strict=True)) / len(gold)
     }

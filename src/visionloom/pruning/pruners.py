@@ -17,6 +17,7 @@ ignore it. A pruner that changes embeddings (merging) returns them in the Decisi
 - `TextAttention`: language-side (FastV). Layers 0..K run on the full sequence. The attention
   image tokens receive there from the last prompt token, at layer K, ranks them. Layers K+1..
   then run on the kept positions of the hidden state (the decision's `from_layer`).
+- `PDrop`: language-side in stages (several layers), ranked inside the prefill.
 - `LearnedScorer`: a small network over image-token embeddings, trained with the VLM frozen.
 """
 
@@ -30,7 +31,7 @@ from torch import nn
 
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.backbones.types import MultimodalInputs, VisionTokens
-from visionloom.pruning.apply import Decision, shallow_pass
+from visionloom.pruning.apply import Decision, DropStage, last_real_positions, shallow_pass
 
 
 class Pruner(Protocol):
@@ -93,17 +94,20 @@ class RandomPruner:
 
 
 # ---------------------------------------------------------------------------------------- vision side
-def average_into(embeds: torch.Tensor, targets: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
-    """[k, D]: each source token averaged into its most similar target (cosine of the embeddings),
-    every target the mean of itself and the sources it took. The merging step of PruMerge and of
-    VisionZip's contextual tokens. embeds [N, D]; targets [k] and sources [m] index into it."""
+def average_into(
+    embeds: torch.Tensor, targets: torch.Tensor, sources: torch.Tensor, compare: torch.Tensor | None = None
+) -> torch.Tensor:
+    """[k, D]: each source token averaged into its most similar target, every target the mean of
+    itself and the sources it took. The merging step of PruMerge and of VisionZip's contextual
+    tokens. embeds [N, D]; targets [k] and sources [m] index into it. Similarity is the cosine of
+    `compare` [N, C] (VisionZip: the tower's keys), or of the embeddings themselves."""
     kept = embeds[targets]  # [k, D], a copy
     if len(sources) == 0:
         return kept
     normalise = nn.functional.normalize
-    owner = (
-        (normalise(embeds[sources], dim=-1) @ normalise(kept, dim=-1).T).argmax(-1).to(embeds.device)
-    )  # [m]
+    compare = embeds if compare is None else compare.to(embeds.device)
+    similarity = normalise(compare[sources].float(), dim=-1) @ normalise(compare[targets].float(), dim=-1).T
+    owner = similarity.argmax(-1)  # [m]
     sums = kept.index_add(0, owner, embeds[sources])
     counts = torch.ones(len(kept), device=embeds.device).index_add(
         0, owner, torch.ones(len(owner), device=embeds.device)
@@ -160,8 +164,11 @@ class VisionZip:
     the ones the tower attends to most (`TowerAttention`'s scores). The remaining tokens are merged
     into the rest of the budget: targets taken at even intervals among them (in raster order), every
     other remaining token assigned to its most similar target, and each target replaced by its
-    group's mean. Similarity is the cosine of the projected embeddings: VisionZip compares the
-    tower's attention keys, which the layer does not keep. At ratio 1 every token is dominant and
+    group's mean. Similarity is the cosine of the tokens' attention keys at the scoring block, as
+    VisionZip compares them (`tower_keys`: recomputed from the same tower pass, averaged over merged
+    or pooled patches). The groups average the projected embeddings the language model receives
+    (VisionZip averages the tower's features before its linear projector; LLaVA's two-layer
+    projector is not linear, so the two differ there). At ratio 1 every token is dominant and
     nothing is merged, so keep-all holds bit for bit.
     """
 
@@ -176,6 +183,7 @@ class VisionZip:
         if not 0 < keep_ratio <= 1:
             raise ValueError(f"keep_ratio {keep_ratio} must be in (0, 1]")
         scores = self.tower.scores(adapter, tokens)
+        keys = adapter.tower_keys(tokens, self.tower.block) if keep_ratio < 1 else [None] * len(scores)
         keep, merged, changed = [], [], False
         for image, embeds in enumerate(tokens.per_image()):
             pool = candidates(adapter, tokens, image)
@@ -191,7 +199,7 @@ class VisionZip:
                 targets = rest[picks]
                 others = rest[~torch.isin(rest, targets)]
                 full, changed = embeds.clone(), True
-                full[targets] = average_into(embeds, targets, others).to(full.dtype)
+                full[targets] = average_into(embeds, targets, others, keys[image]).to(full.dtype)
             layout = torch.tensor(adapter.structural_offsets(tokens.geometries[image]), dtype=torch.long)
             keep.append(torch.cat([dominant.cpu(), targets.cpu(), layout]).sort().values)
             merged.append(full)
@@ -199,12 +207,6 @@ class VisionZip:
 
 
 # ---------------------------------------------------------------------------------------- language side
-def last_real_positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """LongTensor [B]: each row's last non-padding position, under left or right padding."""
-    length = attention_mask.shape[1]
-    return length - 1 - attention_mask.flip(1).int().argmax(1)
-
-
 class TextAttention:
     """FastV: layers 0..K on every token; the last prompt token's attention at layer K ranks the image
     tokens; layers K+1.. run on the kept ones only.
@@ -258,6 +260,41 @@ class TextAttention:
             attention = output.attentions[self.layer][sample, :, row, start:end]  # [heads, n]
             scores.append(attention.mean(0).float().cpu())
         return scores, hidden
+
+
+class PDrop:
+    """PDrop (Xing et al., "PyramidDrop", CVPR 2025): image tokens dropped in stages inside the
+    language model. At each stage layer the last instruction token's attention at the layer before
+    ranks the image tokens still present, and a share `lambda` of them goes on; the ranking runs
+    inside the prefill (`prefill.py`), between the stretches, with no second pass.
+
+    `layers`: the stage layers (PDrop uses 8, 16, 24 of LLaVA-1.5-7B's 32, lambda 0.5); default a
+    quarter, half and three quarters of the model's depth. A keep ratio r is the share left after the
+    last stage, so lambda = r ** (1 / stages); the FLOPs estimate counts the fuller early stretches.
+    At r = 1 every stage keeps everything and the logits are the model's, bit for bit.
+    """
+
+    name = "pdrop"
+
+    def __init__(self, layers: list[int] | None = None):
+        self.layers = layers
+
+    def stage_layers(self, adapter: ImageTokenAdapter) -> list[int]:
+        depth = len(adapter.language_module.layers)
+        default = {round(depth * share) for share in (0.25, 0.5, 0.75)} & set(range(1, depth))
+        layers = self.layers or sorted(default)
+        if layers != sorted(set(layers)) or layers[0] < 1 or layers[-1] >= depth:
+            raise ValueError(
+                f"pdrop layers {layers}: increasing layers within 1..{depth - 1} (the language model has {depth})"
+            )
+        return layers
+
+    def decide(self, adapter, inputs, tokens, keep_ratio: float, *, query_positions=None) -> Decision:
+        if not 0 < keep_ratio <= 1:
+            raise ValueError(f"keep_ratio {keep_ratio} must be in (0, 1]")
+        layers = self.stage_layers(adapter)
+        share = keep_ratio ** (1 / len(layers))
+        return Decision(stages=[DropStage(layer=layer, keep_ratio=share) for layer in layers])
 
 
 # ---------------------------------------------------------------------------------------- learned

@@ -4,21 +4,39 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# The benchmark metrics a row may carry besides accuracy (POPE's), in the order the papers give them.
+EXTRA_METRICS = (("precision", "precision %"), ("recall", "recall %"), ("f1", "F1 %"), ("yes_ratio", "yes %"))
+
 
 def write_table(report: dict, path: Path) -> None:
+    first = report["results"]["keep-all"]["1.0"]
+    extra = [(key, title) for key, title in EXTRA_METRICS if key in first]
+    timing = [("prefill_ms_per_question", "prefill ms/question")]
+    if "generate_ms_per_question" in first:
+        timing.append(("generate_ms_per_question", "generate ms/question"))
+    columns = [
+        ("image_tokens_kept", "image tokens"),
+        ("accuracy", "accuracy %"),
+        *extra,
+        *timing,
+        ("mflops_per_question", "MFLOPs/question"),
+    ]
     lines = [
-        "| pruner | keep | image tokens | accuracy % | prefill ms/question | MFLOPs/question |",
-        "|---|---|---|---|---|---|",
+        "| pruner | keep | " + " | ".join(title for _, title in columns) + " |",
+        "|---|---|" + "---|" * len(columns),
     ]
     for name, by_ratio in report["results"].items():
         for ratio, row in by_ratio.items():
-            lines.append(
-                f"| {name} | {float(ratio):.0%} | {row['image_tokens_kept']:.1f} | {row['accuracy']:.1f} | "
-                f"{row['prefill_ms_per_question']:.2f} | {row['mflops_per_question']:.2f} |"
-            )
+            cells = [
+                f"{row[key]:.1f}" if "ms" not in key and "flops" not in key else f"{row[key]:.2f}"
+                for key, _ in columns
+            ]
+            lines.append(f"| {name} | {float(ratio):.0%} | " + " | ".join(cells) + " |")
+    benchmark = report.get("benchmark", "scenes")
+    answers = report.get("answers", "teacher-forced exact match")
     lines.append(
-        f"\n{report['questions']} questions; VLM {report['vlm']}; language-model attention "
-        f"{report['attention']} in every row."
+        f"\n{report['questions']} questions of {benchmark}; answers {answers}; VLM {report['vlm']}; "
+        f"language-model attention {report['attention']} in every row."
     )
     path.write_text("\n".join(lines) + "\n")
 

@@ -1,0 +1,90 @@
+"""GQA (Hudson and Manning, CVPR 2019) testdev-balanced in its released format: open-ended questions.
+
+The release (questions1.2.zip, images.zip from gqadataset.org) has one JSON object per split,
+question id -> entry, and the images as `images/{imageId}.jpg`:
+
+    {"201307251": {"imageId": "n161313", "question": "Is it overcast?", "answer": "no",
+                   "fullAnswer": "No, it is clear.", "isBalanced": true, "types": {...}, ...}}
+
+`read_gqa(root)` finds `testdev_balanced_questions.json` in ROOT or ROOT/questions and the images
+in `image_dir` (default ROOT/images). The file is untrusted: every entry is checked (an object
+with a string imageId, question and answer; an image id that names a file inside the image folder,
+and that file exists) and all problems are reported at once, each with its question id.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from visionloom.data.pedes import DatasetFormatError, resolve_inside
+
+QUESTION_FILE = "testdev_balanced_questions.json"
+SHOWN_PROBLEMS = 20
+
+
+@dataclass(frozen=True)
+class GqaQuestion:
+    question_id: str
+    image: Path  # resolved, inside the image folder
+    text: str
+    answer: str  # the release's short answer, compared exactly (GQA's eval.py)
+
+
+def find_question_file(root: Path) -> Path:
+    for candidate in (root / QUESTION_FILE, root / "questions" / QUESTION_FILE):
+        if candidate.is_file():
+            return candidate
+    raise DatasetFormatError(
+        f"{root}: no {QUESTION_FILE} (looked in {root} and {root / 'questions'}); it is in GQA's questions1.2.zip"
+    )
+
+
+def _check_entry(question_id: str, entry: object, image_dir: Path) -> tuple[GqaQuestion | None, list[str]]:
+    if not isinstance(entry, dict):
+        return None, [f"question {question_id}: expected an object with imageId, question, answer"]
+    problems = []
+    for key in ("imageId", "question", "answer"):
+        if not isinstance(entry.get(key), str) or not entry[key].strip():
+            problems.append(f"question {question_id}: {key} {entry.get(key)!r} is not a non-empty string")
+    if problems:
+        return None, problems
+    image, why = resolve_inside(image_dir, f"{entry['imageId']}.jpg")
+    if why is not None:
+        return None, [f"question {question_id}: {why}"]
+    if not image.is_file():
+        return None, [f"question {question_id}: image {entry['imageId']}.jpg is not in {image_dir}"]
+    return GqaQuestion(question_id, image, entry["question"], entry["answer"]), []
+
+
+def read_gqa(root: str | Path, image_dir: str | Path | None = None) -> list[GqaQuestion]:
+    """Every testdev-balanced question, checked; one DatasetFormatError listing every problem."""
+    root = Path(root)
+    question_file = find_question_file(root)
+    images = Path(image_dir) if image_dir is not None else root / "images"
+    if not images.is_dir():
+        raise DatasetFormatError(f"{images}: no image folder; GQA's images.zip unpacks to images/")
+    try:
+        content = json.loads(question_file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise DatasetFormatError(f"{question_file}: not UTF-8 text ({error.reason})") from None
+    except json.JSONDecodeError as error:
+        raise DatasetFormatError(
+            f"{question_file}: not valid JSON ({error.msg}, line {error.lineno})"
+        ) from None
+    if not isinstance(content, dict):
+        raise DatasetFormatError(f"{question_file}: expected an object of question id -> question")
+    questions, problems = [], []
+    for question_id, entry in content.items():
+        question, found = _check_entry(question_id, entry, images)
+        problems += found
+        if question is not None:
+            questions.append(question)
+    if problems:
+        shown = "".join(f"\n  {problem}" for problem in problems[:SHOWN_PROBLEMS])
+        more = f"\n  ... and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
+        raise DatasetFormatError(f"{question_file}: {len(problems)} problem(s):{shown}{more}")
+    if not questions:
+        raise DatasetFormatError(f"{question_file}: no questions")
+    return questions

@@ -1,0 +1,208 @@
+"""Generated answers from a pruned prefill: chat prompts and greedy decoding with a key/value cache.
+
+Instruction-tuned VLMs are evaluated by what they generate. Here the prefill runs on the pruned
+sequence (`prefill.py`, a cache per stretch of layers) and each new token then goes through the
+same stretches with their own caches and masks, so decoding sees exactly the tokens the prefill
+kept at each layer.
+
+Positions continue from the full sequence: the t-th new token of a row takes the row's largest
+prefill position + 1 + t, which is what `generate` computes (its last position + 1; Qwen2.5-VL's
+`rope_deltas` give the same for the 3-D positions). Dropping tokens therefore never renumbers what
+follows them.
+
+The loop is written here, not `model.generate`: `generate` derives positions from the attention
+mask (which after a drop would renumber the kept tokens) and runs every layer over one mask, which
+cannot hold FastV's and PDrop's shorter later layers. Each step is the model's own forward.
+
+Padding: each row's first new token is read at its last real token, and new tokens follow the
+padding (masked) under right padding, so a batch padded on either side gives the same answers as
+`generate` on the left-padded batch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import torch
+from transformers import DynamicCache, EncoderDecoderCache
+from transformers.modeling_outputs import BaseModelOutput
+
+from visionloom.backbones.base import ImageTokenAdapter
+from visionloom.backbones.types import MultimodalInputs, VisionTokens
+from visionloom.pruning.apply import Decision, last_real_positions, padding_side
+from visionloom.pruning.prefill import Prefill, prefill, run_stretch
+
+PROMPT_STYLES = ("chat", "plain")
+
+
+@dataclass
+class Generated:
+    """Greedy answers per sample (token ids, the end token excluded) and, when kept, the logits
+    [B, V] of every step (for comparison with `generate`'s own)."""
+
+    tokens: list[list[int]]
+    logits: list[torch.Tensor] | None = None
+    keep: list[torch.Tensor] | None = None  # per image, the placeholders left after the last drop
+    lengths: list[tuple[int, torch.Tensor]] | None = None  # per stretch: layers, real tokens [B]
+    prefill_seconds: float = 0.0  # wall clock of the pruned prefill
+
+
+def chat_prompt(adapter: ImageTokenAdapter, question: str, style: str = "chat") -> str:
+    """The text for one image and one question: the checkpoint's chat template with a generation
+    prompt ("chat"), or `<image>\\n{question}` as the scene VLMs were trained ("plain")."""
+    if style == "plain":
+        return f"<image>\n{question}"
+    if style != "chat":
+        raise ValueError(f"prompt style {style!r} is not one of {', '.join(PROMPT_STYLES)}")
+    template = getattr(adapter.processor, "chat_template", None) or adapter.tokenizer.chat_template
+    if not template:
+        raise ValueError(
+            f"{adapter.family}: the checkpoint has no chat template (chat_template.jinja or "
+            f"chat_template.json); use the plain prompt for a model trained without one"
+        )
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    text = adapter.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    tokenizer = adapter.tokenizer
+    bos = tokenizer.bos_token
+    # Templates that write <bos> themselves: the processor adds it again when it tokenizes.
+    if bos and text.startswith(bos) and tokenizer("")["input_ids"][:1] == [tokenizer.bos_token_id]:
+        text = text[len(bos) :]
+    return text
+
+
+def stop_token_ids(adapter: ImageTokenAdapter) -> set[int]:
+    """The ids that end an answer: the generation config's end tokens and the tokenizer's."""
+    configured = adapter.model.generation_config.eos_token_id
+    ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+    if adapter.tokenizer.eos_token_id is not None:
+        ids.add(int(adapter.tokenizer.eos_token_id))
+    return ids
+
+
+def next_positions(state: Prefill, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B]: each row's largest full-sequence position over its real tokens (every axis), plus one."""
+    positions = state.full_positions  # [B, S] or [3, B, S]
+    real = attention_mask.bool().to(positions.device)
+    masked = positions.masked_fill(~real, -1)
+    while masked.ndim > 2:
+        masked = masked.amax(0)
+    return masked.amax(-1) + 1
+
+
+@torch.no_grad()
+def generate(
+    adapter: ImageTokenAdapter,
+    inputs: MultimodalInputs,
+    tokens: VisionTokens,
+    decision: Decision,
+    *,
+    max_new_tokens: int,
+    keep_logits: bool = False,
+) -> Generated:
+    """Greedy answers after the pruned prefill (see `Generated`)."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if adapter.model.config.is_encoder_decoder:
+        return _generate_encoder_decoder(adapter, inputs, tokens, decision, max_new_tokens, keep_logits)
+    # Under left padding every row ends in the last column (`sequence_layout`), and only that one
+    # goes through the output head, as in generate; otherwise each row's last real token is read.
+    left = padding_side(inputs.attention_mask) == "left"
+    started = time.perf_counter()
+    state = prefill(
+        adapter, inputs, tokens, decision, generation=True, use_cache=True, logits_to_keep=1 if left else 0
+    )
+    seconds = time.perf_counter() - started
+    last = last_real_positions(inputs.attention_mask).to(state.layout.device)  # [B], full sequence
+    column = (state.layout == last.unsqueeze(1)).int().argmax(1)  # [B]
+    if left:
+        column = torch.zeros_like(column)  # the one column kept
+    logits = state.output.logits[
+        torch.arange(inputs.batch_size), column.to(state.output.logits.device)
+    ]  # [B, V]
+    position = next_positions(state, inputs.attention_mask)  # [B]
+    generated = _decode(
+        adapter,
+        logits,
+        max_new_tokens,
+        lambda token, step: _step(adapter, state, token, position + step),
+        keep_logits,
+    )
+    return replace(generated, keep=state.keep, lengths=state.lengths, prefill_seconds=seconds)
+
+
+def _step(
+    adapter: ImageTokenAdapter, state: Prefill, token: torch.Tensor, position: torch.Tensor
+) -> torch.Tensor:
+    """One new token [B] at `position` [B] through every stretch; logits [B, V]."""
+    hidden = adapter.text_embeddings(token.unsqueeze(1))  # [B, 1, D]
+    if state.full_positions.ndim == 3:  # Qwen's 3-D positions: a text token has one on every axis
+        positions = position.view(1, -1, 1).expand(3, -1, 1)  # [3, B, 1]
+    else:
+        positions = position.view(-1, 1)  # [B, 1]
+    for index, stretch in enumerate(state.stretches):
+        ones = torch.ones_like(stretch.attention_mask[:, :1])
+        stretch.attention_mask = torch.cat([stretch.attention_mask, ones], dim=1)  # [B, S_i + t]
+        last = index == len(state.stretches) - 1
+        output, hidden = run_stretch(
+            adapter, stretch, hidden, {"position_ids": positions.to(hidden.device)}, last=last
+        )
+    return output.logits[:, -1]
+
+
+def _decode(
+    adapter: ImageTokenAdapter, logits: torch.Tensor, max_new_tokens: int, step, keep_logits: bool
+) -> Generated:
+    """Greedy decoding from the first logits [B, V]; `step(token [B], t)` gives the next logits."""
+    stops = stop_token_ids(adapter)
+    batch = logits.shape[0]
+    answers: list[list[int]] = [[] for _ in range(batch)]
+    finished = [False] * batch
+    kept: list[torch.Tensor] = []
+    for t in range(max_new_tokens):
+        if keep_logits:
+            kept.append(logits)
+        token = logits.argmax(-1)  # [B]
+        for row, value in enumerate(token.tolist()):
+            if not finished[row]:
+                finished[row] = value in stops
+                if not finished[row]:
+                    answers[row].append(value)
+        if all(finished) or t == max_new_tokens - 1:
+            break
+        logits = step(token, t)
+    return Generated(answers, kept if keep_logits else None)
+
+
+def _generate_encoder_decoder(adapter, inputs, tokens, decision, max_new_tokens, keep_logits) -> Generated:
+    """T5Gemma2: the pruned prefill is the encoder; the decoder cross-attends to what it kept."""
+    started = time.perf_counter()
+    state = prefill(adapter, inputs, tokens, decision, generation=True)
+    seconds = time.perf_counter() - started
+    encoded = BaseModelOutput(last_hidden_state=state.output.last_hidden_state)
+    config = adapter.model.generation_config
+    # generate's rule: the decoder starts from decoder_start_token_id, or else from bos_token_id.
+    start = (
+        config.decoder_start_token_id if config.decoder_start_token_id is not None else config.bos_token_id
+    )
+    if start is None:
+        raise ValueError(
+            f"{adapter.family}: the generation config names neither decoder_start_token_id nor bos_token_id"
+        )
+    cache = EncoderDecoderCache(
+        DynamicCache(config=adapter.config.get_text_config(decoder=True)), DynamicCache()
+    )
+
+    def run(token: torch.Tensor) -> torch.Tensor:
+        out = adapter.model(
+            encoder_outputs=encoded,
+            attention_mask=state.attention_mask,
+            decoder_input_ids=token.view(-1, 1),
+            past_key_values=cache,
+            use_cache=True,
+        )
+        return out.logits[:, -1]
+
+    first = torch.full((inputs.batch_size,), int(start), dtype=torch.long, device=state.attention_mask.device)
+    generated = _decode(adapter, run(first), max_new_tokens, lambda token, step: run(token), keep_logits)
+    return replace(generated, keep=state.keep, lengths=state.lengths, prefill_seconds=seconds)
