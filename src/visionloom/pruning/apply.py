@@ -16,9 +16,9 @@ Keeping everything therefore reproduces the unpruned inputs exactly, which the t
 bit-identical logits for every family. Layout placeholders (LLaVA-NeXT's row newlines) are
 always kept.
 
-A decision with `from_layer=K` drops its tokens in the middle of the language model (FastV):
-layers 0..K-1 run on the full sequence and layers K.. on the kept positions of the hidden state
-that enters layer K. The masks and positions are gathered the same way.
+A decision with `from_layer=K` (FastV) or `stages` (PDrop) drops tokens inside the language
+model: the model then runs in stretches of layers, each on the tokens still present, with masks
+and positions gathered the same way (`prefill.py`).
 """
 
 from __future__ import annotations
@@ -126,14 +126,15 @@ def only_layers(adapter: ImageTokenAdapter, start: int, stop: int | None = None)
 
 
 @contextmanager
-def layer_input(adapter: ImageTokenAdapter, layer: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Capture the hidden state [B, S, D] that enters language-model `layer` (the output of `layer - 1`)."""
+def hidden_after(adapter: ImageTokenAdapter, layer: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Capture the output [B, S, D] of language-model `layer`, the hidden state entering `layer + 1`
+    (enter it before `only_layers` cuts the layers: it hooks the layer by its full-model index)."""
     captured: dict[str, torch.Tensor] = {}
 
     def keep_output(_module, _args, output):
         captured["hidden"] = output[0] if isinstance(output, tuple) else output
 
-    handle = adapter.language_module.layers[layer - 1].register_forward_hook(keep_output)
+    handle = adapter.language_module.layers[layer].register_forward_hook(keep_output)
     try:
         yield captured
     finally:
@@ -145,7 +146,7 @@ def shallow_pass(
 ) -> tuple[LayerOutput, torch.Tensor]:
     """Only layers 0..layer-1 on the unpruned sequence: their output, and the hidden state [B, S, D]
     that enters language-model `layer`. Decoder-only families, or T5Gemma2's encoder alone."""
-    with only_layers(adapter, 0, layer), layer_input(adapter, layer) as captured:
+    with hidden_after(adapter, layer - 1) as captured, only_layers(adapter, 0, layer):
         output = adapter.forward(inputs, tokens, use_cache=False, **flags)
     return output, captured["hidden"]
 
@@ -157,8 +158,6 @@ def validate(decision: Decision, tokens: VisionTokens, structural: list[tuple[in
             raise ValueError(
                 f"decision.{name} has {len(values)} entries but the batch has {len(tokens.counts)} images"
             )
-    if decision.from_layer and decision.weights is not None:
-        raise ValueError("soft weights scale the inserted embeddings; they cannot start at a later layer")
     for image, count in enumerate(tokens.counts):
         if decision.weights is not None and decision.weights[image].shape != (count,):
             raise ValueError(
@@ -242,12 +241,12 @@ def prune_sequence(
                 f"decision.embeds {tuple(decision.embeds.shape)} must replace embeddings {tuple(tokens.embeds.shape)}"
             )
         tokens = replace(tokens, embeds=decision.embeds)
-    if decision.from_layer == 0:
-        embeds = adapter.insert(inputs, tokens)  # [B, S, D], the layer's checks included
-    elif decision.hidden_entering is not None:
-        embeds = decision.hidden_entering  # [B, S, D] entering layer from_layer
-    else:
-        embeds = shallow_pass(adapter, inputs, tokens, decision.from_layer)[1]
+    if decision.from_layer or decision.stages:
+        raise ValueError(
+            "prune_sequence prepares the first layer's inputs; a decision that drops inside the language "
+            "model (from_layer, stages) runs through prefill() or forward_pruned()"
+        )
+    embeds = adapter.insert(inputs, tokens)  # [B, S, D], the layer's checks included
     kwargs = full_sequence_kwargs(adapter, inputs) if model_kwargs is None else model_kwargs
     batch, length = inputs.input_ids.shape
     keep_mask = inputs.attention_mask.bool().clone()  # [B, S]; padding goes, and is re-added below
@@ -291,24 +290,9 @@ def forward_pruned(
 ) -> LayerOutput:
     """The language model on the pruned sequence (decoder-only families and T5Gemma2's encoder).
 
-    From `decision.from_layer` on when that is set: only the later layers run here.
+    Drops inside the language model (FastV's `from_layer`, PDrop's stages) run in stretches of
+    layers, see `prefill.py`; a decision at layer 0 is one stretch.
     """
-    return run_pruned(adapter, prune_sequence(adapter, inputs, tokens, decision), decision, **flags)
+    from visionloom.pruning.prefill import prefill  # prefill builds on this module
 
-
-def run_pruned(
-    adapter: ImageTokenAdapter, pruned: PrunedSequence, decision: Decision, **flags
-) -> LayerOutput:
-    """The language model on an already pruned sequence (see `forward_pruned`)."""
-    shortened = MultimodalInputs(
-        input_ids=torch.zeros_like(pruned.attention_mask),  # not read: embeddings go in directly
-        attention_mask=pruned.attention_mask,
-        image_token_mask=pruned.image_token_mask,
-        image_spans=[],
-        geometries=[],
-    )
-    if decision.from_layer:
-        # A key/value cache would hold full-length keys for the early layers and short ones after.
-        flags = {**flags, "use_cache": False}
-    with only_layers(adapter, decision.from_layer):
-        return adapter.run_language_model(shortened, pruned.inputs_embeds, pruned.model_kwargs, **flags)
+    return prefill(adapter, inputs, tokens, decision, **flags).output

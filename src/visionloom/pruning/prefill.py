@@ -31,6 +31,7 @@ from visionloom.pruning.apply import (
     DropStage,
     full_sequence_kwargs,
     gather_layout,
+    hidden_after,
     last_real_positions,
     only_layers,
     prune_sequence,
@@ -80,21 +81,6 @@ def segment_cache(adapter: ImageTokenAdapter, start: int) -> DynamicCache:
         twin = next((j for j in range(start, len(cache.layers)) if sliding[j] == sliding[slot]), start)
         cache.layers[slot] = cache.layers[twin]
     return cache
-
-
-@contextmanager
-def hidden_after(adapter: ImageTokenAdapter, layer: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Capture the output [B, S, D] of language-model `layer` (hooked before any layers are cut)."""
-    captured: dict[str, torch.Tensor] = {}
-
-    def keep_output(_module, _args, output):
-        captured["hidden"] = output[0] if isinstance(output, tuple) else output
-
-    handle = adapter.language_module.layers[layer].register_forward_hook(keep_output)
-    try:
-        yield captured
-    finally:
-        handle.remove()
 
 
 @contextmanager
@@ -155,6 +141,10 @@ def run_stretch(
 def drop_stages(decision: Decision) -> tuple[Decision, list[DropStage]]:
     """The decision's layer-0 part and its drops inside the language model, in layer order."""
     if decision.from_layer:
+        if decision.weights is not None:
+            raise ValueError("soft weights scale the inserted embeddings; they cannot start at a later layer")
+        if decision.keep is None:
+            raise ValueError(f"a drop at layer {decision.from_layer} (from_layer) needs the kept indices")
         if decision.stages:
             raise ValueError("a decision has either from_layer (FastV) or stages (PDrop), not both")
         first = replace(decision, keep=None, from_layer=0, hidden_entering=None)
