@@ -230,3 +230,26 @@ def edited_copy(name: str, directory: Path, edit) -> Path:
         else:
             (target / file).write_text(json.dumps(content, indent=2))
     return target
+
+
+@functools.cache
+def sam_checkpoint(name: str = "sam-vit-base") -> Path:
+    """A SAM release (`tests/fixtures/checkpoints/sam-vit-base`: facebook/sam-vit-base's config and
+    processor) with random weights and its image encoder cut to one block (global attention), so its
+    widths, 1024-pixel input, 64x64 embeddings and prompt and mask decoder stay the release's."""
+    from transformers import SamConfig, SamModel
+
+    directory = session_directory(f"hub-{name}-") / name
+    files = {
+        file: json.loads((FIXTURES / name / file).read_text())
+        for file in ("config.json", "preprocessor_config.json")
+    }
+    files["config.json"]["vision_config"].update(num_hidden_layers=1, global_attn_indexes=[0])
+    directory.mkdir(parents=True)
+    torch.manual_seed(0)
+    SamModel(
+        SamConfig(**{k: v for k, v in files["config.json"].items() if k != "architectures"})
+    ).save_pretrained(str(directory))
+    for file, content in files.items():
+        (directory / file).write_text(json.dumps(content, indent=2))
+    return directory

@@ -217,6 +217,56 @@ def test_grounder_losses_and_gradients_stop_at_the_features(scenes_root):
     )
 
 
+def test_the_text_only_control_reads_the_expression_and_never_the_attention(scenes_root):
+    """head.input=text: the same head fed the expression's hidden states over the grid, no attention."""
+    from dataclasses import replace
+
+    adapter = cached_preset("tiny-llava")
+    samples = read_refcoco(scenes_root, "val")[:3]
+    features = compute_features(adapter, samples, None, progress=False)
+    torch.manual_seed(0)
+    model = Grounder(
+        features[0].attention.shape[0], 2, adapter.text_width, HeadConfig(width=8, input="text"), None
+    )
+    batch = collate(features)["features"]
+    with torch.no_grad():
+        reference = model.predict(batch).coarse
+        other_attention = model.predict(replace(batch, attention=torch.rand_like(batch.attention))).coarse
+        other_text = model.predict(replace(batch, hidden=[h.flip(1) + 1.0 for h in batch.hidden])).coarse
+    assert all(torch.equal(a, b) for a, b in zip(reference, other_attention, strict=True))
+    assert not all(torch.allclose(a, b) for a, b in zip(reference, other_text, strict=True))
+    assert model.head.in_channels == 8 and not model.head.normalise  # constant channels: no normalising
+    losses = model({"features": batch})
+    losses["coarse_loss"].backward()
+    assert model.text_grid.weight.grad is not None and model.text_layer_weights.grad is not None
+
+
+def test_images_of_different_sizes_need_one_side_where_the_processor_keeps_sizes(image):
+    """Qwen2.5-VL keeps each padded square's size: grids differ unless image_side fixes one."""
+    from visionloom.grounding.attention import collect
+    from visionloom.grounding.features import SampleFeatures
+
+    adapter = cached_preset("tiny-qwen2.5-vl")
+    images = [image(112, 112, 1), image(168, 140, 2)]
+    free = collect(adapter, images, ["the red circle", "the blue square"])
+    assert free[0].attention.shape[-2:] != free[1].attention.shape[-2:]
+    items = [
+        SampleFeatures(
+            **vars(f),
+            name=f"sample {i}",
+            mask=torch.zeros(4, 4, dtype=torch.bool),
+            sam_embedding=None,
+            sam_size=None,
+        )
+        for i, f in enumerate(free)
+    ]
+    with pytest.raises(ValueError, match="different token grids.*set image_side"):
+        collate(items)
+    fixed = collect(adapter, images, ["the red circle", "the blue square"], image_side=112)
+    assert fixed[0].attention.shape[-2:] == fixed[1].attention.shape[-2:] == (4, 4)
+    assert fixed[1].padding.size == (168, 140)  # masks still come back at the image's own size
+
+
 @pytest.mark.slow
 def test_qwen_pretrains_and_grounds_end_to_end(scenes_root, tmp_path):
     """The Qwen2.5-VL path of both commands: its 3-D positions, merged grid and processor."""

@@ -7,6 +7,12 @@ LLaVA-NeXT). The expression's tokens are marked in `mask_ids` (0 on them, -1 eve
 image tokens included, as in F-LMM), and the attention from those tokens to the image grid is
 merged over the tokens (mean or max), giving layers x heads channels on the grid.
 
+T5Gemma 2 (encoder-decoder): the image tokens are encoder tokens and the prompt with the
+expression is the encoder's input, so the attention that carries expression -> image is the
+encoder's own (bidirectional) self-attention, which `adapter.forward` returns. The decoder holds no
+image positions and no expression: its cross-attention goes from decoder tokens to the encoder's
+outputs, so it is not the expression's attention and is not used.
+
 Images are padded to a square first (bottom and right, with the mean colour), so that every
 family's processor sees the whole image without cropping; `Padding` records what to cut off
 when the mask comes back.
@@ -42,14 +48,18 @@ class Padding:
         return resized.reshape(*square.shape[:-2], height, width)
 
 
-def pad_to_square(image: Image.Image) -> tuple[Image.Image, Padding]:
+def pad_to_square(image: Image.Image, resize_to: int | None = None) -> tuple[Image.Image, Padding]:
+    """The image padded bottom/right to a square (and resized to `resize_to` a side, when given)."""
     width, height = image.size
     side = max(width, height)
-    if width == height:
-        return image, Padding((height, width), side)
-    mean = tuple(round(c) for c in ImageStat.Stat(image).mean)
-    square = Image.new("RGB", (side, side), mean)
-    square.paste(image, (0, 0))
+    square = image
+    if width != height:
+        mean = tuple(round(c) for c in ImageStat.Stat(image).mean)
+        square = Image.new("RGB", (side, side), mean)
+        square.paste(image, (0, 0))
+    if resize_to is not None and resize_to != side:
+        # Masks come back on the square whatever its pixel size: the padding's frame is unchanged.
+        square = square.resize((resize_to, resize_to), Image.Resampling.BICUBIC)
     return square, Padding((height, width), side)
 
 
@@ -114,12 +124,16 @@ def collect(
     prompt: str = DEFAULT_PROMPT,
     merge: str = "mean",
     text_layers: int = 2,
+    image_side: int | None = None,
 ) -> list[ExpressionFeatures]:
-    """One frozen forward pass for a batch of (image, expression) pairs."""
+    """One frozen forward pass for a batch of (image, expression) pairs; `image_side`: resize each
+    padded square to that side first (see GroundingConfig.image_side)."""
     if merge not in ("mean", "max"):
         raise ValueError(f"merge {merge!r}: use 'mean' or 'max'")
     names = names or [f"sample {i}" for i in range(len(images))]
-    squares, paddings = zip(*(pad_to_square(image.convert("RGB")) for image in images), strict=True)
+    squares, paddings = zip(
+        *(pad_to_square(image.convert("RGB"), image_side) for image in images), strict=True
+    )
     texts = [prompt.format(expression=expression) for expression in expressions]
     inputs = adapter.build_inputs(list(squares), texts).to(adapter.model.device)
     output = adapter.forward(inputs, output_attentions=True, output_hidden_states=True)

@@ -25,6 +25,9 @@ from visionloom.grounding.sam import SamRefiner, load_sam
 class HeadConfig:
     width: PositiveInt = 32
     upsample: Literal[1, 2, 4, 8, 16] = 4  # output grid = token grid x this (a power of two)
+    # attention: the expression's attention maps (F-LMM). text: the control that sees no attention,
+    # only the expression's hidden states, repeated over the grid.
+    input: Literal["attention", "text"] = "attention"
 
 
 @dataclass
@@ -45,6 +48,10 @@ class GroundingConfig:
     merge: Literal["mean", "max"] = "mean"  # how attention is merged over the expression's tokens
     text_layers: PositiveInt = 2  # hidden states of the last K layers, weighted, go to text_proj
     image_dir: str | None = None  # images, when not DATA/images (COCO's train2014 for RefCOCO)
+    # Resize the padded square to this side before the VLM's processor. Needed where the processor
+    # keeps the image's size (Qwen2.5-VL): otherwise images of different sizes get different token
+    # grids, which one head batch cannot hold. None: the processor decides.
+    image_side: PositiveInt | None = None
     split_by: str | None = (
         None  # which refs(<split_by>) file: unc (RefCOCO, RefCOCO+), umd or google (RefCOCOg)
     )
@@ -118,6 +125,7 @@ def split_features(
         prompt=config.prompt,
         merge=config.merge,
         text_layers=config.text_layers,
+        image_side=config.image_side,
         description=split,
         progress=progress,
     )

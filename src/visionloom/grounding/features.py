@@ -55,6 +55,7 @@ def compute_features(
     prompt: str = DEFAULT_PROMPT,
     merge: str = "mean",
     text_layers: int = 2,
+    image_side: int | None = None,
     batch_size: int = 32,
     description: str = "features",
     progress: bool = True,
@@ -81,6 +82,7 @@ def compute_features(
             prompt=prompt,
             merge=merge,
             text_layers=text_layers,
+            image_side=image_side,
         )
         if refiner is not None:
             new = {  # each image once, however many expressions it has
@@ -106,6 +108,17 @@ def compute_features(
 
 
 def collate(items: list[SampleFeatures]) -> dict[str, GroundingBatch]:
+    grids = {tuple(item.attention.shape[-2:]) for item in items}
+    if len(grids) > 1:
+        by_grid = {
+            grid: next(i.name for i in items if tuple(i.attention.shape[-2:]) == grid) for grid in grids
+        }
+        raise ValueError(
+            "attention maps on different token grids in one batch ("
+            + "; ".join(f"{h}x{w}: {name}" for (h, w), name in sorted(by_grid.items()))
+            + "): this VLM's processor keeps each image's size; set image_side (e.g. image_side=672) "
+            "so every image gets the same grid"
+        )
     with_sam = items[0].sam_embedding is not None
     return {
         "features": GroundingBatch(

@@ -2,7 +2,7 @@
 
 Input: layers x heads channels on the image-token grid (h, w). Each channel is normalised to sum
 to one over the grid, so the head reads where the attention goes, not how much of it the image
-gets. Two down steps and three up steps with skip connections give logits at 4x the grid
+gets (`normalise`; off for the text-only control, whose channels are constant over the grid). Two down steps and three up steps with skip connections give logits at 4x the grid
 (F-LMM's head is the same shape at a larger width).
 """
 
@@ -30,8 +30,9 @@ def block(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class MaskHead(nn.Module):
-    def __init__(self, in_channels: int, config: HeadConfig):
+    def __init__(self, in_channels: int, config: HeadConfig, normalise: bool = True):
         super().__init__()
+        self.normalise = normalise
         width = config.width
         self.stem = block(in_channels, width)
         self.down = block(width, 2 * width)
@@ -54,8 +55,10 @@ class MaskHead(nn.Module):
                 f"the head was built for {self.in_channels} attention channels (layers x heads) but got "
                 f"{attention.shape[1]}: was it trained on another VLM?"
             )
-        x = attention / attention.sum((-2, -1), keepdim=True).clamp_min(1e-6)  # [N, C, h, w]
-        x = x * attention.shape[-1] * attention.shape[-2]  # mean 1 per channel
+        x = attention  # [N, C, h, w]
+        if self.normalise:
+            x = attention / attention.sum((-2, -1), keepdim=True).clamp_min(1e-6)
+            x = x * attention.shape[-1] * attention.shape[-2]  # mean 1 per channel
         skip = self.stem(x)  # [N, W, h, w]
         low = self.down(F.avg_pool2d(skip, 2, ceil_mode=True))  # [N, 2W, h/2, w/2]
         low = self.middle(low)

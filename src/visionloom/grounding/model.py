@@ -68,7 +68,14 @@ class Grounder(nn.Module):
     ):
         super().__init__()
         self.text_layer_weights = nn.Parameter(torch.zeros(text_layers))  # softmax: equal at start
-        self.head = MaskHead(attention_channels, head)
+        self.input = head.input
+        if head.input == "text":
+            # The control: the expression's hidden states, no attention. A vector per expression,
+            # the same in every cell of the grid; the head can still learn where things usually are.
+            self.text_grid = nn.Linear(text_width, head.width)
+            self.head = MaskHead(head.width, head, normalise=False)
+        else:
+            self.head = MaskHead(attention_channels, head)
         self.refiner = refiner
         self.text_proj = (
             nn.Sequential(
@@ -88,12 +95,23 @@ class Grounder(nn.Module):
             frozen += ("mask_decoder.",)
         return tuple(f"refiner.sam.{part}" for part in frozen)
 
+    def head_input(self, batch: GroundingBatch, weights: torch.Tensor) -> torch.Tensor:
+        """[N, C, h, w]: the attention maps, or (the text-only control) the expression's mean hidden
+        state, projected and repeated over the same grid."""
+        if self.input == "attention":
+            return batch.attention
+        sentences = torch.stack(
+            [torch.einsum("k,knd->d", weights, hidden) / hidden.shape[1] for hidden in batch.hidden]
+        )  # [N, D], the mean over each expression's tokens
+        height, width = batch.attention.shape[-2:]
+        return self.text_grid(sentences)[:, :, None, None].expand(-1, -1, height, width)
+
     def predict(self, batch: GroundingBatch) -> Prediction:
-        square = self.head(batch.attention)  # [N, h*u, w*u] on the padded square
+        weights = self.text_layer_weights.softmax(0)
+        square = self.head(self.head_input(batch, weights))  # [N, h*u, w*u] on the padded square
         coarse = [padding.crop(square[i]) for i, padding in enumerate(batch.paddings)]  # [H_i, W_i]
         if self.refiner is None:
             return Prediction(coarse, None)
-        weights = self.text_layer_weights.softmax(0)
         text = [
             self.text_proj(torch.einsum("k,knd->nd", weights, hidden)) for hidden in batch.hidden
         ]  # [n_i, P]

@@ -56,7 +56,9 @@ class PruneConfig:
             "random",
             "tower-attention",
             "tower-attention-merge",
+            "visionzip",
             "text-attention",
+            "pdrop",
             "learned",
         ]
     )
