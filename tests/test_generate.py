@@ -278,3 +278,29 @@ def test_a_qwen_chat_template_survives_saving_and_loading(tmp_path):
     assert "<|vision_start|><|image_pad|><|vision_end|>is it red?<|im_end|>" in chat_prompt(
         reloaded, "is it red?"
     )
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_pdrop_with_rows_that_keep_different_counts(side, image):
+    """LLaVA-NeXT images of different sizes have different token counts, so the rows of a stretch
+    differ in length and the shorter ones end (or start) in fill; the kept tokens must still be
+    found and gathered by their full-sequence positions."""
+    adapter = build_preset("tiny-llava-next", **DEEP)
+    adapter.use_eager_attention()
+    # Row 0: the larger image and a short question, the longest row, unpadded. Row 1: a smaller
+    # image and a long question; it loses fewer tokens and ends longer, so row 0 needs fill.
+    long_question = "<image> " + " ".join(["is the red circle left of the blue square"] * 3) + "?"
+    with padded_on(adapter, side):
+        inputs = adapter.build_inputs(
+            [image(112, 112, 1), image(56, 112, 2)], ["<image> what?", long_question]
+        )
+    with torch.no_grad():
+        tokens = adapter.encode_images(inputs)
+        assert tokens.counts[0] > tokens.counts[1]
+        assert inputs.attention_mask[0].all()
+        state = prefill(adapter, inputs, tokens, PDrop().decide(adapter, inputs, tokens, 0.3))
+    assert (state.layout < 0).any()  # the rows really differ in length
+    for image_index, (sample, (start, _)) in enumerate(inputs.image_owner()):
+        present = state.layout[sample][state.layout[sample] >= 0]
+        in_image = present[(present >= start) & (present < start + tokens.counts[image_index])]
+        assert torch.equal(in_image - start, state.keep[image_index])

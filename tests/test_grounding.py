@@ -235,7 +235,7 @@ def test_the_text_only_control_reads_the_expression_and_never_the_attention(scen
         other_text = model.predict(replace(batch, hidden=[h.flip(1) + 1.0 for h in batch.hidden])).coarse
     assert all(torch.equal(a, b) for a, b in zip(reference, other_attention, strict=True))
     assert not all(torch.allclose(a, b) for a, b in zip(reference, other_text, strict=True))
-    assert model.head.in_channels == 8 and not model.head.normalise  # constant channels: no normalising
+    assert model.head.in_channels == 8 + 2 and not model.head.normalise  # text and (x, y); no normalising
     losses = model({"features": batch})
     losses["coarse_loss"].backward()
     assert model.text_grid.weight.grad is not None and model.text_layer_weights.grad is not None

@@ -15,11 +15,10 @@ from tests.hub_checkpoints import checkpoint
 from visionloom.backbones import load
 from visionloom.backbones.tiny import build_preset
 from visionloom.cli import app
-from visionloom.pruning.benchmarks import read_benchmark
+from visionloom.pruning.benchmarks import METRICS, read_benchmark
 from visionloom.pruning.build import load_config
 from visionloom.pruning.evaluate import PromptCollate, evaluate_pruning
 from visionloom.pruning.generate import stop_token_ids
-from visionloom.pruning.metrics import pope_metrics
 
 GENERATED_PRUNERS = "[random,tower-attention-merge,visionzip,text-attention,pdrop]"
 
@@ -65,20 +64,25 @@ def own_answers(adapter, questions, style: str, steps: int) -> list[str]:
     return texts
 
 
+@pytest.mark.parametrize("benchmark", ["pope", "gqa"])
 @pytest.mark.parametrize("name", FAMILIES)
-def test_pope_with_generated_answers_for_every_family(name, tmp_path):
-    root = test_pope.write_release(tmp_path / "pope")
+def test_released_benchmarks_with_generated_answers_for_every_family(name, benchmark, tmp_path):
+    release = test_pope if benchmark == "pope" else test_gqa
+    root = release.write_release(tmp_path / benchmark)
     vlm = tmp_path / name
     build_preset(name).save_pretrained(vlm)  # no chat template in a preset: the plain prompt
-    report = evaluate_pruning(settings("pope", vlm, "prompt=plain"), root, tmp_path / "out", progress=False)
+    report = evaluate_pruning(
+        settings(benchmark, vlm, "prompt=plain"), root, tmp_path / "out", progress=False
+    )
     assert set(report["results"]) == {"keep-all", *GENERATED_PRUNERS.strip("[]").split(",")}
-    questions = read_benchmark("pope", root)
+    questions = read_benchmark(benchmark, root)
+    metric = METRICS[benchmark]
     for pruner, by_ratio in report["results"].items():
         for ratio, row in by_ratio.items():
             lines = (tmp_path / "out" / "answers" / f"{pruner}-{ratio}.jsonl").read_text().splitlines()
             written = [json.loads(line) for line in lines]
             assert [w["question_id"] for w in written] == [q.question_id for q in questions]
-            expected = pope_metrics([w["text"] for w in written], [q.gold for q in questions])
+            expected = metric([w["text"] for w in written], [q.gold for q in questions])
             assert {key: row[key] for key in expected} == expected, (pruner, ratio)
             assert row["image_tokens_kept"] <= report["results"]["keep-all"]["1.0"]["image_tokens_kept"]
     adapter = load(vlm)
@@ -87,7 +91,11 @@ def test_pope_with_generated_answers_for_every_family(name, tmp_path):
     ]
     assert keep_all == own_answers(adapter, questions, "plain", 3)
     table = (tmp_path / "out" / "prune_table.md").read_text()
-    assert "| F1 % |" in table and "| pdrop | 50% |" in table and "4 questions of pope (random)" in table
+    assert "| pdrop | 50% |" in table
+    if benchmark == "pope":
+        assert "| F1 % |" in table and "4 questions of pope (random)" in table
+    else:
+        assert "| F1 % |" not in table and "3 questions of gqa" in table
 
 
 def test_gqa_from_the_cli_with_a_released_chat_template(tmp_path):

@@ -71,9 +71,10 @@ class Grounder(nn.Module):
         self.input = head.input
         if head.input == "text":
             # The control: the expression's hidden states, no attention. A vector per expression,
-            # the same in every cell of the grid; the head can still learn where things usually are.
+            # the same in every cell, beside each cell's (x, y): the head can map words like "left"
+            # or "top" to places, but cannot see where the object is.
             self.text_grid = nn.Linear(text_width, head.width)
-            self.head = MaskHead(head.width, head, normalise=False)
+            self.head = MaskHead(head.width + 2, head, normalise=False)
         else:
             self.head = MaskHead(attention_channels, head)
         self.refiner = refiner
@@ -97,14 +98,21 @@ class Grounder(nn.Module):
 
     def head_input(self, batch: GroundingBatch, weights: torch.Tensor) -> torch.Tensor:
         """[N, C, h, w]: the attention maps, or (the text-only control) the expression's mean hidden
-        state, projected and repeated over the same grid."""
+        state, projected and repeated over the same grid, with each cell's coordinates in [-1, 1]."""
         if self.input == "attention":
             return batch.attention
         sentences = torch.stack(
             [torch.einsum("k,knd->d", weights, hidden) / hidden.shape[1] for hidden in batch.hidden]
         )  # [N, D], the mean over each expression's tokens
         height, width = batch.attention.shape[-2:]
-        return self.text_grid(sentences)[:, :, None, None].expand(-1, -1, height, width)
+        text = self.text_grid(sentences)[:, :, None, None].expand(-1, -1, height, width)  # [N, W, h, w]
+        ys, xs = torch.meshgrid(
+            torch.linspace(-1, 1, height, device=text.device),
+            torch.linspace(-1, 1, width, device=text.device),
+            indexing="ij",
+        )
+        where = torch.stack([xs, ys]).to(text.dtype).expand(len(text), -1, -1, -1)  # [N, 2, h, w]
+        return torch.cat([text, where], dim=1)
 
     def predict(self, batch: GroundingBatch) -> Prediction:
         weights = self.text_layer_weights.softmax(0)

@@ -141,6 +141,30 @@ def hidden_after(adapter: ImageTokenAdapter, layer: int) -> Iterator[dict[str, t
         handle.remove()
 
 
+@contextmanager
+def attention_weights_of(adapter: ImageTokenAdapter, layer: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Capture language-model `layer`'s attention probabilities [B, H, S, S] from its own attention
+    module (hooked before any layers are cut). transformers' `output_attentions` records from
+    hooks placed on the layers present at a model's first such call, which misses a stretch that
+    starts later; and only this one layer's weights are needed."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep_weights(_module, _args, output):
+        weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+        if weights is None:
+            raise ValueError(
+                f"{adapter.family}: the language model's attention '{adapter.attention_implementation()}' "
+                "returns no weights; ranking by attention needs eager attention (adapter.use_eager_attention())"
+            )
+        captured["weights"] = weights
+
+    handle = adapter.language_module.layers[layer].self_attn.register_forward_hook(keep_weights)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
 def shallow_pass(
     adapter: ImageTokenAdapter, inputs: MultimodalInputs, tokens: VisionTokens, layer: int, **flags
 ) -> tuple[LayerOutput, torch.Tensor]:

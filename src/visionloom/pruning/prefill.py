@@ -17,8 +17,6 @@ and hidden states from the previous stretch by the same layout, so none can disa
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
@@ -29,6 +27,7 @@ from visionloom.backbones.types import LayerOutput, MultimodalInputs, VisionToke
 from visionloom.pruning.apply import (
     Decision,
     DropStage,
+    attention_weights_of,
     full_sequence_kwargs,
     gather_layout,
     hidden_after,
@@ -81,30 +80,6 @@ def segment_cache(adapter: ImageTokenAdapter, start: int) -> DynamicCache:
         twin = next((j for j in range(start, len(cache.layers)) if sliding[j] == sliding[slot]), start)
         cache.layers[slot] = cache.layers[twin]
     return cache
-
-
-@contextmanager
-def attention_weights_of(adapter: ImageTokenAdapter, layer: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Capture language-model `layer`'s attention probabilities [B, H, S, S] from its own attention
-    module (hooked before any layers are cut). transformers' `output_attentions` records from
-    hooks placed on the layers present at a model's first such call, which misses a stretch that
-    starts later; and only this one layer's weights are needed."""
-    captured: dict[str, torch.Tensor] = {}
-
-    def keep_weights(_module, _args, output):
-        weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
-        if weights is None:
-            raise ValueError(
-                f"{adapter.family}: the language model's attention '{adapter.attention_implementation()}' "
-                "returns no weights; ranking by attention needs eager attention (adapter.use_eager_attention())"
-            )
-        captured["weights"] = weights
-
-    handle = adapter.language_module.layers[layer].self_attn.register_forward_hook(keep_weights)
-    try:
-        yield captured
-    finally:
-        handle.remove()
 
 
 def run_stretch(
@@ -177,11 +152,11 @@ def rank_stage(
         structural = torch.tensor(adapter.structural_offsets(inputs.geometries[image]), dtype=torch.long)
         present = keep[image].cpu()
         pool = present[~torch.isin(present, structural)]
-        columns = torch.searchsorted(
-            layout[sample].cpu().contiguous(), start + pool
-        )  # layout is sorted per row
-        if not torch.equal(layout[sample].cpu()[columns], start + pool):
+        # The column of each candidate in this stretch's layout (rows may end in fill, so no search).
+        matches = layout[sample].cpu()[None, :] == (start + pool)[:, None]  # [n, S_i]
+        if not bool(matches.any(1).all()):
             raise AssertionError(f"image {image}: its kept tokens are not in the stretch's layout")
+        columns = matches.int().argmax(1)  # [n]
         scores = attention[sample, :, int(row), columns.to(attention.device)].float().mean(0).cpu()  # [n]
         count = max(1, math.ceil(stage.keep_ratio * len(pool)))
         picked = pool[scores.topk(count).indices]

@@ -31,7 +31,13 @@ from torch import nn
 
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.backbones.types import MultimodalInputs, VisionTokens
-from visionloom.pruning.apply import Decision, DropStage, last_real_positions, shallow_pass
+from visionloom.pruning.apply import (
+    Decision,
+    DropStage,
+    attention_weights_of,
+    last_real_positions,
+    shallow_pass,
+)
 
 
 class Pruner(Protocol):
@@ -249,7 +255,9 @@ class TextAttention:
                 f"text-attention ranks at layer {self.layer} and drops tokens after it: with {layers} "
                 f"language-model layers that layer must be 0..{layers - 2}"
             )
-        output, hidden = shallow_pass(adapter, inputs, tokens, self.layer + 1, output_attentions=True)
+        adapter.use_eager_attention()  # attention weights exist only with eager attention
+        with attention_weights_of(adapter, self.layer) as attention:
+            _, hidden = shallow_pass(adapter, inputs, tokens, self.layer + 1)
         if query_positions is None:
             query_positions = last_real_positions(inputs.attention_mask)  # [B], left or right padding
         scores = []
@@ -257,8 +265,8 @@ class TextAttention:
             row = int(query_positions[sample])
             if row < end:
                 raise ValueError(f"sample {sample}: the ranking position {row} is not after its image")
-            attention = output.attentions[self.layer][sample, :, row, start:end]  # [heads, n]
-            scores.append(attention.mean(0).float().cpu())
+            weights = attention["weights"][sample, :, row, start:end]  # [heads, n]
+            scores.append(weights.mean(0).float().cpu())
         return scores, hidden
 
 
