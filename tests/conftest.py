@@ -11,6 +11,7 @@ from PIL import Image
 from visionloom.backbones.tiny import PRESETS, build_preset
 
 FAMILIES = list(PRESETS)
+QWEN_FAMILIES = ["tiny-qwen2.5-vl", "tiny-qwen2-vl"]  # one image path, with windowed attention and without
 
 
 @functools.cache

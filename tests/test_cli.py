@@ -65,6 +65,42 @@ def test_doctor_fails_on_mm_tokens_disagreement(tmp_path):
     assert "mm_tokens_per_image=25" in json.loads(result.stdout)["error"]
 
 
+def _edit_json(directory, file: str, change) -> None:
+    content = json.loads((directory / file).read_text())
+    change(content)
+    (directory / file).write_text(json.dumps(content))
+
+
+@pytest.mark.parametrize(
+    "corrupt, expected",
+    [
+        (lambda d: _drop_weights(d, "visual.merger"), "projector weights are missing"),
+        (
+            lambda d: _edit_json(
+                d, "processor_config.json", lambda c: c["image_processor"].update(merge_size=1)
+            ),
+            "image processor merge_size=1 but the vision config says 2",
+        ),
+        (
+            lambda d: _edit_json(
+                d, "config.json", lambda c: c.update(image_token_id=c["vision_start_token_id"])
+            ),
+            "the processor writes '<|image_pad|>'",
+        ),
+    ],
+    ids=["merger weights missing", "processor merge size", "image token id"],
+)
+def test_doctor_names_what_is_wrong_with_a_qwen2_vl_checkpoint(corrupt, expected, tmp_path):
+    """The corruptions that matter for Qwen2-VL: the merger (its projector), the merge size the
+    processor counts placeholders with, and the id the model looks for."""
+    cached_preset("tiny-qwen2-vl").save_pretrained(tmp_path)
+    assert runner.invoke(app, ["doctor", str(tmp_path)]).exit_code == 0
+    corrupt(tmp_path)
+    result = runner.invoke(app, ["doctor", str(tmp_path), "--json"])
+    assert result.exit_code == 1
+    assert expected in json.loads(result.stdout)["error"]
+
+
 def test_doctor_rejects_a_size_that_does_not_fit_and_a_malformed_size():
     result = runner.invoke(app, ["doctor", "tiny-qwen2.5-vl", "--native", "--image-size", "100x56", "--json"])
     assert result.exit_code == 1 and "multiples of 28" in json.loads(result.stdout)["error"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import FAMILIES, cached_preset
+from tests.conftest import FAMILIES, QWEN_FAMILIES, cached_preset
 from visionloom.backbones.doctor import CallCounter
 from visionloom.backbones.tiny import build_preset
 
@@ -87,8 +87,9 @@ def test_siglip_layer_minus_one_is_not_last_hidden_state(image):
     assert "before post_layernorm" in adapter.describe()["feature layer(s)"]
 
 
-def test_qwen_two_sizes_in_one_batch(image):
-    adapter = cached_preset("tiny-qwen2.5-vl")
+@pytest.mark.parametrize("qwen", QWEN_FAMILIES)
+def test_qwen_two_sizes_in_one_batch(qwen, image):
+    adapter = cached_preset(qwen)
     inputs = adapter.build_inputs([image(56, 112), image(140, 84, seed=1)], ["<image> a", "b <image>"])
     tokens = assert_matches_model(adapter, inputs)
     assert tokens.grids == [(2, 4), (5, 3)]

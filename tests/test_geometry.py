@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import cached_preset
+from tests.conftest import QWEN_FAMILIES, cached_preset
 from visionloom.backbones import ImageTokenMismatch
 
 
@@ -40,8 +40,9 @@ def test_exact_sizes_near_384x128_include_392x112():
     assert (392, 112) in adapter.exact_sizes_near(384, 128)
 
 
-def test_qwen_native_size_must_be_multiple_of_28():
-    adapter = cached_preset("tiny-qwen2.5-vl", native=True)
+@pytest.mark.parametrize("qwen", QWEN_FAMILIES)
+def test_qwen_native_size_must_be_multiple_of_28(qwen):
+    adapter = cached_preset(qwen, native=True)
     with pytest.raises(ImageTokenMismatch, match=r"multiples of 28.*nearest heights \[\d+, \d+"):
         adapter.geometry(100, 56)
     assert adapter.tokens_per_image(112, 56) == 4 * 2
@@ -54,9 +55,10 @@ def test_fixed_size_towers_refuse_other_native_sizes():
             adapter.geometry(100, 120)
 
 
-@pytest.mark.parametrize("size", [(90, 60), (50, 120), (224, 224), (33, 400)])
-def test_qwen_tokens_per_image_equals_processor_and_model(size, image):
-    adapter = cached_preset("tiny-qwen2.5-vl")
+@pytest.mark.parametrize("size", [(90, 60), (50, 120), (224, 224), (33, 400), (12, 12), (1400, 2100)])
+@pytest.mark.parametrize("qwen", QWEN_FAMILIES)
+def test_qwen_tokens_per_image_equals_processor_and_model(qwen, size, image):
+    adapter = cached_preset(qwen)
     inputs = adapter.build_inputs([image(*size)], ["<image> hi"])
     geometry = adapter.geometry(*size)
     grid = inputs.model_inputs["image_grid_thw"][0].tolist()

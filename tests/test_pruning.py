@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AttentionInterface
 
-from tests.conftest import FAMILIES, cached_preset
+from tests.conftest import FAMILIES, QWEN_FAMILIES, cached_preset
 from visionloom.backbones.tiny import build_preset
 from visionloom.pruning.apply import Decision, forward_pruned, prune_sequence
 from visionloom.pruning.pruners import (
@@ -142,9 +142,10 @@ def test_pruned_sequences_shrink_together_and_keep_full_sequence_positions(name,
     assert logits.shape[:2] == pruned.attention_mask.shape
 
 
-def test_qwen_positions_are_gathered_not_recomputed(image):
+@pytest.mark.parametrize("qwen", QWEN_FAMILIES)
+def test_qwen_positions_are_gathered_not_recomputed(qwen, image):
     """Recomputing 3-D rotary positions on the shortened ids would renumber everything after the image."""
-    adapter = cached_preset("tiny-qwen2.5-vl")
+    adapter = cached_preset(qwen)
     inputs, _, tokens = _encoded_batch(adapter, image)
     decision = RandomPruner().decide(adapter, inputs, tokens, 0.25)
     pruned = prune_sequence(adapter, inputs, tokens, decision)
@@ -265,13 +266,14 @@ def test_gemma_tower_scores_are_pooled_like_the_projector_pools_patches(name, im
     torch.testing.assert_close(scores, expected)
 
 
-def test_qwen_tower_scores_use_a_full_attention_block_and_land_on_merged_tokens(image):
+@pytest.mark.parametrize("qwen", QWEN_FAMILIES)
+def test_qwen_tower_scores_use_a_full_attention_block_and_land_on_merged_tokens(qwen, image):
     """Window order undone and 2x2 units averaged: checked against the eager weights of a second
     pass, re-ordered by matching the tower's window-order output rows to the layer's raster `raw`."""
-    adapter = cached_preset("tiny-qwen2.5-vl")
+    adapter = cached_preset(qwen)
     inputs = adapter.build_inputs([image(112, 168, 1), image(168, 112, 2)], ["<image> a", "<image> b"])
     tower = adapter.vision_tower
-    full_block = tower.fullatt_block_indexes[-1]
+    full_block = adapter.full_attention_blocks()[-1]
     with torch.no_grad():
         tokens = adapter.encode_images(inputs)
         scores = adapter.tower_attention_scores(tokens)
@@ -285,8 +287,9 @@ def test_qwen_tower_scores_use_a_full_attention_block_and_land_on_merged_tokens(
     expected = received[to_raster].view(-1, 4).mean(-1)
     torch.testing.assert_close(torch.cat(scores), expected)
     assert [len(s) for s in scores] == tokens.counts == [24, 24]
-    with pytest.raises(ValueError, match="windowed attention"):
-        adapter.tower_attention_scores(tokens, block=0)
+    if qwen == "tiny-qwen2.5-vl":  # Qwen2-VL has no windows: every block is a full-attention block
+        with pytest.raises(ValueError, match="windowed attention"):
+            adapter.tower_attention_scores(tokens, block=0)
 
 
 def test_llava_next_tile_scores_follow_the_packed_layout_of_their_features(image):

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from tests.conftest import FAMILIES, cached_preset
+from tests.conftest import FAMILIES, QWEN_FAMILIES, cached_preset
 from tests.test_pruning import SIDES, _encoded_batch, _out
 from visionloom.pruning.apply import forward_pruned
 from visionloom.pruning.pruners import TowerAttention, VisionZip, candidates
@@ -129,8 +129,9 @@ def test_tower_keys_are_the_towers_own_key_projections_mapped_onto_the_tokens(na
             )
 
 
-def test_qwen_tower_keys_average_each_merge_unit(image):
-    adapter = cached_preset("tiny-qwen2.5-vl")
+@pytest.mark.parametrize("qwen", QWEN_FAMILIES)
+def test_qwen_tower_keys_average_each_merge_unit(qwen, image):
+    adapter = cached_preset(qwen)
     _, _, tokens = _encoded_batch(adapter, image)
     from visionloom.backbones.tower_attention import qwen_block_qk
 
@@ -138,7 +139,7 @@ def test_qwen_tower_keys_average_each_merge_unit(image):
         keys = torch.cat(adapter.tower_keys(tokens))
         tower, hidden, grid_thw, window_index, block = adapter.tower_block_inputs(tokens, None)
         _, patch_keys, _ = qwen_block_qk(tower, hidden, grid_thw, window_index, block)  # window order
-    unit = tower.spatial_merge_unit
+    unit = tower.spatial_merge_size**2
     per_unit = patch_keys.flatten(1).view(-1, unit, keys.shape[-1])  # window order
     raster = torch.argsort(window_index)
     torch.testing.assert_close(keys, per_unit.mean(1)[raster], rtol=0, atol=0)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
@@ -31,8 +31,11 @@ from visionloom.backbones.tower_attention import qwen_block_attention, qwen_bloc
 from visionloom.backbones.types import ImageGeometry, MultimodalInputs, VisionTokens
 
 
-def build_qwen_processor(image_processor, tokenizer, chat_template: str | None = None) -> Qwen2_5_VLProcessor:
-    return Qwen2_5_VLProcessor(
+def build_qwen_processor(
+    image_processor, tokenizer, chat_template: str | None = None, processor_class: type = Qwen2_5_VLProcessor
+):
+    """The family's processor (Qwen2.5-VL's or Qwen2-VL's) with a video processor that works here."""
+    return processor_class(
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=qwen_video_processor(image_processor),
@@ -88,6 +91,7 @@ class Qwen2_5_VLAdapter(ImageTokenAdapter):
     model_class = Qwen2_5_VLForConditionalGeneration
     marker = "<|vision_start|><|image_pad|><|vision_end|>"
     projector_path = "model.visual.merger"  # 2x2 patches -> one token: raw has 4 rows per embedding
+    processor_class: ClassVar[type] = Qwen2_5_VLProcessor
 
     @classmethod
     def load_processor(cls, path: Path, config: Any = None) -> Qwen2_5_VLProcessor:
@@ -98,7 +102,10 @@ class Qwen2_5_VLAdapter(ImageTokenAdapter):
         except (TypeError, ValueError) as error:
             raise ValueError(f"{source}: not a Qwen2-VL image processor configuration ({error})") from None
         return build_qwen_processor(
-            image_processor, AutoTokenizer.from_pretrained(str(path)), read_chat_template(path)
+            image_processor,
+            AutoTokenizer.from_pretrained(str(path)),
+            read_chat_template(path),
+            cls.processor_class,
         )
 
     def save_pretrained(self, path: str | Path) -> None:
@@ -210,6 +217,10 @@ class Qwen2_5_VLAdapter(ImageTokenAdapter):
             tower_hidden_states=tuple(out.hidden_states),
         )
 
+    def full_attention_blocks(self) -> list[int]:
+        """The tower blocks whose attention spans the whole image (the others attend within windows)."""
+        return list(self.vision_tower.fullatt_block_indexes)
+
     def window_index(self, grid_thw: torch.Tensor) -> torch.Tensor:
         """[merge units]: the order the tower runs them in (windows first), the model's own function."""
         vision = self.config.vision_config
@@ -231,7 +242,7 @@ class Qwen2_5_VLAdapter(ImageTokenAdapter):
 
     def tower_block_inputs(self, tokens: VisionTokens, block: int | None) -> tuple:
         tower = self.vision_tower
-        block = tower.fullatt_block_indexes[-1] if block is None else block
+        block = self.full_attention_blocks()[-1] if block is None else block
         grid_thw = torch.tensor([[1, *g.patch_grid] for g in tokens.geometries])  # images: one temporal step
         return tower, tokens.tower_hidden_states, grid_thw, self.window_index(grid_thw), block
 

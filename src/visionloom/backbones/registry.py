@@ -13,6 +13,7 @@ from visionloom.backbones.gemma3 import Gemma3Adapter
 from visionloom.backbones.llava import LlavaAdapter
 from visionloom.backbones.llava_next import LlavaNextAdapter
 from visionloom.backbones.qwen2_5_vl import Qwen2_5_VLAdapter
+from visionloom.backbones.qwen2_vl import Qwen2VLAdapter
 from visionloom.backbones.t5gemma2 import T5Gemma2Adapter
 
 ADAPTERS: dict[str, type[ImageTokenAdapter]] = {
@@ -21,6 +22,7 @@ ADAPTERS: dict[str, type[ImageTokenAdapter]] = {
         LlavaAdapter,
         LlavaNextAdapter,
         Qwen2_5_VLAdapter,
+        Qwen2VLAdapter,
         T5Gemma2Adapter,
         Gemma3Adapter,
         DeepseekVLAdapter,

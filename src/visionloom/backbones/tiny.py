@@ -29,6 +29,8 @@ from transformers import (
     LlavaProcessor,
     PreTrainedTokenizerFast,
     Qwen2_5_VLConfig,
+    Qwen2VLConfig,
+    Qwen2VLProcessor,
     SiglipVisionConfig,
     T5Gemma2Config,
 )
@@ -44,6 +46,7 @@ from visionloom.backbones.gemma3 import Gemma3Adapter
 from visionloom.backbones.llava import LlavaAdapter
 from visionloom.backbones.llava_next import LlavaNextAdapter
 from visionloom.backbones.qwen2_5_vl import Qwen2_5_VLAdapter, build_qwen_processor
+from visionloom.backbones.qwen2_vl import Qwen2VLAdapter
 from visionloom.backbones.t5gemma2 import T5Gemma2Adapter
 
 WIDTH, LAYERS, HEADS = 64, 2, 4
@@ -242,6 +245,45 @@ def tiny_qwen2_5_vl(text_layers: int = LAYERS, **config_overrides: Any) -> Qwen2
     return Qwen2_5_VLAdapter(Qwen2_5_VLAdapter.model_class(config).eval(), processor)
 
 
+def tiny_qwen2_vl(text_layers: int = LAYERS, **config_overrides: Any) -> Qwen2VLAdapter:
+    """Qwen2-VL shape: patch 14, 2x2 merge, full attention in every tower block, up to 64 tokens an image."""
+    tokenizer, ids = qwen_tokenizer()
+    config = Qwen2VLConfig(
+        text_config={
+            "hidden_size": WIDTH,
+            "intermediate_size": 2 * WIDTH,
+            "num_hidden_layers": text_layers,
+            "num_attention_heads": HEADS,
+            "num_key_value_heads": 2,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": 1024,
+            "bos_token_id": ids["<|im_start|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        },
+        vision_config={
+            "depth": 3,
+            "embed_dim": WIDTH + 32,  # the tower's own width, apart from the language model's
+            "hidden_size": WIDTH,  # the merger's output: the language model's width
+            "mlp_ratio": 2,
+            "num_heads": HEADS,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        **config_overrides,
+    )
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=56 * 56, max_pixels=28 * 28 * 64, patch_size=14, merge_size=2, temporal_patch_size=2
+    )
+    processor = build_qwen_processor(image_processor, tokenizer, processor_class=Qwen2VLProcessor)
+    return Qwen2VLAdapter(Qwen2VLAdapter.model_class(config).eval(), processor)
+
+
 def _gemma_tokenizer() -> PreTrainedTokenizerFast:
     return build_tokenizer(
         ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_image>", "<end_of_image>", "<image_soft_token>"],
@@ -355,6 +397,7 @@ PRESETS: dict[str, Callable[..., ImageTokenAdapter]] = {
     "tiny-t5gemma2": tiny_t5gemma2,
     "tiny-gemma3": tiny_gemma3,
     "tiny-deepseek-vl": tiny_deepseek_vl,
+    "tiny-qwen2-vl": tiny_qwen2_vl,
 }
 
 

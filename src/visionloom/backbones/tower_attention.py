@@ -107,10 +107,12 @@ def qwen_block_qk(
     (window) order, with the rotary angles applied as the tower applies them, and the scale.
 
     Only full-attention blocks (`fullatt_block_indexes`) are allowed. In the other blocks a patch is
-    attended only from inside its window, so what they compare is local to a window.
+    attended only from inside its window, so what they compare is local to a window. Qwen2-VL's
+    tower has no windows: every block attends over the whole image and runs in merge-unit order.
     """
     index = block_index(block, len(tower.blocks))
-    if index not in tower.fullatt_block_indexes:
+    windowed = hasattr(tower, "fullatt_block_indexes")
+    if windowed and index not in tower.fullatt_block_indexes:
         raise ValueError(
             f"tower block {block} (index {index}) uses windowed attention, so its scores only rank "
             f"patches within a window. Choose a full-attention block: {list(tower.fullatt_block_indexes)}"
@@ -125,10 +127,12 @@ def qwen_block_qk(
     # The rotary angles as the tower's forward builds them: merge-unit order, then window order.
     grid_thw, window_index = grid_thw.to(hidden.device), window_index.to(hidden.device)
     position_ids = get_vision_position_ids(grid_thw, tower.spatial_merge_size)
-    cos, sin = (
-        tower.permute_input_for_window_attn(angles, window_index, seq_len=patches)
-        for angles in tower.rotary_pos_emb(hidden, position_ids)
-    )
+    cos, sin = tower.rotary_pos_emb(hidden, position_ids)
+    if windowed:
+        cos, sin = (
+            tower.permute_input_for_window_attn(angles, window_index, seq_len=patches)
+            for angles in (cos, sin)
+        )
     queries, keys = apply_rotary_pos_emb_vision(queries, keys, cos, sin)
     return queries, keys, attention.scaling
 
@@ -138,7 +142,7 @@ def per_merged_token(
 ) -> torch.Tensor:
     """[patches, ...] in window order -> [merged tokens, ...]: the mean over each 2x2 merge unit, in
     raster order (the merger's output order)."""
-    per_unit = values.view(-1, tower.spatial_merge_unit, *values.shape[1:]).mean(1)
+    per_unit = values.view(-1, tower.spatial_merge_size**2, *values.shape[1:]).mean(1)
     return per_unit[torch.argsort(window_index.to(values.device))]
 
 
