@@ -96,6 +96,8 @@ class ImageTokenAdapter:
     model_class: ClassVar[type[PreTrainedModel]]
     marker: ClassVar[str]  # what the family's processor expects in the text where an image goes
     supports_native_resolution: ClassVar[bool] = True
+    # Where a 1-D rotary model starts counting positions (PaliGemma: 1), in a forward and in generate.
+    position_offset: ClassVar[int] = 0
 
     def __init__(self, model: PreTrainedModel, processor: Any, *, native_resolution: bool = False):
         if native_resolution and not self.supports_native_resolution:

@@ -27,6 +27,8 @@ from transformers import (
     LlavaNextConfig,
     LlavaNextProcessor,
     LlavaProcessor,
+    PaliGemmaConfig,
+    PaliGemmaProcessor,
     PreTrainedTokenizerFast,
     Qwen2_5_VLConfig,
     Qwen2VLConfig,
@@ -39,12 +41,14 @@ from transformers.models.deepseek_vl.image_processing_pil_deepseek_vl import Dee
 from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.backbones.deepseek_vl import DeepseekVLAdapter
 from visionloom.backbones.gemma3 import Gemma3Adapter
 from visionloom.backbones.llava import LlavaAdapter
 from visionloom.backbones.llava_next import LlavaNextAdapter
+from visionloom.backbones.paligemma import PaliGemmaAdapter
 from visionloom.backbones.qwen2_5_vl import Qwen2_5_VLAdapter, build_qwen_processor
 from visionloom.backbones.qwen2_vl import Qwen2VLAdapter
 from visionloom.backbones.t5gemma2 import T5Gemma2Adapter
@@ -390,6 +394,35 @@ def tiny_deepseek_vl(text_layers: int = LAYERS, **config_overrides: Any) -> Deep
     return DeepseekVLAdapter(DeepseekVLAdapter.model_class(config).eval(), processor)
 
 
+def tiny_paligemma(text_layers: int = LAYERS, **config_overrides: Any) -> PaliGemmaAdapter:
+    """PaliGemma shape: SigLIP at 112 px, patch 14 -> 8x8 = 64 tokens, one projection, a Gemma prefix-LM."""
+    tokenizer = build_tokenizer(
+        ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"],
+        {"image_token": "<image>"},
+        pad_token="<pad>",
+        eos_token="<eos>",
+        bos_token="<bos>",
+        unk_token="<unk>",
+    )
+    image_processor = SiglipImageProcessorPil(size={"height": 112, "width": 112})
+    image_processor.image_seq_length = 64
+    processor = PaliGemmaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer
+    )  # adds <loc>/<seg> tokens
+    text = _gemma_text(len(processor.tokenizer), processor.tokenizer, text_layers)
+    text.pop("sliding_window")
+    config = PaliGemmaConfig(
+        vision_config=_siglip(112).to_dict(),
+        text_config={**text, "model_type": "gemma"},
+        image_token_index=processor.tokenizer.convert_tokens_to_ids("<image>"),
+        projection_dim=WIDTH,
+        hidden_size=WIDTH,
+        vocab_size=len(processor.tokenizer),
+        **config_overrides,
+    )
+    return PaliGemmaAdapter(PaliGemmaAdapter.model_class(config).eval(), processor)
+
+
 PRESETS: dict[str, Callable[..., ImageTokenAdapter]] = {
     "tiny-llava": tiny_llava,
     "tiny-llava-next": tiny_llava_next,
@@ -398,6 +431,7 @@ PRESETS: dict[str, Callable[..., ImageTokenAdapter]] = {
     "tiny-gemma3": tiny_gemma3,
     "tiny-deepseek-vl": tiny_deepseek_vl,
     "tiny-qwen2-vl": tiny_qwen2_vl,
+    "tiny-paligemma": tiny_paligemma,
 }
 
 

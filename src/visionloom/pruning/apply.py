@@ -91,11 +91,10 @@ def full_sequence_kwargs(
         batch, length = inputs.input_ids.shape
         if generation:
             counted = inputs.attention_mask.long().cumsum(-1) - 1
-            kwargs["position_ids"] = counted.masked_fill(inputs.attention_mask == 0, 0)
+            positions = counted.masked_fill(inputs.attention_mask == 0, 0)
         else:
-            kwargs["position_ids"] = torch.arange(length, device=inputs.input_ids.device).expand(
-                batch, length
-            )
+            positions = torch.arange(length, device=inputs.input_ids.device).expand(batch, length)
+        kwargs["position_ids"] = positions + adapter.position_offset
     return kwargs
 
 
