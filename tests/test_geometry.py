@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import QWEN_FAMILIES, cached_preset
+from tests.conftest import FAMILIES, QWEN_FAMILIES, cached_preset
 from visionloom.backbones import ImageTokenMismatch
 
 
@@ -91,3 +91,18 @@ def test_llava_token_count_follows_cls_policy():
     full = build_preset("tiny-llava", vision_feature_select_strategy="full")
     geometry = full.geometry(112, 112)
     assert geometry.num_tokens == 65 and geometry.offsets()[0] == 1  # CLS kept at offset 0, grid after it
+
+
+@pytest.mark.parametrize(
+    "size",
+    [(112, 112), (200, 80), (80, 200), (10, 14), (1500, 1100)],
+    ids=["square", "tall", "wide", "tiny", "huge"],
+)
+@pytest.mark.parametrize("name", FAMILIES)
+def test_every_family_derives_the_processors_own_placeholder_count(name, size, image):
+    """tokens_per_image and the geometry, from the config alone, against what the processor writes."""
+    adapter = cached_preset(name)
+    geometry = adapter.geometry(*size)
+    inputs = adapter.build_inputs([image(*size)], ["<image> hi"])
+    assert int(inputs.image_token_mask.sum()) == geometry.num_tokens == adapter.tokens_per_image(*size)
+    assert len(geometry.offsets()) == geometry.token_grid[0] * geometry.token_grid[1] <= geometry.num_tokens

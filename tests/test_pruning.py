@@ -234,7 +234,7 @@ def _scores_and_eager_weights(adapter, inputs, block, reference_block):
     return tokens, torch.stack(scores), weights
 
 
-@pytest.mark.parametrize("name", ["tiny-llava", "tiny-deepseek-vl", "llava-with-siglip"])
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-deepseek-vl", "tiny-paligemma", "llava-with-siglip"])
 def test_tower_scores_are_the_towers_own_attention_from_the_same_pass(name, image):
     """CLIP: the class token's row; SigLIP (no class token, every patch a token): the mean over
     queries. Both equal the model's eager weights."""
@@ -248,7 +248,10 @@ def test_tower_scores_are_the_towers_own_attention_from_the_same_pass(name, imag
     assert list(scores.shape) == [2, 64] and tokens.counts == [64, 64]
     decision = TowerAttention(block=-2).decide(adapter, inputs, tokens, 0.25)
     assert torch.equal(decision.keep[0], scores[0].topk(16).indices.sort().values)
-    if name != "tiny-deepseek-vl":  # LLaVA's default block is the feature layer's (-2)
+    if name not in (
+        "tiny-deepseek-vl",
+        "tiny-paligemma",
+    ):  # LLaVA's default block is the feature layer's (-2)
         assert torch.equal(torch.stack(adapter.tower_attention_scores(tokens)), scores)
     with pytest.raises(ValueError, match="tower block 9 does not exist: the tower has 3 blocks"):
         adapter.tower_attention_scores(tokens, block=9)

@@ -95,7 +95,9 @@ def captured_keys(adapter):
             hook.remove()
 
 
-@pytest.mark.parametrize("name", ["tiny-llava", "tiny-deepseek-vl", "tiny-gemma3", "tiny-llava-next"])
+@pytest.mark.parametrize(
+    "name", ["tiny-llava", "tiny-deepseek-vl", "tiny-paligemma", "tiny-gemma3", "tiny-llava-next"]
+)
 def test_tower_keys_are_the_towers_own_key_projections_mapped_onto_the_tokens(name, image):
     adapter = cached_preset(name)
     inputs, _, tokens = _encoded_batch(adapter, image)
@@ -107,7 +109,7 @@ def test_tower_keys_are_the_towers_own_key_projections_mapped_onto_the_tokens(na
         block = adapter.score_block(tokens, None)
         reference = seen[index(block)][:, 1:]  # [images, P', C], the class token dropped
         assert all(torch.allclose(k, r, atol=1e-6) for k, r in zip(keys, reference, strict=True))
-    elif name == "tiny-deepseek-vl":
+    elif name in ("tiny-deepseek-vl", "tiny-paligemma"):
         reference = seen[index(-1)]
         assert all(torch.allclose(k, r, atol=1e-6) for k, r in zip(keys, reference, strict=True))
     elif name == "tiny-gemma3":
