@@ -113,10 +113,11 @@ def generate(
         adapter, inputs, tokens, decision, generation=True, use_cache=True, logits_to_keep=1 if left else 0
     )
     seconds = time.perf_counter() - started
-    last = last_real_positions(inputs.attention_mask).to(state.layout.device)  # [B], full sequence
-    column = (state.layout == last.unsqueeze(1)).int().argmax(1)  # [B]
     if left:
-        column = torch.zeros_like(column)  # the one column kept
+        column = torch.zeros(inputs.batch_size, dtype=torch.long)  # the one column kept
+    else:
+        last = last_real_positions(inputs.attention_mask).to(state.layout.device)  # [B], full sequence
+        column = (state.layout == last.unsqueeze(1)).int().argmax(1)  # [B]
     logits = state.output.logits[
         torch.arange(inputs.batch_size), column.to(state.output.logits.device)
     ]  # [B, V]
