@@ -1,6 +1,6 @@
 """Workarounds for gaps in the pinned `transformers` (5.23), each with the reason it exists.
 
-`Qwen2_5_VLProcessor` insists on a video processor at construction and type-checks it against
+`Qwen2_5_VLProcessor` (and LLaVA-OneVision's) insists on a video processor at construction and type-checks it against
 `transformers.VideoProcessorMixin`. Without torchvision that name is not exported (the lazy import
 table lists it only under the torchvision branch) and the only video processor for Qwen needs
 torchvision, so the processor cannot be built at all, even for images. PyPI's torchvision does not
@@ -50,3 +50,16 @@ def qwen_video_processor(image_processor):
             temporal_patch_size=image_processor.temporal_patch_size,
             patch_size=image_processor.patch_size,
         )
+
+
+def images_only_video_processor():
+    """LLaVA-OneVision's video processor where torchvision works, else the images-only stand-in."""
+    try:
+        from transformers.models.llava_onevision.video_processing_llava_onevision import (
+            LlavaOnevisionVideoProcessor,
+        )
+
+        return LlavaOnevisionVideoProcessor()
+    except (ImportError, RuntimeError):
+        ensure_video_processor_mixin()
+        return ImagesOnlyVideoProcessor()

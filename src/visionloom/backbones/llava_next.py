@@ -37,6 +37,11 @@ class LlavaNextAdapter(LlavaAdapter):
     supports_native_resolution = False
 
     def validate_config(self) -> None:
+        self.check_tiles()
+        super().validate_config()
+
+    def check_tiles(self) -> None:
+        """The tower's strategy gives square tiles, and processor and model tile alike."""
         config, vision = self.config, self.config.vision_config
         strategy = config.vision_feature_select_strategy
         if tower_has_cls(vision) != (strategy == "default"):
@@ -53,14 +58,11 @@ class LlavaNextAdapter(LlavaAdapter):
                 f"(preprocessor_config.json) but the model unpads by {model_grid} (config.json), so tiles "
                 f"and placeholders would not line up. Use the same list in both files."
             )
-        super().validate_config()
 
     def geometry(self, height: int, width: int) -> ImageGeometry:
         vision = self.config.vision_config
         size, side = vision.image_size, vision.image_size // vision.patch_size
-        best_h, best_w = select_best_resolution((height, width), self.config.image_grid_pinpoints)
-        tiles_h, tiles_w = best_h // size, best_w // size
-        rows, cols = unpadded_grid(height, width, tiles_h * side, tiles_w * side)
+        rows, cols = self.packed_grid(height, width)
         base = self._tokens_from_tower()  # the base view, CLS policy applied
         count = base + rows * (cols + 1)  # one newline token closes each row
         offsets = tuple(base + r * (cols + 1) + c for r in range(rows) for c in range(cols))
@@ -72,6 +74,13 @@ class LlavaNextAdapter(LlavaAdapter):
             num_tokens=count,
             grid_offsets=offsets,
         )
+
+    def packed_grid(self, height: int, width: int) -> tuple[int, int]:
+        """(rows, cols) of the stitched, unpadded tile features of an image of height x width."""
+        vision = self.config.vision_config
+        size, side = vision.image_size, vision.image_size // vision.patch_size
+        best_h, best_w = select_best_resolution((height, width), self.config.image_grid_pinpoints)
+        return unpadded_grid(height, width, best_h // size * side, best_w // size * side)
 
     def structural_offsets(self, geometry: ImageGeometry) -> tuple[int, ...]:
         rows, cols = geometry.token_grid
@@ -86,13 +95,14 @@ class LlavaNextAdapter(LlavaAdapter):
             output_hidden_states=True,
             return_dict=True,
         )
-        embeds = torch.cat(list(out.pooler_output), dim=0)  # [sum counts, D_text]
+        pooled = out.pooler_output  # per image [counts_i, D_text] (OneVision: one tensor of all)
+        embeds = torch.cat(list(pooled), dim=0) if isinstance(pooled, (list, tuple)) else pooled
         raw = select_features(out.hidden_states, self.config)  # [all tiles, P', C_vision]
         tiles = self.tiles(inputs.geometries)
         return VisionTokens(
             embeds=embeds,
             raw=raw.flatten(0, 1),
-            counts=[int(x.shape[0]) for x in out.pooler_output],
+            counts=[g.num_tokens for g in inputs.geometries],
             raw_counts=[t * raw.shape[1] for t in tiles],
             geometries=list(inputs.geometries),
             feature_source=f"every tile: {feature_source(self.config)}",
@@ -113,13 +123,7 @@ class LlavaNextAdapter(LlavaAdapter):
         tiles = self.tiles(geometries)
         per_tile = raw.view(sum(tiles), -1, raw.shape[-1])  # [tiles, P', C], as the model projects
         projected = self.projector(per_tile)  # [tiles, P', D]
-        packed, _ = self.model.model.pack_image_features(
-            list(projected.split(tiles)),
-            image_sizes=torch.tensor([g.image_size for g in geometries]),
-            vision_feature_select_strategy=self.config.vision_feature_select_strategy,
-            image_newline=self.model.model.image_newline,
-        )
-        return torch.cat(packed)
+        return torch.cat(self.pack(list(projected.split(tiles)), geometries, self.model.model.image_newline))
 
     def tower_attention_scores(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
         """Per-tile scores laid out like the features: base view, stitched and unpadded tiles, newlines.
@@ -136,13 +140,18 @@ class LlavaNextAdapter(LlavaAdapter):
         """[all tiles, P', C] -> per image [counts_i, C], laid out by the model's own
         `pack_image_features` (tiles stitched, unpadded, a NaN row at each newline)."""
         tiles = [raw_count // per_tile.shape[1] for raw_count in tokens.raw_counts]
-        packed, _ = self.model.model.pack_image_features(
-            list(per_tile.split(tiles)),  # per image [tiles, P', C]
-            image_sizes=torch.tensor([g.image_size for g in tokens.geometries]),
+        newline = torch.full((per_tile.shape[-1],), float("nan"))
+        return self.pack(list(per_tile.split(tiles)), tokens.geometries, newline)
+
+    def pack(self, per_image: list[torch.Tensor], geometries, newline: torch.Tensor) -> list[torch.Tensor]:
+        """Per image [tiles, P', C] -> per image [counts_i, C]: the model's own `pack_image_features`."""
+        packed, lengths = self.model.model.pack_image_features(
+            per_image,
+            image_sizes=torch.tensor([g.image_size for g in geometries]),
             vision_feature_select_strategy=self.config.vision_feature_select_strategy,
-            image_newline=torch.full((per_tile.shape[-1],), float("nan")),
+            image_newline=newline,
         )
-        return list(packed)
+        return list(packed) if isinstance(packed, (list, tuple)) else list(packed.split(lengths))
 
     def describe_vision(self) -> dict[str, str]:
         info = super().describe_vision()

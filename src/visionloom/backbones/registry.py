@@ -12,6 +12,7 @@ from visionloom.backbones.deepseek_vl import DeepseekVLAdapter
 from visionloom.backbones.gemma3 import Gemma3Adapter
 from visionloom.backbones.llava import LlavaAdapter
 from visionloom.backbones.llava_next import LlavaNextAdapter
+from visionloom.backbones.llava_onevision import LlavaOnevisionAdapter
 from visionloom.backbones.paligemma import PaliGemmaAdapter
 from visionloom.backbones.qwen2_5_vl import Qwen2_5_VLAdapter
 from visionloom.backbones.qwen2_vl import Qwen2VLAdapter
@@ -22,6 +23,7 @@ ADAPTERS: dict[str, type[ImageTokenAdapter]] = {
     for adapter in (
         LlavaAdapter,
         LlavaNextAdapter,
+        LlavaOnevisionAdapter,
         Qwen2_5_VLAdapter,
         Qwen2VLAdapter,
         PaliGemmaAdapter,

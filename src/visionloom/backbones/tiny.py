@@ -26,6 +26,7 @@ from transformers import (
     LlavaConfig,
     LlavaNextConfig,
     LlavaNextProcessor,
+    LlavaOnevisionConfig,
     LlavaProcessor,
     PaliGemmaConfig,
     PaliGemmaProcessor,
@@ -40,6 +41,9 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 from transformers.models.deepseek_vl.image_processing_pil_deepseek_vl import DeepseekVLImageProcessorPil
 from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+    LlavaOnevisionImageProcessorPil,
+)
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
@@ -48,6 +52,7 @@ from visionloom.backbones.deepseek_vl import DeepseekVLAdapter
 from visionloom.backbones.gemma3 import Gemma3Adapter
 from visionloom.backbones.llava import LlavaAdapter
 from visionloom.backbones.llava_next import LlavaNextAdapter
+from visionloom.backbones.llava_onevision import LlavaOnevisionAdapter, build_onevision_processor
 from visionloom.backbones.paligemma import PaliGemmaAdapter
 from visionloom.backbones.qwen2_5_vl import Qwen2_5_VLAdapter, build_qwen_processor
 from visionloom.backbones.qwen2_vl import Qwen2VLAdapter
@@ -423,6 +428,52 @@ def tiny_paligemma(text_layers: int = LAYERS, **config_overrides: Any) -> PaliGe
     return PaliGemmaAdapter(PaliGemmaAdapter.model_class(config).eval(), processor)
 
 
+def tiny_llava_onevision(text_layers: int = LAYERS, **config_overrides: Any) -> LlavaOnevisionAdapter:
+    """LLaVA-OneVision shape: SigLIP 56-px tiles (4x4 tokens each), any-res grids up to 168x168,
+    anyres_max_2: a map of more than two base views' features is shrunk (2x2 tiles: 8x8 -> 5x5)."""
+    tokenizer = build_tokenizer(
+        ["<unk>", "<s>", "</s>", "<pad>", "<image>", "<video>"],
+        {"image_token": "<image>", "video_token": "<video>"},
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+    pinpoints = [[56, 56], [56, 112], [112, 56], [112, 112], [112, 168], [168, 112], [168, 168]]
+    config = LlavaOnevisionConfig(
+        vision_config=_siglip(56).to_dict(),
+        text_config={
+            "model_type": "qwen2",
+            "hidden_size": WIDTH,
+            "intermediate_size": 2 * WIDTH,
+            "num_hidden_layers": text_layers,
+            "num_attention_heads": HEADS,
+            "num_key_value_heads": 2,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": 1024,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
+        image_grid_pinpoints=pinpoints,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_2",
+        **config_overrides,
+    )
+    image_processor = LlavaOnevisionImageProcessorPil(
+        size={"height": 56, "width": 56}, image_grid_pinpoints=pinpoints
+    )
+    processor = build_onevision_processor(
+        image_processor,
+        tokenizer,
+        num_image_tokens=16,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_2",
+    )
+    return LlavaOnevisionAdapter(LlavaOnevisionAdapter.model_class(config).eval(), processor)
+
+
 PRESETS: dict[str, Callable[..., ImageTokenAdapter]] = {
     "tiny-llava": tiny_llava,
     "tiny-llava-next": tiny_llava_next,
@@ -432,6 +483,7 @@ PRESETS: dict[str, Callable[..., ImageTokenAdapter]] = {
     "tiny-deepseek-vl": tiny_deepseek_vl,
     "tiny-qwen2-vl": tiny_qwen2_vl,
     "tiny-paligemma": tiny_paligemma,
+    "tiny-llava-onevision": tiny_llava_onevision,
 }
 
 
