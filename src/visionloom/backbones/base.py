@@ -476,8 +476,15 @@ class ImageTokenAdapter:
 
     # ------------------------------------------------------------------ language model
     def text_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Token embeddings as the model computes them before image features go in."""
-        return self.model.get_input_embeddings()(input_ids)
+        """Token embeddings as the model computes them before image features go in.
+
+        Gemma 3 and PaliGemma put the image token outside the text vocabulary; their models map it
+        to id 0 before embedding (the embedding is replaced by the image's anyway), and so does this.
+        """
+        embedding = self.model.get_input_embeddings()
+        if self.image_token_id >= embedding.num_embeddings:
+            input_ids = input_ids.masked_fill(input_ids == self.image_token_id, 0)
+        return embedding(input_ids)
 
     def check(self, inputs: MultimodalInputs, tokens: VisionTokens) -> None:
         """Everything the model would check, and what it would let through, before the LM runs."""

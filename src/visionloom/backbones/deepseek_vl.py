@@ -7,98 +7,21 @@ equal the tower's patch count.
 
 from __future__ import annotations
 
-import torch
 from transformers import DeepseekVLForConditionalGeneration
 
-from visionloom.backbones.base import ImageTokenAdapter
-from visionloom.backbones.checks import ImageTokenMismatch
-from visionloom.backbones.tower_attention import encoder_block_attention, encoder_block_keys
-from visionloom.backbones.types import ImageGeometry, MultimodalInputs, VisionTokens
+from visionloom.backbones.patch_tokens import PatchTokenAdapter
 
 
-class DeepseekVLAdapter(ImageTokenAdapter):
+class DeepseekVLAdapter(PatchTokenAdapter):
     family = "deepseek-vl"
     model_types = ("deepseek_vl",)
     model_class = DeepseekVLForConditionalGeneration
     marker = "<image_placeholder>"
     projector_path = "model.aligner"
-
-    @property
-    def vision_tower(self) -> torch.nn.Module:
-        return self.model.model.vision_model
-
-    @property
-    def vision_width(self) -> int:
-        return int(self.config.vision_config.hidden_size)
-
-    @property
-    def side(self) -> int:
-        vision = self.config.vision_config
-        return vision.image_size // vision.patch_size
-
-    def configured_image_size(self) -> tuple[int, int]:
-        size = self.config.vision_config.image_size
-        return size, size
-
-    def validate_config(self) -> None:
-        written, produced = self.processor.num_image_tokens, self.side * self.side
-        if written != produced:
-            raise ImageTokenMismatch(
-                f"processor num_image_tokens={written} but the vision tower gives {produced} patches "
-                f"({self.side}x{self.side}); set num_image_tokens={produced}"
-            )
-
-    def geometry(self, height: int, width: int) -> ImageGeometry:
-        size = self.config.vision_config.image_size
-        if self.native_resolution and (height, width) != (size, size):
-            raise ImageTokenMismatch(
-                f"{height}x{width} does not fit: the DeepSeek-VL tower runs at {size}x{size} only; "
-                f"sizes that work: {size}x{size}"
-            )
-        return ImageGeometry(
-            image_size=(height, width),
-            pixel_size=(size, size),
-            patch_grid=(self.side, self.side),
-            token_grid=(self.side, self.side),
-            num_tokens=self.side * self.side,
-        )
+    vision_tower_path = "model.vision_model"
+    count_setting = "num_image_tokens"
+    projection_description = "none"
 
     def _process(self, texts, images, geometries) -> dict:
         native = {"do_resize": False} if self.native_resolution else {}
         return super()._process(texts, images, geometries, **native)
-
-    def encode_images(self, inputs: MultimodalInputs) -> VisionTokens:
-        out = self.model.model.get_image_features(
-            pixel_values=inputs.model_inputs["pixel_values"], output_hidden_states=True, return_dict=True
-        )
-        embeds, raw = out.pooler_output, out.last_hidden_state  # [N, P, D_text], [N, P, C_vision]
-        return VisionTokens(
-            embeds=embeds.flatten(0, 1),
-            raw=raw.flatten(0, 1),
-            counts=[embeds.shape[1]] * embeds.shape[0],
-            raw_counts=[raw.shape[1]] * raw.shape[0],
-            geometries=list(inputs.geometries),
-            feature_source="last_hidden_state (after post_layernorm), every patch",
-            tower_hidden_states=tuple(out.hidden_states) if out.hidden_states is not None else None,
-        )
-
-    def tower_attention_scores(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
-        """Mean received attention per patch (SigLIP has no class token); one patch is one token."""
-        block = -1 if block is None else block  # the last block's output feeds the aligner
-        return list(encoder_block_attention(self.vision_tower, tokens.tower_hidden_states, block, "all"))
-
-    def tower_keys(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
-        block = -1 if block is None else block
-        return list(encoder_block_keys(self.vision_tower, tokens.tower_hidden_states, block))
-
-    def describe_vision(self) -> dict[str, str]:
-        vision, size = self.config.vision_config, self.configured_image_size()
-        return {
-            "vision tower": f"{vision.model_type} ({vision.num_hidden_layers} layers)",
-            "patch size": str(vision.patch_size),
-            "pooling / merge": "none",
-            "CLS policy": "no CLS",
-            "feature layer(s)": "last_hidden_state (after post_layernorm)",
-            "image size": f"{size[0]}x{size[1]}"
-            + (" native" if self.native_resolution else " (processor resizes)"),
-        }

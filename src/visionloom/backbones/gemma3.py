@@ -238,12 +238,6 @@ class Gemma3Adapter(ImageTokenAdapter):
         # token_type_ids make the image tokens attend to each other bidirectionally, as the model expects.
         return {"token_type_ids": inputs.image_token_mask.long()}
 
-    def text_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
-        # Gemma3 maps an out-of-vocabulary image token id to 0 before embedding; do the same.
-        if self.image_token_id >= self.config.text_config.vocab_size:
-            input_ids = input_ids.masked_fill(input_ids == self.image_token_id, 0)
-        return self.model.get_input_embeddings()(input_ids)
-
     def language_model_kwargs(self, inputs: MultimodalInputs) -> dict[str, Any]:
         return self.image_token_types(inputs)
 
