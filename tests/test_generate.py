@@ -39,6 +39,20 @@ def _inputs(adapter, image, side: str):
     return inputs
 
 
+def _keep_all_generation(adapter, inputs, steps: int):
+    """Our generation with every token kept: tokens and every step's logits."""
+    with torch.no_grad():
+        tokens = adapter.encode_images(inputs)
+        return generate(
+            adapter,
+            inputs,
+            tokens,
+            KeepAll().decide(adapter, inputs, tokens),
+            max_new_tokens=steps,
+            keep_logits=True,
+        )
+
+
 def _model_generate(adapter, inputs, steps: int):
     """The model's own `generate`, greedy, pixels in: new tokens cut at the first end token, and logits."""
     out = adapter.model.generate(
@@ -73,17 +87,7 @@ def test_keep_all_generation_is_the_models_own_generate(name, side, image):
     padding sits elsewhere in the sums (measured differences about 2e-7)."""
     adapter = build_preset(name)
     steps = 6
-    inputs = _inputs(adapter, image, side)
-    with torch.no_grad():
-        tokens = adapter.encode_images(inputs)
-        ours = generate(
-            adapter,
-            inputs,
-            tokens,
-            KeepAll().decide(adapter, inputs, tokens),
-            max_new_tokens=steps,
-            keep_logits=True,
-        )
+    ours = _keep_all_generation(adapter, _inputs(adapter, image, side), steps)
     reference_side = side if adapter.model.config.is_encoder_decoder else "left"
     with torch.no_grad():
         answers, logits = _model_generate(adapter, _inputs(adapter, image, reference_side), steps)
@@ -247,16 +251,8 @@ def test_released_chat_templates_prompt_real_shaped_checkpoints_and_generation_i
             row[mask.bool()].tolist().count(bos) <= 1
             for row, mask in zip(inputs.input_ids, inputs.attention_mask, strict=True)
         )
+    ours = _keep_all_generation(adapter, inputs, 4)
     with torch.no_grad():
-        tokens = adapter.encode_images(inputs)
-        ours = generate(
-            adapter,
-            inputs,
-            tokens,
-            KeepAll().decide(adapter, inputs, tokens),
-            max_new_tokens=4,
-            keep_logits=True,
-        )
         answers, logits = _model_generate(adapter, inputs, 4)
     assert ours.tokens == answers
     assert all(torch.equal(mine, theirs) for mine, theirs in zip(ours.logits, logits, strict=True))

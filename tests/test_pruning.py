@@ -20,6 +20,7 @@ from visionloom.pruning.pruners import (
     RandomPruner,
     TextAttention,
     TowerAttention,
+    VisionZip,
 )
 from visionloom.vlm.answers import AnswerCollate
 
@@ -75,12 +76,14 @@ def _out(output):
 @pytest.mark.parametrize("side", SIDES)
 @pytest.mark.parametrize("name", FAMILIES)
 def test_keep_all_and_all_ones_are_bit_identical_to_the_unpruned_model(name, side, image):
+    """Keep-all, all-ones soft weights and VisionZip at ratio 1 (every token dominant, nothing merged)."""
     adapter = cached_preset(name)
     inputs, flags, tokens = _encoded_batch(adapter, image, side)
     with torch.no_grad():
         reference = _out(adapter.forward(inputs, tokens, **flags))
-        for pruner in (KeepAll(), OnesSoft()):
-            decision = pruner.decide(adapter, inputs, tokens)
+        for pruner in (KeepAll(), OnesSoft(), VisionZip()):
+            decision = pruner.decide(adapter, inputs, tokens, 1.0)
+            assert decision.embeds is None, pruner.name
             assert torch.equal(_out(forward_pruned(adapter, inputs, tokens, decision, **flags)), reference), (
                 pruner.name
             )

@@ -146,6 +146,19 @@ def set_option(example: str):
     )
 
 
+def evaluation_split_option():
+    """--split of the grounding evaluations: one split, or every evaluation split the data set has."""
+    return typer.Option(
+        None,
+        "--split",
+        help="One split; default every evaluation split the data set has (val, test/testA/testB).",
+    )
+
+
+def metrics_json_option():
+    return typer.Option(None, "--json", help="Also write the metrics here.")
+
+
 app = Commands(
     add_completion=False, no_args_is_help=True, help="Image tokens in vision-language models, done right."
 )
@@ -456,12 +469,8 @@ def ground_train(
 def ground_eval(
     checkpoint: Path = typer.Argument(..., help="A `ground train` run directory."),
     data: Path = typer.Option(..., "--data", help="The data root the run was trained on (or another)."),
-    split: str | None = typer.Option(
-        None,
-        "--split",
-        help="One split; default every evaluation split the data set has (val, test/testA/testB).",
-    ),
-    json_out: Path | None = typer.Option(None, "--json", help="Also write the metrics here."),
+    split: str | None = evaluation_split_option(),
+    json_out: Path | None = metrics_json_option(),
 ) -> None:
     """cIoU, mIoU and P@0.5 of the coarse and the SAM-refined masks, per split."""
     from visionloom.grounding.evaluate import evaluate_run, read_run_config
@@ -477,12 +486,8 @@ def ground_baselines(
     data: Path = typer.Option(
         ..., "--data", help="RefCOCO-style root: refs.json (or refs(unc).p) + instances.json."
     ),
-    split: str | None = typer.Option(
-        None,
-        "--split",
-        help="One split; default every evaluation split the data set has (val, test/testA/testB).",
-    ),
-    json_out: Path | None = typer.Option(None, "--json", help="Also write the metrics here."),
+    split: str | None = evaluation_split_option(),
+    json_out: Path | None = metrics_json_option(),
 ) -> None:
     """cIoU, mIoU and P@0.5 of masks that use neither image nor expression (a centred box of the mean
     object size; the training masks' mean): what a VLM's attention has to beat."""

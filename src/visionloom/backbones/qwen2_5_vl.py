@@ -262,14 +262,22 @@ class Qwen2_5_VLAdapter(ImageTokenAdapter):
     def language_model_kwargs(self, inputs: MultimodalInputs) -> dict[str, Any]:
         return {"position_ids": self.position_ids(inputs)}
 
-    def describe_vision(self) -> dict[str, str]:
+    def tower_description(self) -> tuple[str, str]:
+        """(the tower, what the merger reads) for the doctor."""
         vision = self.config.vision_config
+        return (
+            f"Qwen2.5-VL ViT ({vision.depth} blocks, window {vision.window_size}px)",
+            "last block (merger input)",
+        )
+
+    def describe_vision(self) -> dict[str, str]:
+        tower, feature = self.tower_description()
         return {
-            "vision tower": f"Qwen2.5-VL ViT ({vision.depth} blocks, window {vision.window_size}px)",
-            "patch size": str(vision.patch_size),
+            "vision tower": tower,
+            "patch size": str(self.config.vision_config.patch_size),
             "pooling / merge": f"{self.merge_size}x{self.merge_size} patch merge (visual.merger)",
             "CLS policy": "no CLS",
-            "feature layer(s)": "last block (merger input)",
+            "feature layer(s)": feature,
             "image size": "dynamic, multiples of "
             + str(self.factor)
             + (" native" if self.native_resolution else " (smart_resize)"),

@@ -38,15 +38,8 @@ class Qwen2VLAdapter(Qwen2_5_VLAdapter):
         units = int((grid_thw.prod(-1) // self.merge_size**2).sum())
         return torch.arange(units)
 
-    def describe_vision(self) -> dict[str, str]:
-        vision = self.config.vision_config
-        return {
-            "vision tower": f"Qwen2-VL ViT ({vision.depth} blocks, full attention in every block)",
-            "patch size": str(vision.patch_size),
-            "pooling / merge": f"{self.merge_size}x{self.merge_size} patch merge (visual.merger)",
-            "CLS policy": "no CLS",
-            "feature layer(s)": "last block (merger input, width embed_dim)",
-            "image size": "dynamic, multiples of "
-            + str(self.factor)
-            + (" native" if self.native_resolution else " (smart_resize)"),
-        }
+    def tower_description(self) -> tuple[str, str]:
+        return (
+            f"Qwen2-VL ViT ({self.config.vision_config.depth} blocks, full attention in every block)",
+            "last block (merger input, width embed_dim)",
+        )

@@ -33,7 +33,6 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2_5_VLConfig,
     Qwen2VLConfig,
-    Qwen2VLProcessor,
     SiglipVisionConfig,
     T5Gemma2Config,
 )
@@ -213,10 +212,11 @@ def qwen_tokenizer() -> tuple[PreTrainedTokenizerFast, dict[str, int]]:
     return tokenizer, {token: tokenizer.convert_tokens_to_ids(token) for token in specials}
 
 
-def tiny_qwen2_5_vl(text_layers: int = LAYERS, **config_overrides: Any) -> Qwen2_5_VLAdapter:
-    """Qwen2.5-VL shape: patch 14, 2x2 merge, 112-px attention windows, up to 64 tokens an image."""
+def _tiny_qwen(adapter_class, config_class, vision: dict[str, Any], text_layers: int, overrides: dict):
+    """A Qwen-family preset: the offline Qwen tokenizer and special ids, a narrow text model with
+    3-D rotary sections, the tower `vision`, and the processor at patch 14, merge 2, up to 64 tokens."""
     tokenizer, ids = qwen_tokenizer()
-    config = Qwen2_5_VLConfig(
+    config = config_class(
         text_config={
             "hidden_size": WIDTH,
             "intermediate_size": 2 * WIDTH,
@@ -229,68 +229,52 @@ def tiny_qwen2_5_vl(text_layers: int = LAYERS, **config_overrides: Any) -> Qwen2
             "eos_token_id": ids["<|im_end|>"],
             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
         },
-        vision_config={
-            "depth": 3,
-            "hidden_size": WIDTH,
-            "intermediate_size": 2 * WIDTH,
-            "num_heads": HEADS,
-            "out_hidden_size": WIDTH,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "window_size": 112,
-            "fullatt_block_indexes": [2],
-        },
+        vision_config=vision,
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
-        **config_overrides,
+        **overrides,
     )
     image_processor = Qwen2VLImageProcessorPil(
         min_pixels=56 * 56, max_pixels=28 * 28 * 64, patch_size=14, merge_size=2, temporal_patch_size=2
     )
-    processor = build_qwen_processor(image_processor, tokenizer)
-    return Qwen2_5_VLAdapter(Qwen2_5_VLAdapter.model_class(config).eval(), processor)
+    processor = build_qwen_processor(
+        image_processor, tokenizer, processor_class=adapter_class.processor_class
+    )
+    return adapter_class(adapter_class.model_class(config).eval(), processor)
+
+
+def tiny_qwen2_5_vl(text_layers: int = LAYERS, **config_overrides: Any) -> Qwen2_5_VLAdapter:
+    """Qwen2.5-VL shape: patch 14, 2x2 merge, 112-px attention windows, up to 64 tokens an image."""
+    vision = {
+        "depth": 3,
+        "hidden_size": WIDTH,
+        "intermediate_size": 2 * WIDTH,
+        "num_heads": HEADS,
+        "out_hidden_size": WIDTH,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 112,
+        "fullatt_block_indexes": [2],
+    }
+    return _tiny_qwen(Qwen2_5_VLAdapter, Qwen2_5_VLConfig, vision, text_layers, config_overrides)
 
 
 def tiny_qwen2_vl(text_layers: int = LAYERS, **config_overrides: Any) -> Qwen2VLAdapter:
     """Qwen2-VL shape: patch 14, 2x2 merge, full attention in every tower block, up to 64 tokens an image."""
-    tokenizer, ids = qwen_tokenizer()
-    config = Qwen2VLConfig(
-        text_config={
-            "hidden_size": WIDTH,
-            "intermediate_size": 2 * WIDTH,
-            "num_hidden_layers": text_layers,
-            "num_attention_heads": HEADS,
-            "num_key_value_heads": 2,
-            "vocab_size": len(tokenizer),
-            "max_position_embeddings": 1024,
-            "bos_token_id": ids["<|im_start|>"],
-            "eos_token_id": ids["<|im_end|>"],
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-        },
-        vision_config={
-            "depth": 3,
-            "embed_dim": WIDTH + 32,  # the tower's own width, apart from the language model's
-            "hidden_size": WIDTH,  # the merger's output: the language model's width
-            "mlp_ratio": 2,
-            "num_heads": HEADS,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-        },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        **config_overrides,
-    )
-    image_processor = Qwen2VLImageProcessorPil(
-        min_pixels=56 * 56, max_pixels=28 * 28 * 64, patch_size=14, merge_size=2, temporal_patch_size=2
-    )
-    processor = build_qwen_processor(image_processor, tokenizer, processor_class=Qwen2VLProcessor)
-    return Qwen2VLAdapter(Qwen2VLAdapter.model_class(config).eval(), processor)
+    vision = {
+        "depth": 3,
+        "embed_dim": WIDTH + 32,  # the tower's own width, apart from the language model's
+        "hidden_size": WIDTH,  # the merger's output: the language model's width
+        "mlp_ratio": 2,
+        "num_heads": HEADS,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    }
+    return _tiny_qwen(Qwen2VLAdapter, Qwen2VLConfig, vision, text_layers, config_overrides)
 
 
 def _gemma_tokenizer() -> PreTrainedTokenizerFast:

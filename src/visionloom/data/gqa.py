@@ -18,10 +18,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from visionloom.data.pedes import DatasetFormatError, resolve_inside
+from visionloom.data.pedes import DatasetFormatError, listing, resolve_inside
 
 QUESTION_FILE = "testdev_balanced_questions.json"
-SHOWN_PROBLEMS = 20
 
 
 @dataclass(frozen=True)
@@ -82,9 +81,7 @@ def read_gqa(root: str | Path, image_dir: str | Path | None = None) -> list[GqaQ
         if question is not None:
             questions.append(question)
     if problems:
-        shown = "".join(f"\n  {problem}" for problem in problems[:SHOWN_PROBLEMS])
-        more = f"\n  ... and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
-        raise DatasetFormatError(f"{question_file}: {len(problems)} problem(s):{shown}{more}")
+        raise DatasetFormatError(f"{question_file}: {len(problems)} problem(s):{listing(problems)}")
     if not questions:
         raise DatasetFormatError(f"{question_file}: no questions")
     return questions

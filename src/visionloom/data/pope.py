@@ -19,11 +19,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from visionloom.data.pedes import DatasetFormatError, resolve_inside
+from visionloom.data.pedes import DatasetFormatError, listing, resolve_inside
 
 SUBSETS = ("random", "popular", "adversarial")
 LABELS = ("yes", "no")
-SHOWN_PROBLEMS = 20
 
 
 @dataclass(frozen=True)
@@ -103,9 +102,7 @@ def read_pope(
         if question is not None:
             questions.append(question)
     if problems:
-        shown = "".join(f"\n  {problem}" for problem in problems[:SHOWN_PROBLEMS])
-        more = f"\n  ... and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
-        raise DatasetFormatError(f"{question_file}: {len(problems)} problem(s):{shown}{more}")
+        raise DatasetFormatError(f"{question_file}: {len(problems)} problem(s):{listing(problems)}")
     if not questions:
         raise DatasetFormatError(f"{question_file}: no questions")
     return questions

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from visionloom import config as config_io
 from visionloom.backbones.base import ImageTokenAdapter
@@ -25,6 +25,12 @@ class ScorerConfig:
     keep_ratio: ShareOfOne = 0.25
 
 
+# The pruners `prune eval` can run, by name (`PRUNERS` below builds each).
+PrunerName = Literal[
+    "random", "tower-attention", "tower-attention-merge", "visionzip", "text-attention", "pdrop", "learned"
+]
+
+
 @dataclass
 class PruneConfig:
     name: str = "scenes"
@@ -41,27 +47,7 @@ class PruneConfig:
     max_questions: PositiveInt = 400
     batch_size: PositiveInt = 32
     keep_ratios: list[ShareOfOne] = field(default_factory=lambda: [1.0, 0.5, 0.25, 0.11])
-    pruners: list[
-        Literal[
-            "random",
-            "tower-attention",
-            "tower-attention-merge",
-            "visionzip",
-            "text-attention",
-            "pdrop",
-            "learned",
-        ]
-    ] = field(
-        default_factory=lambda: [
-            "random",
-            "tower-attention",
-            "tower-attention-merge",
-            "visionzip",
-            "text-attention",
-            "pdrop",
-            "learned",
-        ]
-    )
+    pruners: list[PrunerName] = field(default_factory=lambda: list(get_args(PrunerName)))  # all of them
     # FastV's K: rank at this language-model layer, drop after it. FastV uses K=2 on LLaVA-1.5-7B;
     # the tiny scene VLMs have 2 layers, so 0.
     text_layer: NonNegativeInt = 0

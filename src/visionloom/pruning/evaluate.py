@@ -183,6 +183,8 @@ def evaluate_pruning(
     else:
         texts = read_questions(config, data_root)
     out.mkdir(parents=True, exist_ok=True)
+    if generated:
+        (out / "answers").mkdir(exist_ok=True)
     adapter = load(config.vlm)
     adapter.model.eval()
     if {"text-attention", "pdrop"} & set(config.pruners):
@@ -198,7 +200,6 @@ def evaluate_pruning(
     def evaluate(name: str, pruner: Pruner, ratio: float) -> dict:
         if not generated:
             return run_pruner(adapter, pruner, texts, ratio, config.batch_size)
-        (out / "answers").mkdir(exist_ok=True)
         return run_generated(
             adapter, pruner, questions, ratio, config, out / "answers" / f"{name}-{ratio}.jsonl"
         )
