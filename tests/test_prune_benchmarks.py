@@ -135,6 +135,12 @@ def test_bad_benchmark_input_is_one_line_naming_the_file(tmp_path):
     assert "testdev_balanced_questions.json" in result.output and "question 20968379" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "o").exists()  # nothing written before the data was read
+    no_template = load_config("gqa", ["vlm=tiny-llava", "pruners=[random]"])  # a preset has no chat template
+    with pytest.raises(ValueError, match="no chat template.*--set prompt=plain"):
+        evaluate_pruning(
+            no_template, test_gqa.write_release(tmp_path / "gqa2"), tmp_path / "o3", progress=False
+        )
+    assert not (tmp_path / "o3").exists()  # refused before anything was written
     learned = load_config("pope", ["vlm=x", "pruners=[learned]"])
     with pytest.raises(ValueError, match="'learned' trains on the scene questions"):
         evaluate_pruning(learned, root, tmp_path / "o2", progress=False)

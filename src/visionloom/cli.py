@@ -210,6 +210,8 @@ def main(
         handlers=[RichHandler(console=error_console, show_path=False)],
     )
     if not verbose:
+        # matplotlib reports every mathtext font it falls back from (log-scale tick labels), at WARNING.
+        logging.getLogger("matplotlib").setLevel(logging.ERROR)
         # Through the environment, which transformers reads when (and if) a command imports it:
         # importing it here would cost every command, --help included, over half a second.
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

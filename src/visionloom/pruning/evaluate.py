@@ -182,11 +182,15 @@ def evaluate_pruning(
         questions = questions[: config.max_questions]
     else:
         texts = read_questions(config, data_root)
+    adapter = load(config.vlm)
+    adapter.model.eval()
+    if generated:
+        chat_prompt(
+            adapter, "", config.prompt
+        )  # a checkpoint without a chat template fails here, not mid-run
     out.mkdir(parents=True, exist_ok=True)
     if generated:
         (out / "answers").mkdir(exist_ok=True)
-    adapter = load(config.vlm)
-    adapter.model.eval()
     if {"text-attention", "pdrop"} & set(config.pruners):
         # They rank by attention weights, which only eager attention gives. Switch before the first
         # row, so every row's prefill time is taken with the same attention implementation.

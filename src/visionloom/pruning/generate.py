@@ -59,7 +59,7 @@ def chat_prompt(adapter: ImageTokenAdapter, question: str, style: str = "chat") 
     if not template:
         raise ValueError(
             f"{adapter.family}: the checkpoint has no chat template (chat_template.jinja or "
-            f"chat_template.json); use the plain prompt for a model trained without one"
+            f"chat_template.json); for a model trained without one, use the plain prompt (--set prompt=plain)"
         )
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     text = adapter.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
