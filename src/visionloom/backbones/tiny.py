@@ -212,23 +212,32 @@ def qwen_tokenizer() -> tuple[PreTrainedTokenizerFast, dict[str, int]]:
     return tokenizer, {token: tokenizer.convert_tokens_to_ids(token) for token in specials}
 
 
+def _small_text(vocab_size: int, layers: int, **extra: Any) -> dict[str, Any]:
+    """A narrow decoder's text config (Qwen2-style: two key/value heads), with `extra` settings."""
+    return {
+        "hidden_size": WIDTH,
+        "intermediate_size": 2 * WIDTH,
+        "num_hidden_layers": layers,
+        "num_attention_heads": HEADS,
+        "num_key_value_heads": 2,
+        "vocab_size": vocab_size,
+        "max_position_embeddings": 1024,
+        **extra,
+    }
+
+
 def _tiny_qwen(adapter_class, config_class, vision: dict[str, Any], text_layers: int, overrides: dict):
     """A Qwen-family preset: the offline Qwen tokenizer and special ids, a narrow text model with
     3-D rotary sections, the tower `vision`, and the processor at patch 14, merge 2, up to 64 tokens."""
     tokenizer, ids = qwen_tokenizer()
     config = config_class(
-        text_config={
-            "hidden_size": WIDTH,
-            "intermediate_size": 2 * WIDTH,
-            "num_hidden_layers": text_layers,
-            "num_attention_heads": HEADS,
-            "num_key_value_heads": 2,
-            "vocab_size": len(tokenizer),
-            "max_position_embeddings": 1024,
-            "bos_token_id": ids["<|im_start|>"],
-            "eos_token_id": ids["<|im_end|>"],
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-        },
+        text_config=_small_text(
+            len(tokenizer),
+            text_layers,
+            bos_token_id=ids["<|im_start|>"],
+            eos_token_id=ids["<|im_end|>"],
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        ),
         vision_config=vision,
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
@@ -426,17 +435,9 @@ def tiny_llava_onevision(text_layers: int = LAYERS, **config_overrides: Any) -> 
     pinpoints = [[56, 56], [56, 112], [112, 56], [112, 112], [112, 168], [168, 112], [168, 168]]
     config = LlavaOnevisionConfig(
         vision_config=_siglip(56).to_dict(),
-        text_config={
-            "model_type": "qwen2",
-            "hidden_size": WIDTH,
-            "intermediate_size": 2 * WIDTH,
-            "num_hidden_layers": text_layers,
-            "num_attention_heads": HEADS,
-            "num_key_value_heads": 2,
-            "vocab_size": len(tokenizer),
-            "max_position_embeddings": 1024,
-            "pad_token_id": tokenizer.pad_token_id,
-        },
+        text_config=_small_text(
+            len(tokenizer), text_layers, model_type="qwen2", pad_token_id=tokenizer.pad_token_id
+        ),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
         image_grid_pinpoints=pinpoints,

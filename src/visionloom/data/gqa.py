@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from visionloom.data.pedes import DatasetFormatError, listing, resolve_inside
+from visionloom.data.pedes import DatasetFormatError, all_or_refuse, resolve_inside
 
 QUESTION_FILE = "testdev_balanced_questions.json"
 
@@ -74,14 +74,5 @@ def read_gqa(root: str | Path, image_dir: str | Path | None = None) -> list[GqaQ
         ) from None
     if not isinstance(content, dict):
         raise DatasetFormatError(f"{question_file}: expected an object of question id -> question")
-    questions, problems = [], []
-    for question_id, entry in content.items():
-        question, found = _check_entry(question_id, entry, images)
-        problems += found
-        if question is not None:
-            questions.append(question)
-    if problems:
-        raise DatasetFormatError(f"{question_file}: {len(problems)} problem(s):{listing(problems)}")
-    if not questions:
-        raise DatasetFormatError(f"{question_file}: no questions")
-    return questions
+    checked = (_check_entry(question_id, entry, images) for question_id, entry in content.items())
+    return all_or_refuse(question_file, checked, "questions")

@@ -23,8 +23,10 @@ them together with the problems of the images themselves.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from visionloom.config import read_json
 
@@ -59,6 +61,21 @@ def listing(problems: list) -> str:
     shown = "".join(f"\n  {problem}" for problem in problems[:SHOWN_PROBLEMS])
     more = f"\n  ... and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
     return shown + more
+
+
+def all_or_refuse(source: Path, checked: Iterable[tuple[Any, list[str]]], what: str) -> list:
+    """The items of a file checked entry by entry (each entry: the item or None, and its problems).
+    One DatasetFormatError listing every problem, or saying the file holds no `what`."""
+    items, problems = [], []
+    for item, found in checked:
+        problems += found
+        if item is not None:
+            items.append(item)
+    if problems:
+        raise DatasetFormatError(f"{source}: {len(problems)} problem(s):{listing(problems)}")
+    if not items:
+        raise DatasetFormatError(f"{source}: no {what}")
+    return items
 
 
 def refuse(annotation_file: Path, problems: list[Problem]) -> DatasetFormatError:

@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from visionloom.data.pedes import DatasetFormatError, listing, resolve_inside
+from visionloom.data.pedes import DatasetFormatError, all_or_refuse, resolve_inside
 
 SUBSETS = ("random", "popular", "adversarial")
 LABELS = ("yes", "no")
@@ -93,16 +93,8 @@ def read_pope(
         lines = question_file.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as error:
         raise DatasetFormatError(f"{question_file}: not UTF-8 text ({error.reason})") from None
-    questions, problems, seen = [], [], set()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        question, found = _check_line(number, line, images, seen)
-        problems += found
-        if question is not None:
-            questions.append(question)
-    if problems:
-        raise DatasetFormatError(f"{question_file}: {len(problems)} problem(s):{listing(problems)}")
-    if not questions:
-        raise DatasetFormatError(f"{question_file}: no questions")
-    return questions
+    seen: set[int] = set()
+    checked = (
+        _check_line(number, line, images, seen) for number, line in enumerate(lines, start=1) if line.strip()
+    )
+    return all_or_refuse(question_file, checked, "questions")
