@@ -11,7 +11,8 @@ from PIL import Image
 from visionloom.backbones.tiny import PRESETS, build_preset
 
 FAMILIES = list(PRESETS)
-QWEN_FAMILIES = ["tiny-qwen2.5-vl", "tiny-qwen2-vl"]  # one image path, with windowed attention and without
+# One image path: with windowed attention (2.5), without (2), without and with DeepStack (3).
+QWEN_FAMILIES = ["tiny-qwen2.5-vl", "tiny-qwen2-vl", "tiny-qwen3-vl"]
 
 
 @functools.cache

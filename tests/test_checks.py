@@ -107,7 +107,7 @@ def test_build_inputs_requires_one_marker_per_image(image):
 @pytest.mark.parametrize("qwen", QWEN_FAMILIES)
 def test_qwen_positions_are_computed_on_the_full_sequence(qwen, image):
     """From inputs_embeds with a stale rope_deltas, Qwen silently differs; without mm_token_type_ids
-    Qwen2.5-VL silently falls back to 1-D positions (Qwen2-VL refuses, in transformers 5.23)."""
+    Qwen2.5-VL silently falls back to 1-D positions (Qwen2-VL and Qwen3-VL refuse, in transformers 5.23)."""
     adapter = build_preset(qwen)
     inputs = adapter.build_inputs([image(56, 112)], ["<image> describe the picture"])
     with torch.no_grad():
@@ -119,7 +119,7 @@ def test_qwen_positions_are_computed_on_the_full_sequence(qwen, image):
                 input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, **inputs.model_inputs
             ).logits
 
-        if qwen == "tiny-qwen2-vl":
+        if qwen in ("tiny-qwen2-vl", "tiny-qwen3-vl"):
             with pytest.raises(ValueError, match="mm_token_type_ids"):
                 without_types()
             no_types = None

@@ -90,15 +90,36 @@ def _edit_json(directory, file: str, change) -> None:
     ],
     ids=["merger weights missing", "processor merge size", "image token id"],
 )
-def test_doctor_names_what_is_wrong_with_a_qwen2_vl_checkpoint(corrupt, expected, tmp_path):
-    """The corruptions that matter for Qwen2-VL: the merger (its projector), the merge size the
-    processor counts placeholders with, and the id the model looks for."""
-    cached_preset("tiny-qwen2-vl").save_pretrained(tmp_path)
+@pytest.mark.parametrize("name", ["tiny-qwen2-vl", "tiny-qwen3-vl"])
+def test_doctor_names_what_is_wrong_with_a_qwen2_or_qwen3_vl_checkpoint(name, corrupt, expected, tmp_path):
+    """The corruptions that matter for Qwen2-VL and Qwen3-VL: the merger (its projector), the merge
+    size the processor counts placeholders with, and the id the model looks for."""
+    cached_preset(name).save_pretrained(tmp_path)
     assert runner.invoke(app, ["doctor", str(tmp_path)]).exit_code == 0
     corrupt(tmp_path)
     result = runner.invoke(app, ["doctor", str(tmp_path), "--json"])
     assert result.exit_code == 1
     assert expected in json.loads(result.stdout)["error"]
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda d: _drop_weights(d, "deepstack_merger_list.1"),
+        # One more DeepStack block than the weights hold: its merger would be random.
+        lambda d: _edit_json(
+            d, "config.json", lambda c: c["vision_config"].update(deepstack_visual_indexes=[0, 1, 2])
+        ),
+    ],
+    ids=["deepstack merger weights missing", "more deepstack blocks than weights"],
+)
+def test_doctor_names_missing_deepstack_mergers_of_a_qwen3_vl_checkpoint(corrupt, tmp_path):
+    cached_preset("tiny-qwen3-vl").save_pretrained(tmp_path)
+    corrupt(tmp_path)
+    result = runner.invoke(app, ["doctor", str(tmp_path), "--json"])
+    assert result.exit_code == 1
+    error = json.loads(result.stdout)["error"]
+    assert "projector weights are missing" in error and "deepstack_merger_list" in error
 
 
 def test_doctor_rejects_a_size_that_does_not_fit_and_a_malformed_size():

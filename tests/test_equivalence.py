@@ -90,7 +90,10 @@ def test_siglip_layer_minus_one_is_not_last_hidden_state(image):
 @pytest.mark.parametrize("qwen", QWEN_FAMILIES)
 def test_qwen_two_sizes_in_one_batch(qwen, image):
     adapter = cached_preset(qwen)
-    inputs = adapter.build_inputs([image(56, 112), image(140, 84, seed=1)], ["<image> a", "b <image>"])
+    step = adapter.factor  # 28 px per merged token (patch 14), 32 for Qwen3-VL (patch 16)
+    inputs = adapter.build_inputs(
+        [image(2 * step, 4 * step), image(5 * step, 3 * step, seed=1)], ["<image> a", "b <image>"]
+    )
     tokens = assert_matches_model(adapter, inputs)
     assert tokens.grids == [(2, 4), (5, 3)]
     assert tokens.raw_counts == [4 * 8, 4 * 15]

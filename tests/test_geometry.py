@@ -41,11 +41,12 @@ def test_exact_sizes_near_384x128_include_392x112():
 
 
 @pytest.mark.parametrize("qwen", QWEN_FAMILIES)
-def test_qwen_native_size_must_be_multiple_of_28(qwen):
+def test_qwen_native_size_must_be_a_multiple_of_patch_times_merge(qwen):
     adapter = cached_preset(qwen, native=True)
-    with pytest.raises(ImageTokenMismatch, match=r"multiples of 28.*nearest heights \[\d+, \d+"):
+    step = adapter.factor  # 28 (patch 14), 32 for Qwen3-VL (patch 16)
+    with pytest.raises(ImageTokenMismatch, match=rf"multiples of {step}.*nearest heights \[\d+, \d+"):
         adapter.geometry(100, 56)
-    assert adapter.tokens_per_image(112, 56) == 4 * 2
+    assert adapter.tokens_per_image(4 * step, 2 * step) == 4 * 2
 
 
 def test_fixed_size_towers_refuse_other_native_sizes():

@@ -54,8 +54,9 @@ def test_positions_start_at_one_as_the_model_counts_them(image):
         )
     finally:
         adapter.tokenizer.padding_side = "right"
-    forward = full_sequence_kwargs(adapter, inputs)["position_ids"]
-    generation = full_sequence_kwargs(adapter, inputs, generation=True)["position_ids"]
+    tokens = adapter.encode_images(inputs)
+    forward = full_sequence_kwargs(adapter, inputs, tokens)["position_ids"]
+    generation = full_sequence_kwargs(adapter, inputs, tokens, generation=True)["position_ids"]
     assert forward[0, 0] == 1 and forward[0, -1] == inputs.input_ids.shape[1]
     first_real = int(inputs.attention_mask[0].nonzero()[0])
     assert first_real > 0 and generation[0, first_real] == 1  # each row counts its real tokens from 1

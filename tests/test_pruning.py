@@ -128,11 +128,12 @@ def test_pruned_sequences_shrink_together_and_keep_full_sequence_positions(name,
     assert pruned.image_token_mask.sum(1).tolist() == [len(keep[0]), tokens.counts[1]]
     length = pruned.inputs_embeds.shape[1]
     for key, value in pruned.model_kwargs.items():
-        assert value.shape[-1] == length, key
+        if isinstance(value, torch.Tensor):  # per token; Qwen3-VL's DeepStack features go as they are
+            assert value.shape[-1] == length, key
     # Position ids are the full sequence's, gathered: kept tokens keep the positions they had.
     from visionloom.pruning.apply import full_sequence_kwargs
 
-    full = full_sequence_kwargs(adapter, inputs)["position_ids"]
+    full = full_sequence_kwargs(adapter, inputs, tokens)["position_ids"]
     for row in range(2):
         kept = pruned.kept_positions[row]
         assert torch.equal(pruned.model_kwargs["position_ids"][..., row, : len(kept)], full[..., row, kept])
@@ -277,7 +278,10 @@ def test_qwen_tower_scores_use_a_full_attention_block_and_land_on_merged_tokens(
     """Window order undone and 2x2 units averaged: checked against the eager weights of a second
     pass, re-ordered by matching the tower's window-order output rows to the layer's raster `raw`."""
     adapter = cached_preset(qwen)
-    inputs = adapter.build_inputs([image(112, 168, 1), image(168, 112, 2)], ["<image> a", "<image> b"])
+    step = adapter.factor
+    inputs = adapter.build_inputs(
+        [image(4 * step, 6 * step, 1), image(6 * step, 4 * step, 2)], ["<image> a", "<image> b"]
+    )
     tower = adapter.vision_tower
     full_block = adapter.full_attention_blocks()[-1]
     with torch.no_grad():

@@ -11,6 +11,8 @@ processor a video processor that refuses videos. Written by hand because no libr
 
 from __future__ import annotations
 
+import importlib
+
 import transformers
 from transformers import video_processing_utils
 
@@ -52,14 +54,12 @@ def qwen_video_processor(image_processor):
         )
 
 
-def images_only_video_processor():
-    """LLaVA-OneVision's video processor where torchvision works, else the images-only stand-in."""
+def images_only_video_processor(family_module: str, class_name: str):
+    """The family's video processor (`transformers.models.<family_module>`'s `class_name`) where
+    torchvision works, else the images-only stand-in (LLaVA-OneVision, InternVL)."""
     try:
-        from transformers.models.llava_onevision.video_processing_llava_onevision import (
-            LlavaOnevisionVideoProcessor,
-        )
-
-        return LlavaOnevisionVideoProcessor()
+        module = importlib.import_module(f"transformers.models.{family_module}")
+        return getattr(module, class_name)()
     except (ImportError, RuntimeError):
         ensure_video_processor_mixin()
         return ImagesOnlyVideoProcessor()

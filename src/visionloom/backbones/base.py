@@ -528,6 +528,7 @@ class ImageTokenAdapter:
         output = self.run_language_model(
             inputs,
             inputs_embeds,
+            {**self.language_model_kwargs(inputs), **self.vision_model_kwargs(inputs, vision_tokens)},
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             **model_kwargs,
@@ -540,6 +541,12 @@ class ImageTokenAdapter:
 
     def language_model_kwargs(self, inputs: MultimodalInputs) -> dict[str, Any]:
         """What the family's model needs besides inputs_embeds and the attention mask."""
+        return {}
+
+    def vision_model_kwargs(self, inputs: MultimodalInputs, tokens: VisionTokens) -> dict[str, Any]:
+        """What the language model takes from the vision pass besides the inserted embeddings
+        (Qwen3-VL's DeepStack features). Tensors whose last axis is the sequence's are per token:
+        pruning gathers them with the kept tokens; anything else is passed as it is."""
         return {}
 
     def run_language_model(

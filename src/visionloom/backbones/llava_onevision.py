@@ -121,6 +121,8 @@ def build_onevision_processor(image_processor, tokenizer, **settings) -> LlavaOn
     return LlavaOnevisionProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        video_processor=images_only_video_processor(),
+        video_processor=images_only_video_processor(
+            "llava_onevision.video_processing_llava_onevision", "LlavaOnevisionVideoProcessor"
+        ),
         **settings,
     )

@@ -92,6 +92,7 @@ class Qwen2_5_VLAdapter(ImageTokenAdapter):
     marker = "<|vision_start|><|image_pad|><|vision_end|>"
     projector_path = "model.visual.merger"  # 2x2 patches -> one token: raw has 4 rows per embedding
     processor_class: ClassVar[type] = Qwen2_5_VLProcessor
+    video_processor_type: ClassVar[str] = "Qwen2VLVideoProcessor"  # recorded on save, see save_pretrained
 
     @classmethod
     def load_processor(cls, path: Path, config: Any = None) -> Qwen2_5_VLProcessor:
@@ -116,7 +117,7 @@ class Qwen2_5_VLAdapter(ImageTokenAdapter):
         saved = json.loads(config_file.read_text())
         video = saved.get("video_processor")
         if isinstance(video, dict):
-            video["video_processor_type"] = "Qwen2VLVideoProcessor"
+            video["video_processor_type"] = self.video_processor_type
             config_file.write_text(json.dumps(saved, indent=2))
 
     @property
@@ -215,6 +216,10 @@ class Qwen2_5_VLAdapter(ImageTokenAdapter):
             geometries=list(inputs.geometries),
             feature_source="last block output before the merger (window order undone), 4 patches per token",
             tower_hidden_states=tuple(out.hidden_states),
+            # Qwen3-VL's tower also returns DeepStack features, per layer a tuple of per-image parts.
+            deepstack=tuple(
+                torch.cat(list(parts), 0) for parts in getattr(out, "deepstack_features", None) or ()
+            ),
         )
 
     def full_attention_blocks(self) -> list[int]:

@@ -10,12 +10,14 @@ import torch
 from visionloom.backbones.base import ImageTokenAdapter, place, read_json
 from visionloom.backbones.deepseek_vl import DeepseekVLAdapter
 from visionloom.backbones.gemma3 import Gemma3Adapter
+from visionloom.backbones.internvl import InternVLAdapter
 from visionloom.backbones.llava import LlavaAdapter
 from visionloom.backbones.llava_next import LlavaNextAdapter
 from visionloom.backbones.llava_onevision import LlavaOnevisionAdapter
 from visionloom.backbones.paligemma import PaliGemmaAdapter
 from visionloom.backbones.qwen2_5_vl import Qwen2_5_VLAdapter
 from visionloom.backbones.qwen2_vl import Qwen2VLAdapter
+from visionloom.backbones.qwen3_vl import Qwen3VLAdapter
 from visionloom.backbones.t5gemma2 import T5Gemma2Adapter
 
 ADAPTERS: dict[str, type[ImageTokenAdapter]] = {
@@ -26,10 +28,12 @@ ADAPTERS: dict[str, type[ImageTokenAdapter]] = {
         LlavaOnevisionAdapter,
         Qwen2_5_VLAdapter,
         Qwen2VLAdapter,
+        Qwen3VLAdapter,
         PaliGemmaAdapter,
         T5Gemma2Adapter,
         Gemma3Adapter,
         DeepseekVLAdapter,
+        InternVLAdapter,
     )
     for model_type in adapter.model_types
 }

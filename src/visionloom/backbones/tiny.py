@@ -5,8 +5,9 @@ real processor class and a byte-level BPE tokenizer trained here (by the `tokeni
 a small built-in corpus, carrying the family's real special tokens. Nothing is downloaded.
 
 Random initialisation leaves some weights at exactly zero (Gemma3's and T5Gemma2's
-`mm_input_projection_weight`, T5Gemma2's end-of-image embedding); an equality test on all-zero
-image embeddings proves nothing, so those are drawn at random here.
+`mm_input_projection_weight`, T5Gemma2's end-of-image embedding, InternViT's class token and
+position embeddings); an equality test on all-zero image embeddings proves nothing, so those are
+drawn at random here.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from transformers import (
     DeepseekVLProcessor,
     Gemma3Config,
     Gemma3Processor,
+    InternVLConfig,
     LlamaConfig,
     LlavaConfig,
     LlavaNextConfig,
@@ -33,12 +35,14 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2_5_VLConfig,
     Qwen2VLConfig,
+    Qwen3VLConfig,
     SiglipVisionConfig,
     T5Gemma2Config,
 )
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.deepseek_vl.image_processing_pil_deepseek_vl import DeepseekVLImageProcessorPil
 from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
     LlavaOnevisionImageProcessorPil,
@@ -49,12 +53,14 @@ from transformers.models.siglip.image_processing_pil_siglip import SiglipImagePr
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.backbones.deepseek_vl import DeepseekVLAdapter
 from visionloom.backbones.gemma3 import Gemma3Adapter
+from visionloom.backbones.internvl import InternVLAdapter, build_internvl_processor
 from visionloom.backbones.llava import LlavaAdapter
 from visionloom.backbones.llava_next import LlavaNextAdapter
 from visionloom.backbones.llava_onevision import LlavaOnevisionAdapter, build_onevision_processor
 from visionloom.backbones.paligemma import PaliGemmaAdapter
 from visionloom.backbones.qwen2_5_vl import Qwen2_5_VLAdapter, build_qwen_processor
 from visionloom.backbones.qwen2_vl import Qwen2VLAdapter
+from visionloom.backbones.qwen3_vl import Qwen3VLAdapter
 from visionloom.backbones.t5gemma2 import T5Gemma2Adapter
 
 WIDTH, LAYERS, HEADS = 64, 2, 4
@@ -226,10 +232,14 @@ def _small_text(vocab_size: int, layers: int, **extra: Any) -> dict[str, Any]:
     }
 
 
-def _tiny_qwen(adapter_class, config_class, vision: dict[str, Any], text_layers: int, overrides: dict):
+def _tiny_qwen(
+    adapter_class, config_class, vision: dict[str, Any], text_layers: int, overrides: dict, **text: Any
+):
     """A Qwen-family preset: the offline Qwen tokenizer and special ids, a narrow text model with
-    3-D rotary sections, the tower `vision`, and the processor at patch 14, merge 2, up to 64 tokens."""
+    3-D rotary sections (and `text` settings), the tower `vision`, and the processor at the tower's
+    patch size, merge 2, up to 64 tokens."""
     tokenizer, ids = qwen_tokenizer()
+    patch = vision["patch_size"]
     config = config_class(
         text_config=_small_text(
             len(tokenizer),
@@ -237,6 +247,7 @@ def _tiny_qwen(adapter_class, config_class, vision: dict[str, Any], text_layers:
             bos_token_id=ids["<|im_start|>"],
             eos_token_id=ids["<|im_end|>"],
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            **text,
         ),
         vision_config=vision,
         image_token_id=ids["<|image_pad|>"],
@@ -245,8 +256,13 @@ def _tiny_qwen(adapter_class, config_class, vision: dict[str, Any], text_layers:
         vision_end_token_id=ids["<|vision_end|>"],
         **overrides,
     )
+    factor = 2 * patch
     image_processor = Qwen2VLImageProcessorPil(
-        min_pixels=56 * 56, max_pixels=28 * 28 * 64, patch_size=14, merge_size=2, temporal_patch_size=2
+        min_pixels=(2 * factor) ** 2,
+        max_pixels=factor * factor * 64,
+        patch_size=patch,
+        merge_size=2,
+        temporal_patch_size=2,
     )
     processor = build_qwen_processor(
         image_processor, tokenizer, processor_class=adapter_class.processor_class
@@ -286,6 +302,26 @@ def tiny_qwen2_vl(text_layers: int = LAYERS, **config_overrides: Any) -> Qwen2VL
     return _tiny_qwen(Qwen2VLAdapter, Qwen2VLConfig, vision, text_layers, config_overrides)
 
 
+def tiny_qwen3_vl(text_layers: int = LAYERS, **config_overrides: Any) -> Qwen3VLAdapter:
+    """Qwen3-VL shape: patch 16, 2x2 merge (32-px steps), up to 64 tokens an image, learned tower
+    positions on an 8x8 grid, DeepStack from tower blocks 1 and 2 into language layers 0 and 1."""
+    vision = {
+        "depth": 3,
+        "hidden_size": WIDTH + 32,  # the tower's width, apart from the language model's
+        "intermediate_size": 2 * WIDTH,
+        "num_heads": HEADS,
+        "out_hidden_size": WIDTH,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "num_position_embeddings": 64,
+        "deepstack_visual_indexes": [1, 2],
+    }
+    return _tiny_qwen(
+        Qwen3VLAdapter, Qwen3VLConfig, vision, text_layers, config_overrides, head_dim=WIDTH // HEADS
+    )
+
+
 def _gemma_tokenizer() -> PreTrainedTokenizerFast:
     return build_tokenizer(
         ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_image>", "<end_of_image>", "<image_soft_token>"],
@@ -319,11 +355,21 @@ def _gemma_processor(tokenizer, image_size: int, tokens: int) -> Gemma3Processor
     return Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=tokens)
 
 
+# Gemma 3 / T5Gemma 2's image projection and end-of-image embedding; InternViT's class token and
+# position embeddings.
+ZERO_INITIALISED = (
+    "mm_input_projection_weight",
+    "eoi_embedding",
+    "embeddings.cls_token",
+    "embeddings.position_embeddings",
+)
+
+
 def _randomise_zero_init(model: torch.nn.Module) -> None:
     """Draw the weights that initialisation leaves at zero, so image embeddings differ per image."""
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if name.endswith("mm_input_projection_weight") or name.endswith("eoi_embedding"):
+            if name.endswith(ZERO_INITIALISED):
                 parameter.normal_(0.0, parameter.shape[0] ** -0.5)
 
 
@@ -459,6 +505,46 @@ def tiny_llava_onevision(text_layers: int = LAYERS, **config_overrides: Any) -> 
     return LlavaOnevisionAdapter(LlavaOnevisionAdapter.model_class(config).eval(), processor)
 
 
+def tiny_internvl(text_layers: int = LAYERS, **config_overrides: Any) -> InternVLAdapter:
+    """InternVL shape: InternViT 112-px tiles (patch 14: 8x8 patches, pixel-shuffled to 4x4 = 16
+    tokens), 1..4 tiles and a thumbnail, a Qwen2 language model (as InternVL3)."""
+    tokenizer = build_tokenizer(
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"],
+        {
+            "start_image_token": "<img>",
+            "end_image_token": "</img>",
+            "context_image_token": "<IMG_CONTEXT>",
+            "video_token": "<video>",
+        },
+        pad_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+    )
+    config = InternVLConfig(
+        vision_config={
+            "hidden_size": WIDTH + 32,
+            "intermediate_size": 2 * WIDTH,
+            "num_hidden_layers": 3,
+            "num_attention_heads": HEADS,
+            "image_size": [112, 112],
+            "patch_size": [14, 14],
+        },
+        text_config=_small_text(
+            len(tokenizer), text_layers, model_type="qwen2", pad_token_id=tokenizer.pad_token_id
+        ),
+        image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),
+        image_seq_length=16,
+        **config_overrides,
+    )
+    model = InternVLAdapter.model_class(config).eval()
+    _randomise_zero_init(model)
+    # As released: the image processor's file says crop_to_patches false (the processor tiles anyway).
+    image_processor = GotOcr2ImageProcessorPil(
+        size={"height": 112, "width": 112}, crop_to_patches=False, min_patches=1, max_patches=4
+    )
+    processor = build_internvl_processor(image_processor, tokenizer, image_seq_length=config.image_seq_length)
+    return InternVLAdapter(model, processor)
+
+
 PRESETS: dict[str, Callable[..., ImageTokenAdapter]] = {
     "tiny-llava": tiny_llava,
     "tiny-llava-next": tiny_llava_next,
@@ -469,6 +555,8 @@ PRESETS: dict[str, Callable[..., ImageTokenAdapter]] = {
     "tiny-qwen2-vl": tiny_qwen2_vl,
     "tiny-paligemma": tiny_paligemma,
     "tiny-llava-onevision": tiny_llava_onevision,
+    "tiny-qwen3-vl": tiny_qwen3_vl,
+    "tiny-internvl": tiny_internvl,
 }
 
 

@@ -185,3 +185,42 @@ def qwen_block_keys(
     `block`, as the block's attention compares them (rotary angles applied)."""
     _, keys, _ = qwen_block_qk(tower, hidden_states, grid_thw, window_index, block)
     return per_merged_token(keys.flatten(1), tower, window_index)
+
+
+def internvl_block_qk(
+    tower: torch.nn.Module, hidden_states: tuple[torch.Tensor, ...] | None, block: int
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """InternViT block `block`: queries and keys [tiles, heads, 1 + P, d] (class token first), after
+    the block's `layernorm_before` and its optional query/key norms, and the scale."""
+    layers = tower.encoder.layer
+    index = block_index(block, len(layers))
+    layer = layers[index]
+    hidden = require_hidden_states(hidden_states)[index]  # [tiles, 1 + P, C], the block's input
+    normed = layer.layernorm_before(hidden)
+    attention = layer.attention
+    tiles, length, _ = hidden.shape
+
+    def split_heads(projected: torch.Tensor) -> torch.Tensor:  # [tiles, 1 + P, C] -> [tiles, heads, 1 + P, d]
+        return projected.view(tiles, length, attention.num_heads, attention.head_dim).transpose(1, 2)
+
+    queries = split_heads(attention.q_norm(attention.q_proj(normed)))
+    keys = split_heads(attention.k_norm(attention.k_proj(normed)))
+    return queries, keys, attention.scale
+
+
+@torch.no_grad()
+def internvl_block_attention(
+    tower: torch.nn.Module, hidden_states: tuple[torch.Tensor, ...] | None, block: int
+) -> torch.Tensor:
+    """InternViT: [tiles, 1 + P], the attention the class token gives each position at `block`."""
+    queries, keys, scale = internvl_block_qk(tower, hidden_states, block)
+    return torch.stack([attention_received(queries[t, :, :1], keys[t], scale) for t in range(len(keys))])
+
+
+@torch.no_grad()
+def internvl_block_keys(
+    tower: torch.nn.Module, hidden_states: tuple[torch.Tensor, ...] | None, block: int
+) -> torch.Tensor:
+    """InternViT: [tiles, 1 + P, heads * d], each position's attention key at `block`."""
+    _, keys, _ = internvl_block_qk(tower, hidden_states, block)
+    return keys.transpose(1, 2).flatten(2)

@@ -116,6 +116,9 @@ class VisionTokens:
     geometries: list[ImageGeometry]  # per image
     feature_source: str  # what the tower output was, e.g. "hidden_states[-2], CLS dropped"
     tower_hidden_states: tuple[torch.Tensor, ...] | None = None  # every tower layer, same pass
+    # Qwen3-VL's DeepStack: per early language layer k, [T, D_text] added to the hidden state leaving
+    # layer k at each image token (row i belongs to embeds row i); empty for other families.
+    deepstack: tuple[torch.Tensor, ...] = ()
 
     @property
     def grids(self) -> list[tuple[int, int]]:

@@ -78,15 +78,16 @@ class PrunedSequence:
 
 
 def full_sequence_kwargs(
-    adapter: ImageTokenAdapter, inputs: MultimodalInputs, *, generation: bool = False
+    adapter: ImageTokenAdapter, inputs: MultimodalInputs, tokens: VisionTokens, *, generation: bool = False
 ) -> dict[str, torch.Tensor]:
-    """Position ids and per-token ids for the full sequence, exactly as the unpruned model has them.
+    """Position ids, per-token ids and what the language model takes from the vision pass
+    (`vision_model_kwargs`) for the full sequence, exactly as the unpruned model has them.
 
     `generation=True`: the 1-D positions `generate` gives (each row counts its real tokens from 0,
     so a left-padded row starts at 0 too); a plain forward without positions uses 0..S-1 on every
     row. Qwen2.5-VL's 3-D positions are the same either way (`get_rope_index` skips padding).
     """
-    kwargs = dict(adapter.language_model_kwargs(inputs))
+    kwargs = {**adapter.language_model_kwargs(inputs), **adapter.vision_model_kwargs(inputs, tokens)}
     if "position_ids" not in kwargs:
         batch, length = inputs.input_ids.shape
         if generation:
@@ -125,15 +126,17 @@ def only_layers(adapter: ImageTokenAdapter, start: int, stop: int | None = None)
 
 
 @contextmanager
-def hidden_after(adapter: ImageTokenAdapter, layer: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Capture the output [B, S, D] of language-model `layer`, the hidden state entering `layer + 1`
-    (enter it before `only_layers` cuts the layers: it hooks the layer by its full-model index)."""
+def hidden_leaving(adapter: ImageTokenAdapter) -> Iterator[dict[str, torch.Tensor]]:
+    """Capture the hidden state [B, S, D] leaving the last language-model layer run (under
+    `only_layers`, the stretch's last), as the next layer would receive it: the input of the text
+    model's final norm. A layer's own output would miss what the model adds between layers
+    (Qwen3-VL's DeepStack features)."""
     captured: dict[str, torch.Tensor] = {}
 
-    def keep_output(_module, _args, output):
-        captured["hidden"] = output[0] if isinstance(output, tuple) else output
+    def keep_input(_module, args):
+        captured["hidden"] = args[0]
 
-    handle = adapter.language_module.layers[layer].register_forward_hook(keep_output)
+    handle = adapter.language_module.norm.register_forward_pre_hook(keep_input)
     try:
         yield captured
     finally:
@@ -169,7 +172,7 @@ def shallow_pass(
 ) -> tuple[LayerOutput, torch.Tensor]:
     """Only layers 0..layer-1 on the unpruned sequence: their output, and the hidden state [B, S, D]
     that enters language-model `layer`. Decoder-only families, or T5Gemma2's encoder alone."""
-    with hidden_after(adapter, layer - 1) as captured, only_layers(adapter, 0, layer):
+    with hidden_leaving(adapter) as captured, only_layers(adapter, 0, layer):
         output = adapter.forward(inputs, tokens, use_cache=False, **flags)
     return output, captured["hidden"]
 
@@ -239,6 +242,11 @@ def sequence_layout(attention_mask: torch.Tensor, kept: list[torch.Tensor]) -> t
     return layout
 
 
+def per_token(value, inputs: MultimodalInputs) -> bool:
+    """Whether a language-model argument is per token ([..., B, S]) and so follows the kept tokens."""
+    return isinstance(value, torch.Tensor) and tuple(value.shape[-2:]) == tuple(inputs.input_ids.shape)
+
+
 def gather_layout(tensor: torch.Tensor, rows: torch.Tensor, fill) -> torch.Tensor:
     """[..., B, S] -> [..., B, S']: each row's positions in the layout `rows` [B, S'], `fill` where -1."""
     source = rows.clamp(min=0).to(tensor.device)  # [B, S']
@@ -255,7 +263,7 @@ def prune_sequence(
     model_kwargs: dict[str, torch.Tensor] | None = None,
 ) -> PrunedSequence:
     """The pruned inputs of the first layer. `model_kwargs`: the full sequence's positions and
-    per-token ids when not `full_sequence_kwargs(adapter, inputs)` (generation passes its own)."""
+    per-token ids when not `full_sequence_kwargs(adapter, inputs, tokens)` (generation passes its own)."""
     structural = [adapter.structural_offsets(g) for g in inputs.geometries]
     validate(decision, tokens, structural)
     if decision.embeds is not None:
@@ -270,7 +278,7 @@ def prune_sequence(
             "model (from_layer, stages) runs through prefill() or forward_pruned()"
         )
     embeds = adapter.insert(inputs, tokens)  # [B, S, D], the layer's checks included
-    kwargs = full_sequence_kwargs(adapter, inputs) if model_kwargs is None else model_kwargs
+    kwargs = full_sequence_kwargs(adapter, inputs, tokens) if model_kwargs is None else model_kwargs
     batch, length = inputs.input_ids.shape
     keep_mask = inputs.attention_mask.bool().clone()  # [B, S]; padding goes, and is re-added below
     scale = torch.ones(batch, length, dtype=embeds.dtype, device=embeds.device)
@@ -289,10 +297,7 @@ def prune_sequence(
     def gather(tensor: torch.Tensor, fill) -> torch.Tensor:
         return gather_layout(tensor, rows, fill)
 
-    gathered = {
-        key: gather(value, 0) if isinstance(value, torch.Tensor) and value.shape[-1] == length else value
-        for key, value in kwargs.items()
-    }
+    gathered = {key: gather(value, 0) if per_token(value, inputs) else value for key, value in kwargs.items()}
     return PrunedSequence(
         # [B, S, D] gathered as [D, B, S]; contiguous again, as the model got it unpruned.
         inputs_embeds=gather(embeds.movedim(-1, 0), 0.0).movedim(0, -1).contiguous(),

@@ -30,9 +30,10 @@ from visionloom.pruning.apply import (
     attention_weights_of,
     full_sequence_kwargs,
     gather_layout,
-    hidden_after,
+    hidden_leaving,
     last_real_positions,
     only_layers,
+    per_token,
     prune_sequence,
     sequence_layout,
 )
@@ -108,7 +109,7 @@ def run_stretch(
     if last:
         with only_layers(adapter, stretch.start, stretch.stop):
             return adapter.run_language_model(shortened, hidden, model_kwargs, **flags), None
-    with hidden_after(adapter, stretch.stop - 1) as got, only_layers(adapter, stretch.start, stretch.stop):
+    with hidden_leaving(adapter) as got, only_layers(adapter, stretch.start, stretch.stop):
         output = adapter.run_language_model(shortened, hidden, model_kwargs, **flags)
     return output, got["hidden"]
 
@@ -187,7 +188,7 @@ def prefill(
         )
     encoder_decoder = bool(adapter.model.config.is_encoder_decoder)
     # generate gives an encoder no positions of its own: it counts 0..S-1 as in a forward.
-    full_kwargs = full_sequence_kwargs(adapter, inputs, generation=generation and not encoder_decoder)
+    full_kwargs = full_sequence_kwargs(adapter, inputs, tokens, generation=generation and not encoder_decoder)
     pruned = prune_sequence(adapter, inputs, tokens, first, full_kwargs)
     if query_positions is None:
         query_positions = last_real_positions(inputs.attention_mask)
@@ -240,7 +241,7 @@ def prefill(
         hidden = gather_layout(hidden.movedim(-1, 0), columns, 0.0).movedim(0, -1).contiguous()
         layout = new_layout
         kwargs = {
-            key: gather_layout(value, layout, 0) if value.shape[-1] == inputs.input_ids.shape[1] else value
+            key: gather_layout(value, layout, 0) if per_token(value, inputs) else value
             for key, value in full_kwargs.items()
         }
         start = stage.layer

@@ -1,0 +1,262 @@
+"""InternVL (`InternVLForConditionalGeneration`): tiles of one fixed size, pixel shuffle, a thumbnail.
+
+The processor cuts an image into a grid of tiles at the tower's size (the grid whose aspect ratio
+is closest to the image's, between `min_patches` and `max_patches` tiles; the image processor's
+own `get_optimal_tiled_canvas`) and, when there is more than one tile, adds a thumbnail of the
+whole image last. Each tile goes through InternViT (with a class token, dropped by strategy
+"default"); the 32x32 patches are pixel-shuffled to 16x16 tokens, each holding a 2x2 patch block
+in its channels (`downsample_ratio` 0.5), and projected by a norm and a two-layer MLP. The
+processor writes `<img>`, `image_seq_length` `<IMG_CONTEXT>` per tile, `</img>`: one contiguous
+run per image, tiles in raster order, the thumbnail's tokens last.
+
+What is particular, and handled here:
+
+- **The processor's own default wins over the checkpoint.** `InternVLProcessor` tiles with
+  `crop_to_patches=True` by default whatever `preprocessor_config.json` says (the released files
+  say false), so a count taken from the image processor's settings would be wrong. The layer
+  passes the tiling settings to every processor call itself (`tiling`), so `geometry` and the
+  processor cannot disagree, and the doctor states them.
+- **The token grid is a mosaic.** Attention maps and masks live on the tiles put back together
+  (rows x 16 by cols x 16 tokens); `grid_offsets` map each mosaic cell to its placeholder (tile by
+  tile), and the thumbnail's tokens are content outside the mosaic.
+- **Padding.** The processor pads on the left by its own default; the layer passes the
+  tokenizer's `padding_side`, as it pads every family.
+- `raw` holds the pixel-shuffled features the projector consumes (one row per token, four patches
+  in its channels, from the same tower pass); tower scores and keys average each token's 2x2 patch
+  block the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer, InternVLForConditionalGeneration, InternVLProcessor
+from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
+    GotOcr2ImageProcessorPil,
+    get_optimal_tiled_canvas,
+)
+
+from visionloom.backbones._compat import images_only_video_processor
+from visionloom.backbones.base import ImageTokenAdapter, read_json
+from visionloom.backbones.checks import ImageTokenMismatch
+from visionloom.backbones.qwen2_5_vl import read_chat_template
+from visionloom.backbones.tower_attention import internvl_block_attention, internvl_block_keys
+from visionloom.backbones.types import ImageGeometry, MultimodalInputs, VisionTokens
+
+
+def build_internvl_processor(
+    image_processor, tokenizer, image_seq_length: int, chat_template: str | None = None
+):
+    """The processor with a video processor that works without torchvision (see _compat)."""
+    return InternVLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=images_only_video_processor(
+            "internvl.video_processing_internvl", "InternVLVideoProcessor"
+        ),
+        image_seq_length=image_seq_length,
+        chat_template=chat_template,
+    )
+
+
+def side_of(value: int | list[int] | tuple[int, ...]) -> tuple[int, int]:
+    """(height, width) of a config size given as one int or a pair."""
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+class InternVLAdapter(ImageTokenAdapter):
+    family = "internvl"
+    model_types = ("internvl",)
+    model_class = InternVLForConditionalGeneration
+    marker = "<IMG_CONTEXT>"
+    supports_native_resolution = False
+    projector_steps = "pixel shuffle before it"
+
+    @classmethod
+    def load_processor(cls, path: Path, config: Any) -> InternVLProcessor:
+        # AutoProcessor would also build the video processor, which needs torchvision (see _compat).
+        processor_file = path / "processor_config.json"
+        settings = read_json(processor_file) if processor_file.is_file() else {}
+        return build_internvl_processor(
+            GotOcr2ImageProcessorPil.from_pretrained(str(path)),
+            AutoTokenizer.from_pretrained(str(path)),
+            # The processor's own count (processor_config.json), checked against the tower in validate_config.
+            image_seq_length=int(settings.get("image_seq_length", config.image_seq_length)),
+            chat_template=read_chat_template(path),
+        )
+
+    # ------------------------------------------------------------------ config facts
+    @property
+    def vision_tower(self) -> torch.nn.Module:
+        return self.model.model.vision_tower
+
+    @property
+    def shuffle(self) -> int:
+        """Patches per token side: 2 for downsample_ratio 0.5."""
+        return round(1 / self.config.downsample_ratio)
+
+    @property
+    def vision_width(self) -> int:
+        return int(self.config.vision_config.hidden_size) * self.shuffle**2  # the shuffled channels
+
+    @property
+    def patch_side(self) -> int:
+        vision = self.config.vision_config
+        return side_of(vision.image_size)[0] // side_of(vision.patch_size)[0]
+
+    @property
+    def token_side(self) -> int:
+        return self.patch_side // self.shuffle
+
+    def configured_image_size(self) -> tuple[int, int]:
+        return side_of(self.config.vision_config.image_size)
+
+    def tiling(self) -> dict[str, Any]:
+        """The tiling every processor call gets: the processor's own default (crop_to_patches=True),
+        the tile count bounds of the image processor."""
+        image_processor = self.processor.image_processor
+        return {
+            "crop_to_patches": True,
+            "min_patches": int(image_processor.min_patches),
+            "max_patches": int(image_processor.max_patches),
+        }
+
+    def validate_config(self) -> None:
+        vision, image_processor = self.config.vision_config, self.processor.image_processor
+        tile = (int(image_processor.size.height), int(image_processor.size.width))
+        if tile != self.configured_image_size():
+            raise ImageTokenMismatch(
+                f"image processor size {tile[0]}x{tile[1]} but the tower's image_size is "
+                f"{vision.image_size}: every tile must be the tower's size; set size to it in preprocessor_config.json"
+            )
+        if self.config.vision_feature_select_strategy != "default":
+            raise ImageTokenMismatch(
+                f"vision_feature_select_strategy={self.config.vision_feature_select_strategy!r}: InternViT has a "
+                f"class token, and pixel shuffle needs the square {self.patch_side}x{self.patch_side} patch grid "
+                f"without it; use 'default'"
+            )
+        produced = self.token_side**2
+        if int(self.processor.image_seq_length) != produced:
+            raise ImageTokenMismatch(
+                f"processor image_seq_length={self.processor.image_seq_length} placeholders per tile but the tower "
+                f"gives {produced} tokens ({self.patch_side}x{self.patch_side} patches, pixel shuffle "
+                f"{self.shuffle}x{self.shuffle}); set image_seq_length={produced}"
+            )
+
+    # ------------------------------------------------------------------ geometry
+    def tile_grid(self, height: int, width: int) -> tuple[int, int]:
+        """(rows, cols) of tiles for an image of height x width, as the image processor picks them."""
+        tiling = self.tiling()
+        if tiling["max_patches"] <= 1:
+            return 1, 1
+        cols, rows = get_optimal_tiled_canvas(
+            (height, width), self.configured_image_size(), tiling["min_patches"], tiling["max_patches"]
+        )
+        return rows, cols
+
+    def geometry(self, height: int, width: int) -> ImageGeometry:
+        rows, cols = self.tile_grid(height, width)
+        side, per_tile = self.token_side, self.token_side**2
+        tiles = rows * cols + (1 if rows * cols > 1 else 0)  # the thumbnail, last
+        offsets = None
+        if tiles > 1:
+            offsets = tuple(
+                ((r // side) * cols + c // side) * per_tile + (r % side) * side + c % side
+                for r in range(rows * side)
+                for c in range(cols * side)
+            )
+        return ImageGeometry(
+            image_size=(height, width),
+            pixel_size=self.configured_image_size(),
+            patch_grid=(self.patch_side, self.patch_side),
+            token_grid=(rows * side, cols * side),
+            num_tokens=tiles * per_tile,
+            grid_offsets=offsets,
+        )
+
+    def tiles(self, geometries) -> list[int]:
+        return [g.num_tokens // self.token_side**2 for g in geometries]
+
+    def _process(self, texts, images, geometries) -> dict:
+        # InternVLProcessor pads on the left whatever the tokenizer says; the layer pads where the
+        # tokenizer does, as for every family (pruning and generation handle both sides).
+        return super()._process(
+            texts, images, geometries, padding_side=self.tokenizer.padding_side, **self.tiling()
+        )
+
+    def image_span_ids(self, geometry: ImageGeometry) -> list[int]:
+        start = self.tokenizer.convert_tokens_to_ids(self.processor.start_image_token)
+        end = self.tokenizer.convert_tokens_to_ids(self.processor.end_image_token)
+        return [start] + [self.image_token_id] * geometry.num_tokens + [end]
+
+    # ------------------------------------------------------------------ vision
+    def encode_images(self, inputs: MultimodalInputs) -> VisionTokens:
+        out = self.model.model.get_image_features(
+            pixel_values=inputs.model_inputs["pixel_values"],
+            vision_feature_layer=self.config.vision_feature_layer,
+            vision_feature_select_strategy=self.config.vision_feature_select_strategy,
+            output_hidden_states=True,
+            return_dict=True,
+        )
+        embeds = out.pooler_output  # [tiles, tokens per tile, D_text]
+        raw = self.shuffled_features(out)  # [tiles, tokens per tile, 4 C_vision]
+        tiles = self.tiles(inputs.geometries)
+        return VisionTokens(
+            embeds=embeds.flatten(0, 1),
+            raw=raw.flatten(0, 1),
+            counts=[g.num_tokens for g in inputs.geometries],
+            raw_counts=[g.num_tokens for g in inputs.geometries],
+            geometries=list(inputs.geometries),
+            feature_source=f"every tile ({sum(tiles)} in all): {self.feature_layer_name()}, CLS dropped, "
+            f"pixel-shuffled {self.shuffle}x{self.shuffle}",
+            tower_hidden_states=tuple(out.hidden_states),
+        )
+
+    def feature_layer_name(self) -> str:
+        layer = self.config.vision_feature_layer
+        return "last_hidden_state" if layer == -1 else f"hidden_states[{layer}]"
+
+    def shuffled_features(self, out: Any) -> torch.Tensor:
+        """[tiles, tokens, 4C]: the tower's selected features, class token dropped and pixel-shuffled
+        by the model's own `pixel_shuffle`, as `get_image_features` feeds its projector."""
+        layer = self.config.vision_feature_layer
+        features = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
+        features = features[:, 1:]  # strategy "default" (validate_config)
+        grid = features.reshape(features.shape[0], self.patch_side, self.patch_side, -1)
+        shuffled = self.model.model.pixel_shuffle(grid, scale_factor=self.config.downsample_ratio)
+        return shuffled.reshape(features.shape[0], -1, shuffled.shape[-1])
+
+    def per_token(self, per_patch: torch.Tensor) -> torch.Tensor:
+        """[tiles, patches, ...] (raster, no class token) -> [tiles * tokens, ...]: the mean over each
+        token's shuffle x shuffle patch block, in token order."""
+        tiles, side, block = per_patch.shape[0], self.token_side, self.shuffle
+        grid = per_patch.reshape(tiles, side, block, side, block, *per_patch.shape[2:])
+        return grid.mean((2, 4)).reshape(tiles * side * side, *per_patch.shape[2:])
+
+    def tower_attention_scores(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
+        """The attention the class token gives each patch (VisionZip's choice for towers with one),
+        averaged over each token's 2x2 patch block; the thumbnail's tokens included."""
+        block = -1 if block is None else block
+        per_patch = internvl_block_attention(self.vision_tower, tokens.tower_hidden_states, block)[:, 1:]
+        return list(self.per_token(per_patch).split(tokens.counts))
+
+    def tower_keys(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
+        block = -1 if block is None else block
+        per_patch = internvl_block_keys(self.vision_tower, tokens.tower_hidden_states, block)[:, 1:]
+        return list(self.per_token(per_patch).split(tokens.counts))
+
+    def describe_vision(self) -> dict[str, str]:
+        vision, tiling = self.config.vision_config, self.tiling()
+        size = self.configured_image_size()
+        return {
+            "vision tower": f"InternViT ({vision.num_hidden_layers} layers, class token)",
+            "patch size": str(side_of(vision.patch_size)[0]),
+            "pooling / merge": f"pixel shuffle {self.shuffle}x{self.shuffle} -> {self.token_side}x{self.token_side} "
+            "tokens per tile, LayerNorm + MLP projector",
+            "CLS policy": f"dropped (strategy {self.config.vision_feature_select_strategy!r})",
+            "feature layer(s)": self.feature_layer_name(),
+            "image size": f"{size[0]}x{size[1]} tiles, {tiling['min_patches']}..{tiling['max_patches']} of them "
+            "+ a thumbnail (crop_to_patches=True, the processor's default, passed on every call)",
+        }
