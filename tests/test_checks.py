@@ -189,15 +189,15 @@ def test_attention_maps_on_the_token_grid_switch_to_eager_once(image, caplog):
     assert adapter.attention_implementation() == "eager"
     assert sum("now runs 'eager'" in r.message for r in caplog.records) == 1
     seq_len = inputs.input_ids.shape[1]
-    for index, ((sample, (start, _end)), geometry) in enumerate(
-        zip(inputs.image_owner(), inputs.geometries, strict=True)
+    for index, ((sample, positions), geometry) in enumerate(
+        zip(inputs.placeholders(), inputs.geometries, strict=True)
     ):
         h, w = geometry.token_grid
         maps = out.image_attentions[index]
         assert maps.shape == (2, 4, seq_len, h, w)
         # Cell (r, c) is the attention to the sequence position of that grid cell, newlines skipped.
         r, c = h - 1, w - 1
-        position = start + geometry.offsets()[r * w + c]
+        position = positions[geometry.offsets()[r * w + c]]
         assert torch.equal(maps[:, :, :, r, c], torch.stack(out.attentions)[:, sample, :, :, position])
 
 

@@ -138,9 +138,9 @@ def test_pruned_sequences_shrink_together_and_keep_full_sequence_positions(name,
         kept = pruned.kept_positions[row]
         assert torch.equal(pruned.model_kwargs["position_ids"][..., row, : len(kept)], full[..., row, kept])
     # The kept image embeddings are the layer's, in order.
-    start = inputs.image_spans[0][0][0]
+    positions = inputs.image_positions[0]  # where image 0's placeholders sit
     image_rows = pruned.inputs_embeds[0][pruned.image_token_mask[0]]
-    assert torch.equal(image_rows, adapter.insert(inputs, tokens)[0, start + keep[0]])
+    assert torch.equal(image_rows, adapter.insert(inputs, tokens)[0, positions[keep[0]]])
     with torch.no_grad():
         logits = forward_pruned(adapter, inputs, tokens, decision).logits
     assert logits.shape[:2] == pruned.attention_mask.shape
@@ -370,8 +370,8 @@ def test_text_attention_ranks_by_the_last_tokens_attention_at_layer_k(side, imag
     for sample in range(2):  # the padded sample and the full one
         real = inputs.attention_mask[sample].nonzero().flatten()
         last = int(real[-1])
-        start, end = inputs.image_spans[sample][0]
-        torch.testing.assert_close(scores[sample], full.attentions[0][sample, :, last, start:end].mean(0))
+        positions = inputs.image_positions[sample]  # one image per sample
+        torch.testing.assert_close(scores[sample], full.attentions[0][sample, :, last, positions].mean(0))
     assert len(adapter.language_module.layers) == 2  # restored after the shallow pass
 
 

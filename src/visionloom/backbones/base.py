@@ -309,7 +309,12 @@ class ImageTokenAdapter:
         counts = [
             [g.num_tokens for g in geometries[i : i + len(s)]] for i, s in self._sample_offsets(per_sample)
         ]
-        spans = self._spans(image_token_mask, counts)
+        positions = self._placeholder_positions(image_token_mask, counts, geometries)
+        spans, owner = [], 0
+        for sample_counts in counts:
+            sample_positions = positions[owner : owner + len(sample_counts)]
+            spans.append([(int(p[0]), int(p[-1]) + 1) if len(p) else (0, 0) for p in sample_positions])
+            owner += len(sample_counts)
         return MultimodalInputs(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -317,6 +322,7 @@ class ImageTokenAdapter:
             image_spans=spans,
             geometries=geometries,
             model_inputs=dict(encoded),
+            image_positions=positions,
         )
 
     def _family_markers(self, text: str) -> str:
@@ -344,28 +350,38 @@ class ImageTokenAdapter:
             start += len(sample_images)
         return offsets
 
-    def _spans(self, image_token_mask: torch.Tensor, counts: list[list[int]]) -> list[list[tuple[int, int]]]:
-        """Cut each sample's placeholder positions into one contiguous run per image."""
-        spans: list[list[tuple[int, int]]] = []
+    def placeholder_runs(self, geometry: ImageGeometry) -> list[int]:
+        """The lengths of the runs an image's placeholders come in, in order, with text tokens between
+        runs (Mistral3: one run per row; SmolVLM: one per tile). Most families write one run."""
+        return [geometry.num_tokens]
+
+    def _placeholder_positions(
+        self, image_token_mask: torch.Tensor, counts: list[list[int]], geometries: list[ImageGeometry]
+    ) -> list[torch.Tensor]:
+        """Per image (batch order): the sequence positions of its placeholders, cut from each sample's
+        in order, each image's checked to come in the family's runs."""
+        positions: list[torch.Tensor] = []
         for sample, sample_counts in enumerate(counts):
-            positions = image_token_mask[sample].nonzero().flatten().tolist()
-            if len(positions) != sum(sample_counts):
+            found = image_token_mask[sample].nonzero().flatten().cpu()
+            if len(found) != sum(sample_counts):
                 raise ImageTokenMismatch(
-                    f"sample {sample}: the processor wrote {len(positions)} image placeholders but the model config "
+                    f"sample {sample}: the processor wrote {len(found)} image placeholders but the model config "
                     f"gives {sum(sample_counts)} tokens for its image(s) ({sample_counts}): processor and model "
                     f"config disagree on the token count"
                 )
-            sample_spans, cursor = [], 0
-            for count in sample_counts:
-                run = positions[cursor : cursor + count]
-                if run and run[-1] - run[0] + 1 != count:
+            for image_positions in found.split(sample_counts):
+                geometry = geometries[len(positions)]
+                breaks = (image_positions.diff() != 1).nonzero().flatten() + 1
+                runs = [len(run) for run in image_positions.tensor_split(breaks)] if len(image_positions) else []
+                expected = self.placeholder_runs(geometry) if geometry.num_tokens else []
+                if runs != expected:
+                    layout = "one contiguous run" if len(expected) == 1 else f"runs of {expected}"
                     raise ImageTokenMismatch(
-                        f"sample {sample}: an image's {count} placeholders are not contiguous"
+                        f"sample {sample}: an image's {geometry.num_tokens} placeholders come in runs of {runs} "
+                        f"but {self.family} writes {layout}"
                     )
-                sample_spans.append((run[0], run[-1] + 1) if run else (0, 0))
-                cursor += count
-            spans.append(sample_spans)
-        return spans
+                positions.append(image_positions)
+        return positions
 
     def structural_offsets(self, geometry: ImageGeometry) -> tuple[int, ...]:
         """Placeholders of an image's span that are layout, not content (LLaVA-NeXT's row newlines).
@@ -595,9 +611,9 @@ class ImageTokenAdapter:
         """Per image: [layers, heads, S, h, w], the attention to each cell of its token grid."""
         stacked = torch.stack(attentions)  # [L, B, H, S, S]
         maps = []
-        for (sample, (start, _end)), geometry in zip(inputs.image_owner(), inputs.geometries, strict=True):
+        for (sample, positions), geometry in zip(inputs.placeholders(), inputs.geometries, strict=True):
             h, w = geometry.token_grid
-            columns = start + geometry.offsets().to(stacked.device)  # [h*w] sequence positions
+            columns = positions[geometry.offsets()].to(stacked.device)  # [h*w] sequence positions
             per_cell = stacked[:, sample, :, :, columns]  # [L, H, S, h*w]
             maps.append(per_cell.reshape(*per_cell.shape[:-1], h, w))
         return maps

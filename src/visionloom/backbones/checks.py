@@ -59,10 +59,10 @@ def check_counts(inputs: MultimodalInputs, tokens: VisionTokens, *, marker: str,
         raise ImageTokenMismatch(
             f"the inputs were built for {inputs.num_images} image(s) but {len(tokens.counts)} were encoded"
         )
-    for index, ((sample, (start, end)), count, geometry) in enumerate(
-        zip(inputs.image_owner(), tokens.counts, tokens.geometries, strict=True)
+    for index, ((sample, positions), count, geometry) in enumerate(
+        zip(inputs.placeholders(), tokens.counts, tokens.geometries, strict=True)
     ):
-        span = end - start
+        span = len(positions)
         if span == count:
             continue
         expected = inputs.geometries[index]

@@ -71,9 +71,14 @@ class MultimodalInputs:
     input_ids: torch.Tensor  # LongTensor [B, S]
     attention_mask: torch.Tensor  # LongTensor [B, S]
     image_token_mask: torch.Tensor  # BoolTensor [B, S], True on image placeholders
-    image_spans: list[list[tuple[int, int]]]  # per sample, per image: [start, end) in the sequence
+    # per sample, per image: [start, end) in the sequence, from its first placeholder to its last
+    image_spans: list[list[tuple[int, int]]]
     geometries: list[ImageGeometry]  # per image, batch order
     model_inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # pixel_values, grids, ...
+    # per image, batch order: LongTensor [num_tokens], the sequence positions of its placeholders.
+    # One contiguous run for most families; Mistral3 writes a text token after each row and SmolVLM
+    # text markers before each tile, so theirs come in runs with text between.
+    image_positions: list[torch.Tensor] = field(default_factory=list)
 
     @property
     def batch_size(self) -> int:
@@ -83,9 +88,20 @@ class MultimodalInputs:
     def num_images(self) -> int:
         return len(self.geometries)
 
-    def image_owner(self) -> list[tuple[int, int]]:
+    def image_owner(self) -> list[tuple[int, tuple[int, int]]]:
         """(sample index, span) for each image in batch order."""
         return [(b, span) for b, spans in enumerate(self.image_spans) for span in spans]
+
+    def placeholders(self) -> list[tuple[int, torch.Tensor]]:
+        """(sample index, LongTensor [num_tokens] sequence positions of its placeholders) for each
+        image in batch order: placeholder i of an image (its embedding row i) sits at positions[i]."""
+        owners = [sample for sample, _span in self.image_owner()]
+        if len(self.image_positions) != len(owners):
+            raise ValueError(
+                f"{len(owners)} image spans but placeholder positions for {len(self.image_positions)} images: "
+                f"build inputs with adapter.build_inputs"
+            )
+        return list(zip(owners, self.image_positions, strict=True))
 
     def to(self, device: torch.device | str) -> MultimodalInputs:
         moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.model_inputs.items()}

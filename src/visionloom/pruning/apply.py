@@ -282,12 +282,13 @@ def prune_sequence(
     batch, length = inputs.input_ids.shape
     keep_mask = inputs.attention_mask.bool().clone()  # [B, S]; padding goes, and is re-added below
     scale = torch.ones(batch, length, dtype=embeds.dtype, device=embeds.device)
-    for image, (sample, (start, end)) in enumerate(inputs.image_owner()):
+    for image, (sample, positions) in enumerate(inputs.placeholders()):
+        positions = positions.to(keep_mask.device)  # [counts_i] where the image's placeholders sit
         if decision.weights is not None:
-            scale[sample, start:end] = decision.weights[image].to(embeds)
+            scale[sample, positions] = decision.weights[image].to(embeds)
         if decision.keep is not None:
-            keep_mask[sample, start:end] = False
-            keep_mask[sample, start + decision.keep[image].to(keep_mask.device)] = True
+            keep_mask[sample, positions] = False
+            keep_mask[sample, positions[decision.keep[image].to(keep_mask.device)]] = True
     if decision.weights is not None:
         embeds = embeds * scale.unsqueeze(-1)  # all-ones weights leave every value as it was
 

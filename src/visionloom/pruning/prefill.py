@@ -144,7 +144,7 @@ def rank_stage(
     query token attends to most at the last layer before the drop (mean over heads), and its
     layout tokens. attention [B, H, S_i, S_i] is that layer's, over the stretch's layout [B, S_i]."""
     chosen = []
-    for image, (sample, (start, _end)) in enumerate(inputs.image_owner()):
+    for image, (sample, positions) in enumerate(inputs.placeholders()):
         row = (layout[sample] == int(query_positions[sample])).nonzero().flatten()
         if len(row) != 1:
             raise ValueError(
@@ -154,7 +154,7 @@ def rank_stage(
         present = keep[image].cpu()
         pool = present[~torch.isin(present, structural)]
         # The column of each candidate in this stretch's layout (rows may end in fill, so no search).
-        matches = layout[sample].cpu()[None, :] == (start + pool)[:, None]  # [n, S_i]
+        matches = layout[sample].cpu()[None, :] == positions[pool][:, None]  # [n, S_i]
         if not bool(matches.any(1).all()):
             raise AssertionError(f"image {image}: its kept tokens are not in the stretch's layout")
         columns = matches.int().argmax(1)  # [n]
@@ -227,8 +227,8 @@ def prefill(
                     raise ValueError(
                         f"image {image}: the drop at layer {stage.layer} keeps tokens already dropped"
                     )
-        for image, (sample, (span_start, _)) in enumerate(inputs.image_owner()):
-            dropped = span_start + keep[image][~torch.isin(keep[image].cpu(), new_keep[image])]
+        for image, (sample, positions) in enumerate(inputs.placeholders()):
+            dropped = positions[keep[image][~torch.isin(keep[image].cpu(), new_keep[image])]]
             kept_rows[sample] = kept_rows[sample][~torch.isin(kept_rows[sample].cpu(), dropped.cpu())]
         keep = new_keep
         new_layout = sequence_layout(inputs.attention_mask, kept_rows)  # [B, S_next]

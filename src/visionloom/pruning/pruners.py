@@ -261,11 +261,11 @@ class TextAttention:
         if query_positions is None:
             query_positions = last_real_positions(inputs.attention_mask)  # [B], left or right padding
         scores = []
-        for sample, (start, end) in inputs.image_owner():
+        for sample, positions in inputs.placeholders():
             row = int(query_positions[sample])
-            if row < end:
+            if row <= int(positions[-1]):
                 raise ValueError(f"sample {sample}: the ranking position {row} is not after its image")
-            weights = attention["weights"][sample, :, row, start:end]  # [heads, n]
+            weights = attention["weights"][sample, :, row, positions.to(attention["weights"].device)]  # [heads, n]
             scores.append(weights.mean(0).float().cpu())
         return scores, hidden
 
