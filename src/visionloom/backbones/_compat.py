@@ -12,6 +12,8 @@ processor a video processor that refuses videos. Written by hand because no libr
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 import transformers
 from transformers import video_processing_utils
@@ -57,9 +59,28 @@ def qwen_video_processor(image_processor):
 def images_only_video_processor(family_module: str, class_name: str):
     """The family's video processor (`transformers.models.<family_module>`'s `class_name`) where
     torchvision works, else the images-only stand-in (LLaVA-OneVision, InternVL)."""
+    # Some of these build without torchvision; the processor's type check needs the name either way.
+    ensure_video_processor_mixin()
     try:
         module = importlib.import_module(f"transformers.models.{family_module}")
         return getattr(module, class_name)()
     except (ImportError, RuntimeError):
-        ensure_video_processor_mixin()
         return ImagesOnlyVideoProcessor()
+
+
+def pixtral_processor_class() -> type:
+    """`PixtralProcessor` (Mistral3's processor). Its module imports one pure sizing function,
+    `get_resize_output_image_size`, from the torchvision image processor's module, so without
+    torchvision the processor cannot even be imported. Only then, that module name is given a
+    stand-in holding the same function from the PIL image processor's module, which the PIL image
+    processor itself uses."""
+    try:
+        from transformers.models.pixtral.processing_pixtral import PixtralProcessor
+    except ImportError:
+        from transformers.models.pixtral import image_processing_pil_pixtral
+
+        stand_in = types.ModuleType("transformers.models.pixtral.image_processing_pixtral")
+        stand_in.get_resize_output_image_size = image_processing_pil_pixtral.get_resize_output_image_size
+        sys.modules[stand_in.__name__] = stand_in
+        from transformers.models.pixtral.processing_pixtral import PixtralProcessor
+    return PixtralProcessor

@@ -372,7 +372,9 @@ class ImageTokenAdapter:
             for image_positions in found.split(sample_counts):
                 geometry = geometries[len(positions)]
                 breaks = (image_positions.diff() != 1).nonzero().flatten() + 1
-                runs = [len(run) for run in image_positions.tensor_split(breaks)] if len(image_positions) else []
+                runs = (
+                    [len(run) for run in image_positions.tensor_split(breaks)] if len(image_positions) else []
+                )
                 expected = self.placeholder_runs(geometry) if geometry.num_tokens else []
                 if runs != expected:
                     layout = "one contiguous run" if len(expected) == 1 else f"runs of {expected}"

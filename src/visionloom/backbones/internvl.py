@@ -42,6 +42,7 @@ from visionloom.backbones._compat import images_only_video_processor
 from visionloom.backbones.base import ImageTokenAdapter, read_json
 from visionloom.backbones.checks import ImageTokenMismatch
 from visionloom.backbones.qwen2_5_vl import read_chat_template
+from visionloom.backbones.tiles import mosaic_offsets, shuffled_block_mean
 from visionloom.backbones.tower_attention import internvl_block_attention, internvl_block_keys
 from visionloom.backbones.types import ImageGeometry, MultimodalInputs, VisionTokens
 
@@ -160,13 +161,7 @@ class InternVLAdapter(ImageTokenAdapter):
         rows, cols = self.tile_grid(height, width)
         side, per_tile = self.token_side, self.token_side**2
         tiles = rows * cols + (1 if rows * cols > 1 else 0)  # the thumbnail, last
-        offsets = None
-        if tiles > 1:
-            offsets = tuple(
-                ((r // side) * cols + c // side) * per_tile + (r % side) * side + c % side
-                for r in range(rows * side)
-                for c in range(cols * side)
-            )
+        offsets = mosaic_offsets(rows, cols, side) if tiles > 1 else None
         return ImageGeometry(
             image_size=(height, width),
             pixel_size=self.configured_image_size(),
@@ -228,24 +223,17 @@ class InternVLAdapter(ImageTokenAdapter):
         shuffled = self.model.model.pixel_shuffle(grid, scale_factor=self.config.downsample_ratio)
         return shuffled.reshape(features.shape[0], -1, shuffled.shape[-1])
 
-    def per_token(self, per_patch: torch.Tensor) -> torch.Tensor:
-        """[tiles, patches, ...] (raster, no class token) -> [tiles * tokens, ...]: the mean over each
-        token's shuffle x shuffle patch block, in token order."""
-        tiles, side, block = per_patch.shape[0], self.token_side, self.shuffle
-        grid = per_patch.reshape(tiles, side, block, side, block, *per_patch.shape[2:])
-        return grid.mean((2, 4)).reshape(tiles * side * side, *per_patch.shape[2:])
-
     def tower_attention_scores(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
         """The attention the class token gives each patch (VisionZip's choice for towers with one),
         averaged over each token's 2x2 patch block; the thumbnail's tokens included."""
         block = -1 if block is None else block
         per_patch = internvl_block_attention(self.vision_tower, tokens.tower_hidden_states, block)[:, 1:]
-        return list(self.per_token(per_patch).split(tokens.counts))
+        return list(shuffled_block_mean(per_patch, self.token_side, self.shuffle).split(tokens.counts))
 
     def tower_keys(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
         block = -1 if block is None else block
         per_patch = internvl_block_keys(self.vision_tower, tokens.tower_hidden_states, block)[:, 1:]
-        return list(self.per_token(per_patch).split(tokens.counts))
+        return list(shuffled_block_mean(per_patch, self.token_side, self.shuffle).split(tokens.counts))
 
     def describe_vision(self) -> dict[str, str]:
         vision, tiling = self.config.vision_config, self.tiling()

@@ -14,10 +14,12 @@ from visionloom.backbones.internvl import InternVLAdapter
 from visionloom.backbones.llava import LlavaAdapter
 from visionloom.backbones.llava_next import LlavaNextAdapter
 from visionloom.backbones.llava_onevision import LlavaOnevisionAdapter
+from visionloom.backbones.mistral3 import Mistral3Adapter
 from visionloom.backbones.paligemma import PaliGemmaAdapter
 from visionloom.backbones.qwen2_5_vl import Qwen2_5_VLAdapter
 from visionloom.backbones.qwen2_vl import Qwen2VLAdapter
 from visionloom.backbones.qwen3_vl import Qwen3VLAdapter
+from visionloom.backbones.smolvlm import SmolVLMAdapter
 from visionloom.backbones.t5gemma2 import T5Gemma2Adapter
 
 ADAPTERS: dict[str, type[ImageTokenAdapter]] = {
@@ -34,6 +36,8 @@ ADAPTERS: dict[str, type[ImageTokenAdapter]] = {
         Gemma3Adapter,
         DeepseekVLAdapter,
         InternVLAdapter,
+        Mistral3Adapter,
+        SmolVLMAdapter,
     )
     for model_type in adapter.model_types
 }

@@ -30,6 +30,7 @@ from transformers import (
     LlavaNextProcessor,
     LlavaOnevisionConfig,
     LlavaProcessor,
+    Mistral3Config,
     PaliGemmaConfig,
     PaliGemmaProcessor,
     PreTrainedTokenizerFast,
@@ -37,6 +38,7 @@ from transformers import (
     Qwen2VLConfig,
     Qwen3VLConfig,
     SiglipVisionConfig,
+    SmolVLMConfig,
     T5Gemma2Config,
 )
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
@@ -47,9 +49,12 @@ from transformers.models.llava_next.image_processing_pil_llava_next import Llava
 from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
     LlavaOnevisionImageProcessorPil,
 )
+from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
 
+from visionloom.backbones._compat import pixtral_processor_class
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.backbones.deepseek_vl import DeepseekVLAdapter
 from visionloom.backbones.gemma3 import Gemma3Adapter
@@ -57,10 +62,12 @@ from visionloom.backbones.internvl import InternVLAdapter, build_internvl_proces
 from visionloom.backbones.llava import LlavaAdapter
 from visionloom.backbones.llava_next import LlavaNextAdapter
 from visionloom.backbones.llava_onevision import LlavaOnevisionAdapter, build_onevision_processor
+from visionloom.backbones.mistral3 import Mistral3Adapter
 from visionloom.backbones.paligemma import PaliGemmaAdapter
 from visionloom.backbones.qwen2_5_vl import Qwen2_5_VLAdapter, build_qwen_processor
 from visionloom.backbones.qwen2_vl import Qwen2VLAdapter
 from visionloom.backbones.qwen3_vl import Qwen3VLAdapter
+from visionloom.backbones.smolvlm import SmolVLMAdapter, build_smolvlm_processor
 from visionloom.backbones.t5gemma2 import T5Gemma2Adapter
 
 WIDTH, LAYERS, HEADS = 64, 2, 4
@@ -545,6 +552,82 @@ def tiny_internvl(text_layers: int = LAYERS, **config_overrides: Any) -> InternV
     return InternVLAdapter(model, processor)
 
 
+def tiny_mistral3(text_layers: int = LAYERS, **config_overrides: Any) -> Mistral3Adapter:
+    """Mistral3 shape: Pixtral at patch 14, 2x2 patch merger (28-px tokens), longer side up to
+    168 px (6x6 tokens), [IMG_BREAK] after each row; a Mistral language model."""
+    tokenizer = build_tokenizer(
+        ["<unk>", "<s>", "</s>", "<pad>", "[INST]", "[/INST]", "[IMG]", "[IMG_BREAK]", "[IMG_END]"],
+        {"image_token": "[IMG]"},
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+    config = Mistral3Config(
+        vision_config={
+            "hidden_size": WIDTH + 32,
+            "intermediate_size": 2 * WIDTH,
+            "num_hidden_layers": 3,
+            "num_attention_heads": HEADS,
+            "image_size": 168,
+            "patch_size": 14,
+        },
+        text_config=_llama(
+            len(tokenizer), text_layers, model_type="mistral", pad_token_id=tokenizer.pad_token_id
+        ).to_dict(),
+        image_token_index=tokenizer.convert_tokens_to_ids("[IMG]"),
+        spatial_merge_size=2,
+        **config_overrides,
+    )
+    image_processor = PixtralImageProcessorPil(
+        size={"longest_edge": 168}, patch_size={"height": 14, "width": 14}
+    )
+    processor = pixtral_processor_class()(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=14, spatial_merge_size=2
+    )
+    return Mistral3Adapter(Mistral3Adapter.model_class(config).eval(), processor)
+
+
+def tiny_smolvlm(text_layers: int = LAYERS, **config_overrides: Any) -> SmolVLMAdapter:
+    """SmolVLM shape: SigLIP 112-px tiles (patch 14: 8x8 patches, pixel-shuffled 2x2 to 16 tokens),
+    the longer side scaled to 336 px (up to 3x3 tiles) plus the global image, <row_r_col_c> markers."""
+    markers = [f"<row_{row}_col_{col}>" for row in range(1, 4) for col in range(1, 4)]
+    tokenizer = build_tokenizer(
+        [
+            "<unk>",
+            "<|im_start|>",
+            "<end_of_utterance>",
+            "<pad>",
+            "<image>",
+            "<fake_token_around_image>",
+            "<global-img>",
+        ]
+        + markers,
+        {
+            "image_token": "<image>",
+            "fake_image_token": "<fake_token_around_image>",
+            "global_image_token": "<global-img>",
+            "end_of_utterance_token": "<end_of_utterance>",
+        },
+        bos_token="<|im_start|>",
+        eos_token="<end_of_utterance>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+    config = SmolVLMConfig(
+        vision_config=_siglip(112).to_dict(),
+        text_config=_llama(len(tokenizer), text_layers, pad_token_id=tokenizer.pad_token_id).to_dict(),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        scale_factor=2,
+        **config_overrides,
+    )
+    image_processor = SmolVLMImageProcessorPil(
+        size={"longest_edge": 336}, max_image_size={"longest_edge": 112}, do_image_splitting=True
+    )
+    processor = build_smolvlm_processor(image_processor, tokenizer, image_seq_len=16)
+    return SmolVLMAdapter(SmolVLMAdapter.model_class(config).eval(), processor)
+
+
 PRESETS: dict[str, Callable[..., ImageTokenAdapter]] = {
     "tiny-llava": tiny_llava,
     "tiny-llava-next": tiny_llava_next,
@@ -557,6 +640,8 @@ PRESETS: dict[str, Callable[..., ImageTokenAdapter]] = {
     "tiny-llava-onevision": tiny_llava_onevision,
     "tiny-qwen3-vl": tiny_qwen3_vl,
     "tiny-internvl": tiny_internvl,
+    "tiny-mistral3": tiny_mistral3,
+    "tiny-smolvlm": tiny_smolvlm,
 }
 
 

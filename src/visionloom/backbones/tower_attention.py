@@ -224,3 +224,69 @@ def internvl_block_keys(
     """InternViT: [tiles, 1 + P, heads * d], each position's attention key at `block`."""
     _, keys, _ = internvl_block_qk(tower, hidden_states, block)
     return keys.transpose(1, 2).flatten(2)
+
+
+def pixtral_block_qk(
+    tower: torch.nn.Module,
+    hidden_states: tuple[torch.Tensor, ...] | None,
+    patch_grids: list[tuple[int, int]],
+    block: int,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Pixtral block `block`: queries and keys [heads, patches of every image, d] with the 2-D rotary
+    angles applied as the tower applies them (positions restart at each image), and the scale."""
+    from transformers.models.pixtral.modeling_pixtral import apply_rotary_pos_emb
+
+    layers = tower.transformer.layers
+    index = block_index(block, len(layers))
+    layer = layers[index]
+    attention = layer.attention
+    hidden = require_hidden_states(hidden_states)[index]  # [1, patches, C], every image packed
+    normed = layer.attention_norm(hidden)
+    length = hidden.shape[1]
+
+    def split_heads(projected: torch.Tensor) -> torch.Tensor:  # [1, P, C] -> [1, heads, P, d]
+        return projected.view(1, length, attention.num_heads, attention.head_dim).transpose(1, 2)
+
+    positions = []
+    for rows, cols in patch_grids:  # the tower's own (row, column) position of each patch
+        row_ids, col_ids = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+        positions.append(torch.stack([row_ids.flatten(), col_ids.flatten()], dim=-1))
+    cos, sin = tower.patch_positional_embedding(hidden, torch.cat(positions).to(hidden.device))
+    queries, keys = apply_rotary_pos_emb(
+        split_heads(attention.q_proj(normed)),
+        split_heads(attention.k_proj(normed)),
+        cos,
+        sin,
+        unsqueeze_dim=0,
+    )
+    return queries[0], keys[0], attention.scaling
+
+
+@torch.no_grad()
+def pixtral_block_attention(
+    tower: torch.nn.Module,
+    hidden_states: tuple[torch.Tensor, ...] | None,
+    patch_grids: list[tuple[int, int]],
+    block: int,
+) -> list[torch.Tensor]:
+    """Pixtral: per image [patches], the mean attention each patch receives from its image's patches
+    (the tower's attention is block-diagonal: an image attends only to itself)."""
+    queries, keys, scale = pixtral_block_qk(tower, hidden_states, patch_grids, block)
+    sizes = [rows * cols for rows, cols in patch_grids]
+    return [
+        attention_received(q, k, scale)
+        for q, k in zip(queries.split(sizes, dim=1), keys.split(sizes, dim=1), strict=True)
+    ]
+
+
+@torch.no_grad()
+def pixtral_block_keys(
+    tower: torch.nn.Module,
+    hidden_states: tuple[torch.Tensor, ...] | None,
+    patch_grids: list[tuple[int, int]],
+    block: int,
+) -> list[torch.Tensor]:
+    """Pixtral: per image [patches, heads * d], each patch's attention key at `block`."""
+    _, keys, _ = pixtral_block_qk(tower, hidden_states, patch_grids, block)
+    sizes = [rows * cols for rows, cols in patch_grids]
+    return list(keys.transpose(0, 1).flatten(1).split(sizes))

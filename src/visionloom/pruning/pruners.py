@@ -265,7 +265,9 @@ class TextAttention:
             row = int(query_positions[sample])
             if row <= int(positions[-1]):
                 raise ValueError(f"sample {sample}: the ranking position {row} is not after its image")
-            weights = attention["weights"][sample, :, row, positions.to(attention["weights"].device)]  # [heads, n]
+            weights = attention["weights"][
+                sample, :, row, positions.to(attention["weights"].device)
+            ]  # [heads, n]
             scores.append(weights.mean(0).float().cpu())
         return scores, hidden
 

@@ -1,0 +1,251 @@
+"""SmolVLM (`SmolVLMForConditionalGeneration`): image splitting with row/column text markers, pixel shuffle.
+
+The image processor shrinks an image until its longer side fits `size["longest_edge"]`, then
+(with `do_image_splitting`) scales it up to whole tiles of `max_image_size["longest_edge"]`, the
+tower's size, cuts it into rows x cols tiles and adds the whole image at the tile size last (the
+"global" image); an image that fits in one tile is not split. Each tile goes through the SigLIP
+tower (no class token); the connector pixel-shuffles its patches (`scale_factor`: each token holds
+a scale x scale patch block in its channels) and projects them with one linear layer.
+
+The processor writes, per tile, `<fake_token_around_image><row_r_col_c>` then `image_seq_len`
+`<image>`, a newline after each row of tiles, and `<fake_token_around_image><global-img>` before
+the global image's tokens. The markers are text: an image's placeholders come in one run per tile
+with text between (`placeholder_runs`), and pruning never drops a marker. The token grid is the
+mosaic of the tiles (as InternVL's); the global image's tokens are content outside it.
+
+Traps closed here: the processor's `image_seq_len` must be the tower's token count per tile (the
+processor does not check it); `geometry` follows the image processor's own resizing step by step
+(the count the processor writes comes from the tiles it actually cut). The model drops tiles whose
+pixels are all exactly zero as batch padding; normalised uint8 images with the released mean and
+std never are.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer, SmolVLMForConditionalGeneration, SmolVLMProcessor
+from transformers.models.smolvlm.image_processing_pil_smolvlm import (
+    SmolVLMImageProcessorPil,
+    get_resize_output_image_size,
+)
+from transformers.models.smolvlm.processing_smolvlm import get_image_prompt_string
+
+from visionloom.backbones._compat import images_only_video_processor
+from visionloom.backbones.base import ImageTokenAdapter, read_json
+from visionloom.backbones.checks import ImageTokenMismatch
+from visionloom.backbones.qwen2_5_vl import read_chat_template
+from visionloom.backbones.tiles import mosaic_offsets, shuffled_block_mean
+from visionloom.backbones.tower_attention import encoder_block_attention, encoder_block_keys
+from visionloom.backbones.types import ImageGeometry, MultimodalInputs, VisionTokens
+
+
+def build_smolvlm_processor(image_processor, tokenizer, image_seq_len: int, chat_template: str | None = None):
+    """The processor with a video processor that works without torchvision (see _compat)."""
+    return SmolVLMProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=images_only_video_processor(
+            "smolvlm.video_processing_smolvlm", "SmolVLMVideoProcessor"
+        ),
+        image_seq_len=image_seq_len,
+        chat_template=chat_template,
+    )
+
+
+class SmolVLMAdapter(ImageTokenAdapter):
+    family = "smolvlm"
+    model_types = ("smolvlm",)
+    model_class = SmolVLMForConditionalGeneration
+    marker = "<image>"
+    supports_native_resolution = False
+    projector_path = "model.connector"
+    projector_steps = "pixel shuffle, then modality_projection"
+
+    @classmethod
+    def load_processor(cls, path: Path, config: Any) -> SmolVLMProcessor:
+        # AutoProcessor would also build the video processor, which needs torchvision (see _compat).
+        processor_file = path / "processor_config.json"
+        settings = read_json(processor_file) if processor_file.is_file() else {}
+        if "image_seq_len" not in settings:
+            raise ValueError(
+                f"{processor_file}: no image_seq_len; the processor would write its default 169 placeholders per tile"
+            )
+        return build_smolvlm_processor(
+            SmolVLMImageProcessorPil.from_pretrained(str(path)),
+            AutoTokenizer.from_pretrained(str(path)),
+            image_seq_len=int(settings["image_seq_len"]),
+            chat_template=read_chat_template(path),
+        )
+
+    # ------------------------------------------------------------------ config facts
+    @property
+    def vision_tower(self) -> torch.nn.Module:
+        return self.model.model.vision_model
+
+    @property
+    def language_module(self) -> torch.nn.Module:
+        return self.model.model.text_model
+
+    @property
+    def scale(self) -> int:
+        return int(self.config.scale_factor)
+
+    @property
+    def vision_width(self) -> int:
+        return int(self.config.vision_config.hidden_size) * self.scale**2  # the shuffled channels
+
+    @property
+    def patch_side(self) -> int:
+        vision = self.config.vision_config
+        return vision.image_size // vision.patch_size
+
+    @property
+    def token_side(self) -> int:
+        return self.patch_side // self.scale
+
+    @property
+    def tile(self) -> int:
+        return int(self.processor.image_processor.max_image_size["longest_edge"])
+
+    def configured_image_size(self) -> tuple[int, int]:
+        edge = int(self.processor.image_processor.size["longest_edge"])
+        return edge, edge
+
+    def validate_config(self) -> None:
+        vision = self.config.vision_config
+        if self.tile != vision.image_size:
+            raise ImageTokenMismatch(
+                f"image processor max_image_size longest_edge={self.tile} but the tower's image_size is "
+                f"{vision.image_size}: every tile must be the tower's size; set max_image_size to it"
+            )
+        produced = self.token_side**2
+        if int(self.processor.image_seq_len) != produced:
+            raise ImageTokenMismatch(
+                f"processor image_seq_len={self.processor.image_seq_len} placeholders per tile but the tower gives "
+                f"{produced} tokens ({self.patch_side}x{self.patch_side} patches, pixel shuffle {self.scale}x{self.scale}); "
+                f"set image_seq_len={produced} in processor_config.json"
+            )
+
+    # ------------------------------------------------------------------ geometry
+    def tile_grid(self, height: int, width: int) -> tuple[int, int]:
+        """(rows, cols) of tiles for an image of height x width, (0, 0) when it is not split: the
+        image processor's steps (`resize`, `resize_for_vision_encoder`, `split_images`) on sizes."""
+        image_processor = self.processor.image_processor
+        if not image_processor.do_image_splitting:
+            return 0, 0
+        if image_processor.do_resize:
+            height, width = get_resize_output_image_size(
+                np.empty((3, height, width), dtype=np.uint8),
+                resolution_max_side=int(image_processor.size["longest_edge"]),
+            )
+        tile, aspect_ratio = self.tile, width / height
+        # resize_for_vision_encoder, on the size alone
+        if width >= height:
+            width = math.ceil(width / tile) * tile
+            height = math.ceil(int(width / aspect_ratio) / tile) * tile
+        else:
+            height = math.ceil(height / tile) * tile
+            width = math.ceil(int(height * aspect_ratio) / tile) * tile
+        if height > tile or width > tile:  # split_images
+            return (height - tile) // tile + 1, (width - tile) // tile + 1
+        return 0, 0
+
+    def geometry(self, height: int, width: int) -> ImageGeometry:
+        rows, cols = self.tile_grid(height, width)
+        side = self.token_side
+        tiles = rows * cols + 1  # and the global image (alone when not split)
+        return ImageGeometry(
+            image_size=(height, width),
+            pixel_size=(self.tile, self.tile),
+            patch_grid=(self.patch_side, self.patch_side),
+            token_grid=(rows * side, cols * side) if rows else (side, side),
+            num_tokens=tiles * side * side,
+            grid_offsets=mosaic_offsets(rows, cols, side) if rows else None,
+        )
+
+    def placeholder_runs(self, geometry: ImageGeometry) -> list[int]:
+        per_tile = self.token_side**2
+        return [per_tile] * (geometry.num_tokens // per_tile)  # markers before each tile
+
+    def tile_layout(self, geometry: ImageGeometry) -> tuple[int, int]:
+        """(rows, cols) of a geometry's tiles, (0, 0) for an image that was not split."""
+        rows, cols = geometry.token_grid
+        return (
+            (rows // self.token_side, cols // self.token_side)
+            if geometry.grid_offsets is not None
+            else (0, 0)
+        )
+
+    def image_span_ids(self, geometry: ImageGeometry) -> list[int]:
+        """The processor's own text for the image, tokenized: markers, newlines and placeholders."""
+        rows, cols = self.tile_layout(geometry)
+        text = get_image_prompt_string(
+            rows,
+            cols,
+            self.processor.image_seq_len,
+            fake_token_around_image=self.processor.fake_image_token,
+            image_token=self.processor.image_token,
+            global_image_token=self.processor.global_image_token,
+        )
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _process(self, texts, images, geometries) -> dict:
+        # The processor counts images per sample: they go nested, one list per text.
+        encoded = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
+        return dict(encoded)
+
+    # ------------------------------------------------------------------ vision
+    def encode_images(self, inputs: MultimodalInputs) -> VisionTokens:
+        out = self.model.model.get_image_features(
+            pixel_values=inputs.model_inputs["pixel_values"],
+            pixel_attention_mask=inputs.model_inputs.get("pixel_attention_mask"),
+            output_hidden_states=True,
+            return_dict=True,
+        )
+        embeds = torch.cat(list(out.pooler_output), dim=0)  # [T, D_text], sample by sample, tile by tile
+        raw = self.model.model.connector.pixel_shuffle(
+            out.last_hidden_state, self.scale
+        )  # [tiles, tokens, C s^2]
+        counts = [g.num_tokens for g in inputs.geometries]
+        return VisionTokens(
+            embeds=embeds,
+            raw=raw.flatten(0, 1),
+            counts=counts,
+            raw_counts=counts,
+            geometries=list(inputs.geometries),
+            feature_source=f"last_hidden_state (after post_layernorm), every tile, pixel-shuffled {self.scale}x{self.scale}",
+            tower_hidden_states=tuple(out.hidden_states),
+        )
+
+    def project(self, raw: torch.Tensor, geometries) -> torch.Tensor:
+        return self.projector.modality_projection(raw)
+
+    def tower_attention_scores(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
+        """Mean attention each patch receives (SigLIP has no class token), averaged over each token's
+        patch block; the global image's tokens included."""
+        block = -1 if block is None else block
+        per_patch = encoder_block_attention(self.vision_tower, tokens.tower_hidden_states, block, "all")
+        return list(shuffled_block_mean(per_patch, self.token_side, self.scale).split(tokens.counts))
+
+    def tower_keys(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
+        block = -1 if block is None else block
+        per_patch = encoder_block_keys(self.vision_tower, tokens.tower_hidden_states, block)
+        return list(shuffled_block_mean(per_patch, self.token_side, self.scale).split(tokens.counts))
+
+    def describe_vision(self) -> dict[str, str]:
+        vision, image_processor = self.config.vision_config, self.processor.image_processor
+        return {
+            "vision tower": f"SigLIP ({vision.num_hidden_layers} layers)",
+            "patch size": str(vision.patch_size),
+            "pooling / merge": f"pixel shuffle {self.scale}x{self.scale} -> {self.token_side}x{self.token_side} "
+            "tokens per tile, linear projection; <row_r_col_c> markers before each tile",
+            "CLS policy": "no CLS",
+            "feature layer(s)": "last_hidden_state (after post_layernorm)",
+            "image size": f"longest side up to {image_processor.size['longest_edge']}, {self.tile}-px tiles "
+            + ("+ the global image" if image_processor.do_image_splitting else "(no splitting)"),
+        }
