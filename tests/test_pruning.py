@@ -10,6 +10,7 @@ from dataclasses import replace
 import pytest
 import torch
 from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from tests.conftest import FAMILIES, QWEN_FAMILIES, cached_preset
 from visionloom.backbones.tiny import build_preset
@@ -213,6 +214,9 @@ def eager_weights_of(adapter, attention_module):
         return output, weights
 
     AttentionInterface.register("visionloom-capture", capture)
+    # and eager's masks for it: an implementation without a mask function gets no mask at all, which
+    # would let a tower with padding patches (Gemma 4) attend to them
+    AttentionMaskInterface.register("visionloom-capture", eager_mask)
     config = adapter.vision_tower.config
     previous = config._attn_implementation
     config._attn_implementation = "visionloom-capture"

@@ -31,7 +31,7 @@ def test_unsupported_model_type_lists_the_supported(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "blip_2"}))
     with pytest.raises(
         ValueError,
-        match=r"model_type 'blip_2' is not supported; supported: deepseek_vl, gemma3, internvl, llava",
+        match=r"model_type 'blip_2' is not supported; supported: deepseek_vl, gemma3, gemma4, internvl, llava",
     ):
         adapter_for(tmp_path)
 

@@ -64,7 +64,7 @@ def images_only_video_processor(family_module: str, class_name: str):
     try:
         module = importlib.import_module(f"transformers.models.{family_module}")
         return getattr(module, class_name)()
-    except (ImportError, RuntimeError):
+    except (ImportError, RuntimeError, NameError):  # Gemma 4's module fails with a NameError (tvF)
         return ImagesOnlyVideoProcessor()
 
 

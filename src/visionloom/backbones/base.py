@@ -98,6 +98,9 @@ class ImageTokenAdapter:
     supports_native_resolution: ClassVar[bool] = True
     # Where a 1-D rotary model starts counting positions (PaliGemma: 1), in a forward and in generate.
     position_offset: ClassVar[int] = 0
+    # Whether the processor takes images as one list per text (SmolVLM, Gemma 4 count them per
+    # sample) rather than one flat list.
+    nested_images: ClassVar[bool] = False
 
     def __init__(self, model: PreTrainedModel, processor: Any, *, native_resolution: bool = False):
         if native_resolution and not self.supports_native_resolution:
@@ -339,7 +342,8 @@ class ImageTokenAdapter:
     ) -> dict:
         """Run the processor on text and images together (never apart: text tokenized alone has no image tokens); images per sample."""
         flat = [image for sample_images in images for image in sample_images]
-        encoded = self.processor(text=texts, images=flat or None, padding=True, return_tensors="pt", **kwargs)
+        given = images if self.nested_images else flat or None
+        encoded = self.processor(text=texts, images=given, padding=True, return_tensors="pt", **kwargs)
         return dict(encoded)
 
     @staticmethod
@@ -556,6 +560,11 @@ class ImageTokenAdapter:
             output.attentions = check_attention_weights(output.attentions, batch=batch, seq_len=seq_len)
             output.image_attentions = self.image_attention_maps(output.attentions, inputs)
         return output
+
+    def layer_drop_problem(self) -> str | None:
+        """Why this checkpoint's language model cannot run a stretch of layers on its own (which drops
+        inside it, FastV and PDrop, need), or None when it can."""
+        return None
 
     def language_model_kwargs(self, inputs: MultimodalInputs) -> dict[str, Any]:
         """What the family's model needs besides inputs_embeds and the attention mask."""

@@ -10,6 +10,7 @@ import torch
 from visionloom.backbones.base import ImageTokenAdapter, place, read_json
 from visionloom.backbones.deepseek_vl import DeepseekVLAdapter
 from visionloom.backbones.gemma3 import Gemma3Adapter
+from visionloom.backbones.gemma4 import Gemma4Adapter
 from visionloom.backbones.internvl import InternVLAdapter
 from visionloom.backbones.llava import LlavaAdapter
 from visionloom.backbones.llava_next import LlavaNextAdapter
@@ -38,6 +39,7 @@ ADAPTERS: dict[str, type[ImageTokenAdapter]] = {
         InternVLAdapter,
         Mistral3Adapter,
         SmolVLMAdapter,
+        Gemma4Adapter,
     )
     for model_type in adapter.model_types
 }

@@ -63,6 +63,7 @@ class SmolVLMAdapter(ImageTokenAdapter):
     model_class = SmolVLMForConditionalGeneration
     marker = "<image>"
     supports_native_resolution = False
+    nested_images = True  # the processor counts images per sample
     projector_path = "model.connector"
     projector_steps = "pixel shuffle, then modality_projection"
 
@@ -193,11 +194,6 @@ class SmolVLMAdapter(ImageTokenAdapter):
             global_image_token=self.processor.global_image_token,
         )
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def _process(self, texts, images, geometries) -> dict:
-        # The processor counts images per sample: they go nested, one list per text.
-        encoded = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
-        return dict(encoded)
 
     # ------------------------------------------------------------------ vision
     def encode_images(self, inputs: MultimodalInputs) -> VisionTokens:

@@ -23,6 +23,7 @@ from transformers import (
     DeepseekVLProcessor,
     Gemma3Config,
     Gemma3Processor,
+    Gemma4Config,
     InternVLConfig,
     LlamaConfig,
     LlavaConfig,
@@ -44,6 +45,7 @@ from transformers import (
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.deepseek_vl.image_processing_pil_deepseek_vl import DeepseekVLImageProcessorPil
 from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
@@ -58,6 +60,7 @@ from visionloom.backbones._compat import pixtral_processor_class
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.backbones.deepseek_vl import DeepseekVLAdapter
 from visionloom.backbones.gemma3 import Gemma3Adapter
+from visionloom.backbones.gemma4 import Gemma4Adapter, build_gemma4_processor
 from visionloom.backbones.internvl import InternVLAdapter, build_internvl_processor
 from visionloom.backbones.llava import LlavaAdapter
 from visionloom.backbones.llava_next import LlavaNextAdapter
@@ -363,12 +366,13 @@ def _gemma_processor(tokenizer, image_size: int, tokens: int) -> Gemma3Processor
 
 
 # Gemma 3 / T5Gemma 2's image projection and end-of-image embedding; InternViT's class token and
-# position embeddings.
+# position embeddings; Gemma 4's position table (ones).
 ZERO_INITIALISED = (
     "mm_input_projection_weight",
     "eoi_embedding",
     "embeddings.cls_token",
     "embeddings.position_embeddings",
+    "position_embedding_table",  # Gemma 4's tower: initialised to ones, every position alike
 )
 
 
@@ -628,6 +632,86 @@ def tiny_smolvlm(text_layers: int = LAYERS, **config_overrides: Any) -> SmolVLMA
     return SmolVLMAdapter(SmolVLMAdapter.model_class(config).eval(), processor)
 
 
+def gemma4_tokenizer() -> PreTrainedTokenizerFast:
+    """The offline tokenizer with Gemma 4's image and audio tokens (named as released)."""
+    return build_tokenizer(
+        # <|video|> too: the processor adds it when missing, which would grow the vocabulary.
+        [
+            "<pad>",
+            "<eos>",
+            "<bos>",
+            "<unk>",
+            "<|image>",
+            "<image|>",
+            "<|image|>",
+            "<|audio>",
+            "<audio|>",
+            "<|audio|>",
+        ]
+        + ["<|video|>"],
+        {
+            "boi_token": "<|image>",
+            "eoi_token": "<image|>",
+            "image_token": "<|image|>",
+            "boa_token": "<|audio>",
+            "eoa_token": "<audio|>",
+            "audio_token": "<|audio|>",
+        },
+        pad_token="<pad>",
+        eos_token="<eos>",
+        bos_token="<bos>",
+        unk_token="<unk>",
+    )
+
+
+def tiny_gemma4(
+    text_layers: int = LAYERS, per_layer: int = 0, kv_shared: int = 0, **config_overrides: Any
+) -> Gemma4Adapter:
+    """Gemma 4 shape: its own vision tower at patch 8, 2x2 pooling, up to 70 soft tokens an image
+    (the smallest budget the processor takes), aspect ratio kept; image tokens attend both ways in
+    the sliding layers. `per_layer` > 0 adds per-layer embeddings of that width and `kv_shared` > 0
+    KV sharing in the last layers, as the E2B and E4B checkpoints have."""
+    tokenizer = gemma4_tokenizer()
+    text = _gemma_text(len(tokenizer), tokenizer, text_layers)
+    text.update(
+        layer_types=["sliding_attention", "full_attention"] * (text_layers // 2)
+        + ["full_attention"] * (text_layers % 2),
+        global_head_dim=WIDTH // HEADS,
+        use_bidirectional_attention="vision",
+        hidden_size_per_layer_input=per_layer,
+        vocab_size_per_layer_input=len(tokenizer),
+        num_kv_shared_layers=kv_shared,
+    )
+    convert = tokenizer.convert_tokens_to_ids
+    config = Gemma4Config(
+        vision_config={
+            "hidden_size": WIDTH + 32,
+            "intermediate_size": 2 * WIDTH,
+            "num_hidden_layers": 3,
+            "num_attention_heads": HEADS,
+            "num_key_value_heads": HEADS // 2,
+            "head_dim": (WIDTH + 32) // HEADS,
+            "patch_size": 8,
+            "pooling_kernel_size": 2,
+            "position_embedding_size": 256,
+        },
+        text_config=text,
+        audio_config=None,
+        image_token_id=convert("<|image|>"),
+        boi_token_id=convert("<|image>"),
+        eoi_token_id=convert("<image|>"),
+        video_token_id=convert("<|video|>"),
+        audio_token_id=convert("<|audio|>"),
+        boa_token_id=convert("<|audio>"),
+        eoa_token_index=convert("<audio|>"),
+        **config_overrides,
+    )
+    model = Gemma4Adapter.model_class(config).eval()
+    _randomise_zero_init(model)
+    image_processor = Gemma4ImageProcessorPil(patch_size=8, pooling_kernel_size=2, max_soft_tokens=70)
+    return Gemma4Adapter(model, build_gemma4_processor(image_processor, tokenizer, image_seq_length=70))
+
+
 PRESETS: dict[str, Callable[..., ImageTokenAdapter]] = {
     "tiny-llava": tiny_llava,
     "tiny-llava-next": tiny_llava_next,
@@ -642,6 +726,7 @@ PRESETS: dict[str, Callable[..., ImageTokenAdapter]] = {
     "tiny-internvl": tiny_internvl,
     "tiny-mistral3": tiny_mistral3,
     "tiny-smolvlm": tiny_smolvlm,
+    "tiny-gemma4": tiny_gemma4,
 }
 
 

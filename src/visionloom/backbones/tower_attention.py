@@ -290,3 +290,70 @@ def pixtral_block_keys(
     _, keys, _ = pixtral_block_qk(tower, hidden_states, patch_grids, block)
     sizes = [rows * cols for rows, cols in patch_grids]
     return list(keys.transpose(0, 1).flatten(1).split(sizes))
+
+
+def gemma4_block_qk(
+    tower: torch.nn.Module,
+    hidden_states: tuple[torch.Tensor, ...] | None,
+    patch_grids: list[tuple[int, int]],
+    block: int,
+) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+    """Gemma 4's vision block `block`: per image, queries [heads, n, d] and keys [heads, n, d] of its n
+    real patches (the padding after them left out, as the tower's mask leaves it out), after the
+    block's norms and the 2-D rotary angles at the processor's (x, y) positions, and the scale."""
+    from transformers.models.gemma4.modeling_gemma4 import apply_multidimensional_rope
+
+    layers = tower.encoder.layers
+    index = block_index(block, len(layers))
+    layer = layers[index]
+    attention = layer.self_attn
+    hidden = require_hidden_states(hidden_states)[index]  # [N, max patches, C], padded
+    images, length, _ = hidden.shape
+    positions = torch.full((images, length, 2), -1, dtype=torch.long, device=hidden.device)
+    for image, (rows, cols) in enumerate(patch_grids):  # (x, y), x fastest, as the processor writes them
+        y, x = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+        positions[image, : rows * cols] = torch.stack([x.flatten(), y.flatten()], dim=-1).to(hidden.device)
+    normed = layer.input_layernorm(hidden)
+    cos, sin = tower.encoder.rotary_emb(normed, positions)
+    shape = (images, length, -1, attention.head_dim)
+    queries = apply_multidimensional_rope(
+        attention.q_norm(attention.q_proj(normed).view(shape)), cos, sin, positions
+    )
+    keys = apply_multidimensional_rope(
+        attention.k_norm(attention.k_proj(normed).view(shape)), cos, sin, positions
+    )
+    keys = keys.repeat_interleave(attention.num_key_value_groups, dim=2)  # grouped heads, as repeat_kv
+    out = []
+    for image, (rows, cols) in enumerate(patch_grids):
+        real = rows * cols
+        out.append(
+            (queries[image, :real].transpose(0, 1), keys[image, :real].transpose(0, 1), attention.scaling)
+        )
+    return out
+
+
+@torch.no_grad()
+def gemma4_block_attention(
+    tower: torch.nn.Module,
+    hidden_states: tuple[torch.Tensor, ...] | None,
+    patch_grids: list[tuple[int, int]],
+    block: int,
+) -> list[torch.Tensor]:
+    """Gemma 4's vision tower: per image [real patches], the mean attention each receives."""
+    return [
+        attention_received(q, k, scale)
+        for q, k, scale in gemma4_block_qk(tower, hidden_states, patch_grids, block)
+    ]
+
+
+@torch.no_grad()
+def gemma4_block_keys(
+    tower: torch.nn.Module,
+    hidden_states: tuple[torch.Tensor, ...] | None,
+    patch_grids: list[tuple[int, int]],
+    block: int,
+) -> list[torch.Tensor]:
+    """Gemma 4's vision tower: per image [real patches, heads * d], each patch's key at `block`."""
+    return [
+        k.transpose(0, 1).flatten(1) for _, k, _ in gemma4_block_qk(tower, hidden_states, patch_grids, block)
+    ]

@@ -80,6 +80,45 @@ def stop_token_ids(adapter: ImageTokenAdapter) -> set[int]:
     return ids
 
 
+def sliding_window_layers(adapter: ImageTokenAdapter) -> bool:
+    """Whether some language-model layer attends within a sliding window (Gemma 3, Gemma 4)."""
+    return "sliding_attention" in (getattr(adapter.config.get_text_config(), "layer_types", None) or [])
+
+
+def left_padded(inputs: MultimodalInputs) -> MultimodalInputs:
+    """The batch with each right-padded row's padding moved in front of its tokens.
+
+    A sliding window counts cache columns, not positions: new tokens decoded after a right-padded
+    row's padding would see that padding inside their window instead of the row's own last tokens
+    (`generate` itself only works left-padded). Each row is rolled right by its padding length, and
+    the image spans and placeholder positions with it; the pixels are unchanged.
+    """
+    if padding_side(inputs.attention_mask) == "left" or bool(inputs.attention_mask.all()):
+        return inputs
+    length = inputs.input_ids.shape[1]
+    shifts = (length - inputs.attention_mask.sum(1)).cpu()  # [B] padding per row, all at its end
+    source = (torch.arange(length)[None, :] - shifts[:, None]) % length  # [B, S] column taken from
+
+    def roll(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.gather(1, source.to(tensor.device))
+
+    owners = [sample for sample, _span in inputs.image_owner()]
+    return replace(
+        inputs,
+        input_ids=roll(inputs.input_ids),
+        attention_mask=roll(inputs.attention_mask),
+        image_token_mask=roll(inputs.image_token_mask),
+        image_spans=[
+            [(start + int(shifts[row]), end + int(shifts[row])) for start, end in spans]
+            for row, spans in enumerate(inputs.image_spans)
+        ],
+        image_positions=[
+            positions + int(shifts[owner])
+            for positions, owner in zip(inputs.image_positions, owners, strict=True)
+        ],
+    )
+
+
 def next_positions(state: Prefill, attention_mask: torch.Tensor) -> torch.Tensor:
     """[B]: each row's largest full-sequence position over its real tokens (every axis), plus one."""
     positions = state.full_positions  # [B, S] or [3, B, S]
@@ -105,6 +144,8 @@ def generate(
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if adapter.model.config.is_encoder_decoder:
         return _generate_encoder_decoder(adapter, inputs, tokens, decision, max_new_tokens, keep_logits)
+    if sliding_window_layers(adapter):
+        inputs = left_padded(inputs)
     # Under left padding every row ends in the last column (`sequence_layout`), and only that one
     # goes through the output head, as in generate; otherwise each row's last real token is read.
     left = padding_side(inputs.attention_mask) == "left"

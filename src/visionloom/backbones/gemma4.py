@@ -1,0 +1,276 @@
+"""Gemma 4 (`Gemma4ForConditionalGeneration`): its own image path, and what differs from Gemma 3.
+
+Read from transformers 5.23's `modeling_gemma4.py`, `image_processing_pil_gemma4.py` and
+`processing_gemma4.py`. What differs from Gemma 3 (`gemma3.py`):
+
+- **Resolution.** Gemma 3 squashes every image to one square (896 px, 4096 patches pooled to 256
+  tokens). Gemma 4's processor keeps the aspect ratio: it resizes to the largest size whose sides
+  are multiples of patch x `pooling_kernel_size` and whose patches fit `max_soft_tokens` x k^2
+  (`get_aspect_ratio_preserving_size`), so an image gives (H / (patch k)) x (W / (patch k)) tokens,
+  up to `max_soft_tokens` (70, 140, 280, 560 or 1120).
+- **Patches, not pixels.** The processor patchifies: `pixel_values` are [N, max patches, 3 patch^2]
+  with `image_position_ids` [N, max patches, 2] holding each patch's (x, y), padding (-1, -1) after
+  the real patches. The tower (its own, not SigLIP) adds learned x and y position embeddings, runs
+  2-D rotary attention over the real patches only, and pools each k x k block by position inside
+  the tower; the padding is stripped, so the tower returns the soft tokens themselves.
+- **Projection.** `embed_vision`: an RMSNorm without scale, then one linear map (Gemma 3: an RMSNorm
+  with scale, average pooling and a projection matrix). No `mm_input_projection_weight` at zero.
+- **Placeholders.** `<|image>`, one `<|image|>` per soft token, `<image|>`: one contiguous run,
+  its length depending on the image's size. The processor returns `mm_token_type_ids`.
+- **Attention among image tokens.** With `use_bidirectional_attention="vision"`, the sliding-window
+  layers let an image's tokens attend each other both ways, the full-attention layers stay causal
+  (Gemma 3: both ways in every layer). The model builds that mask only from `mm_token_type_ids`;
+  given `inputs_embeds` without them it is silently causal everywhere. The layer always passes them
+  (derived from the image token mask, gathered with the kept tokens when pruning).
+- **Per-layer embeddings (E2B, E4B).** Each decoder layer also adds a per-token embedding looked up
+  from the token id (`embed_tokens_per_layer`, image positions taking the pad id). Given only
+  `inputs_embeds`, the model recovers the ids by matching rows of the embedding table, which image
+  rows never match: the layer computes them from `input_ids` as the model does and passes them.
+- **KV sharing (E2B, E4B).** The last `num_kv_shared_layers` layers reuse the keys and values of
+  earlier layers. With per-layer embeddings or KV sharing, a later layer depends on the first
+  layers' inputs and states, not only on the hidden state entering it, so the language model cannot
+  be run a stretch of layers at a time: drops inside it (FastV, PDrop) are refused with the reason;
+  drops before the first layer work as for every family.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer, Gemma4ForConditionalGeneration, Gemma4Processor
+from transformers.models.gemma4.feature_extraction_gemma4 import Gemma4AudioFeatureExtractor
+from transformers.models.gemma4.image_processing_pil_gemma4 import (
+    Gemma4ImageProcessorPil,
+    get_aspect_ratio_preserving_size,
+)
+
+from visionloom.backbones._compat import images_only_video_processor
+from visionloom.backbones.base import ImageTokenAdapter, read_json
+from visionloom.backbones.checks import ImageTokenMismatch
+from visionloom.backbones.qwen2_5_vl import read_chat_template
+from visionloom.backbones.tower_attention import gemma4_block_attention, gemma4_block_keys
+from visionloom.backbones.types import ImageGeometry, LayerOutput, MultimodalInputs, VisionTokens
+
+
+def build_gemma4_processor(
+    image_processor, tokenizer, chat_template: str | None = None, **settings
+) -> Gemma4Processor:
+    """The processor with a video processor that works without torchvision (see _compat)."""
+    return Gemma4Processor(
+        feature_extractor=Gemma4AudioFeatureExtractor(),
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=images_only_video_processor("gemma4.video_processing_gemma4", "Gemma4VideoProcessor"),
+        chat_template=chat_template,
+        **settings,
+    )
+
+
+class Gemma4Adapter(ImageTokenAdapter):
+    family = "gemma4"
+    model_types = ("gemma4",)
+    model_class = Gemma4ForConditionalGeneration
+    marker = "<|image|>"
+    supports_native_resolution = False  # the processor's aspect-preserving resize is the policy
+    nested_images = True  # the processor counts images per sample
+    projector_path = "model.embed_vision"
+    projector_steps = "RMSNorm without scale, then a linear projection"
+
+    @classmethod
+    def load_processor(cls, path: Path, config: Any) -> Gemma4Processor:
+        # AutoProcessor would also build the video processor, which needs torchvision (see _compat).
+        processor_file = path / "processor_config.json"
+        settings = read_json(processor_file) if processor_file.is_file() else {}
+        image_settings = settings.get("image_processor")
+        image_processor = (
+            Gemma4ImageProcessorPil(**{k: v for k, v in image_settings.items() if not k.endswith("_type")})
+            if isinstance(image_settings, dict)
+            else Gemma4ImageProcessorPil.from_pretrained(str(path))
+        )
+        return build_gemma4_processor(
+            image_processor,
+            AutoTokenizer.from_pretrained(str(path)),
+            read_chat_template(path),
+            **{key: settings[key] for key in ("image_seq_length",) if key in settings},
+        )
+
+    # ------------------------------------------------------------------ config facts
+    @property
+    def vision_tower(self) -> torch.nn.Module:
+        return self.model.model.vision_tower
+
+    @property
+    def vision_width(self) -> int:
+        return int(self.config.vision_config.hidden_size)
+
+    @property
+    def kernel(self) -> int:
+        return int(self.config.vision_config.pooling_kernel_size)
+
+    @property
+    def patch(self) -> int:
+        return int(self.config.vision_config.patch_size)
+
+    @property
+    def text_config(self):
+        return self.config.get_text_config()
+
+    def configured_image_size(self) -> tuple[int, int]:
+        side = self.patch * self.kernel
+        tokens = int(self.processor.image_processor.max_soft_tokens)
+        rows = int(tokens**0.5)
+        return rows * side, (tokens // rows) * side
+
+    def validate_config(self) -> None:
+        image_processor = self.processor.image_processor
+        for name, processor_value, model_value in (
+            ("patch_size", image_processor.patch_size, self.patch),
+            ("pooling_kernel_size", image_processor.pooling_kernel_size, self.kernel),
+        ):
+            if int(processor_value) != model_value:
+                raise ImageTokenMismatch(
+                    f"image processor {name}={processor_value} but the vision config says {model_value}: the "
+                    f"processor would count {'patches' if name == 'patch_size' else 'soft tokens'} the tower does "
+                    f"not make; set {name}={model_value} in the processor's settings"
+                )
+
+    def layer_drop_problem(self) -> str | None:
+        text = self.text_config
+        if text.hidden_size_per_layer_input or text.num_kv_shared_layers:
+            return (
+                f"per-layer embeddings (hidden_size_per_layer_input={text.hidden_size_per_layer_input}) and KV "
+                f"sharing (num_kv_shared_layers={text.num_kv_shared_layers}) tie every layer to the first layers' "
+                "inputs and states, so the language model cannot run a stretch of layers after a drop; drop "
+                "before the first layer instead (from_layer=0)"
+            )
+        return None
+
+    # ------------------------------------------------------------------ geometry
+    def geometry(self, height: int, width: int) -> ImageGeometry:
+        image_processor = self.processor.image_processor
+        side = self.patch * self.kernel
+        resized = get_aspect_ratio_preserving_size(
+            height=height,
+            width=width,
+            patch_size=self.patch,
+            max_patches=int(image_processor.max_soft_tokens) * self.kernel**2,
+            pooling_kernel_size=self.kernel,
+        )
+        rows, cols = resized[0] // side, resized[1] // side
+        return ImageGeometry(
+            image_size=(height, width),
+            pixel_size=(int(resized[0]), int(resized[1])),
+            patch_grid=(rows * self.kernel, cols * self.kernel),
+            token_grid=(rows, cols),
+            num_tokens=rows * cols,
+        )
+
+    def _process(self, texts, images, geometries) -> dict:
+        encoded = super()._process(texts, images, geometries)
+        # Derived from the image token mask wherever the model needs them (image_token_types).
+        encoded.pop("mm_token_type_ids", None)
+        encoded.pop("num_soft_tokens_per_image", None)
+        return encoded
+
+    def image_span_ids(self, geometry: ImageGeometry) -> list[int]:
+        convert = self.tokenizer.convert_tokens_to_ids
+        begin, end = convert(self.processor.boi_token), convert(self.processor.eoi_token)
+        return [begin] + [self.image_token_id] * geometry.num_tokens + [end]
+
+    # ------------------------------------------------------------------ vision
+    def encode_images(self, inputs: MultimodalInputs) -> VisionTokens:
+        out = self.model.model.get_image_features(
+            pixel_values=inputs.model_inputs["pixel_values"],
+            image_position_ids=inputs.model_inputs["image_position_ids"],
+            output_hidden_states=True,
+            return_dict=True,
+        )
+        embeds = torch.cat(list(out.pooler_output), dim=0)  # [T, D_text]
+        counts = [g.num_tokens for g in inputs.geometries]
+        return VisionTokens(
+            embeds=embeds,
+            raw=out.last_hidden_state,  # [T, C]: the tower's pooled soft tokens, padding stripped
+            counts=counts,
+            raw_counts=counts,
+            geometries=list(inputs.geometries),
+            feature_source=f"the tower's pooled soft tokens ({self.kernel}x{self.kernel} patches each, padding stripped)",
+            tower_hidden_states=tuple(out.hidden_states),
+        )
+
+    def tower_attention_scores(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
+        """Mean attention each real patch receives from the image's real patches, averaged over each
+        pooled k x k block (the tower's own pooling groups)."""
+        block = -1 if block is None else block
+        grids = [g.patch_grid for g in tokens.geometries]
+        per_patch = gemma4_block_attention(self.vision_tower, tokens.tower_hidden_states, grids, block)
+        return [self.pooled(scores, grid) for scores, grid in zip(per_patch, grids, strict=True)]
+
+    def tower_keys(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
+        block = -1 if block is None else block
+        grids = [g.patch_grid for g in tokens.geometries]
+        per_patch = gemma4_block_keys(self.vision_tower, tokens.tower_hidden_states, grids, block)
+        return [self.pooled(keys, grid) for keys, grid in zip(per_patch, grids, strict=True)]
+
+    def pooled(self, per_patch: torch.Tensor, patch_grid: tuple[int, int]) -> torch.Tensor:
+        """[patches, ...] in the processor's raster order -> [tokens, ...]: the mean over each k x k block."""
+        rows, cols = patch_grid[0] // self.kernel, patch_grid[1] // self.kernel
+        grid = per_patch.reshape(rows, self.kernel, cols, self.kernel, *per_patch.shape[1:])
+        return grid.mean((1, 3)).reshape(rows * cols, *per_patch.shape[1:])
+
+    # ------------------------------------------------------------------ language model
+    def image_token_types(self, inputs: MultimodalInputs) -> dict[str, torch.Tensor]:
+        # 1 marks an image token: the model's bidirectional vision blocks are built from these.
+        return {"mm_token_type_ids": inputs.image_token_mask.long()}
+
+    def language_model_kwargs(self, inputs: MultimodalInputs) -> dict[str, Any]:
+        kwargs: dict[str, Any] = dict(self.image_token_types(inputs))
+        if self.text_config.hidden_size_per_layer_input:
+            # The token-identity part of the per-layer embeddings, as the model computes it from the
+            # ids (image positions as padding); per token, [layers, d, B, S] so pruning gathers it.
+            ids = inputs.input_ids.masked_fill(inputs.image_token_mask, int(self.text_config.pad_token_id))
+            per_layer = self.language_module.get_per_layer_inputs(ids, None)  # [B, S, layers, d]
+            kwargs["per_layer_tokens"] = per_layer.permute(2, 3, 0, 1)
+        return kwargs
+
+    def run_language_model(
+        self,
+        inputs: MultimodalInputs,
+        inputs_embeds: torch.Tensor,
+        model_kwargs: dict[str, Any] | None = None,
+        **flags: Any,
+    ) -> LayerOutput:
+        kwargs = dict(self.language_model_kwargs(inputs) if model_kwargs is None else model_kwargs)
+        first = int(self.language_module.layers[0].self_attn.layer_idx)
+        if first and self.layer_drop_problem():
+            raise ValueError(f"{self.family}: {self.layer_drop_problem()}")
+        per_layer = kwargs.pop("per_layer_tokens", None)
+        if per_layer is not None:
+            kwargs["per_layer_inputs"] = per_layer.permute(2, 3, 0, 1)  # back to [B, S, layers, d]
+        elif self.text_config.hidden_size_per_layer_input and bool(inputs.image_token_mask.any()):
+            raise ImageTokenMismatch(
+                f"{self.family}: no per-layer embeddings were given; from inputs_embeds alone the model would "
+                f"look the ids up by matching embedding rows, which image rows never match"
+            )
+        # (A decoded text token needs none: its id is recovered from its own embedding row, exactly.)
+        return super().run_language_model(inputs, inputs_embeds, kwargs, **flags)
+
+    def describe_vision(self) -> dict[str, str]:
+        vision, image_processor = self.config.vision_config, self.processor.image_processor
+        text = self.text_config
+        extras = [f"bidirectional image attention: {text.use_bidirectional_attention or 'none'}"]
+        if text.hidden_size_per_layer_input:
+            extras.append(f"per-layer embeddings {text.hidden_size_per_layer_input}")
+        if text.num_kv_shared_layers:
+            extras.append(f"KV shared by the last {text.num_kv_shared_layers} layers")
+        return {
+            "vision tower": f"Gemma 4 vision ({vision.num_hidden_layers} layers, 2-D rotary, learned x/y positions)",
+            "patch size": str(self.patch),
+            "pooling / merge": f"avg pool {self.kernel}x{self.kernel} by position, RMSNorm + projection; "
+            + "; ".join(extras),
+            "CLS policy": "no CLS",
+            "feature layer(s)": "last layer, pooled inside the tower",
+            "image size": f"aspect kept, up to {image_processor.max_soft_tokens} tokens "
+            f"(sides in multiples of {self.patch * self.kernel})",
+        }
