@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,3 +143,26 @@ def refcoco_release(scenes_root, tmp_path_factory):
     (root / "refs(unc).json").write_text(json.dumps(refs))
     (root / "instances.json").write_text(json.dumps(instances))
     return root
+
+
+def edit_json(path: Path, change: Callable[[dict], object]) -> None:
+    """Rewrite a JSON file after `change` has edited its content in place."""
+    content = json.loads(path.read_text())
+    change(content)
+    path.write_text(json.dumps(content))
+
+
+def doctor_error_after(preset: str, corrupt: Callable[[Path], object], directory: Path) -> str:
+    """Save `preset` to `directory`, check that `visionloom doctor` accepts it, run `corrupt` on the
+    directory, and return the one-line error the doctor then reports (it must exit 1)."""
+    from typer.testing import CliRunner
+
+    from visionloom.cli import app
+
+    runner = CliRunner()
+    cached_preset(preset).save_pretrained(directory)
+    assert runner.invoke(app, ["doctor", str(directory)]).exit_code == 0
+    corrupt(directory)
+    result = runner.invoke(app, ["doctor", str(directory), "--json"])
+    assert result.exit_code == 1, result.stdout
+    return json.loads(result.stdout)["error"]

@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import FAMILIES, cached_preset
+from tests.conftest import FAMILIES, cached_preset, doctor_error_after, edit_json
 from tests.test_registry import _drop_weights
 from visionloom.cli import app
 
@@ -65,25 +65,19 @@ def test_doctor_fails_on_mm_tokens_disagreement(tmp_path):
     assert "mm_tokens_per_image=25" in json.loads(result.stdout)["error"]
 
 
-def _edit_json(directory, file: str, change) -> None:
-    content = json.loads((directory / file).read_text())
-    change(content)
-    (directory / file).write_text(json.dumps(content))
-
-
 @pytest.mark.parametrize(
     "corrupt, expected",
     [
         (lambda d: _drop_weights(d, "visual.merger"), "projector weights are missing"),
         (
-            lambda d: _edit_json(
-                d, "processor_config.json", lambda c: c["image_processor"].update(merge_size=1)
+            lambda d: edit_json(
+                d / "processor_config.json", lambda c: c["image_processor"].update(merge_size=1)
             ),
             "image processor merge_size=1 but the vision config says 2",
         ),
         (
-            lambda d: _edit_json(
-                d, "config.json", lambda c: c.update(image_token_id=c["vision_start_token_id"])
+            lambda d: edit_json(
+                d / "config.json", lambda c: c.update(image_token_id=c["vision_start_token_id"])
             ),
             "the processor writes '<|image_pad|>'",
         ),
@@ -94,12 +88,7 @@ def _edit_json(directory, file: str, change) -> None:
 def test_doctor_names_what_is_wrong_with_a_qwen2_or_qwen3_vl_checkpoint(name, corrupt, expected, tmp_path):
     """The corruptions that matter for Qwen2-VL and Qwen3-VL: the merger (its projector), the merge
     size the processor counts placeholders with, and the id the model looks for."""
-    cached_preset(name).save_pretrained(tmp_path)
-    assert runner.invoke(app, ["doctor", str(tmp_path)]).exit_code == 0
-    corrupt(tmp_path)
-    result = runner.invoke(app, ["doctor", str(tmp_path), "--json"])
-    assert result.exit_code == 1
-    assert expected in json.loads(result.stdout)["error"]
+    assert expected in doctor_error_after(name, corrupt, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -107,18 +96,14 @@ def test_doctor_names_what_is_wrong_with_a_qwen2_or_qwen3_vl_checkpoint(name, co
     [
         lambda d: _drop_weights(d, "deepstack_merger_list.1"),
         # One more DeepStack block than the weights hold: its merger would be random.
-        lambda d: _edit_json(
-            d, "config.json", lambda c: c["vision_config"].update(deepstack_visual_indexes=[0, 1, 2])
+        lambda d: edit_json(
+            d / "config.json", lambda c: c["vision_config"].update(deepstack_visual_indexes=[0, 1, 2])
         ),
     ],
     ids=["deepstack merger weights missing", "more deepstack blocks than weights"],
 )
 def test_doctor_names_missing_deepstack_mergers_of_a_qwen3_vl_checkpoint(corrupt, tmp_path):
-    cached_preset("tiny-qwen3-vl").save_pretrained(tmp_path)
-    corrupt(tmp_path)
-    result = runner.invoke(app, ["doctor", str(tmp_path), "--json"])
-    assert result.exit_code == 1
-    error = json.loads(result.stdout)["error"]
+    error = doctor_error_after("tiny-qwen3-vl", corrupt, tmp_path)
     assert "projector weights are missing" in error and "deepstack_merger_list" in error
 
 

@@ -4,19 +4,16 @@ per-layer embeddings and KV sharing of the small checkpoints (E2B, E4B)."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.conftest import cached_preset
+from tests.conftest import cached_preset, doctor_error_after, edit_json
 from tests.test_generate import _keep_all_generation, _model_generate
 from tests.test_pruning import eager_weights_of
 from tests.test_registry import _drop_weights
 from visionloom.backbones.checks import ImageTokenMismatch
 from visionloom.backbones.tiny import build_preset
-from visionloom.cli import app
 from visionloom.pruning.apply import Decision, forward_pruned
 from visionloom.pruning.pruners import PDrop, RandomPruner, TextAttention
 
@@ -139,33 +136,22 @@ def test_generation_with_per_layer_embeddings_and_kv_sharing_is_the_models_own(s
         assert torch.equal(mine, theirs)
 
 
-def _edit_json(path, change) -> None:
-    content = json.loads(path.read_text())
-    change(content)
-    path.write_text(json.dumps(content))
-
-
 @pytest.mark.parametrize(
     "corrupt, expected",
     [
         (lambda d: _drop_weights(d, "embed_vision"), "projector weights are missing"),
         (
-            lambda d: _edit_json(
+            lambda d: edit_json(
                 d / "processor_config.json", lambda c: c["image_processor"].update(pooling_kernel_size=3)
             ),
             "image processor pooling_kernel_size=3 but the vision config says 2",
         ),
         (
-            lambda d: _edit_json(d / "config.json", lambda c: c.update(image_token_id=c["boi_token_id"])),
+            lambda d: edit_json(d / "config.json", lambda c: c.update(image_token_id=c["boi_token_id"])),
             "the processor writes '<|image|>'",
         ),
     ],
     ids=["embed_vision weights missing", "processor pooling", "image token id"],
 )
 def test_doctor_names_what_is_wrong_with_a_gemma4_checkpoint(corrupt, expected, tmp_path):
-    cached_preset("tiny-gemma4").save_pretrained(tmp_path)
-    assert runner.invoke(app, ["doctor", str(tmp_path)]).exit_code == 0
-    corrupt(tmp_path)
-    result = runner.invoke(app, ["doctor", str(tmp_path), "--json"])
-    assert result.exit_code == 1
-    assert expected in json.loads(result.stdout)["error"]
+    assert expected in doctor_error_after("tiny-gemma4", corrupt, tmp_path)

@@ -3,21 +3,18 @@ tile mosaic the token grid lives on, pixel shuffle, and the settings that must a
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.conftest import cached_preset
+from tests.conftest import cached_preset, doctor_error_after, edit_json
 from tests.test_pruning import eager_weights_of
 from tests.test_registry import _drop_weights
 from visionloom.backbones import load
 from visionloom.backbones.checks import ImageTokenMismatch
-from visionloom.backbones.internvl import InternVLAdapter, build_internvl_processor
-from visionloom.cli import app
+from visionloom.backbones.internvl import InternVLAdapter
 
 runner = CliRunner()
 
@@ -97,7 +94,10 @@ def test_tower_scores_are_the_class_tokens_attention_averaged_over_each_block(im
     "change, message",
     [
         ({"image_seq_length": 64}, r"image_seq_length=64 placeholders per tile but the tower gives 16"),
-        ({"size": {"height": 224, "width": 224}}, r"image processor size 224x224 but the tower's image_size"),
+        (
+            {"size": {"height": 224, "width": 224}},
+            r"image processor size=224 but the tower's image_size is 112",
+        ),
     ],
 )
 def test_processor_settings_that_disagree_with_the_tower_are_refused(change, message):
@@ -105,8 +105,10 @@ def test_processor_settings_that_disagree_with_the_tower_are_refused(change, mes
     image_processor = adapter.processor.image_processor
     if "size" in change:
         image_processor = type(image_processor)(**{**image_processor.to_dict(), **change})
-    processor = build_internvl_processor(
-        image_processor, adapter.tokenizer, image_seq_length=change.get("image_seq_length", 16)
+    processor = InternVLAdapter.build_processor(
+        image_processor=image_processor,
+        tokenizer=adapter.tokenizer,
+        image_seq_length=change.get("image_seq_length", 16),
     )
     with pytest.raises(ImageTokenMismatch, match=message):
         InternVLAdapter(adapter.model, processor)
@@ -136,36 +138,26 @@ def test_keeping_the_class_token_is_refused():
         adapter.model.config.vision_feature_select_strategy = "default"
 
 
-def _edit_json(path, change) -> None:
-    content = json.loads(path.read_text())
-    change(content)
-    path.write_text(json.dumps(content))
-
-
 @pytest.mark.parametrize(
     "corrupt, expected",
     [
         (lambda d: _drop_weights(d, "multi_modal_projector"), "projector weights are missing"),
         (
-            lambda d: _edit_json(d / "processor_config.json", lambda c: c.update(image_seq_length=256)),
+            lambda d: edit_json(d / "processor_config.json", lambda c: c.update(image_seq_length=256)),
             "image_seq_length=256 placeholders per tile",
         ),
         (
-            lambda d: _edit_json(
-                d / "config.json", lambda c: c.update(vision_feature_select_strategy="full")
-            ),
+            lambda d: edit_json(d / "config.json", lambda c: c.update(vision_feature_select_strategy="full")),
             "InternViT has a class token",
         ),
     ],
     ids=["projector weights missing", "processor tokens per tile", "class token kept"],
 )
-def test_doctor_names_what_is_wrong_with_an_internvl_checkpoint(corrupt, expected, tmp_path, image):
+def test_doctor_names_what_is_wrong_with_an_internvl_checkpoint(corrupt, expected, tmp_path):
+    assert expected in doctor_error_after("tiny-internvl", corrupt, tmp_path)
+
+
+def test_a_saved_checkpoint_tiles_as_before(tmp_path, image):
     cached_preset("tiny-internvl").save_pretrained(tmp_path)
-    reloaded = load(tmp_path)
-    inputs = reloaded.build_inputs([image(60, 150)], ["<image> a"])
-    assert int(inputs.image_token_mask.sum()) == 48  # the saved processor tiles as before
-    assert runner.invoke(app, ["doctor", str(tmp_path)]).exit_code == 0
-    corrupt(tmp_path)
-    result = runner.invoke(app, ["doctor", str(tmp_path), "--json"])
-    assert result.exit_code == 1
-    assert expected in json.loads(result.stdout)["error"]
+    inputs = load(tmp_path).build_inputs([image(60, 150)], ["<image> a"])
+    assert int(inputs.image_token_mask.sum()) == 48

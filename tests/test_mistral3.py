@@ -4,19 +4,16 @@ blocks, and the processor's merge size that defaults to 1."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.conftest import cached_preset
+from tests.conftest import cached_preset, doctor_error_after, edit_json
 from tests.test_pruning import eager_weights_of
 from tests.test_registry import _drop_weights
 from visionloom.backbones._compat import pixtral_processor_class
 from visionloom.backbones.checks import ImageTokenMismatch
 from visionloom.backbones.mistral3 import Mistral3Adapter
-from visionloom.cli import app
 from visionloom.pruning.apply import Decision, prune_sequence
 
 runner = CliRunner()
@@ -124,22 +121,16 @@ def test_a_processor_with_its_default_merge_size_is_refused():
         Mistral3Adapter(adapter.model, processor)
 
 
-def _edit_json(path, change) -> None:
-    content = json.loads(path.read_text())
-    change(content)
-    path.write_text(json.dumps(content))
-
-
 @pytest.mark.parametrize(
     "corrupt, expected",
     [
         (lambda d: _drop_weights(d, "patch_merger"), "projector weights are missing"),
         (
-            lambda d: _edit_json(d / "processor_config.json", lambda c: c.pop("spatial_merge_size")),
+            lambda d: edit_json(d / "processor_config.json", lambda c: c.pop("spatial_merge_size")),
             "processor spatial_merge_size=1",
         ),
         (
-            lambda d: _edit_json(
+            lambda d: edit_json(
                 d / "config.json", lambda c: c.update(image_token_index=c["image_token_index"] + 1)
             ),
             "the processor writes '[IMG]'",
@@ -148,9 +139,4 @@ def _edit_json(path, change) -> None:
     ids=["patch merger weights missing", "merge size left to the processor's default", "image token id"],
 )
 def test_doctor_names_what_is_wrong_with_a_mistral3_checkpoint(corrupt, expected, tmp_path):
-    cached_preset("tiny-mistral3").save_pretrained(tmp_path)
-    assert runner.invoke(app, ["doctor", str(tmp_path)]).exit_code == 0
-    corrupt(tmp_path)
-    result = runner.invoke(app, ["doctor", str(tmp_path), "--json"])
-    assert result.exit_code == 1
-    assert expected in json.loads(result.stdout)["error"]
+    assert expected in doctor_error_after("tiny-mistral3", corrupt, tmp_path)

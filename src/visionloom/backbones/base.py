@@ -21,6 +21,7 @@ from PIL import Image
 from transformers import AutoProcessor, PreTrainedModel
 
 from visionloom import config as config_io
+from visionloom.backbones._compat import images_only_video_processor
 from visionloom.backbones.checks import (
     ImageTokenMismatch,
     check_attention_weights,
@@ -151,6 +152,19 @@ class ImageTokenAdapter:
         place(model, dtype, device)
         model.eval()
         return cls(model, cls.load_processor(Path(path), model.config), native_resolution=native_resolution)
+
+    # For processors that insist on a video processor (LLaVA-OneVision, InternVL, SmolVLM, Gemma 4):
+    # the processor class, and where the family's real video processor lives (a module under
+    # transformers.models, a class); `build_processor` uses a stand-in where torchvision is missing.
+    processor_class: ClassVar[type | None] = None
+    video_processor_source: ClassVar[tuple[str, str] | None] = None
+
+    @classmethod
+    def build_processor(cls, **parts: Any) -> Any:
+        """The family's processor from its parts (image processor, tokenizer, settings)."""
+        if cls.video_processor_source is not None:
+            parts.setdefault("video_processor", images_only_video_processor(*cls.video_processor_source))
+        return cls.processor_class(**parts)
 
     @classmethod
     def load_processor(cls, path: Path, config: Any) -> Any:

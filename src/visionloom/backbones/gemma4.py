@@ -46,26 +46,16 @@ from transformers.models.gemma4.image_processing_pil_gemma4 import (
     get_aspect_ratio_preserving_size,
 )
 
-from visionloom.backbones._compat import images_only_video_processor
 from visionloom.backbones.base import ImageTokenAdapter, read_json
 from visionloom.backbones.checks import ImageTokenMismatch
 from visionloom.backbones.qwen2_5_vl import read_chat_template
-from visionloom.backbones.tower_attention import gemma4_block_attention, gemma4_block_keys
+from visionloom.backbones.tower_attention import (
+    attention_per_image,
+    block_mean,
+    gemma4_block_qk,
+    keys_per_image,
+)
 from visionloom.backbones.types import ImageGeometry, LayerOutput, MultimodalInputs, VisionTokens
-
-
-def build_gemma4_processor(
-    image_processor, tokenizer, chat_template: str | None = None, **settings
-) -> Gemma4Processor:
-    """The processor with a video processor that works without torchvision (see _compat)."""
-    return Gemma4Processor(
-        feature_extractor=Gemma4AudioFeatureExtractor(),
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        video_processor=images_only_video_processor("gemma4.video_processing_gemma4", "Gemma4VideoProcessor"),
-        chat_template=chat_template,
-        **settings,
-    )
 
 
 class Gemma4Adapter(ImageTokenAdapter):
@@ -77,6 +67,13 @@ class Gemma4Adapter(ImageTokenAdapter):
     nested_images = True  # the processor counts images per sample
     projector_path = "model.embed_vision"
     projector_steps = "RMSNorm without scale, then a linear projection"
+    processor_class = Gemma4Processor
+    video_processor_source = ("gemma4.video_processing_gemma4", "Gemma4VideoProcessor")
+
+    @classmethod
+    def build_processor(cls, **parts: Any) -> Gemma4Processor:
+        parts.setdefault("feature_extractor", Gemma4AudioFeatureExtractor())  # audio: its defaults
+        return super().build_processor(**parts)
 
     @classmethod
     def load_processor(cls, path: Path, config: Any) -> Gemma4Processor:
@@ -89,10 +86,10 @@ class Gemma4Adapter(ImageTokenAdapter):
             if isinstance(image_settings, dict)
             else Gemma4ImageProcessorPil.from_pretrained(str(path))
         )
-        return build_gemma4_processor(
-            image_processor,
-            AutoTokenizer.from_pretrained(str(path)),
-            read_chat_template(path),
+        return cls.build_processor(
+            image_processor=image_processor,
+            tokenizer=AutoTokenizer.from_pretrained(str(path)),
+            chat_template=read_chat_template(path),
             **{key: settings[key] for key in ("image_seq_length",) if key in settings},
         )
 
@@ -202,22 +199,23 @@ class Gemma4Adapter(ImageTokenAdapter):
     def tower_attention_scores(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
         """Mean attention each real patch receives from the image's real patches, averaged over each
         pooled k x k block (the tower's own pooling groups)."""
-        block = -1 if block is None else block
-        grids = [g.patch_grid for g in tokens.geometries]
-        per_patch = gemma4_block_attention(self.vision_tower, tokens.tower_hidden_states, grids, block)
-        return [self.pooled(scores, grid) for scores, grid in zip(per_patch, grids, strict=True)]
+        return self.per_token(attention_per_image(self.block_query_keys(tokens, block)), tokens)
 
     def tower_keys(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
-        block = -1 if block is None else block
-        grids = [g.patch_grid for g in tokens.geometries]
-        per_patch = gemma4_block_keys(self.vision_tower, tokens.tower_hidden_states, grids, block)
-        return [self.pooled(keys, grid) for keys, grid in zip(per_patch, grids, strict=True)]
+        return self.per_token(keys_per_image(self.block_query_keys(tokens, block)), tokens)
 
-    def pooled(self, per_patch: torch.Tensor, patch_grid: tuple[int, int]) -> torch.Tensor:
-        """[patches, ...] in the processor's raster order -> [tokens, ...]: the mean over each k x k block."""
-        rows, cols = patch_grid[0] // self.kernel, patch_grid[1] // self.kernel
-        grid = per_patch.reshape(rows, self.kernel, cols, self.kernel, *per_patch.shape[1:])
-        return grid.mean((1, 3)).reshape(rows * cols, *per_patch.shape[1:])
+    def block_query_keys(self, tokens: VisionTokens, block: int | None) -> list:
+        grids = [g.patch_grid for g in tokens.geometries]
+        return gemma4_block_qk(
+            self.vision_tower, tokens.tower_hidden_states, grids, -1 if block is None else block
+        )
+
+    def per_token(self, per_patch: list[torch.Tensor], tokens: VisionTokens) -> list[torch.Tensor]:
+        """Per image [real patches, ...] -> [tokens, ...]: the mean over each k x k pooling block."""
+        return [
+            block_mean(values, *g.token_grid, self.kernel)
+            for values, g in zip(per_patch, tokens.geometries, strict=True)
+        ]
 
     # ------------------------------------------------------------------ language model
     def image_token_types(self, inputs: MultimodalInputs) -> dict[str, torch.Tensor]:

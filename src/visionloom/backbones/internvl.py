@@ -38,51 +38,33 @@ from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
     get_optimal_tiled_canvas,
 )
 
-from visionloom.backbones._compat import images_only_video_processor
-from visionloom.backbones.base import ImageTokenAdapter, read_json
+from visionloom.backbones.base import read_json
 from visionloom.backbones.checks import ImageTokenMismatch
 from visionloom.backbones.qwen2_5_vl import read_chat_template
-from visionloom.backbones.tiles import mosaic_offsets, shuffled_block_mean
+from visionloom.backbones.tiles import ShuffledTilesAdapter, side_of
 from visionloom.backbones.tower_attention import internvl_block_attention, internvl_block_keys
 from visionloom.backbones.types import ImageGeometry, MultimodalInputs, VisionTokens
 
 
-def build_internvl_processor(
-    image_processor, tokenizer, image_seq_length: int, chat_template: str | None = None
-):
-    """The processor with a video processor that works without torchvision (see _compat)."""
-    return InternVLProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        video_processor=images_only_video_processor(
-            "internvl.video_processing_internvl", "InternVLVideoProcessor"
-        ),
-        image_seq_length=image_seq_length,
-        chat_template=chat_template,
-    )
-
-
-def side_of(value: int | list[int] | tuple[int, ...]) -> tuple[int, int]:
-    """(height, width) of a config size given as one int or a pair."""
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
-
-
-class InternVLAdapter(ImageTokenAdapter):
+class InternVLAdapter(ShuffledTilesAdapter):
     family = "internvl"
     model_types = ("internvl",)
     model_class = InternVLForConditionalGeneration
     marker = "<IMG_CONTEXT>"
-    supports_native_resolution = False
+    tile_setting = "size"
+    count_setting = "image_seq_length"
     projector_steps = "pixel shuffle before it"
+    processor_class = InternVLProcessor
+    video_processor_source = ("internvl.video_processing_internvl", "InternVLVideoProcessor")
 
     @classmethod
     def load_processor(cls, path: Path, config: Any) -> InternVLProcessor:
         # AutoProcessor would also build the video processor, which needs torchvision (see _compat).
         processor_file = path / "processor_config.json"
         settings = read_json(processor_file) if processor_file.is_file() else {}
-        return build_internvl_processor(
-            GotOcr2ImageProcessorPil.from_pretrained(str(path)),
-            AutoTokenizer.from_pretrained(str(path)),
+        return cls.build_processor(
+            image_processor=GotOcr2ImageProcessorPil.from_pretrained(str(path)),
+            tokenizer=AutoTokenizer.from_pretrained(str(path)),
             # The processor's own count (processor_config.json), checked against the tower in validate_config.
             image_seq_length=int(settings.get("image_seq_length", config.image_seq_length)),
             chat_template=read_chat_template(path),
@@ -99,20 +81,16 @@ class InternVLAdapter(ImageTokenAdapter):
         return round(1 / self.config.downsample_ratio)
 
     @property
-    def vision_width(self) -> int:
-        return int(self.config.vision_config.hidden_size) * self.shuffle**2  # the shuffled channels
-
-    @property
-    def patch_side(self) -> int:
-        vision = self.config.vision_config
-        return side_of(vision.image_size)[0] // side_of(vision.patch_size)[0]
-
-    @property
-    def token_side(self) -> int:
-        return self.patch_side // self.shuffle
+    def tile_size(self) -> int:
+        size = self.processor.image_processor.size
+        if int(size.height) != int(size.width):
+            raise ImageTokenMismatch(
+                f"image processor size {size.height}x{size.width}: InternVL's tiles are square"
+            )
+        return int(size.height)
 
     def configured_image_size(self) -> tuple[int, int]:
-        return side_of(self.config.vision_config.image_size)
+        return self.tile_size, self.tile_size
 
     def tiling(self) -> dict[str, Any]:
         """The tiling every processor call gets: the processor's own default (crop_to_patches=True),
@@ -125,26 +103,13 @@ class InternVLAdapter(ImageTokenAdapter):
         }
 
     def validate_config(self) -> None:
-        vision, image_processor = self.config.vision_config, self.processor.image_processor
-        tile = (int(image_processor.size.height), int(image_processor.size.width))
-        if tile != self.configured_image_size():
-            raise ImageTokenMismatch(
-                f"image processor size {tile[0]}x{tile[1]} but the tower's image_size is "
-                f"{vision.image_size}: every tile must be the tower's size; set size to it in preprocessor_config.json"
-            )
         if self.config.vision_feature_select_strategy != "default":
             raise ImageTokenMismatch(
                 f"vision_feature_select_strategy={self.config.vision_feature_select_strategy!r}: InternViT has a "
                 f"class token, and pixel shuffle needs the square {self.patch_side}x{self.patch_side} patch grid "
                 f"without it; use 'default'"
             )
-        produced = self.token_side**2
-        if int(self.processor.image_seq_length) != produced:
-            raise ImageTokenMismatch(
-                f"processor image_seq_length={self.processor.image_seq_length} placeholders per tile but the tower "
-                f"gives {produced} tokens ({self.patch_side}x{self.patch_side} patches, pixel shuffle "
-                f"{self.shuffle}x{self.shuffle}); set image_seq_length={produced}"
-            )
+        self.check_tiles()
 
     # ------------------------------------------------------------------ geometry
     def tile_grid(self, height: int, width: int) -> tuple[int, int]:
@@ -153,23 +118,9 @@ class InternVLAdapter(ImageTokenAdapter):
         if tiling["max_patches"] <= 1:
             return 1, 1
         cols, rows = get_optimal_tiled_canvas(
-            (height, width), self.configured_image_size(), tiling["min_patches"], tiling["max_patches"]
+            (height, width), (self.tile_size, self.tile_size), tiling["min_patches"], tiling["max_patches"]
         )
         return rows, cols
-
-    def geometry(self, height: int, width: int) -> ImageGeometry:
-        rows, cols = self.tile_grid(height, width)
-        side, per_tile = self.token_side, self.token_side**2
-        tiles = rows * cols + (1 if rows * cols > 1 else 0)  # the thumbnail, last
-        offsets = mosaic_offsets(rows, cols, side) if tiles > 1 else None
-        return ImageGeometry(
-            image_size=(height, width),
-            pixel_size=self.configured_image_size(),
-            patch_grid=(self.patch_side, self.patch_side),
-            token_grid=(rows * side, cols * side),
-            num_tokens=tiles * per_tile,
-            grid_offsets=offsets,
-        )
 
     def tiles(self, geometries) -> list[int]:
         return [g.num_tokens // self.token_side**2 for g in geometries]
@@ -228,19 +179,19 @@ class InternVLAdapter(ImageTokenAdapter):
         averaged over each token's 2x2 patch block; the thumbnail's tokens included."""
         block = -1 if block is None else block
         per_patch = internvl_block_attention(self.vision_tower, tokens.tower_hidden_states, block)[:, 1:]
-        return list(shuffled_block_mean(per_patch, self.token_side, self.shuffle).split(tokens.counts))
+        return self.per_token(per_patch, tokens)
 
     def tower_keys(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
         block = -1 if block is None else block
         per_patch = internvl_block_keys(self.vision_tower, tokens.tower_hidden_states, block)[:, 1:]
-        return list(shuffled_block_mean(per_patch, self.token_side, self.shuffle).split(tokens.counts))
+        return self.per_token(per_patch, tokens)
 
     def describe_vision(self) -> dict[str, str]:
         vision, tiling = self.config.vision_config, self.tiling()
         size = self.configured_image_size()
         return {
             "vision tower": f"InternViT ({vision.num_hidden_layers} layers, class token)",
-            "patch size": str(side_of(vision.patch_size)[0]),
+            "patch size": str(side_of(vision.patch_size)),
             "pooling / merge": f"pixel shuffle {self.shuffle}x{self.shuffle} -> {self.token_side}x{self.token_side} "
             "tokens per tile, LayerNorm + MLP projector",
             "CLS policy": f"dropped (strategy {self.config.vision_feature_select_strategy!r})",

@@ -26,7 +26,6 @@ from transformers.models.llava_onevision.image_processing_pil_llava_onevision im
     LlavaOnevisionImageProcessorPil,
 )
 
-from visionloom.backbones._compat import ensure_video_processor_mixin, images_only_video_processor
 from visionloom.backbones.base import read_json
 from visionloom.backbones.checks import ImageTokenMismatch
 from visionloom.backbones.llava_next import LlavaNextAdapter
@@ -46,6 +45,11 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
     family = "llava-onevision"
     model_types = ("llava_onevision",)
     model_class = LlavaOnevisionForConditionalGeneration
+    processor_class = LlavaOnevisionProcessor
+    video_processor_source = (
+        "llava_onevision.video_processing_llava_onevision",
+        "LlavaOnevisionVideoProcessor",
+    )
 
     @classmethod
     def load_processor(cls, path: Path, config: Any = None) -> LlavaOnevisionProcessor:
@@ -53,9 +57,9 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
         processor_file = path / "processor_config.json"
         settings = read_json(processor_file) if processor_file.is_file() else {}
         image_processor = LlavaOnevisionImageProcessorPil.from_pretrained(str(path))
-        return build_onevision_processor(
-            image_processor,
-            AutoTokenizer.from_pretrained(str(path)),
+        return cls.build_processor(
+            image_processor=image_processor,
+            tokenizer=AutoTokenizer.from_pretrained(str(path)),
             chat_template=read_chat_template(path),
             **{key: settings[key] for key in PROCESSOR_SETTINGS if key in settings},
         )
@@ -113,16 +117,3 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
             "(bilinear shrink above the cap), newline per row"
         )
         return info
-
-
-def build_onevision_processor(image_processor, tokenizer, **settings) -> LlavaOnevisionProcessor:
-    """The processor with a video processor that works without torchvision (see _compat)."""
-    ensure_video_processor_mixin()
-    return LlavaOnevisionProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        video_processor=images_only_video_processor(
-            "llava_onevision.video_processing_llava_onevision", "LlavaOnevisionVideoProcessor"
-        ),
-        **settings,
-    )

@@ -35,7 +35,12 @@ from visionloom.backbones._compat import pixtral_processor_class
 from visionloom.backbones.base import ImageTokenAdapter, read_json
 from visionloom.backbones.checks import ImageTokenMismatch
 from visionloom.backbones.qwen2_5_vl import read_chat_template
-from visionloom.backbones.tower_attention import pixtral_block_attention, pixtral_block_keys
+from visionloom.backbones.tower_attention import (
+    attention_per_image,
+    block_mean,
+    keys_per_image,
+    pixtral_block_qk,
+)
 from visionloom.backbones.types import ImageGeometry, MultimodalInputs, VisionTokens
 
 # What processor_config.json may set (the processor's own defaults otherwise: spatial merge 1!).
@@ -179,32 +184,26 @@ class Mistral3Adapter(ImageTokenAdapter):
         """raw [patches, C] of the images -> [T, D]: norm, patch merger (needs each image's size), MLP."""
         return self.projector(raw, self.image_sizes(geometries))
 
-    def per_token(self, per_patch: torch.Tensor, geometry: ImageGeometry) -> torch.Tensor:
-        """[patches, ...] of one image (raster) -> [tokens, ...]: the mean over each merged 2x2 block,
-        in the merger's (unfold's) raster order."""
-        rows, cols = geometry.token_grid
-        grid = per_patch.reshape(rows, self.merge, cols, self.merge, *per_patch.shape[1:])
-        return grid.mean((1, 3)).reshape(rows * cols, *per_patch.shape[1:])
-
     def tower_attention_scores(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
         """Mean attention each patch receives from its image's patches (no class token), averaged over
-        each merged block."""
-        block = -1 if block is None else block
-        per_patch = pixtral_block_attention(
-            self.vision_tower, tokens.tower_hidden_states, self.patch_grids(tokens), block
-        )
-        return [self.per_token(p, g) for p, g in zip(per_patch, tokens.geometries, strict=True)]
+        each merged 2x2 block."""
+        return self.per_token(attention_per_image(self.block_query_keys(tokens, block)), tokens)
 
     def tower_keys(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
-        block = -1 if block is None else block
-        per_patch = pixtral_block_keys(
-            self.vision_tower, tokens.tower_hidden_states, self.patch_grids(tokens), block
-        )
-        return [self.per_token(p, g) for p, g in zip(per_patch, tokens.geometries, strict=True)]
+        return self.per_token(keys_per_image(self.block_query_keys(tokens, block)), tokens)
 
-    @staticmethod
-    def patch_grids(tokens: VisionTokens) -> list[tuple[int, int]]:
-        return [g.patch_grid for g in tokens.geometries]
+    def block_query_keys(self, tokens: VisionTokens, block: int | None) -> list:
+        grids = [g.patch_grid for g in tokens.geometries]
+        return pixtral_block_qk(
+            self.vision_tower, tokens.tower_hidden_states, grids, -1 if block is None else block
+        )
+
+    def per_token(self, per_patch: list[torch.Tensor], tokens: VisionTokens) -> list[torch.Tensor]:
+        """Per image [patches, ...] -> [tokens, ...]: the mean over each 2x2 block the merger merges."""
+        return [
+            block_mean(values, *g.token_grid, self.merge)
+            for values, g in zip(per_patch, tokens.geometries, strict=True)
+        ]
 
     def attention_config_key(self) -> dict | str:
         return {"text_config": "eager"}

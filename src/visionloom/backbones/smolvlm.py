@@ -35,36 +35,24 @@ from transformers.models.smolvlm.image_processing_pil_smolvlm import (
 )
 from transformers.models.smolvlm.processing_smolvlm import get_image_prompt_string
 
-from visionloom.backbones._compat import images_only_video_processor
-from visionloom.backbones.base import ImageTokenAdapter, read_json
-from visionloom.backbones.checks import ImageTokenMismatch
+from visionloom.backbones.base import read_json
 from visionloom.backbones.qwen2_5_vl import read_chat_template
-from visionloom.backbones.tiles import mosaic_offsets, shuffled_block_mean
+from visionloom.backbones.tiles import ShuffledTilesAdapter
 from visionloom.backbones.tower_attention import encoder_block_attention, encoder_block_keys
 from visionloom.backbones.types import ImageGeometry, MultimodalInputs, VisionTokens
 
 
-def build_smolvlm_processor(image_processor, tokenizer, image_seq_len: int, chat_template: str | None = None):
-    """The processor with a video processor that works without torchvision (see _compat)."""
-    return SmolVLMProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        video_processor=images_only_video_processor(
-            "smolvlm.video_processing_smolvlm", "SmolVLMVideoProcessor"
-        ),
-        image_seq_len=image_seq_len,
-        chat_template=chat_template,
-    )
-
-
-class SmolVLMAdapter(ImageTokenAdapter):
+class SmolVLMAdapter(ShuffledTilesAdapter):
     family = "smolvlm"
     model_types = ("smolvlm",)
     model_class = SmolVLMForConditionalGeneration
     marker = "<image>"
-    supports_native_resolution = False
+    tile_setting = "max_image_size longest_edge"
+    count_setting = "image_seq_len"
     nested_images = True  # the processor counts images per sample
     projector_path = "model.connector"
+    processor_class = SmolVLMProcessor
+    video_processor_source = ("smolvlm.video_processing_smolvlm", "SmolVLMVideoProcessor")
     projector_steps = "pixel shuffle, then modality_projection"
 
     @classmethod
@@ -76,9 +64,9 @@ class SmolVLMAdapter(ImageTokenAdapter):
             raise ValueError(
                 f"{processor_file}: no image_seq_len; the processor would write its default 169 placeholders per tile"
             )
-        return build_smolvlm_processor(
-            SmolVLMImageProcessorPil.from_pretrained(str(path)),
-            AutoTokenizer.from_pretrained(str(path)),
+        return cls.build_processor(
+            image_processor=SmolVLMImageProcessorPil.from_pretrained(str(path)),
+            tokenizer=AutoTokenizer.from_pretrained(str(path)),
             image_seq_len=int(settings["image_seq_len"]),
             chat_template=read_chat_template(path),
         )
@@ -93,24 +81,11 @@ class SmolVLMAdapter(ImageTokenAdapter):
         return self.model.model.text_model
 
     @property
-    def scale(self) -> int:
+    def shuffle(self) -> int:
         return int(self.config.scale_factor)
 
     @property
-    def vision_width(self) -> int:
-        return int(self.config.vision_config.hidden_size) * self.scale**2  # the shuffled channels
-
-    @property
-    def patch_side(self) -> int:
-        vision = self.config.vision_config
-        return vision.image_size // vision.patch_size
-
-    @property
-    def token_side(self) -> int:
-        return self.patch_side // self.scale
-
-    @property
-    def tile(self) -> int:
+    def tile_size(self) -> int:
         return int(self.processor.image_processor.max_image_size["longest_edge"])
 
     def configured_image_size(self) -> tuple[int, int]:
@@ -118,19 +93,7 @@ class SmolVLMAdapter(ImageTokenAdapter):
         return edge, edge
 
     def validate_config(self) -> None:
-        vision = self.config.vision_config
-        if self.tile != vision.image_size:
-            raise ImageTokenMismatch(
-                f"image processor max_image_size longest_edge={self.tile} but the tower's image_size is "
-                f"{vision.image_size}: every tile must be the tower's size; set max_image_size to it"
-            )
-        produced = self.token_side**2
-        if int(self.processor.image_seq_len) != produced:
-            raise ImageTokenMismatch(
-                f"processor image_seq_len={self.processor.image_seq_len} placeholders per tile but the tower gives "
-                f"{produced} tokens ({self.patch_side}x{self.patch_side} patches, pixel shuffle {self.scale}x{self.scale}); "
-                f"set image_seq_len={produced} in processor_config.json"
-            )
+        self.check_tiles()
 
     # ------------------------------------------------------------------ geometry
     def tile_grid(self, height: int, width: int) -> tuple[int, int]:
@@ -144,7 +107,7 @@ class SmolVLMAdapter(ImageTokenAdapter):
                 np.empty((3, height, width), dtype=np.uint8),
                 resolution_max_side=int(image_processor.size["longest_edge"]),
             )
-        tile, aspect_ratio = self.tile, width / height
+        tile, aspect_ratio = self.tile_size, width / height
         # resize_for_vision_encoder, on the size alone
         if width >= height:
             width = math.ceil(width / tile) * tile
@@ -156,31 +119,9 @@ class SmolVLMAdapter(ImageTokenAdapter):
             return (height - tile) // tile + 1, (width - tile) // tile + 1
         return 0, 0
 
-    def geometry(self, height: int, width: int) -> ImageGeometry:
-        rows, cols = self.tile_grid(height, width)
-        side = self.token_side
-        tiles = rows * cols + 1  # and the global image (alone when not split)
-        return ImageGeometry(
-            image_size=(height, width),
-            pixel_size=(self.tile, self.tile),
-            patch_grid=(self.patch_side, self.patch_side),
-            token_grid=(rows * side, cols * side) if rows else (side, side),
-            num_tokens=tiles * side * side,
-            grid_offsets=mosaic_offsets(rows, cols, side) if rows else None,
-        )
-
     def placeholder_runs(self, geometry: ImageGeometry) -> list[int]:
         per_tile = self.token_side**2
         return [per_tile] * (geometry.num_tokens // per_tile)  # markers before each tile
-
-    def tile_layout(self, geometry: ImageGeometry) -> tuple[int, int]:
-        """(rows, cols) of a geometry's tiles, (0, 0) for an image that was not split."""
-        rows, cols = geometry.token_grid
-        return (
-            (rows // self.token_side, cols // self.token_side)
-            if geometry.grid_offsets is not None
-            else (0, 0)
-        )
 
     def image_span_ids(self, geometry: ImageGeometry) -> list[int]:
         """The processor's own text for the image, tokenized: markers, newlines and placeholders."""
@@ -205,7 +146,7 @@ class SmolVLMAdapter(ImageTokenAdapter):
         )
         embeds = torch.cat(list(out.pooler_output), dim=0)  # [T, D_text], sample by sample, tile by tile
         raw = self.model.model.connector.pixel_shuffle(
-            out.last_hidden_state, self.scale
+            out.last_hidden_state, self.shuffle
         )  # [tiles, tokens, C s^2]
         counts = [g.num_tokens for g in inputs.geometries]
         return VisionTokens(
@@ -214,7 +155,7 @@ class SmolVLMAdapter(ImageTokenAdapter):
             counts=counts,
             raw_counts=counts,
             geometries=list(inputs.geometries),
-            feature_source=f"last_hidden_state (after post_layernorm), every tile, pixel-shuffled {self.scale}x{self.scale}",
+            feature_source=f"last_hidden_state (after post_layernorm), every tile, pixel-shuffled {self.shuffle}x{self.shuffle}",
             tower_hidden_states=tuple(out.hidden_states),
         )
 
@@ -226,22 +167,22 @@ class SmolVLMAdapter(ImageTokenAdapter):
         patch block; the global image's tokens included."""
         block = -1 if block is None else block
         per_patch = encoder_block_attention(self.vision_tower, tokens.tower_hidden_states, block, "all")
-        return list(shuffled_block_mean(per_patch, self.token_side, self.scale).split(tokens.counts))
+        return self.per_token(per_patch, tokens)
 
     def tower_keys(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
         block = -1 if block is None else block
         per_patch = encoder_block_keys(self.vision_tower, tokens.tower_hidden_states, block)
-        return list(shuffled_block_mean(per_patch, self.token_side, self.scale).split(tokens.counts))
+        return self.per_token(per_patch, tokens)
 
     def describe_vision(self) -> dict[str, str]:
         vision, image_processor = self.config.vision_config, self.processor.image_processor
         return {
             "vision tower": f"SigLIP ({vision.num_hidden_layers} layers)",
             "patch size": str(vision.patch_size),
-            "pooling / merge": f"pixel shuffle {self.scale}x{self.scale} -> {self.token_side}x{self.token_side} "
+            "pooling / merge": f"pixel shuffle {self.shuffle}x{self.shuffle} -> {self.token_side}x{self.token_side} "
             "tokens per tile, linear projection; <row_r_col_c> markers before each tile",
             "CLS policy": "no CLS",
             "feature layer(s)": "last_hidden_state (after post_layernorm)",
-            "image size": f"longest side up to {image_processor.size['longest_edge']}, {self.tile}-px tiles "
+            "image size": f"longest side up to {image_processor.size['longest_edge']}, {self.tile_size}-px tiles "
             + ("+ the global image" if image_processor.do_image_splitting else "(no splitting)"),
         }

@@ -60,17 +60,17 @@ from visionloom.backbones._compat import pixtral_processor_class
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.backbones.deepseek_vl import DeepseekVLAdapter
 from visionloom.backbones.gemma3 import Gemma3Adapter
-from visionloom.backbones.gemma4 import Gemma4Adapter, build_gemma4_processor
-from visionloom.backbones.internvl import InternVLAdapter, build_internvl_processor
+from visionloom.backbones.gemma4 import Gemma4Adapter
+from visionloom.backbones.internvl import InternVLAdapter
 from visionloom.backbones.llava import LlavaAdapter
 from visionloom.backbones.llava_next import LlavaNextAdapter
-from visionloom.backbones.llava_onevision import LlavaOnevisionAdapter, build_onevision_processor
+from visionloom.backbones.llava_onevision import LlavaOnevisionAdapter
 from visionloom.backbones.mistral3 import Mistral3Adapter
 from visionloom.backbones.paligemma import PaliGemmaAdapter
 from visionloom.backbones.qwen2_5_vl import Qwen2_5_VLAdapter, build_qwen_processor
 from visionloom.backbones.qwen2_vl import Qwen2VLAdapter
 from visionloom.backbones.qwen3_vl import Qwen3VLAdapter
-from visionloom.backbones.smolvlm import SmolVLMAdapter, build_smolvlm_processor
+from visionloom.backbones.smolvlm import SmolVLMAdapter
 from visionloom.backbones.t5gemma2 import T5Gemma2Adapter
 
 WIDTH, LAYERS, HEADS = 64, 2, 4
@@ -506,9 +506,9 @@ def tiny_llava_onevision(text_layers: int = LAYERS, **config_overrides: Any) -> 
     image_processor = LlavaOnevisionImageProcessorPil(
         size={"height": 56, "width": 56}, image_grid_pinpoints=pinpoints
     )
-    processor = build_onevision_processor(
-        image_processor,
-        tokenizer,
+    processor = LlavaOnevisionAdapter.build_processor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
         num_image_tokens=16,
         vision_feature_select_strategy="full",
         vision_aspect_ratio="anyres_max_2",
@@ -552,7 +552,9 @@ def tiny_internvl(text_layers: int = LAYERS, **config_overrides: Any) -> InternV
     image_processor = GotOcr2ImageProcessorPil(
         size={"height": 112, "width": 112}, crop_to_patches=False, min_patches=1, max_patches=4
     )
-    processor = build_internvl_processor(image_processor, tokenizer, image_seq_length=config.image_seq_length)
+    processor = InternVLAdapter.build_processor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_length=config.image_seq_length
+    )
     return InternVLAdapter(model, processor)
 
 
@@ -628,7 +630,9 @@ def tiny_smolvlm(text_layers: int = LAYERS, **config_overrides: Any) -> SmolVLMA
     image_processor = SmolVLMImageProcessorPil(
         size={"longest_edge": 336}, max_image_size={"longest_edge": 112}, do_image_splitting=True
     )
-    processor = build_smolvlm_processor(image_processor, tokenizer, image_seq_len=16)
+    processor = SmolVLMAdapter.build_processor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=16
+    )
     return SmolVLMAdapter(SmolVLMAdapter.model_class(config).eval(), processor)
 
 
@@ -709,7 +713,10 @@ def tiny_gemma4(
     model = Gemma4Adapter.model_class(config).eval()
     _randomise_zero_init(model)
     image_processor = Gemma4ImageProcessorPil(patch_size=8, pooling_kernel_size=2, max_soft_tokens=70)
-    return Gemma4Adapter(model, build_gemma4_processor(image_processor, tokenizer, image_seq_length=70))
+    processor = Gemma4Adapter.build_processor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_length=70
+    )
+    return Gemma4Adapter(model, processor)
 
 
 PRESETS: dict[str, Callable[..., ImageTokenAdapter]] = {

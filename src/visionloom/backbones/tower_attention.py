@@ -226,14 +226,16 @@ def internvl_block_keys(
     return keys.transpose(1, 2).flatten(2)
 
 
+@torch.no_grad()
 def pixtral_block_qk(
     tower: torch.nn.Module,
     hidden_states: tuple[torch.Tensor, ...] | None,
     patch_grids: list[tuple[int, int]],
     block: int,
-) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Pixtral block `block`: queries and keys [heads, patches of every image, d] with the 2-D rotary
-    angles applied as the tower applies them (positions restart at each image), and the scale."""
+) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+    """Pixtral block `block`: per image, queries and keys [heads, patches, d] with the 2-D rotary
+    angles applied as the tower applies them (positions restart at each image), and the scale. The
+    images are packed in one sequence; the tower's attention is block-diagonal, one block per image."""
     from transformers.models.pixtral.modeling_pixtral import apply_rotary_pos_emb
 
     layers = tower.transformer.layers
@@ -259,39 +261,14 @@ def pixtral_block_qk(
         sin,
         unsqueeze_dim=0,
     )
-    return queries[0], keys[0], attention.scaling
-
-
-@torch.no_grad()
-def pixtral_block_attention(
-    tower: torch.nn.Module,
-    hidden_states: tuple[torch.Tensor, ...] | None,
-    patch_grids: list[tuple[int, int]],
-    block: int,
-) -> list[torch.Tensor]:
-    """Pixtral: per image [patches], the mean attention each patch receives from its image's patches
-    (the tower's attention is block-diagonal: an image attends only to itself)."""
-    queries, keys, scale = pixtral_block_qk(tower, hidden_states, patch_grids, block)
     sizes = [rows * cols for rows, cols in patch_grids]
     return [
-        attention_received(q, k, scale)
-        for q, k in zip(queries.split(sizes, dim=1), keys.split(sizes, dim=1), strict=True)
+        (q, k, attention.scaling)
+        for q, k in zip(queries[0].split(sizes, dim=1), keys[0].split(sizes, dim=1), strict=True)
     ]
 
 
 @torch.no_grad()
-def pixtral_block_keys(
-    tower: torch.nn.Module,
-    hidden_states: tuple[torch.Tensor, ...] | None,
-    patch_grids: list[tuple[int, int]],
-    block: int,
-) -> list[torch.Tensor]:
-    """Pixtral: per image [patches, heads * d], each patch's attention key at `block`."""
-    _, keys, _ = pixtral_block_qk(tower, hidden_states, patch_grids, block)
-    sizes = [rows * cols for rows, cols in patch_grids]
-    return list(keys.transpose(0, 1).flatten(1).split(sizes))
-
-
 def gemma4_block_qk(
     tower: torch.nn.Module,
     hidden_states: tuple[torch.Tensor, ...] | None,
@@ -332,28 +309,21 @@ def gemma4_block_qk(
     return out
 
 
-@torch.no_grad()
-def gemma4_block_attention(
-    tower: torch.nn.Module,
-    hidden_states: tuple[torch.Tensor, ...] | None,
-    patch_grids: list[tuple[int, int]],
-    block: int,
-) -> list[torch.Tensor]:
-    """Gemma 4's vision tower: per image [real patches], the mean attention each receives."""
-    return [
-        attention_received(q, k, scale)
-        for q, k, scale in gemma4_block_qk(tower, hidden_states, patch_grids, block)
-    ]
+def block_mean(per_patch: torch.Tensor, rows: int, cols: int, block: int) -> torch.Tensor:
+    """[rows * block * cols * block, ...] over a patch grid in raster order -> [rows * cols, ...]: the
+    mean over each block x block patch square, squares in raster order (a 2x2 merger's unfold, a
+    pooling kernel, a pixel shuffle all group patches so)."""
+    grid = per_patch.reshape(rows, block, cols, block, *per_patch.shape[1:])
+    return grid.mean((1, 3)).reshape(rows * cols, *per_patch.shape[1:])
 
 
 @torch.no_grad()
-def gemma4_block_keys(
-    tower: torch.nn.Module,
-    hidden_states: tuple[torch.Tensor, ...] | None,
-    patch_grids: list[tuple[int, int]],
-    block: int,
-) -> list[torch.Tensor]:
-    """Gemma 4's vision tower: per image [real patches, heads * d], each patch's key at `block`."""
-    return [
-        k.transpose(0, 1).flatten(1) for _, k, _ in gemma4_block_qk(tower, hidden_states, patch_grids, block)
-    ]
+def attention_per_image(query_keys: list[tuple[torch.Tensor, torch.Tensor, float]]) -> list[torch.Tensor]:
+    """Per image [patches]: the mean attention each patch receives, from per-image queries and keys
+    [heads, patches, d] and the scale (`pixtral_block_qk`, `gemma4_block_qk`)."""
+    return [attention_received(queries, keys, scale) for queries, keys, scale in query_keys]
+
+
+def keys_per_image(query_keys: list[tuple[torch.Tensor, torch.Tensor, float]]) -> list[torch.Tensor]:
+    """Per image [patches, heads * d]: each patch's attention key, from the same per-image triples."""
+    return [keys.transpose(0, 1).flatten(1) for _queries, keys, _scale in query_keys]
