@@ -46,6 +46,33 @@ def test_embeddings_bit_identical_and_logits_equal(name, image):
     assert torch.equal(ours_hidden, reference_hidden)
 
 
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("name", FAMILIES)
+def test_several_images_per_sample_under_both_paddings(name, side, image):
+    """One sample with one image, one with two of other sizes, padded on `side`: the embeddings are
+    the model's own insertion and the logits its own forward, bit for bit."""
+    adapter = cached_preset(name)
+    before, adapter.tokenizer.padding_side = adapter.tokenizer.padding_side, side
+    try:
+        inputs = adapter.build_inputs(
+            [[image(90, 60, seed=1)], [image(50, 120, seed=2), image(120, 120, seed=3)]],
+            ["<image> describe it", "compare <image> with <image> please, which one is larger"],
+        )
+    finally:
+        adapter.tokenizer.padding_side = before
+    padded = inputs.attention_mask == 0
+    assert bool(padded.any()) and bool(padded[:, 0].any() if side == "left" else padded[:, -1].any())
+    assert [len(spans) for spans in inputs.image_spans] == [1, 2]
+    tokens = assert_matches_model(adapter, inputs)
+    with torch.no_grad():
+        ours = adapter.forward(inputs, tokens)
+        reference = adapter.model_own_call(inputs)
+    if adapter.model.config.is_encoder_decoder:
+        assert torch.equal(ours.last_hidden_state, reference.last_hidden_state)  # the encoder's
+    else:
+        assert torch.equal(ours.logits, reference.logits)
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_raw_features_project_to_the_embeddings(name, image):
     """raw and embeds come from one pass: the model's projector applied to raw gives embeds exactly."""
