@@ -79,6 +79,29 @@ GEMMA_NAMED = {
     "eoi_token": "<end_of_image>",
     "image_token": "<image_soft_token>",
 }
+GEMMA4_SPECIALS = {
+    "<pad>": 0,
+    "<eos>": 1,
+    "<bos>": 2,
+    "<unk>": 3,
+    "<|turn>": 105,
+    "<turn|>": 106,
+    "<|image>": 255999,
+    "<|audio>": 256000,
+    "<|image|>": 258880,
+    "<|audio|>": 258881,
+    "<image|>": 258882,
+    "<audio|>": 258883,
+    "<|video|>": 258884,
+}
+GEMMA4_NAMED = {
+    "boi_token": "<|image>",
+    "eoi_token": "<image|>",
+    "image_token": "<|image|>",
+    "boa_token": "<|audio>",
+    "eoa_token": "<audio|>",
+    "audio_token": "<|audio|>",
+}
 DEEPSEEK_SPECIALS = {
     "<｜begin▁of▁sentence｜>": 100000,
     "<｜end▁of▁sentence｜>": 100001,
@@ -112,11 +135,26 @@ RELEASES: dict[str, Release] = {
         {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
         files=("config.json", "preprocessor_config.json", "chat_template.json"),
     ),
+    # As released: preprocessor_config.json only (the Qwen3-VL family's shared image settings).
+    "qwen3-vl-4b-instruct": Release(
+        QWEN_SPECIALS,
+        {"pad_token": "<|endoftext|>", "eos_token": "<|im_end|>"},
+        {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
+        files=("config.json", "preprocessor_config.json"),
+    ),
     "gemma-3-4b-it": Release(
         {**GEMMA_SPECIALS, "<image_soft_token>": 262144, "<start_of_turn>": 105, "<end_of_turn>": 106},
         GEMMA_ROLES,
         GEMMA_NAMED,
         files=("config.json", "preprocessor_config.json", "processor_config.json", "chat_template.json"),
+    ),
+    # As released: the image processor's settings nested in processor_config.json; the tokenizer pads left.
+    "gemma-4-e2b-it": Release(
+        GEMMA4_SPECIALS,
+        GEMMA_ROLES,
+        GEMMA4_NAMED,
+        padding_side="left",
+        files=("config.json", "processor_config.json"),
     ),
     # T5Gemma 2 places its image token at 256001 (config.json); the token's text is assumed.
     "t5gemma-2-270m-270m": Release(
@@ -146,9 +184,34 @@ def cut(config: dict[str, Any]) -> dict[str, Any]:
         config["rope_scaling"]["mrope_section"] = [2, 3, 3]  # sums to head_dim / 2
         vision = config["vision_config"]
         vision.update(depth=2, fullatt_block_indexes=[1], out_hidden_size=NARROW_TEXT["hidden_size"])
+    elif kind == "qwen3_vl":
+        # Three narrow layers, one for each DeepStack set; the tower cut to three blocks, each of them
+        # a DeepStack source (the release takes blocks 5, 11, 17 of 24: three sets, as here).
+        config["text_config"].update(NARROW_TEXT, num_hidden_layers=3)
+        config["text_config"]["rope_scaling"]["mrope_section"] = [2, 3, 3]  # sums to head_dim / 2
+        vision = config["vision_config"]
+        vision.update(depth=3, deepstack_visual_indexes=[0, 1, 2], out_hidden_size=NARROW_TEXT["hidden_size"])
     elif kind == "gemma3":
         config["text_config"].update(NARROW_TEXT, query_pre_attn_scalar=16)
         config["vision_config"]["num_hidden_layers"] = 1
+    elif kind == "gemma4":
+        # Ten narrow layers: two of the release's periods of four sliding and one full layer, the last
+        # four sharing keys and values as the release's last twenty do; per-layer embeddings of width
+        # 4 over the real vocabulary. The tower keeps its width, patch, pooling and one block; its
+        # position table keeps 1024 of 10240 rows (at 280 soft tokens no patch coordinate passes 840);
+        # the audio tower, which the layer never runs, is left out.
+        text = config["text_config"]
+        text.update(
+            NARROW_TEXT,
+            num_hidden_layers=10,
+            num_key_value_heads=1,
+            global_head_dim=16,
+            hidden_size_per_layer_input=4,
+            num_kv_shared_layers=4,
+            layer_types=text["layer_types"][:10],
+        )
+        config["vision_config"].update(num_hidden_layers=1, position_embedding_size=1024)
+        config["audio_config"] = None
     elif kind == "t5gemma2":
         for text in (config["encoder"]["text_config"], config["decoder"]):
             text.update(NARROW_TEXT, query_pre_attn_scalar=16, layer_types=text["layer_types"][:1])
@@ -175,11 +238,13 @@ def release_tokenizer(release: Release) -> PreTrainedTokenizerFast:
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens(list(release.special_ids))
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, extra_special_tokens=release.named, **release.roles
+    # padding_side as a constructor argument: set afterwards, save_pretrained would not write it.
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        extra_special_tokens=release.named,
+        padding_side=release.padding_side,
+        **release.roles,
     )
-    tokenizer.padding_side = release.padding_side
-    return tokenizer
 
 
 def write_checkpoint(name: str, directory: Path, *, edit=None) -> Path:

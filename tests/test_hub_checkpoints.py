@@ -25,9 +25,14 @@ PUBLISHED = {
     "llava-1.5-7b-hf-2023": {(336, 336): 576},
     "llava-v1.6-mistral-7b-hf": {(336, 336): 1176, (480, 640): 2340},
     "qwen2.5-vl-3b-instruct": {(448, 448): 256, (480, 640): 391},
+    # 32 px per token (patch 16, merge 2), at least 65536 pixels: 256x256 for a 100x100 image.
+    "qwen3-vl-4b-instruct": {(448, 448): 196, (480, 640): 300, (100, 100): 64},
     "gemma-3-4b-it": {(896, 896): 256, (480, 640): 256},
     "t5gemma-2-270m-270m": {(896, 896): 256},
     "deepseek-vl-1.3b-chat": {(384, 384): 576},
+    # 48 px per soft token (patch 16, pooling 3), at most 280: as an independent implementation's
+    # tests tabulate them (896x896 -> 768x768, a 20x20 image scaled up alike, 10x10000 -> 48x13440).
+    "gemma-4-e2b-it": {(896, 896): 256, (20, 20): 256, (10, 10000): 280},
 }
 
 
@@ -61,6 +66,25 @@ def test_t5gemma2_release_gives_12_tokens_at_384x128_on_the_native_path():
     assert placeholders(adapter, 384, 128) == 12
     report = run_doctor(str(checkpoint("t5gemma-2-270m-270m")), (384, 128), native=True)
     assert report.ok, report.error
+
+
+@pytest.mark.parametrize("name", ["qwen3-vl-4b-instruct", "gemma-4-e2b-it"])
+def test_releases_whose_language_model_takes_more_than_inputs_embeds_match_the_models_own_forward(name):
+    """Qwen3-VL's three DeepStack sets, Gemma 4 E2B's per-layer embeddings, KV sharing and left
+    padding: the layer's logits are the model's own pixel forward, bit for bit."""
+    adapter = load(checkpoint(name))
+    inputs = adapter.build_inputs(
+        [picture(480, 640), picture(300, 200)],
+        ["<image> describe the image", "and <image> this one, briefly"],
+    )
+    with torch.no_grad():
+        tokens = adapter.encode_images(inputs)
+        assert torch.equal(adapter.forward(inputs, tokens).logits, adapter.model_own_call(inputs).logits)
+    if name == "qwen3-vl-4b-instruct":
+        assert len(tokens.deepstack) == 3
+    else:
+        assert adapter.layer_drop_problem() is not None  # per-layer embeddings and KV sharing
+        assert bool((inputs.attention_mask[:, 0] == 0).any())  # the release's tokenizer pads left
 
 
 def _qwen_layout(layout: str):
