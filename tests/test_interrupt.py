@@ -16,10 +16,13 @@ import pytest
 CLI = [sys.executable, "-m", "visionloom.cli", "--threads", "1"]
 
 
-def interrupt_when(command: list[str], marker: str) -> tuple[int, list[str], str]:
-    """Run `command`, send SIGINT once a stdout line starts with `marker`; (exit code, stdout, stderr).
-    The seconds from the signal to the exit are kept in `interrupt_when.seconds`."""
-    env = {**os.environ, "COLUMNS": "80"}
+def interrupt_when(
+    command: list[str], marker: str, env: dict[str, str] | None = None
+) -> tuple[int, list[str], str]:
+    """Run `command` (with `env` added to the environment), send SIGINT once a stdout line starts
+    with `marker`; (exit code, stdout, stderr). The seconds from the signal to the exit are kept in
+    `interrupt_when.seconds`."""
+    env = {**os.environ, "COLUMNS": "80", **(env or {})}
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as job:
         lines = []
         for line in job.stdout:
@@ -94,15 +97,37 @@ def test_ctrl_c_outside_the_loop_still_names_the_resume_command(pedes_root, tmp_
     assert "continue with: visionloom retrieval train baseline --out r --resume" in result.output
 
 
+# Loaded by the child process at start-up (PYTHONPATH): its final evaluation takes 30 s, as a real
+# one can, so that the signal surely arrives during it (on 30 tiny scenes it can end before).
+SLOW_FINAL_EVALUATION = """
+import time
+import visionloom.engine.run as run
+
+finish_run = run.finish_run
+
+def slow_finish_run(run_dir, model, result, evaluate, description):
+    def slow_evaluate(model):
+        time.sleep(30)
+        return evaluate(model)
+    return finish_run(run_dir, model, result, slow_evaluate, description)
+
+run.finish_run = slow_finish_run
+"""
+
+
 @pytest.mark.slow
 def test_sigint_in_ground_trains_final_evaluation_stops_at_once(scenes_root, tmp_path):
     # It used to be ignored for over 35 s there.
+    startup = tmp_path / "startup"
+    startup.mkdir()
+    (startup / "sitecustomize.py").write_text(SLOW_FINAL_EVALUATION)
+    slow = {"PYTHONPATH": os.pathsep.join(filter(None, [str(startup), os.environ.get("PYTHONPATH")]))}
     run = tmp_path / "ground"
     train = [
         *CLI, "ground", "train", "llava-control", "--data", str(scenes_root), "--out", str(run),
         "--set", "train.steps=2", "--set", "train.batch_size=4",
     ]  # fmt: skip
-    code, _, err = interrupt_when(train, "evaluating the selected weights")
+    code, _, err = interrupt_when(train, "evaluating the selected weights", env=slow)
     assert code == 130, err
     assert interrupt_when.seconds < 15
     assert "interrupted; the run keeps its checkpoints. continue with: visionloom" in err
