@@ -214,7 +214,9 @@ class Qwen2_5_VLAdapter(ImageTokenAdapter):
             counts=[int(x.shape[0]) for x in out.pooler_output],
             raw_counts=[int(x.shape[0]) * unit for x in out.pooler_output],
             geometries=list(inputs.geometries),
-            feature_source="last block output before the merger (window order undone), 4 patches per token",
+            feature_source="last block output before the merger"
+            + (" (window order undone)" if hasattr(self.vision_tower, "fullatt_block_indexes") else "")
+            + ", 4 patches per token",
             tower_hidden_states=tuple(out.hidden_states),
             # Qwen3-VL's tower also returns DeepStack features, per layer a tuple of per-image parts.
             deepstack=tuple(
