@@ -120,6 +120,17 @@ def _llama(vocab_size: int, layers: int = LAYERS, **overrides: Any) -> LlamaConf
     )
 
 
+def _tower(**settings: Any) -> dict[str, Any]:
+    """A small vision tower's config (three blocks, its own width), with `settings` for the rest."""
+    return {
+        "hidden_size": WIDTH + 32,
+        "intermediate_size": 2 * WIDTH,
+        "num_hidden_layers": 3,
+        "num_attention_heads": HEADS,
+        **settings,
+    }
+
+
 def _clip(image_size: int, patch_size: int = 14) -> CLIPVisionConfig:
     return CLIPVisionConfig(
         hidden_size=WIDTH,
@@ -531,14 +542,7 @@ def tiny_internvl(text_layers: int = LAYERS, **config_overrides: Any) -> InternV
         eos_token="<|im_end|>",
     )
     config = InternVLConfig(
-        vision_config={
-            "hidden_size": WIDTH + 32,
-            "intermediate_size": 2 * WIDTH,
-            "num_hidden_layers": 3,
-            "num_attention_heads": HEADS,
-            "image_size": [112, 112],
-            "patch_size": [14, 14],
-        },
+        vision_config=_tower(image_size=[112, 112], patch_size=[14, 14]),
         text_config=_small_text(
             len(tokenizer), text_layers, model_type="qwen2", pad_token_id=tokenizer.pad_token_id
         ),
@@ -570,14 +574,7 @@ def tiny_mistral3(text_layers: int = LAYERS, **config_overrides: Any) -> Mistral
         unk_token="<unk>",
     )
     config = Mistral3Config(
-        vision_config={
-            "hidden_size": WIDTH + 32,
-            "intermediate_size": 2 * WIDTH,
-            "num_hidden_layers": 3,
-            "num_attention_heads": HEADS,
-            "image_size": 168,
-            "patch_size": 14,
-        },
+        vision_config=_tower(image_size=168, patch_size=14),
         text_config=_llama(
             len(tokenizer), text_layers, model_type="mistral", pad_token_id=tokenizer.pad_token_id
         ).to_dict(),
@@ -688,17 +685,13 @@ def tiny_gemma4(
     )
     convert = tokenizer.convert_tokens_to_ids
     config = Gemma4Config(
-        vision_config={
-            "hidden_size": WIDTH + 32,
-            "intermediate_size": 2 * WIDTH,
-            "num_hidden_layers": 3,
-            "num_attention_heads": HEADS,
-            "num_key_value_heads": HEADS // 2,
-            "head_dim": (WIDTH + 32) // HEADS,
-            "patch_size": 8,
-            "pooling_kernel_size": 2,
-            "position_embedding_size": 256,
-        },
+        vision_config=_tower(
+            num_key_value_heads=HEADS // 2,
+            head_dim=(WIDTH + 32) // HEADS,
+            patch_size=8,
+            pooling_kernel_size=2,
+            position_embedding_size=256,
+        ),
         text_config=text,
         audio_config=None,
         image_token_id=convert("<|image|>"),
