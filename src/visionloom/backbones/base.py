@@ -580,6 +580,16 @@ class ImageTokenAdapter:
         inside it, FastV and PDrop, need), or None when it can."""
         return None
 
+    def refuse_layer_drops(self) -> None:
+        """Raise, with the reason, where `layer_drop_problem` names one."""
+        if problem := self.layer_drop_problem():
+            raise ValueError(f"{self.family}: {problem}")
+
+    def first_language_layer(self) -> int:
+        """The full-model index of the first language-model layer present: pruning runs the language
+        model a stretch of layers at a time (`only_layers`), and a layer keeps its own index."""
+        return int(self.language_module.layers[0].self_attn.layer_idx)
+
     def language_model_kwargs(self, inputs: MultimodalInputs) -> dict[str, Any]:
         """What the family's model needs besides inputs_embeds and the attention mask."""
         return {}
@@ -594,18 +604,19 @@ class ImageTokenAdapter:
         self,
         inputs: MultimodalInputs,
         inputs_embeds: torch.Tensor,
-        model_kwargs: dict[str, Any] | None = None,
+        model_kwargs: dict[str, Any],
         **flags: Any,
     ) -> LayerOutput:
         """Decoder-only families: the full model on inputs_embeds, no pixels.
 
-        `model_kwargs` (position ids, per-token ids) default to `language_model_kwargs(inputs)`;
-        pruning passes its own, computed on the full sequence and gathered.
+        `model_kwargs`: positions, per-token ids and what the model takes from the vision pass;
+        `forward` passes `language_model_kwargs` and `vision_model_kwargs`, pruning the same computed
+        on the full sequence and gathered.
         """
         out = self.model(
             inputs_embeds=inputs_embeds,
             attention_mask=inputs.attention_mask,
-            **(self.language_model_kwargs(inputs) if model_kwargs is None else model_kwargs),
+            **model_kwargs,
             **flags,
         )
         hidden_states = out.hidden_states

@@ -51,7 +51,7 @@ from visionloom.backbones.checks import ImageTokenMismatch
 from visionloom.backbones.qwen2_5_vl import read_chat_template
 from visionloom.backbones.tower_attention import (
     attention_per_image,
-    block_mean,
+    block_means,
     gemma4_block_qk,
     keys_per_image,
 )
@@ -199,23 +199,20 @@ class Gemma4Adapter(ImageTokenAdapter):
     def tower_attention_scores(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
         """Mean attention each real patch receives from the image's real patches, averaged over each
         pooled k x k block (the tower's own pooling groups)."""
-        return self.per_token(attention_per_image(self.block_query_keys(tokens, block)), tokens)
+        return block_means(
+            attention_per_image(self.block_query_keys(tokens, block)), tokens.geometries, self.kernel
+        )
 
     def tower_keys(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
-        return self.per_token(keys_per_image(self.block_query_keys(tokens, block)), tokens)
+        return block_means(
+            keys_per_image(self.block_query_keys(tokens, block)), tokens.geometries, self.kernel
+        )
 
     def block_query_keys(self, tokens: VisionTokens, block: int | None) -> list:
         grids = [g.patch_grid for g in tokens.geometries]
         return gemma4_block_qk(
             self.vision_tower, tokens.tower_hidden_states, grids, -1 if block is None else block
         )
-
-    def per_token(self, per_patch: list[torch.Tensor], tokens: VisionTokens) -> list[torch.Tensor]:
-        """Per image [real patches, ...] -> [tokens, ...]: the mean over each k x k pooling block."""
-        return [
-            block_mean(values, *g.token_grid, self.kernel)
-            for values, g in zip(per_patch, tokens.geometries, strict=True)
-        ]
 
     # ------------------------------------------------------------------ language model
     def image_token_types(self, inputs: MultimodalInputs) -> dict[str, torch.Tensor]:
@@ -236,13 +233,12 @@ class Gemma4Adapter(ImageTokenAdapter):
         self,
         inputs: MultimodalInputs,
         inputs_embeds: torch.Tensor,
-        model_kwargs: dict[str, Any] | None = None,
+        model_kwargs: dict[str, Any],
         **flags: Any,
     ) -> LayerOutput:
-        kwargs = dict(self.language_model_kwargs(inputs) if model_kwargs is None else model_kwargs)
-        first = int(self.language_module.layers[0].self_attn.layer_idx)
-        if first and self.layer_drop_problem():
-            raise ValueError(f"{self.family}: {self.layer_drop_problem()}")
+        kwargs = dict(model_kwargs)
+        if self.first_language_layer():  # a stretch of layers after a drop
+            self.refuse_layer_drops()
         per_layer = kwargs.pop("per_layer_tokens", None)
         if per_layer is not None:
             kwargs["per_layer_inputs"] = per_layer.permute(2, 3, 0, 1)  # back to [B, S, layers, d]

@@ -37,7 +37,7 @@ from visionloom.backbones.checks import ImageTokenMismatch
 from visionloom.backbones.qwen2_5_vl import read_chat_template
 from visionloom.backbones.tower_attention import (
     attention_per_image,
-    block_mean,
+    block_means,
     keys_per_image,
     pixtral_block_qk,
 )
@@ -187,26 +187,20 @@ class Mistral3Adapter(ImageTokenAdapter):
     def tower_attention_scores(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
         """Mean attention each patch receives from its image's patches (no class token), averaged over
         each merged 2x2 block."""
-        return self.per_token(attention_per_image(self.block_query_keys(tokens, block)), tokens)
+        return block_means(
+            attention_per_image(self.block_query_keys(tokens, block)), tokens.geometries, self.merge
+        )
 
     def tower_keys(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
-        return self.per_token(keys_per_image(self.block_query_keys(tokens, block)), tokens)
+        return block_means(
+            keys_per_image(self.block_query_keys(tokens, block)), tokens.geometries, self.merge
+        )
 
     def block_query_keys(self, tokens: VisionTokens, block: int | None) -> list:
         grids = [g.patch_grid for g in tokens.geometries]
         return pixtral_block_qk(
             self.vision_tower, tokens.tower_hidden_states, grids, -1 if block is None else block
         )
-
-    def per_token(self, per_patch: list[torch.Tensor], tokens: VisionTokens) -> list[torch.Tensor]:
-        """Per image [patches, ...] -> [tokens, ...]: the mean over each 2x2 block the merger merges."""
-        return [
-            block_mean(values, *g.token_grid, self.merge)
-            for values, g in zip(per_patch, tokens.geometries, strict=True)
-        ]
-
-    def attention_config_key(self) -> dict | str:
-        return {"text_config": "eager"}
 
     def describe_vision(self) -> dict[str, Any]:
         edge = self.configured_image_size()[0]

@@ -120,26 +120,23 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
         self,
         inputs: MultimodalInputs,
         inputs_embeds: torch.Tensor,
-        model_kwargs: dict[str, Any] | None = None,
+        model_kwargs: dict[str, Any],
         **flags: Any,
     ) -> LayerOutput:
-        kwargs = dict(self.language_model_kwargs(inputs) if model_kwargs is None else model_kwargs)
+        kwargs = dict(model_kwargs)
         rows = kwargs.pop("deepstack_rows", None)
         features = kwargs.pop("deepstack_features", ())
-        if rows is None:
-            if bool(inputs.image_token_mask.any()):
-                raise ImageTokenMismatch(
-                    f"{self.family}: the sequence has image tokens but no DeepStack features were given; "
-                    f"pass vision_model_kwargs(inputs, tokens) with the language model's arguments"
-                )
-            return super().run_language_model(inputs, inputs_embeds, kwargs, **flags)  # decoding: text only
-        # The full-model index of the first layer present: pruning runs stretches of layers.
-        first = int(self.language_module.layers[0].self_attn.layer_idx)
-        visual = rows > 0  # [B, S]
-        remaining = [layer_features[rows[visual] - 1] for layer_features in features[first:]]  # each [n, D]
+        if rows is None and bool(inputs.image_token_mask.any()):
+            raise ImageTokenMismatch(
+                f"{self.family}: the sequence has image tokens but no DeepStack features were given; "
+                f"pass vision_model_kwargs(inputs, tokens) with the language model's arguments"
+            )
+        # Decoding a text token has none; a stretch of layers takes the sets of its own layers.
+        remaining = features[self.first_language_layer() :] if rows is not None else ()
         if not remaining:
             return super().run_language_model(inputs, inputs_embeds, kwargs, **flags)
-        with deepstack_into(self.language_module, visual, remaining):
+        visual = rows > 0  # [B, S]
+        with deepstack_into(self.language_module, visual, [f[rows[visual] - 1] for f in remaining]):
             return super().run_language_model(inputs, inputs_embeds, kwargs, **flags)
 
     def tower_description(self) -> tuple[str, str]:

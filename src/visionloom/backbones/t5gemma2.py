@@ -76,7 +76,7 @@ class T5Gemma2Adapter(Gemma3Adapter):
         self,
         inputs: MultimodalInputs,
         inputs_embeds: torch.Tensor,
-        model_kwargs: dict[str, Any] | None = None,
+        model_kwargs: dict[str, Any],
         **flags: Any,
     ) -> LayerOutput:
         """The encoder on inputs_embeds; the decoder too when `decoder_input_ids` are given."""
@@ -86,7 +86,7 @@ class T5Gemma2Adapter(Gemma3Adapter):
             inputs_embeds=inputs_embeds,
             attention_mask=inputs.attention_mask,
             return_dict=True,
-            **(model_kwargs or {}),
+            **model_kwargs,
             **flags,
         )
         logits = None

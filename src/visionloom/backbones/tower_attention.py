@@ -20,6 +20,8 @@ import torch
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids
 
+from visionloom.backbones.types import ImageGeometry
+
 QUERY_CHUNK = 1024  # query rows per softmax; bounds memory at [heads, 1024, patches]
 
 
@@ -315,6 +317,13 @@ def block_mean(per_patch: torch.Tensor, rows: int, cols: int, block: int) -> tor
     pooling kernel, a pixel shuffle all group patches so)."""
     grid = per_patch.reshape(rows, block, cols, block, *per_patch.shape[1:])
     return grid.mean((1, 3)).reshape(rows * cols, *per_patch.shape[1:])
+
+
+def block_means(
+    per_image: list[torch.Tensor], geometries: list[ImageGeometry], block: int
+) -> list[torch.Tensor]:
+    """Per image [patches, ...] -> [tokens, ...]: `block_mean` over each image's token grid."""
+    return [block_mean(values, *g.token_grid, block) for values, g in zip(per_image, geometries, strict=True)]
 
 
 @torch.no_grad()

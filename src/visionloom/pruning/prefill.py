@@ -182,8 +182,8 @@ def prefill(
     go to the last stretch (T5Gemma2's `decoder_input_ids`, `output_attentions`)."""
     layers = len(adapter.language_module.layers)
     first, stages = drop_stages(decision)
-    if stages and (problem := adapter.layer_drop_problem()):
-        raise ValueError(f"{adapter.family}: {problem}")
+    if stages:
+        adapter.refuse_layer_drops()
     if stages and stages[-1].layer >= layers:
         raise ValueError(
             f"a drop at layer {stages[-1].layer} leaves no layer after it: the language model has {layers}"

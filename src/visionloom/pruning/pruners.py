@@ -231,8 +231,7 @@ class TextAttention:
     def decide(
         self, adapter, inputs, tokens, keep_ratio: float, *, query_positions: torch.Tensor | None = None
     ) -> Decision:
-        if problem := adapter.layer_drop_problem():  # before the shallow pass, not after it
-            raise ValueError(f"{adapter.family}: {problem}")
+        adapter.refuse_layer_drops()  # before the shallow pass, not after it
         scores, hidden = self.scores_and_hidden(adapter, inputs, tokens, query_positions)
         decision = keep_top(adapter, tokens, scores, keep_ratio)
         return Decision(keep=decision.keep, from_layer=self.layer + 1, hidden_entering=hidden)
