@@ -46,9 +46,13 @@ from transformers.models.gemma4.image_processing_pil_gemma4 import (
     get_aspect_ratio_preserving_size,
 )
 
-from visionloom.backbones.base import ImageTokenAdapter, read_json
+from visionloom.backbones.base import (
+    ImageTokenAdapter,
+    image_processor_settings,
+    read_chat_template,
+    read_json,
+)
 from visionloom.backbones.checks import ImageTokenMismatch
-from visionloom.backbones.qwen2_5_vl import read_chat_template
 from visionloom.backbones.tower_attention import (
     attention_per_image,
     block_means,
@@ -80,12 +84,11 @@ class Gemma4Adapter(ImageTokenAdapter):
         # AutoProcessor would also build the video processor, which needs torchvision (see _compat).
         processor_file = path / "processor_config.json"
         settings = read_json(processor_file) if processor_file.is_file() else {}
-        image_settings = settings.get("image_processor")
-        image_processor = (
-            Gemma4ImageProcessorPil(**{k: v for k, v in image_settings.items() if not k.endswith("_type")})
-            if isinstance(image_settings, dict)
-            else Gemma4ImageProcessorPil.from_pretrained(str(path))
-        )
+        image_settings, source = image_processor_settings(path)
+        try:
+            image_processor = Gemma4ImageProcessorPil.from_dict(image_settings)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{source}: not a Gemma 4 image processor configuration ({error})") from None
         return cls.build_processor(
             image_processor=image_processor,
             tokenizer=AutoTokenizer.from_pretrained(str(path)),

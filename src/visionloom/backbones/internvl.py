@@ -38,9 +38,8 @@ from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
     get_optimal_tiled_canvas,
 )
 
-from visionloom.backbones.base import read_json
+from visionloom.backbones.base import read_chat_template, read_json
 from visionloom.backbones.checks import ImageTokenMismatch
-from visionloom.backbones.qwen2_5_vl import read_chat_template
 from visionloom.backbones.tiles import ShuffledTilesAdapter, side_of
 from visionloom.backbones.tower_attention import internvl_block_attention, internvl_block_keys
 from visionloom.backbones.types import ImageGeometry, MultimodalInputs, VisionTokens

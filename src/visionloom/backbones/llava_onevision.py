@@ -26,10 +26,9 @@ from transformers.models.llava_onevision.image_processing_pil_llava_onevision im
     LlavaOnevisionImageProcessorPil,
 )
 
-from visionloom.backbones.base import read_json
+from visionloom.backbones.base import read_chat_template, read_json
 from visionloom.backbones.checks import ImageTokenMismatch
 from visionloom.backbones.llava_next import LlavaNextAdapter
-from visionloom.backbones.qwen2_5_vl import read_chat_template
 
 PROCESSOR_SETTINGS = ("num_image_tokens", "vision_feature_select_strategy", "vision_aspect_ratio")
 

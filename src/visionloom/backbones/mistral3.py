@@ -32,9 +32,8 @@ from transformers.models.pixtral.image_processing_pil_pixtral import (
 )
 
 from visionloom.backbones._compat import pixtral_processor_class
-from visionloom.backbones.base import ImageTokenAdapter, read_json
+from visionloom.backbones.base import ImageTokenAdapter, read_chat_template, read_json
 from visionloom.backbones.checks import ImageTokenMismatch
-from visionloom.backbones.qwen2_5_vl import read_chat_template
 from visionloom.backbones.tower_attention import (
     attention_per_image,
     block_means,

@@ -25,7 +25,12 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from transformers.vision_utils import get_vision_window_index
 
 from visionloom.backbones._compat import qwen_video_processor
-from visionloom.backbones.base import ImageTokenAdapter, nearest_multiples, read_json
+from visionloom.backbones.base import (
+    ImageTokenAdapter,
+    image_processor_settings,
+    nearest_multiples,
+    read_chat_template,
+)
 from visionloom.backbones.checks import ImageTokenMismatch
 from visionloom.backbones.tower_attention import qwen_block_attention, qwen_block_keys
 from visionloom.backbones.types import ImageGeometry, MultimodalInputs, VisionTokens
@@ -41,48 +46,6 @@ def build_qwen_processor(
         video_processor=qwen_video_processor(image_processor),
         chat_template=chat_template,
     )
-
-
-# Keys of a processor file that name classes or other parts, never image-processor settings.
-NOT_IMAGE_SETTINGS = ("processor_class", "auto_map", "chat_template", "video_processor", "tokenizer")
-
-
-def image_processor_settings(path: Path) -> tuple[dict[str, Any], Path]:
-    """The image processor's settings from any layout Qwen checkpoints have shipped, and the file.
-
-    In the order transformers itself reads them: a `processor_config.json` with a nested
-    "image_processor" (what transformers 5 writes), then `preprocessor_config.json` (the released
-    repositories), then a flat `processor_config.json` that holds the image settings itself.
-    """
-    processor_file, preprocessor_file = path / "processor_config.json", path / "preprocessor_config.json"
-    processor = read_json(processor_file) if processor_file.is_file() else {}
-    if isinstance(processor.get("image_processor"), dict):
-        settings, source = processor["image_processor"], processor_file
-    elif preprocessor_file.is_file():
-        settings, source = read_json(preprocessor_file), preprocessor_file
-    elif "patch_size" in processor:
-        settings, source = processor, processor_file
-    else:
-        raise FileNotFoundError(
-            f"{path}: no image processor settings: expected preprocessor_config.json (as released), or "
-            f"processor_config.json with an 'image_processor' entry or the image settings at its top level"
-        )
-    settings = {k: v for k, v in settings.items() if k not in NOT_IMAGE_SETTINGS and not k.endswith("_type")}
-    return settings, source
-
-
-def read_chat_template(path: Path) -> str | None:
-    """The checkpoint's chat template, where AutoProcessor finds it: chat_template.jinja (what
-    transformers 5 writes), then chat_template.json (what the released repositories ship)."""
-    jinja, json_file = path / "chat_template.jinja", path / "chat_template.json"
-    if jinja.is_file():
-        return jinja.read_text(encoding="utf-8")
-    if json_file.is_file():
-        template = read_json(json_file).get("chat_template")
-        if not isinstance(template, str):
-            raise ValueError(f'{json_file}: expected {{"chat_template": "..."}}')
-        return template
-    return None
 
 
 class Qwen2_5_VLAdapter(ImageTokenAdapter):

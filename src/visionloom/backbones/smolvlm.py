@@ -35,8 +35,7 @@ from transformers.models.smolvlm.image_processing_pil_smolvlm import (
 )
 from transformers.models.smolvlm.processing_smolvlm import get_image_prompt_string
 
-from visionloom.backbones.base import read_json
-from visionloom.backbones.qwen2_5_vl import read_chat_template
+from visionloom.backbones.base import read_chat_template, read_json
 from visionloom.backbones.tiles import ShuffledTilesAdapter
 from visionloom.backbones.tower_attention import encoder_block_attention, encoder_block_keys
 from visionloom.backbones.types import ImageGeometry, MultimodalInputs, VisionTokens
