@@ -9,6 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from tests.conftest import cached_preset, doctor_error_after, edit_json
+from tests.test_equivalence import assert_matches_model
 from tests.test_pruning import eager_weights_of
 from tests.test_registry import _drop_weights
 from visionloom.backbones._compat import pixtral_processor_class
@@ -140,3 +141,15 @@ def test_a_processor_with_its_default_merge_size_is_refused():
 )
 def test_doctor_names_what_is_wrong_with_a_mistral3_checkpoint(corrupt, expected, tmp_path):
     assert expected in doctor_error_after("tiny-mistral3", corrupt, tmp_path)
+
+
+def test_native_resolution_takes_multiples_of_patch_times_merge_and_names_the_nearest(image):
+    adapter = cached_preset("tiny-mistral3", native=True)
+    with pytest.raises(ImageTokenMismatch, match=r"multiples of 28 .*nearest heights \[112, 84, 140, 56\]"):
+        adapter.geometry(100, 57)
+    with pytest.raises(ImageTokenMismatch, match="longer side at most 168"):
+        adapter.geometry(196, 28)
+    inputs = adapter.build_inputs([image(112, 56), image(56, 84, 1)], ["<image> a", "<image> b"])
+    assert [g.token_grid for g in inputs.geometries] == [(4, 2), (2, 3)]
+    assert inputs.image_token_mask.sum(1).tolist() == [8, 6]
+    assert_matches_model(adapter, inputs)  # the pixels kept at their size, as the processor was told

@@ -32,7 +32,7 @@ from transformers.models.pixtral.image_processing_pil_pixtral import (
 )
 
 from visionloom.backbones._compat import pixtral_processor_class
-from visionloom.backbones.base import ImageTokenAdapter, read_chat_template, read_json
+from visionloom.backbones.base import ImageTokenAdapter, nearest_multiples, read_chat_template, read_json
 from visionloom.backbones.checks import ImageTokenMismatch
 from visionloom.backbones.tower_attention import (
     attention_per_image,
@@ -116,7 +116,8 @@ class Mistral3Adapter(ImageTokenAdapter):
             if height % step or width % step or max(height, width) > self.configured_image_size()[0]:
                 raise ImageTokenMismatch(
                     f"{height}x{width} does not fit: native resolution needs multiples of {step} "
-                    f"(patch {self.patch} x merge {self.merge}) with the longer side at most {self.configured_image_size()[0]}"
+                    f"(patch {self.patch} x merge {self.merge}) with the longer side at most {self.configured_image_size()[0]}; "
+                    f"nearest heights {nearest_multiples(height, step)}, nearest widths {nearest_multiples(width, step)}"
                 )
             resized = (height, width)
         else:
