@@ -117,7 +117,7 @@ def test_a_run_killed_mid_write_keeps_the_previous_checkpoint(pedes_root, tmp_pa
         _train(pedes_root, run, evaluate_test=False)
     latest = latest_checkpoint(run / "checkpoints")
     assert latest.name == "step_0000002"
-    assert (run / "checkpoints" / ".tmp_step_0000004").exists()
+    assert not (run / "checkpoints" / ".tmp_step_0000004").exists()  # the partial files removed
     monkeypatch.setattr(checkpoint_module, "save_model", real_save)
     summary = _train(pedes_root, run, resume=True, evaluate_test=False)
     assert summary["steps"] == 4

@@ -16,6 +16,8 @@ import dataclasses
 import importlib.resources
 import json
 import math
+import re
+import sys
 import types
 import typing
 from pathlib import Path
@@ -32,6 +34,40 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     pass
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as people write configs: `3e-4` is a number (YAML 1.2 reads it so; PyYAML's YAML 1.1
+    wants `3.0e-4` and would give the string "3e-4"), and no aliases (`*name`): a config has no use
+    for them, and nested aliases expand to billions of values once the config is walked."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases (*{event.anchor}) are not allowed in a config", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+# YAML 1.2's floats on top of PyYAML's 1.1 resolver (written here: PyYAML has no 1.2 mode).
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text as a config reads it (see `_Loader`)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,20 +119,35 @@ def config_names(system: str) -> list[str]:
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.steps=50")
-        key, value = item.split("=", 1)
+        key, value = split_override(item)
         node = raw
         parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {part} is not a section")
+                raise ConfigError(f"--set {item}: {part} is not a section")
         try:
-            node[parts[-1]] = yaml.safe_load(value)
+            node[parts[-1]] = parse_yaml(value)
         except yaml.YAMLError as error:
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({error})") from None
+            raise ConfigError(f"--set {item}: the value is not valid YAML ({_yaml_problem(error)})") from None
     return raw
+
+
+def split_override(item: str) -> tuple[str, str]:
+    """`KEY=VALUE` of --set as (KEY, VALUE); a ConfigError naming the item otherwise."""
+    key, equals, value = item.partition("=")
+    if not equals or not key.strip() or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.steps=50")
+    return key.strip(), value
+
+
+def override_sources(overrides: list[str]) -> dict[str, str]:
+    """Each overridden key (and each key below it) -> the --set item that gave it, for errors."""
+    return {split_override(item)[0]: f"--set {item}" for item in overrides}
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    return getattr(error, "problem", None) or str(error)
 
 
 def describe(hint: Any) -> str:
@@ -120,8 +171,20 @@ def describe(hint: Any) -> str:
     return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 
-def _convert(hint: Any, value: Any, source: str, key: str) -> Any:
-    """`value` checked (and converted, e.g. int -> float) against `hint`; ConfigError naming `key`."""
+def _source(source: str, key: str, given: dict[str, str] | None) -> str:
+    """Where `key`'s value came from: the --set item that set it (or a section above it), else the file."""
+    parts = key.replace("[", ".[").split(".")
+    for end in range(len(parts), 0, -1):
+        found = (given or {}).get(".".join(parts[:end]).replace(".[", "["))
+        if found:
+            return found
+    return source
+
+
+def _convert(hint: Any, value: Any, source: str, key: str, given: dict[str, str] | None = None) -> Any:
+    """`value` checked (and converted, e.g. int -> float) against `hint`; ConfigError naming `key`
+    and where its value came from (`given`: keys set on the command line, see `override_sources`)."""
+    source = _source(source, key, given)
 
     def refuse() -> ConfigError:
         return ConfigError(f"{source}: {key}: expected {describe(hint)}, got {value!r}")
@@ -130,9 +193,9 @@ def _convert(hint: Any, value: Any, source: str, key: str) -> Any:
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: {key}: expected a section (a mapping), got {value!r}")
-        return from_dict(hint, value, source, f"{key}.")
+        return from_dict(hint, value, source, f"{key}.", given)
     if origin is Annotated:
-        converted = _convert(args[0], value, source, key)
+        converted = _convert(args[0], value, source, key, given)
         if any(isinstance(check, Range) and not check.admits(converted) for check in args[1:]):
             raise refuse()
         return converted
@@ -143,7 +206,7 @@ def _convert(hint: Any, value: Any, source: str, key: str) -> Any:
             raise refuse()
         for option in (a for a in args if a is not type(None)):
             try:
-                return _convert(option, value, source, key)
+                return _convert(option, value, source, key, given)
             except ConfigError:
                 continue
         raise refuse()
@@ -154,18 +217,19 @@ def _convert(hint: Any, value: Any, source: str, key: str) -> Any:
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:  # tuple[int, ...]: any length
         if not isinstance(value, (list, tuple)) or not value:
             raise refuse()
-        return tuple(_convert(args[0], v, source, f"{key}[{i}]") for i, v in enumerate(value))
+        return tuple(_convert(args[0], v, source, f"{key}[{i}]", given) for i, v in enumerate(value))
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise refuse()
         return tuple(
-            _convert(a, v, source, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True))
+            _convert(a, v, source, f"{key}[{i}]", given)
+            for i, (a, v) in enumerate(zip(args, value, strict=True))
         )
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise refuse()
         return (
-            [_convert(args[0], v, source, f"{key}[{i}]") for i, v in enumerate(value)]
+            [_convert(args[0], v, source, f"{key}[{i}]", given) for i, v in enumerate(value)]
             if args
             else list(value)
         )
@@ -192,8 +256,11 @@ def _convert(hint: Any, value: Any, source: str, key: str) -> Any:
     return value
 
 
-def from_dict(cls: type[T], raw: dict, where: str = "config", prefix: str = "") -> T:
-    """A `cls` from a mapping, every value checked against its field's type (see the module docstring)."""
+def from_dict(
+    cls: type[T], raw: dict, where: str = "config", prefix: str = "", given: dict[str, str] | None = None
+) -> T:
+    """A `cls` from a mapping, every value checked against its field's type (see the module docstring).
+    `given`: the keys set on the command line (`override_sources`), named in errors instead of `where`."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: {prefix.rstrip('.') or 'the file'}: expected a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls, include_extras=True)
@@ -201,20 +268,27 @@ def from_dict(cls: type[T], raw: dict, where: str = "config", prefix: str = "") 
     unknown = sorted(set(raw) - names)
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(prefix + u for u in unknown)}; known: "
-            f"{', '.join(prefix + n for n in sorted(names))}"
+            f"{_source(where, prefix + unknown[0], given)}: unknown key(s) "
+            f"{', '.join(prefix + u for u in unknown)}; known: {', '.join(prefix + n for n in sorted(names))}"
         )
-    values = {key: _convert(hints[key], value, where, prefix + key) for key, value in raw.items()}
+    values = {key: _convert(hints[key], value, where, prefix + key, given) for key, value in raw.items()}
     try:
         return cls(**values)
     except (TypeError, ValueError) as error:
-        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'config'}: {error}") from None
+        section = prefix.rstrip(".")
+        related = [
+            item
+            for key, item in (given or {}).items()
+            if not section or key == section or key.startswith(section + ".")
+        ]
+        shown = where + (f" with {' '.join(related)}" if related else "")
+        raise ConfigError(f"{shown}: {section or 'config'}: {error}") from None
 
 
 def read_yaml(path: Path) -> Any:
     """A YAML file's content; a ConfigError naming the file and line when it is not valid YAML."""
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return parse_yaml(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as error:
         raise ConfigError(f"{path}: not UTF-8 text ({error})") from None
     except yaml.YAMLError as error:
@@ -236,13 +310,18 @@ def read_json(path: Path, error: type[ValueError] = ConfigError) -> Any:
         raise error(f"{path}: not UTF-8 text (byte {fault.start}: {fault.reason})") from None
     except json.JSONDecodeError as fault:
         raise error(f"{path}: not valid JSON ({fault})") from None
+    except RecursionError:
+        raise error(
+            f"{path}: nested too deeply to be a data file (over {sys.getrecursionlimit()} levels)"
+        ) from None
 
 
 def load(cls: type[T], path: Path, overrides: list[str] | None = None) -> T:
     raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
-    return from_dict(cls, apply_overrides(raw, overrides or []), str(path))
+    overrides = overrides or []
+    return from_dict(cls, apply_overrides(raw, overrides), str(path), given=override_sources(overrides))
 
 
 def to_dict(config: Any) -> dict:
@@ -309,24 +388,30 @@ def differing_keys(before: Any, after: Any, prefix: str = "") -> list[tuple[str,
     return [] if before == after else [(prefix.rstrip("."), before, after)]
 
 
-def save_run_config(run_dir: Path, config: Any, resume: bool) -> None:
-    """Write RUN/config.yaml. On --resume, only RESUMABLE_KEYS may differ from what the run was
-    trained with (a longer train.steps extends it); any other change is refused, naming the key."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+def check_resumed_config(run_dir: Path, config: Any) -> None:
+    """On --resume, only RESUMABLE_KEYS may differ from what RUN/config.yaml was trained with (a
+    longer train.steps extends the run); any other change is refused, naming the key."""
     saved = run_dir / "config.yaml"
-    resolved = to_dict(config)
-    if resume and saved.is_file():
-        refused = [
-            f"{key}: {old!r} -> {new!r}"
-            for key, old, new in differing_keys(yaml.safe_load(saved.read_text()), resolved)
-            if key not in RESUMABLE_KEYS
-        ]
-        if refused:
-            raise ConfigError(
-                f"--resume cannot change what {saved} was trained with: {'; '.join(refused)}. Only "
-                f"{', '.join(RESUMABLE_KEYS)} may change on --resume."
-            )
-    saved.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    if not saved.is_file():
+        return
+    refused = [
+        f"{key}: {old!r} -> {new!r}"
+        for key, old, new in differing_keys(read_yaml(saved) or {}, to_dict(config))
+        if key not in RESUMABLE_KEYS
+    ]
+    if refused:
+        raise ConfigError(
+            f"--resume cannot change what {saved} was trained with: {'; '.join(refused)}. Only "
+            f"{', '.join(RESUMABLE_KEYS)} may change on --resume."
+        )
+
+
+def save_run_config(run_dir: Path, config: Any, resume: bool) -> None:
+    """Write RUN/config.yaml, after `check_resumed_config` on --resume."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        check_resumed_config(run_dir, config)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
 def parse_size(text: str) -> tuple[int, int]:

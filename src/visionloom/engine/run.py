@@ -117,33 +117,120 @@ def fingerprint(files: Iterable[Path], sized: Iterable[Path] = ()) -> str:
 
 def record_data(run_dir: Path, data_root: Path, data_fingerprint: str, *, resume: bool) -> None:
     """Write RUN/data.json; on resume, refuse a data set other than the one the run started on."""
-    record = run_dir / "data.json"
-    if resume and record.is_file():
-        before = json.loads(record.read_text())
-        if before["fingerprint"] != data_fingerprint:
-            raise RunDirectoryError(
-                f"--resume with another data set: {run_dir} was trained on {before['root']} (fingerprint "
-                f"{before['fingerprint']}), {data_root.resolve()} has fingerprint {data_fingerprint}; "
-                f"resume on the same data"
-            )
-    record.write_text(
+    check_same_data(run_dir, data_root, data_fingerprint, resume=resume)
+    (run_dir / "data.json").write_text(
         json.dumps({"root": str(data_root.resolve()), "fingerprint": data_fingerprint}, indent=1)
     )
 
 
+def check_same_data(run_dir: Path, data_root: Path, data_fingerprint: str, *, resume: bool) -> None:
+    """On resume, refuse a data set (or VQ tokenizer) other than the one the run started on."""
+    record = run_dir / "data.json"
+    if not (resume and record.is_file()):
+        return
+    before = config_io.read_json(record, RunDirectoryError)
+    if before.get("fingerprint") != data_fingerprint:
+        raise RunDirectoryError(
+            f"--resume with another data set: {run_dir} was trained on {before.get('root')} (fingerprint "
+            f"{before.get('fingerprint')}), {data_root.resolve()} has fingerprint {data_fingerprint} "
+            f"(annotations, images and any VQ tokenizer and codes); resume on the same data"
+        )
+
+
+def check_resume_length(run_dir: Path, train: Any) -> None:
+    """Refuse, before anything is written, a --resume whose train.steps (or train.epochs) would end
+    the run before the step its newest checkpoint reached."""
+    from visionloom.engine.checkpoint import checkpoint_step, latest_checkpoint, read_state
+
+    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    if checkpoint is None:
+        return
+    step = checkpoint_step(checkpoint)
+    if train.steps is not None and train.steps < step:
+        raise RunDirectoryError(
+            f"--resume: the run is at step {step} ({checkpoint}); train.steps={train.steps} would end it "
+            f"before that. Give at least {step} steps."
+        )
+    if train.epochs is not None:
+        epoch, batch_in_epoch = read_state(checkpoint)["epoch"], read_state(checkpoint)["batch_in_epoch"]
+        needed = epoch + (1 if batch_in_epoch else 0)
+        if train.epochs < needed:
+            raise RunDirectoryError(
+                f"--resume: the run is in epoch {needed} at step {step} ({checkpoint}); "
+                f"train.epochs={train.epochs} would end it before that. Give at least {needed} epochs."
+            )
+
+
+class Run:
+    """A locked run directory. Nothing in it is touched until `begin`, which the caller reaches
+    only once everything the run needs (data, config, model) has been read and checked: a run that
+    cannot start leaves the directory as it was, and `--overwrite` never deletes a finished run for
+    one that fails on bad data."""
+
+    def __init__(self, path: Path, *, resume: bool, overwrite: bool, main: bool):
+        self.path, self.resume, self.overwrite, self.main = path, resume, overwrite, main
+        self.begun = False
+
+    def begin(
+        self,
+        config: Any = None,
+        *,
+        config_dir: Path | None = None,
+        data_root: Path | None = None,
+        data_fingerprint: str | None = None,
+    ) -> None:
+        """Check what a resume may change (config keys, length, data), then, on the main process
+        only: replace the old run when overwriting, and write RUN/config.yaml and RUN/data.json.
+        `config_dir`: where config.yaml, data.json and checkpoints live (default the run directory)."""
+        run_dir = config_dir or self.path
+        if self.resume and config is not None:
+            config_io.check_resumed_config(run_dir, config)
+            check_resume_length(run_dir, config.train)
+        if self.resume and data_fingerprint is not None:
+            check_same_data(run_dir, data_root, data_fingerprint, resume=True)
+        if self.main:
+            if self.overwrite and not self.begun:
+                _empty(self.path)
+            if config is not None:
+                config_io.save_run_config(run_dir, config, self.resume)
+            if data_fingerprint is not None:
+                record_data(run_dir, data_root, data_fingerprint, resume=self.resume)
+        self.begun = True
+
+
+def _empty(run_dir: Path) -> None:
+    for path in run_dir.iterdir():
+        if path.name != LOCK:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
+def refuse_data_inside(run_dir: Path, data_root: Path, *, overwrite: bool) -> None:
+    """--overwrite empties the run directory: refuse it when the data set lies inside."""
+    if overwrite and Path(data_root).resolve().is_relative_to(Path(run_dir).resolve()):
+        raise RunDirectoryError(
+            f"--overwrite would empty {run_dir}, which holds the data set {data_root}; keep the data "
+            f"outside the run directory or choose another --out"
+        )
+
+
 @contextmanager
-def open_run(run_dir: Path, *, resume: bool, overwrite: bool, main: bool = True) -> Iterator[Path]:
+def open_run(
+    run_dir: Path,
+    *,
+    resume: bool,
+    overwrite: bool,
+    main: bool = True,
+    data_root: Path | None = None,
+) -> Iterator[Run]:
     """The run directory for the length of a run: checked on every process (`check_run_dir`),
-    locked by the main one and emptied there on `overwrite`, released when the run ends however it
-    ends."""
+    locked by the main one, released when the run ends however it ends. The old run an
+    `overwrite` replaces is deleted by `Run.begin`, after the new run's data has been read."""
     check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    if data_root is not None:
+        refuse_data_inside(run_dir, data_root, overwrite=overwrite)
     lock = RunLock(run_dir).acquire() if main else None
-    if main and overwrite:
-        for path in run_dir.iterdir():
-            if path.name != LOCK:
-                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     try:
-        yield run_dir
+        yield Run(run_dir, resume=resume, overwrite=overwrite, main=main)
     finally:
         if lock is not None:
             lock.release()

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,10 +29,19 @@ import torch
 from accelerate import Accelerator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from visionloom.config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from visionloom.config import (
+    ConfigError,
+    Fraction,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+)
 from visionloom.engine.checkpoint import (
+    DamagedCheckpoint,
     capture_rng,
     checkpoint_step,
+    complete_checkpoints,
     latest_checkpoint,
     load_checkpoint,
     restore_rng,
@@ -41,6 +52,8 @@ from visionloom.engine.checkpoint import (
 from visionloom.engine.interrupt import DeferredInterrupt, TrainingInterrupted
 from visionloom.engine.run import best_weights, say
 from visionloom.progress import PLAIN_LINES_PER_PHASE, clock, is_terminal
+
+logger = logging.getLogger("visionloom")
 
 
 @dataclass
@@ -125,6 +138,13 @@ class TrainConfig:
 
 
 def resolve_precision(precision: str) -> str:
+    """accelerate's mixed_precision for train.precision; fp16 without a GPU is refused (accelerate
+    would train in float32 while the run's config said fp16)."""
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError(
+            "train.precision=fp16: half-precision training needs a CUDA GPU and none is available; "
+            "use auto, no or bf16"
+        )
     if precision != "auto":
         return precision
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
@@ -372,11 +392,15 @@ class Trainer:
             return
         fields = list(dict.fromkeys(key for row in self._csv_rows for key in row))
         temporary = log_file.with_name(".train_log.csv.tmp")
-        with open(temporary, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(self._csv_rows)
-        temporary.replace(log_file)
+        try:
+            with open(temporary, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(self._csv_rows)
+            temporary.replace(log_file)
+        except OSError:
+            temporary.unlink(missing_ok=True)  # the previous log stays as it was
+            raise
 
     def _say(self, line: str) -> None:
         """A progress line: into RUN/train.log, and on stdout when it is not a terminal."""
@@ -430,33 +454,57 @@ class Trainer:
             self._say(stop.message)
             raise stop from None
         finally:
-            if log_file is not None:
-                self._write_csv(log_file)
-            if self._tensorboard is not None:
-                self._tensorboard.close()
+            failing = sys.exc_info()[1] is not None
+            try:
+                if log_file is not None:
+                    self._write_csv(log_file)
+                if self._tensorboard is not None:
+                    self._tensorboard.close()
+            except OSError:
+                if not failing:  # else the error already on its way (a full disk) says it all
+                    raise
         best = f"; selected step {state.best['step']}" if state.best else ""
         self._say(f"train: done, step {state.step} of {self.total_steps} in {clock(self._seconds())}{best}")
         return TrainResult(state.step, self._seconds(), state.best, self.run_dir)
 
     def _restore(self) -> LoopState:
-        """The loop state of the newest complete checkpoint, with the weights, optimizer and RNG."""
-        checkpoint = latest_checkpoint(self.checkpoints)
-        if checkpoint is None:
+        """The loop state of the newest complete checkpoint that loads, with the weights, optimizer
+        and RNG. A damaged newest checkpoint is named, and the one before it is taken instead."""
+        candidates = complete_checkpoints(self.checkpoints)
+        if not candidates:
             raise FileNotFoundError(
                 f"--resume: {self.checkpoints} holds no complete checkpoint (the run stopped before its "
                 f"first one, every {self.config.checkpoint_every} steps); start it again with --overwrite"
             )
-        if checkpoint_step(checkpoint) > self.total_steps:
+        if checkpoint_step(candidates[0]) > self.total_steps:
             raise ValueError(
-                f"--resume: the run is at step {checkpoint_step(checkpoint)} ({checkpoint}); {self._ends_at()} "
-                f"would end it before that. Give at least {checkpoint_step(checkpoint)} steps."
+                f"--resume: the run is at step {checkpoint_step(candidates[0])} ({candidates[0]}); "
+                f"{self._ends_at()} would end it before that. Give at least "
+                f"{checkpoint_step(candidates[0])} steps."
             )
+        damaged: list[str] = []
+        for checkpoint in candidates:
+            try:
+                record, rng = load_checkpoint(
+                    checkpoint, self.model, self.optimizer, self.scheduler, self.accelerator
+                )
+                missing = {"epoch", "batch_in_epoch", "best", "seconds"} - set(record)
+                if missing:
+                    raise DamagedCheckpoint(f"{checkpoint / 'state.json'} lacks {', '.join(sorted(missing))}")
+                break
+            except DamagedCheckpoint as damage:
+                damaged.append(str(damage))
+                logger.warning("%s; trying the checkpoint before it", damage)
+        else:
+            raise DamagedCheckpoint(
+                f"--resume: no checkpoint in {self.checkpoints} can be read: {'; '.join(damaged)}. "
+                f"Start the run again with --overwrite"
+            )
+        if damaged:
+            self._say(f"resuming from {checkpoint}: the newer checkpoint is damaged ({damaged[-1]})")
         # The scheduler's factor is rebuilt from this config, so a run extended with a larger
         # train.steps follows the cosine of the new length from here on: at the resume step the
         # learning rate is what the longer schedule gives there, and it reaches 0 at the new end.
-        record, rng = load_checkpoint(
-            checkpoint, self.model, self.optimizer, self.scheduler, self.accelerator
-        )
         # The optimizer's saved learning rate is the old schedule's; the next step takes this one's.
         step = self.scheduler.last_epoch
         for group, base_lr, factor in zip(

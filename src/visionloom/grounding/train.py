@@ -18,9 +18,8 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from visionloom import config as config_io
 from visionloom.data.refcoco import evaluation_splits, find_refs_file
-from visionloom.engine.run import check_run_dir, fingerprint, finish_run, open_run, record_data
+from visionloom.engine.run import check_run_dir, fingerprint, finish_run, open_run
 from visionloom.engine.samplers import Items, RandomBatches
 from visionloom.engine.trainer import Trainer, make_accelerator
 from visionloom.grounding import build
@@ -56,7 +55,9 @@ def train_grounding(
     check_run_dir(run_dir, resume=resume, overwrite=overwrite)
     splits = read_splits(config, data_root)  # before any work: a missing split fails now, not after training
     accelerator = make_accelerator(config.train)
-    with open_run(run_dir, resume=resume, overwrite=overwrite, main=accelerator.is_main_process):
+    with open_run(
+        run_dir, resume=resume, overwrite=overwrite, main=accelerator.is_main_process, data_root=data_root
+    ) as run:
         adapter = build.load_vlm(config)
         refiner = build_refiner(config)
         train_features = split_features(
@@ -64,12 +65,12 @@ def train_grounding(
         )
         val_features = split_features(config, adapter, refiner, data_root, "val", progress, splits["val"])
         model = build_model(config, train_features, refiner)
-        if accelerator.is_main_process:
-            config_io.save_run_config(run_dir, config, resume)
-            refs_file = find_refs_file(data_root, config.split_by)
-            record_data(
-                run_dir, data_root, fingerprint([refs_file, data_root / "instances.json"]), resume=resume
-            )
+        refs_file = find_refs_file(data_root, config.split_by)
+        run.begin(
+            config,
+            data_root=data_root,
+            data_fingerprint=fingerprint([refs_file, data_root / "instances.json"]),
+        )
         sampler = RandomBatches(
             len(train_features),
             config.train.batch_size,

@@ -75,6 +75,7 @@ def train_scorer(
     loader = DataLoader(Items(texts), batch_sampler=sampler, collate_fn=AnswerCollate(adapter))
     with tempfile.TemporaryDirectory() as scratch:
         directory = Path(run_dir) if run_dir is not None else Path(scratch)
-        with open_run(directory, resume=False, overwrite=True):
+        with open_run(directory, resume=False, overwrite=True) as run:
+            run.begin()
             Trainer(model, loader, train, directory, progress=False).fit()
     return model.scorer.eval()

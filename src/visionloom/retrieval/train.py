@@ -31,7 +31,6 @@ from visionloom.engine.run import (
     finish_run,
     open_run,
     read_run_config,
-    record_data,
 )
 from visionloom.engine.trainer import Trainer, TrainResult, make_accelerator
 from visionloom.progress import track
@@ -81,6 +80,15 @@ def ensure_tokenizers(
             ensure_vq(data_root, split, fit, directory, progress=progress, say=say)
 
 
+def _vq_files(config: RetrievalConfig, data_root: Path, cache) -> list[Path]:
+    """The tokenizer's own files (weights, configs) and its code cache, for the run's fingerprint."""
+    from visionloom.retrieval.vq import cache_path
+
+    directory = vq_directory(config, data_root)
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors"))
+    return files + ([cache_path(data_root, cache.digest)] if cache is not None else [])
+
+
 def prepare_vq(config: RetrievalConfig, data_root: Path):
     """Load the tokenizer, fill the model's codebook size and grid, open the cache (or refuse)."""
     from visionloom.retrieval.vq import VQCache, code_grid, load_vq
@@ -115,7 +123,9 @@ def train_retrieval(
             "erased view while the offline cache holds the clean image's; use the offline cache with irra"
         )
     accelerator = make_accelerator(config.train)
-    with open_run(run_dir, resume=resume, overwrite=overwrite, main=accelerator.is_main_process):
+    with open_run(
+        run_dir, resume=resume, overwrite=overwrite, main=accelerator.is_main_process, data_root=data_root
+    ) as run:
         # The whole data set is checked before any work: the same rules as `data check`, one code path.
         dataset = require_usable(
             data_root, progress=(lambda it: track(it, description="checking data")) if progress else None
@@ -123,10 +133,15 @@ def train_retrieval(
         train_split, val_split = dataset["train"], dataset["val"]
         vq_model, cache = prepare_vq(config, data_root) if needs_vq(config) else (None, None)
         model = create_model(config, train_split.num_identities, vq_model)
+        images = [image.path for split in dataset.splits.values() for image in split.images]
+        # Phase 4 learns to predict the VQ tokenizer's codes: another tokenizer is other data.
+        vq_files = _vq_files(config, data_root, cache) if vq_model else []
+        run.begin(
+            config,
+            data_root=data_root,
+            data_fingerprint=fingerprint([dataset.annotation_file, *vq_files], images),
+        )
         if accelerator.is_main_process:
-            config_io.save_run_config(run_dir, config, resume)
-            images = [image.path for split in dataset.splits.values() for image in split.images]
-            record_data(run_dir, data_root, fingerprint([dataset.annotation_file], images), resume=resume)
             notes = [
                 *val_split.notes,
                 *model.input_spec.notes,

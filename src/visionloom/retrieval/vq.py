@@ -236,7 +236,8 @@ def fit_vq(split: PedesSplit, out: Path, config: VQFitConfig, progress: bool = T
         seed=config.seed,
     )
     with tempfile.TemporaryDirectory() as run_dir:
-        with open_run(Path(run_dir), resume=False, overwrite=True):
+        with open_run(Path(run_dir), resume=False, overwrite=True) as run:
+            run.begin()
             Trainer(model, loader, train, Path(run_dir), progress=progress).fit()
         with open(Path(run_dir) / "train_log.csv") as handle:
             history = [float(row["reconstruction_loss"]) for row in csv.DictReader(handle) if row.get("loss")]

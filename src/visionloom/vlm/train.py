@@ -21,11 +21,10 @@ from pathlib import Path
 from safetensors.torch import save_model
 from torch.utils.data import DataLoader
 
-from visionloom import config as config_io
 from visionloom.data.scenes import SceneCells, read_scene_texts
-from visionloom.engine.run import fingerprint, finish_run, open_run, record_data
+from visionloom.engine.run import fingerprint, finish_run, open_run
 from visionloom.engine.samplers import Items, RandomBatches
-from visionloom.engine.trainer import Trainer
+from visionloom.engine.trainer import Trainer, resolve_precision
 from visionloom.vlm.answers import AnswerCollate
 from visionloom.vlm.build import FAMILY_PRESETS, PretrainConfig, build_vlm
 from visionloom.vlm.evaluate import answer_accuracy
@@ -64,12 +63,17 @@ def pretrain(
         raise ValueError(f"--family {config.family!r}: choose one of {', '.join(FAMILY_PRESETS)}")
     out = Path(out)
     root = Path(root)
-    with open_run(out, resume=resume, overwrite=overwrite):
+    with open_run(out, resume=resume, overwrite=overwrite, data_root=root) as run:
         # The data first: a run that cannot read it must leave nothing that looks like a run.
         train_texts = read_scene_texts(root, "train")
         val_texts = read_scene_texts(root, "val")
-        config_io.save_run_config(out / "run", config, resume)
-        record_data(out / "run", root, fingerprint(sorted(root.glob("*.json"))), resume=resume)
+        resolve_precision(config.train.precision)  # refused before anything is written
+        run.begin(
+            config,
+            config_dir=out / "run",
+            data_root=root,
+            data_fingerprint=fingerprint(sorted(root.glob("*.json"))),
+        )
         adapter = build_vlm(config)
         adapter.model.train()
         sampler = RandomBatches(len(train_texts), config.train.batch_size, config.train.seed)
