@@ -78,8 +78,11 @@ def test_sigint_in_the_demo_keeps_its_work_and_the_same_out_continues(tmp_path):
     assert json.loads((out / "results.json").read_text())["reference"]["baseline"]["steps"] == 40
 
 
-def test_ctrl_c_outside_the_loop_still_names_the_resume_command(pedes_root, tmp_path, monkeypatch):
+def test_ctrl_c_outside_the_loop_names_the_resume_command_only_for_a_run_that_exists(
+    pedes_root, tmp_path, monkeypatch
+):
     # E.g. during the final evaluation, after training ended: nothing is lost, --resume evaluates.
+    # Before the run wrote anything (reading the data), there is nothing to resume.
     from typer.testing import CliRunner
 
     from visionloom import cli
@@ -89,10 +92,17 @@ def test_ctrl_c_outside_the_loop_still_names_the_resume_command(pedes_root, tmp_
         raise KeyboardInterrupt
 
     monkeypatch.setattr(retrieval_train, "train_retrieval", interrupted)
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["visionloom", "retrieval", "train", "baseline", "--out", "r"])
-    result = CliRunner().invoke(
-        cli.app, ["retrieval", "train", "baseline", "--data", str(pedes_root), "--out", "r"]
-    )
+    arguments = ["retrieval", "train", "baseline", "--data", str(pedes_root), "--out", "r"]
+    result = CliRunner().invoke(cli.app, arguments)
+    assert result.exit_code == 130
+    assert "interrupted before the run started; nothing was written" in result.output
+    assert "--resume" not in result.output
+
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.yaml").write_text("name: baseline\n")
+    result = CliRunner().invoke(cli.app, arguments)
     assert result.exit_code == 130
     assert "continue with: visionloom retrieval train baseline --out r --resume" in result.output
 

@@ -140,7 +140,7 @@ def test_data_check_accepts_mixed_sizes_as_released_sets_have_them_and_summarise
     """CUHK-PEDES and RSTPReid mix images from several sources: sizes are summarised, not refused."""
     sizes = [(384, 128), (384, 128), (300, 110), (256, 96), (412, 150)]
     entries = [
-        {"split": "train", "captions": ["a person"], "file_path": f"p{i}.jpg", "id": i}
+        {"split": "train" if i < 4 else "test", "captions": ["a person"], "file_path": f"p{i}.jpg", "id": i}
         for i in range(len(sizes))
     ]
     (tmp_path / "imgs").mkdir()

@@ -657,15 +657,19 @@ def test_question_sets_load_from_a_local_json_with_errors_naming_the_item(scenes
     from visionloom.pruning.build import PruneConfig
     from visionloom.pruning.evaluate import read_questions
 
-    image = next((scenes_root / "images").glob("*.png"))
+    image = tmp_path / "pictures" / "one.png"
+    image.parent.mkdir()
+    image.write_bytes(next((scenes_root / "images").glob("*.png")).read_bytes())
     path = tmp_path / "questions.json"
     path.write_text(
-        json.dumps([{"image": str(image), "question": "what color is the circle?", "answer": "red"}])
+        json.dumps([{"image": "pictures/one.png", "question": "what color is the circle?", "answer": "red"}])
     )
     texts = read_questions(PruneConfig(questions=str(path)), scenes_root)
     assert [(t.image_path, t.prompt, t.answer) for t in texts] == [
-        (image, "<image>\nwhat color is the circle?", "red")
+        (image.resolve(), "<image>\nwhat color is the circle?", "red")
     ]
-    path.write_text(json.dumps([{"image": str(image), "question": "q"}]))
-    with pytest.raises(ValueError, match=r"questions.json: item 0 lacks \['answer'\]"):
+    path.write_text(json.dumps([{"image": "pictures/one.png", "question": "q"}]))
+    with pytest.raises(
+        ValueError, match=r"questions.json: 1 problem\(s\):\n  item 0: needs image, question and answer"
+    ):
         read_questions(PruneConfig(questions=str(path)), scenes_root)

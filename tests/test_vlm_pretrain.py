@@ -78,7 +78,7 @@ def test_cell_labels_follow_the_masks(scenes_root):
 
     cells = SceneCells(scenes_root)
     sample = read_refcoco(scenes_root, "train")[0]
-    colours, shapes = cells.labels(sample.image_path.name, (8, 8))
+    colours, shapes = cells.labels(sample.image_path, (8, 8))
     mask = torch.from_numpy(sample.mask()).float()
     cover = torch.nn.functional.adaptive_avg_pool2d(mask[None], (8, 8))[0].flatten()
     mostly = cover > 0.6  # cells the object covers mostly are labelled with it

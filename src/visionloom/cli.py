@@ -8,12 +8,14 @@ line naming the cause, exit status 2.
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
 import json
 import logging
 import os
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -23,14 +25,24 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
+from rich.text import Text
 
 
 def _console(stderr: bool = False) -> Console:
     # Lines are never broken at the terminal's width (soft_wrap): a path or a verdict split in two
     # cannot be copied or searched for. Off a terminal (a pipe, a log file, a test) nothing is fitted
     # to a width at all, so what a program or a person reads does not depend on COLUMNS.
+    # No markup: messages carry paths, keys and captions from the user, and "[v2]" in a folder's
+    # name would be read as a style and vanish. Colour comes from `styled` (rich Text) instead.
     on_terminal = Console(stderr=stderr).is_terminal
-    return Console(stderr=stderr, soft_wrap=True, width=None if on_terminal else OFF_TERMINAL_WIDTH)
+    return Console(
+        stderr=stderr, soft_wrap=True, markup=False, width=None if on_terminal else OFF_TERMINAL_WIDTH
+    )
+
+
+def styled(style: str, head: str, rest: str = "") -> Text:
+    """`head` in `style`, then `rest` as it is (never read as markup)."""
+    return Text.assemble((head, style), rest)
 
 
 OFF_TERMINAL_WIDTH = 200
@@ -65,26 +77,68 @@ def one_line_errors(command: Callable) -> Callable:
         except KeyboardInterrupt:
             # Ctrl-C outside the training loop (reading data, the final evaluation): the run keeps
             # every checkpoint it wrote, and --resume picks up from the newest (or just evaluates).
-            if "resume" in inspect.signature(command).parameters:
+            from visionloom.engine.run import holds_a_run
+
+            out = kwargs.get("out")
+            if (
+                "resume" in inspect.signature(command).parameters
+                and out is not None
+                and holds_a_run(Path(out))
+            ):
                 error_console.print(
                     f"interrupted; the run keeps its checkpoints. continue with: {resume_command()}",
                     highlight=False,
                     soft_wrap=True,
                 )
+            elif "resume" in inspect.signature(command).parameters:
+                error_console.print(
+                    "interrupted before the run started; nothing was written", highlight=False
+                )
             else:
                 error_console.print("interrupted", highlight=False)
             raise typer.Exit(130) from None
-        except (
-            ValueError,
-            FileNotFoundError,
-            NotADirectoryError,
-            IsADirectoryError,
-            PermissionError,
-        ) as error:
-            error_console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+        except Exception as error:
+            if verbose_errors() and not is_user_error(error):
+                raise  # --verbose: the whole traceback of what is not the user's input
+            error_console.print(styled("red", "error:", f" {describe_error(error)}"))
+            raise typer.Exit(2 if is_user_error(error) else 1) from None
 
     return guarded
+
+
+def verbose_errors() -> bool:
+    return logging.getLogger().isEnabledFor(logging.INFO)  # --verbose
+
+
+def is_user_error(error: BaseException) -> bool:
+    """An error of the user's input: a file, entry or setting (the project's errors are ValueErrors
+    naming it), a file that cannot be read or written (missing, a folder where a file was expected,
+    no space left), an image too large to open safely (PIL's DecompressionBombError, which is no
+    OSError), input nested too deeply to parse, or more than memory holds."""
+    bomb = getattr(sys.modules.get("PIL.Image"), "DecompressionBombError", ())
+    return isinstance(error, (ValueError, OSError, RecursionError, MemoryError, *([bomb] if bomb else [])))
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for an error: the user's input or the file system named, or an unexpected error
+    said to be one."""
+    if isinstance(error, OSError) and error.strerror:
+        where = f": {error.filename}" if error.filename else ""
+        free = ""
+        if error.errno == errno.ENOSPC and error.filename:
+            free = f" ({shutil.disk_usage(Path(error.filename).parent).free / 2**20:.0f} MiB free there)"
+        return f"{error.strerror}{where}{free}"
+    if isinstance(error, RecursionError):
+        return "input nested too deeply to read (a JSON or YAML file of thousands of levels?)"
+    if isinstance(error, MemoryError):
+        return "out of memory; nothing was finished. Is an input far larger than expected?"
+    message = str(error).strip() or type(error).__name__
+    if not is_user_error(error):
+        return (
+            f"unexpected {type(error).__name__}: {message}. Rerun with --verbose to see where it "
+            "happened, and please report it"
+        )
+    return message
 
 
 def _switches_without_metavar(params: list) -> list:
@@ -261,11 +315,14 @@ def doctor(
         for key, value in report.facts.items():
             table.add_row(key, value)
         for check in report.checks:
-            table.add_row(("[green]ok[/] " if check.ok else "[red]FAIL[/] ") + check.name, check.detail)
+            table.add_row(
+                styled("green", "ok ", check.name) if check.ok else styled("red", "FAIL ", check.name),
+                Text(check.detail),
+            )
         console.print(table)
         if report.error:
-            console.print(f"[red]error:[/] {report.error}")
-        console.print("[green]healthy[/]" if report.ok else "[red]not healthy[/]")
+            console.print(styled("red", "error:", f" {report.error}"))
+        console.print(styled("green", "healthy") if report.ok else styled("red", "not healthy"))
     raise typer.Exit(0 if report.ok else 1)
 
 
@@ -275,7 +332,7 @@ def preset_list() -> None:
     from visionloom.backbones.tiny import PRESETS
 
     for name, builder in PRESETS.items():
-        console.print(f"[bold]{name}[/]  {(builder.__doc__ or '').strip().splitlines()[0]}")
+        console.print(styled("bold", name, f"  {(builder.__doc__ or '').strip().splitlines()[0]}"))
 
 
 @preset_app.command("save")
@@ -283,12 +340,15 @@ def preset_save(
     name: str = typer.Argument(..., help="Preset name, see `visionloom preset list`."),
     directory: Path = typer.Argument(..., help="Where to write the checkpoint directory."),
     seed: int = typer.Option(0, help="Seed for the random weights."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace what DIRECTORY already holds."),
 ) -> None:
     """Write a preset as an ordinary checkpoint directory (weights, config, processor)."""
     from visionloom.backbones.tiny import PRESETS, build_preset
+    from visionloom.engine.run import refuse_to_replace
 
     if name not in PRESETS:
         raise typer.BadParameter(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}", param_hint="NAME")
+    refuse_to_replace(directory, f"the {name} preset", overwrite=overwrite)
     adapter = build_preset(name, seed=seed)
     directory.mkdir(parents=True, exist_ok=True)
     adapter.save_pretrained(directory)
@@ -362,11 +422,11 @@ def data_check(
     name, problems = report.name, report.problems
     console.print(f"image sizes: {report.sizes.describe()}", highlight=False, soft_wrap=True)
     for problem in problems:
-        console.print(f"[red]problem[/] {problem}", highlight=False)
+        console.print(styled("red", "problem", f" {problem}"), highlight=False)
     if problems:
-        console.print(f"[red]{len(problems)} problem(s)[/] in {root} ({name})")
+        console.print(styled("red", f"{len(problems)} problem(s)", f" in {root} ({name})"))
         raise typer.Exit(1)
-    console.print(f"[green]ok[/] {root} ({name}): no problems")
+    console.print(styled("green", "ok", f" {root} ({name}): no problems"))
 
 
 @data_app.command("synth-pedes")
@@ -375,10 +435,13 @@ def data_synth_pedes(
     ids: int = typer.Option(300, "--ids", help="Number of identities (70% train, 10% val, 20% test)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the drawing: the same seed, the same data set."),
     images_per_id: int = typer.Option(4, "--images-per-id", min=1, help="Images of each identity."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into OUT though it holds files."),
 ) -> None:
     """Draw a synthetic pedestrian data set: 384x128 images, two captions each."""
     from visionloom.data.synth_pedes import generate
+    from visionloom.engine.run import refuse_to_replace
 
+    refuse_to_replace(out, "a synthetic data set", overwrite=overwrite)
     try:
         annotation = generate(out, ids, seed=seed, images_per_identity=images_per_id)
     except ValueError as error:
@@ -394,10 +457,13 @@ def data_synth_scenes(
     scenes: int = typer.Option(1000, "--scenes", help="Number of scenes (80% train, 10% val, 10% test)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the drawing: the same seed, the same scenes."),
     size: int = typer.Option(224, "--size", help="Image side in pixels."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into OUT though it holds files."),
 ) -> None:
     """Draw scenes of shapes with referring expressions, masks, captions and questions."""
     from visionloom.data.synth_scenes import generate
+    from visionloom.engine.run import refuse_to_replace
 
+    refuse_to_replace(out, "synthetic scenes", overwrite=overwrite)
     try:
         refs = generate(out, scenes, seed=seed, size=size)
     except ValueError as error:
@@ -591,14 +657,21 @@ def vq_fit(
         min=0,
         help="Restart unused codes every N steps (not in the last 20%); 0: never. Default: the config's, 20.",
     ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace a tokenizer already there (runs trained on its codes refuse --resume).",
+    ),
 ) -> None:
     """Train a diffusers VQModel on the training images."""
     import dataclasses
 
     from visionloom.data.pedes import read_pedes
+    from visionloom.engine.run import refuse_to_replace
     from visionloom.retrieval.build import VQFitConfig, load_config
     from visionloom.retrieval.vq import fit_vq
 
+    refuse_to_replace(out or data / "vq", "a VQ tokenizer", overwrite=overwrite)
     fit = load_config(config).vq.fit if config else VQFitConfig()
     given = {"steps": steps, "seed": seed, "restart_every": restart_every}
     fit = dataclasses.replace(fit, **{key: value for key, value in given.items() if value is not None})
@@ -773,14 +846,19 @@ def retrieval_search(
     from visionloom.retrieval.search import draw_grid, known_pid, search
     from visionloom.retrieval.train import load_trained
 
-    gallery_split = read_pedes(data)[split]
+    dataset = read_pedes(data)
+    if split not in dataset.splits:
+        raise typer.BadParameter(
+            f"{split!r}; {dataset.name} has {', '.join(dataset.splits)}", param_hint="--split"
+        )
+    gallery_split = dataset[split]
     hits = search(load_trained(checkpoint), gallery_split, query, top)
     true_pid = pid if pid is not None else known_pid(gallery_split, query)
     for hit in hits:
-        mark = "" if true_pid is None else (" [green]correct[/]" if hit.pid == true_pid else "")
-        console.print(
-            f"#{hit.rank}  {hit.score:.3f}  id {hit.pid}  {hit.path}{mark}", highlight=False, soft_wrap=True
-        )
+        line = Text(f"#{hit.rank}  {hit.score:.3f}  id {hit.pid}  {hit.path}")
+        if true_pid is not None and hit.pid == true_pid:
+            line.append(" correct", style="green")
+        console.print(line, highlight=False, soft_wrap=True)
     path = draw_grid(query, hits, out or checkpoint / "search.png", true_pid)
     console.print(f"wrote {path}")
 
@@ -800,7 +878,11 @@ def demo(
     seeds: int | None = typer.Option(None, "--seeds", min=1, help="Seeds per compared phase. Default: 3."),
     out: Path | None = typer.Option(None, "--out", help="Report folder (default runs/demo-<time>)."),
     ids: int | None = typer.Option(
-        None, "--ids", min=10, help="Identities in the synthetic data set. Default: 300 (--quick: 60)."
+        None,
+        "--ids",
+        min=1,
+        help="Identities in the synthetic data set (at least a training batch's worth). Default: 300 "
+        "(--quick: 60).",
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the data, the VQ fit and the first training seed."),
     steps: int | None = typer.Option(

@@ -29,8 +29,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from visionloom.config import read_json
 from visionloom.data.pedes import read_pedes
-from visionloom.data.synth_pedes import generate
+from visionloom.data.synth_pedes import MIN_IDENTITIES, generate, split_of
 from visionloom.retrieval.build import ARCHITECTURES, load_config
 from visionloom.retrieval.compare import METRICS, Entry, run_comparison
 from visionloom.retrieval.train import ensure_tokenizers, load_trained, train_or_continue
@@ -54,6 +55,43 @@ def parse_phases(phases: str) -> list[str]:
             f"unknown phase(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(ARCHITECTURES)} or all"
         )
     return names
+
+
+DATA_RECORD = "demo_data.json"  # OUT/data/: what the demo drew there (identities, seed)
+
+
+def fewest_identities(configs: list) -> int:
+    """The smallest --ids whose training split holds a batch of every config (`data.ids_per_batch`
+    identities), as `synth_pedes.split_of` divides identities."""
+    needed = max(config.data.ids_per_batch for config in configs)
+    identities = MIN_IDENTITIES
+    while sum(split_of(i, identities) == "train" for i in range(identities)) < needed:
+        identities += 1
+    return identities
+
+
+def prepare_data(data: Path, identities: int, seed: int, progress: bool) -> None:
+    """Draw the data set into OUT/data, or keep the one a previous demo drew there with the same
+    --ids and --seed; refuse anything else there (another draw, or a data set of the user's)."""
+    wanted = {"identities": identities, "seed": seed}
+    record = data / DATA_RECORD
+    if record.is_file():
+        drawn = read_json(record)
+        if drawn != wanted:
+            raise ValueError(
+                f"{data} holds the demo's data of --ids {drawn.get('identities')} --seed {drawn.get('seed')}, "
+                f"not --ids {identities} --seed {seed}; give another --out, or the same --ids and --seed"
+            )
+    elif data.exists() and any(data.iterdir()):
+        raise ValueError(
+            f"{data} holds files the demo did not draw; give another --out (the demo never trains on "
+            "data it did not make, nor deletes it)"
+        )
+    else:
+        data.mkdir(parents=True)
+        record.write_text(json.dumps(wanted))  # first: a draw cut short is drawn again on the rerun
+    if not (data / "reid_raw.json").is_file():  # written last by the draw
+        generate(data, identities, seed=seed, progress=progress)
 
 
 def chance_r1(split) -> float:
@@ -136,15 +174,22 @@ def run_demo(
     data = out / "data"
     started = time.perf_counter()
 
+    length = [f"train.steps={steps}"] if steps else []
+    configs = [load_config(name, length) for name in [*([reference] if reference else []), *phases]]
+    if identities < fewest_identities(configs):
+        raise ValueError(
+            f"--ids {identities}: the training split would hold fewer identities than a batch takes "
+            f"(data.ids_per_batch {max(c.data.ids_per_batch for c in configs)}); give --ids "
+            f"{fewest_identities(configs)} or more"
+        )
+
     console.rule(f"visionloom demo -> {out}")
-    if not (data / "reid_raw.json").is_file():
-        generate(data, identities, seed=seed, progress=progress)
+    prepare_data(data, identities, seed, progress)
     dataset = read_pedes(data)
     console.print(
         f"data: {dataset.name} format, {dataset['train'].num_identities} train / {dataset['val'].num_identities} val / "
         f"{dataset['test'].num_identities} test identities, {len(dataset['test'].images)} test images"
     )
-    length = [f"train.steps={steps}"] if steps else []
     say = lambda line: console.print(line, highlight=False)  # noqa: E731
     vq_fit = {"steps": vq_steps, "seed": seed}  # over each config's vq.fit
 

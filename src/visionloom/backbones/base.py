@@ -29,6 +29,7 @@ from visionloom.backbones.checks import (
     check_width,
 )
 from visionloom.backbones.types import ImageGeometry, LayerOutput, MultimodalInputs, VisionTokens
+from visionloom.images import to_rgb
 
 logger = logging.getLogger("visionloom")
 
@@ -48,7 +49,7 @@ def as_rgb(image: Image.Image | np.ndarray) -> Image.Image:
         image = Image.fromarray(image)
     if not isinstance(image, Image.Image):
         raise TypeError(f"expected a PIL image or an HxWx3 uint8 array, got {type(image).__name__}")
-    return image.convert("RGB")
+    return to_rgb(image)  # upright by its EXIF orientation, 16-bit samples scaled, as viewers show it
 
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -175,9 +176,14 @@ class ImageTokenAdapter:
         "bfloat16" or a torch dtype choose one.
         """
         resolved = resolve_dtype(dtype, torch.device(device or "cpu"))
-        model, info = cls.model_class.from_pretrained(
-            str(path), output_loading_info=True, dtype=resolved, **model_kwargs
-        )
+        try:
+            model, info = cls.model_class.from_pretrained(
+                str(path), output_loading_info=True, dtype=resolved, **model_kwargs
+            )
+        except RuntimeError as error:
+            if "ignore_mismatched_sizes" not in str(error):
+                raise
+            raise ImageTokenMismatch(cls._mismatched_sizes(path, resolved)) from None
         missing = sorted(info.get("missing_keys", []))
         if missing:
             projector = [k for k in missing if any(p in k for p in cls.projector_key_parts())]
@@ -194,7 +200,37 @@ class ImageTokenAdapter:
         # `dtype` argument, so the whole model is cast once more.
         place(model, dtype, device)
         model.eval()
-        return cls(model, cls.load_processor(Path(path), model.config), native_resolution=native_resolution)
+        try:
+            processor = cls.load_processor(Path(path), model.config)
+        except (ValueError, OSError) as error:
+            if not (Path(path) / "tokenizer.json").is_file() and "sentencepiece" in str(error):
+                # transformers would convert a slow tokenizer and asks for sentencepiece; the real
+                # cause is the missing fast tokenizer file.
+                raise FileNotFoundError(
+                    f"{Path(path) / 'tokenizer.json'} is missing: the checkpoint has no fast tokenizer. "
+                    "Copy tokenizer.json from the released checkpoint (or save it with the tokenizer's "
+                    "save_pretrained)"
+                ) from None
+            raise
+        return cls(model, processor, native_resolution=native_resolution)
+
+    @classmethod
+    def _mismatched_sizes(cls, path: str | Path, dtype: Any) -> str:
+        """Which weights of a checkpoint do not have the shapes its config.json gives the model."""
+        _, info = cls.model_class.from_pretrained(
+            str(path), output_loading_info=True, dtype=dtype, ignore_mismatched_sizes=True
+        )
+        mismatched = info.get("mismatched_keys", [])
+        shown = "; ".join(
+            f"{key}: {tuple(stored)} in the weights, {tuple(expected)} from the config"
+            for key, stored, expected in list(mismatched)[:3]
+        )
+        more = f" (and {len(mismatched) - 3} more)" if len(mismatched) > 3 else ""
+        return (
+            f"checkpoint {path}: {len(mismatched)} weight(s) do not have the shape config.json gives them: "
+            f"{shown}{more}. config.json and the weights belong to different models (a changed size "
+            "such as hidden_size, or another checkpoint's weights)"
+        )
 
     # For processors that insist on a video processor (LLaVA-OneVision, InternVL, SmolVLM, Gemma 4):
     # the processor class, and where the family's real video processor lives (a module under

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from visionloom.data.pedes import PedesSplit
 from visionloom.engine.samplers import Batches, IdentityBatches, RandomBatches
+from visionloom.images import ImageReadError, read_rgb
 
 GREY = 128  # the value of masked pixels: the middle of the uint8 range, about the mean after normalising
 AUGMENTS = ("flip", "irra")  # "irra": IRRA's train transforms, flip + pad 10 / random crop + random erasing
@@ -60,11 +61,9 @@ def random_erase(pixels: torch.Tensor, rng: random.Random, probability: float = 
 def load_image(path: Path, size: tuple[int, int] | None) -> Image.Image:
     """RGB image resized (bicubic) to `size` = (height, width) when it is not already that size (None: as stored)."""
     try:
-        image = Image.open(path).convert("RGB")
-    except (OSError, ValueError) as error:
-        raise OSError(
-            f"cannot read image {path}: {error} (run `visionloom data check` on the data set)"
-        ) from None
+        image = read_rgb(path)
+    except ImageReadError as error:
+        raise ImageReadError(f"{error} (run `visionloom data check` on the data set)") from None
     if size is None:
         return image
     height, width = size

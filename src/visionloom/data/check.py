@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
 
-from PIL import Image, UnidentifiedImageError
-
 from visionloom.data.pedes import (
     IMAGE_KEYS,
     DatasetFormatError,
@@ -31,6 +29,7 @@ from visionloom.data.pedes import (
     refuse,
     validate_entries,
 )
+from visionloom.images import ImageReadError, read_rgb
 
 
 @dataclass
@@ -71,14 +70,12 @@ def image_problem(path: Path) -> tuple[tuple[int, int] | None, str | None]:
     if not path.is_file():
         return None, "image file missing"
     try:
-        with Image.open(path) as image:
-            size = (image.height, image.width)
-            image.load()  # decode every pixel: verify() does not decode JPEG data, so truncation passes it
-    except Image.DecompressionBombError as error:
-        return None, f"refused as a decompression bomb ({error})"
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        return None, f"unreadable image ({type(error).__name__}: {error})"
-    return size, None
+        # Decoded completely (verify() does not decode JPEG data, so truncation would pass it) and
+        # turned as training reads it: upright by EXIF, 16-bit scaled, unknown ranges refused.
+        image = read_rgb(path)
+    except ImageReadError as error:
+        return None, str(error).removeprefix(f"{path}: ")
+    return (image.height, image.width), None
 
 
 def check_pedes(
@@ -124,6 +121,13 @@ def check_pedes(
     for pid, usable in sorted(usable_by_pid.items()):
         if usable == 0:
             problems.append(Problem(None, str(annotation_file), f"identity {pid} has no usable image"))
+    for split in ("train", "test"):  # what training refuses (val may be carved from train)
+        if not checked.by_split.get(split):
+            problems.append(
+                Problem(
+                    None, str(annotation_file), f"has no {split} entries; a {name} set needs train and test"
+                )
+            )
     problems.sort(key=lambda problem: (problem.entry is None, problem.entry or 0))
     return DataCheck(name, problems, SizeSummary(Counter(sizes.values())), annotation_file, checked.by_split)
 

@@ -90,7 +90,9 @@ def read_pope(
             f"{images}: no image folder; POPE's images are COCO val2014 (give the folder with --images)"
         )
     try:
-        lines = question_file.read_text(encoding="utf-8").splitlines()
+        # JSON Lines ends lines at "\n" only: str.splitlines would also break at U+2028 and the
+        # other Unicode separators that JSON strings may hold unescaped.
+        lines = question_file.read_text(encoding="utf-8").replace("\r\n", "\n").split("\n")
     except UnicodeDecodeError as error:
         raise DatasetFormatError(f"{question_file}: not UTF-8 text ({error.reason})") from None
     seen: set[int] = set()

@@ -161,8 +161,45 @@ def segmentation_problem(segmentation: object, height: int, width: int) -> str |
             return None
         if not isinstance(counts, str) or not counts:
             return f"RLE counts must be a string (compressed) or a list (uncompressed), got {type(counts).__name__}"
-        return None
+        return compressed_rle_problem(counts, height * width)
     return f"segmentation must be polygons (a list) or RLE (a mapping), got {type(segmentation).__name__}"
+
+
+def compressed_rle_problem(counts: str, pixels: int) -> str | None:
+    """Why COCO's compressed RLE string `counts` is not a mask of `pixels` pixels, or None.
+
+    pycocotools decodes any string without checking it, and a malformed one ("0", "zzzz") gives
+    whatever memory held: a different mask each time. Its format (maskApi.c, rleFrString) is
+    decoded here once to check it: no library exposes the check. Each run length is written in
+    5-bit groups, 48 added to each to make a character, bit 0x20 saying another group follows and,
+    in the last group, bit 0x10 the sign; from the third run on, a length is stored as the
+    difference from the run two before.
+    """
+    if not counts.isascii():
+        return "RLE counts hold non-ASCII characters; compressed RLE is ASCII (COCO's format)"
+    runs: list[int] = []
+    position = 0
+    while position < len(counts):
+        value, shift, more = 0, 0, True
+        while more:
+            if position == len(counts):
+                return "compressed RLE counts end in the middle of a run length"
+            group = ord(counts[position]) - 48
+            if not 0 <= group < 64:
+                return f"compressed RLE counts hold {counts[position]!r}, outside COCO's alphabet"
+            value |= (group & 0x1F) << shift
+            more = bool(group & 0x20)
+            position, shift = position + 1, shift + 5
+            if not more and group & 0x10:
+                value -= 1 << shift  # the sign bit: extend it
+        if len(runs) > 2:
+            value += runs[-2]
+        if value < 0:
+            return f"compressed RLE counts decode to a negative run length ({value})"
+        runs.append(value)
+    if sum(runs) != pixels:
+        return f"compressed RLE counts cover {sum(runs)} pixels, not the image's {pixels}"
+    return None
 
 
 def index_instances(instances_file: Path) -> tuple[dict, dict, list[str]]:
@@ -278,7 +315,7 @@ def read_refcoco(
                     ref_id=ref["ref_id"],
                     sent_id=sentence.get("sent_id", -1),
                     image_id=ref["image_id"],
-                    image_path=image_dir / image["file_name"],
+                    image_path=path,
                     expression=text.strip(),
                     split=ref["split"],
                     box=tuple(annotation["bbox"]),

@@ -9,14 +9,15 @@ plus captions.json and qa.json). Pretraining, grounding and pruning all read the
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from visionloom.data.refcoco import decode_segmentation
+from visionloom.config import read_json
+from visionloom.data.pedes import DatasetFormatError, all_or_refuse, listing, resolve_inside
+from visionloom.data.refcoco import decode_segmentation, index_instances
 from visionloom.data.synth_scenes import COLOURS, LOCATIONS, SHAPES, location_words, names_location
 
 # The prompt the scene VLM is taught ("locate <expression>" -> "top left"); the grounding head
@@ -35,50 +36,99 @@ class SceneText:
     task: str  # caption | qa:<kind> | where
 
 
-def read_scene_texts(root: str | Path, split: str) -> list[SceneText]:
-    """Captions, questions and where-questions about the referring expressions of one split."""
+@dataclass(frozen=True)
+class SceneFolder:
+    """A synth-scenes folder, checked: every image inside ROOT/images, every annotation decodable."""
+
+    root: Path
+    images: dict[int, dict]  # id -> the COCO image entry, with "path" resolved inside ROOT/images
+    annotations: dict[int, dict]  # id -> the COCO annotation
+
+
+def read_scene_folder(root: str | Path) -> SceneFolder:
+    """The one reader of scene folders (pretraining, pruning, the cell labels): the COCO checks of
+    the RefCOCO reader, and every `file_name` resolved inside ROOT/images (no absolute path, no
+    `..`, no symlink out). Any problem refuses the folder, listing them all."""
     root = Path(root)
     if not (root / "instances.json").is_file():
         raise FileNotFoundError(
             f"{root}: no instances.json; expected a `visionloom data synth-scenes` directory"
         )
-    instances = json.loads((root / "instances.json").read_text())
-    images = {image["id"]: image for image in instances["images"]}
-    annotations = {annotation["id"]: annotation for annotation in instances["annotations"]}
+    images, annotations, problems = index_instances(root / "instances.json")
+    for image_id, image in list(images.items()):
+        path, why = resolve_inside(root / "images", image["file_name"])
+        if why:
+            problems.append(f"image {image_id}: {why}")
+            del images[image_id]
+        else:
+            images[image_id] = {**image, "path": path}
+    if problems:
+        raise DatasetFormatError(f"{root / 'instances.json'}: {len(problems)} problem(s):{listing(problems)}")
+    return SceneFolder(root, images, annotations)
+
+
+def _entries(path: Path, keys: tuple[str, ...], images: dict[int, dict]) -> list[dict]:
+    """The entries of captions.json, qa.json or refs.json, each with `keys` and a known image."""
+    entries = read_json(path, DatasetFormatError) if path.is_file() else None
+    if not isinstance(entries, list):
+        raise DatasetFormatError(
+            f"{path}: expected a list of entries (a `visionloom data synth-scenes` file)"
+        )
+
+    def check(index: int, entry: object) -> tuple[dict | None, list[str]]:
+        if not isinstance(entry, dict) or any(key not in entry for key in keys):
+            return None, [f"entry {index}: needs {', '.join(keys)}"]
+        if entry["image_id"] not in images:
+            return None, [f"entry {index}: image_id {entry['image_id']!r} is not in instances.json"]
+        return entry, []
+
+    return all_or_refuse(path, (check(i, e) for i, e in enumerate(entries)), "entries")
+
+
+def read_scene_texts(root: str | Path, split: str) -> list[SceneText]:
+    """Captions, questions and where-questions about the referring expressions of one split."""
+    folder = read_scene_folder(root)
+    root, images, annotations = folder.root, folder.images, folder.annotations
 
     def path(image_id: int) -> Path:
-        return root / "images" / images[image_id]["file_name"]
+        return images[image_id]["path"]
 
     texts = [
-        SceneText(path(c["image_id"]), "<image>\ndescribe the scene.", c["caption"], "caption")
-        for c in json.loads((root / "captions.json").read_text())
+        SceneText(path(c["image_id"]), "<image>\ndescribe the scene.", str(c["caption"]), "caption")
+        for c in _entries(root / "captions.json", ("image_id", "split", "caption"), images)
         if c["split"] == split
     ]
-    for qa in json.loads((root / "qa.json").read_text()):
+    for qa in _entries(root / "qa.json", ("image_id", "split", "question", "answer"), images):
         if qa["split"] == split:
-            kind = qa["question"].split()[0] + ("-many" if qa["question"].startswith("how") else "")
+            question = str(qa["question"])
+            kind = question.split()[0] + ("-many" if question.startswith("how") else "") if question else ""
             texts.append(
-                SceneText(path(qa["image_id"]), f"<image>\n{qa['question']}", qa["answer"], f"qa:{kind}")
+                SceneText(path(qa["image_id"]), f"<image>\n{question}", str(qa["answer"]), f"qa:{kind}")
             )
-    for ref in json.loads((root / "refs.json").read_text()):
+    for ref in _entries(root / "refs.json", ("image_id", "split", "ann_id", "sentences"), images):
         if ref["split"] != split:
             continue
+        if ref["ann_id"] not in annotations:
+            raise DatasetFormatError(
+                f"{root / 'refs.json'}: ref {ref.get('ref_id')}: annotation {ref['ann_id']!r} is not in instances.json"
+            )
         x, y, w, h = annotations[ref["ann_id"]]["bbox"]
         side = images[ref["image_id"]]["width"]
         location = location_words((x + w / 2, y + h / 2), side)
-        for sentence in ref["sentences"]:
-            if names_location(sentence["sent"]):
-                continue  # the expression names its location: the answer would be in the question
+        for sentence in ref["sentences"] if isinstance(ref["sentences"], list) else []:
+            text = sentence.get("sent") if isinstance(sentence, dict) else None
+            if not isinstance(text, str) or names_location(text):
+                continue  # no text, or the expression names its location (the answer in the question)
             texts.append(
                 SceneText(
                     path(ref["image_id"]),
-                    DEFAULT_PROMPT.format(expression=sentence["sent"]),
+                    DEFAULT_PROMPT.format(expression=text),
                     location,
                     "where",
                 )
             )
     if not texts:
-        raise ValueError(f"{root}: nothing in split {split!r}")
+        raise DatasetFormatError(f"{root}: nothing in split {split!r}")
     return texts
 
 
@@ -108,19 +158,19 @@ class SceneCells:
 
     def __init__(self, root: str | Path):
         self.decode = decode_segmentation
-        instances = json.loads((Path(root) / "instances.json").read_text())
-        self.images = {image["file_name"]: image for image in instances["images"]}
+        folder = read_scene_folder(root)
+        self.images = {image["path"]: image for image in folder.images.values()}
         self.annotations: dict[int, list[dict]] = defaultdict(list)
-        for annotation in instances["annotations"]:
+        for annotation in folder.annotations.values():
             self.annotations[annotation["image_id"]].append(annotation)
-        self.shape_names = {c["id"]: c["name"] for c in instances["categories"]}
-        self._cache: dict[tuple[str, tuple[int, int]], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cache: dict[tuple[Path, tuple[int, int]], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def labels(self, file_name: str, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(colour ids, shape ids), each long [h*w] in raster order; 0 is background."""
-        key = (file_name, grid)
+    def labels(self, image_path: Path, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(colour ids, shape ids) of an image read by `read_scene_texts`, each long [h*w] in raster
+        order; 0 is background."""
+        key = (image_path, grid)
         if key not in self._cache:
-            image = self.images[file_name]
+            image = self.images[image_path]
             colour = torch.zeros(grid, dtype=torch.long)
             shape = torch.zeros(grid, dtype=torch.long)
             best = torch.full(grid, 0.3)  # a cell is an object's when it covers 30% or more

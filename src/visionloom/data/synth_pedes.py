@@ -342,6 +342,9 @@ def caption(person: Pedestrian, rng: random.Random, partial: bool = False) -> st
 
 
 # ---------------------------------------------------------------------------------------- writer
+MIN_IDENTITIES = 10  # the fewest that give every split an identity
+
+
 def split_of(identity: int, total: int) -> str:
     """70% train, 10% val, 20% test by identity (identities never cross splits)."""
     fraction = identity / total
@@ -356,8 +359,10 @@ def generate(
     progress: bool = True,
 ) -> Path:
     """Write the data set to `out` (CUHK-PEDES layout) and return the annotation file."""
-    if identities < 10:
-        raise ValueError(f"--ids {identities}: need at least 10 identities to fill train, val and test")
+    if identities < MIN_IDENTITIES:
+        raise ValueError(
+            f"--ids {identities}: need at least {MIN_IDENTITIES} identities to fill train, val and test"
+        )
     rng = random.Random(seed)
     people: list[Pedestrian] = []
     for _ in range(identities):

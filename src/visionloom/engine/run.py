@@ -101,6 +101,23 @@ def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
         )
 
 
+def refuse_to_replace(directory: Path, what: str, *, overwrite: bool, keep: Iterable[str] = ()) -> None:
+    """Refuse to write `what` into a `directory` that already holds files (other than `keep`),
+    unless `overwrite`: a data set, a checkpoint or a tokenizer someone has is never replaced
+    without being asked."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise RunDirectoryError(f"{directory} exists and is not a directory; give a folder for {what}")
+    if overwrite or not directory.is_dir():
+        return
+    held = sorted(p.name for p in directory.iterdir() if p.name not in set(keep))
+    if held:
+        raise RunDirectoryError(
+            f"{directory} already holds {', '.join(held[:5])}{' ...' if len(held) > 5 else ''}; writing "
+            f"{what} there would replace what it has. Choose a new folder, or pass --overwrite"
+        )
+
+
 def fingerprint(files: Iterable[Path], sized: Iterable[Path] = ()) -> str:
     """sha256 of the contents of `files` (annotations) and of the names and byte sizes of `sized`
     (images: reading every one would cost minutes; a changed image set changes sizes or names)."""

@@ -603,7 +603,7 @@ class Trainer:
 
     def _progress_bar(self, step: int) -> Progress:
         progress = Progress(
-            TextColumn("[bold]train"),
+            TextColumn("train", style="bold"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[status]}"),

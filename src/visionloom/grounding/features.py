@@ -17,6 +17,7 @@ from visionloom.data.scenes import DEFAULT_PROMPT
 from visionloom.grounding.attention import ExpressionFeatures, collect
 from visionloom.grounding.model import GroundingBatch
 from visionloom.grounding.sam import SamRefiner
+from visionloom.images import ImageReadError, read_rgb
 
 
 @dataclass
@@ -35,10 +36,9 @@ def sample_name(sample: RefSample) -> str:
 
 def read_sample_image(sample: RefSample) -> Image.Image:
     try:
-        with Image.open(sample.image_path) as image:
-            image = image.convert("RGB")
-    except (OSError, FileNotFoundError) as error:
-        raise OSError(f"{sample_name(sample)}: cannot read {sample.image_path}: {error}") from None
+        image = read_rgb(sample.image_path)
+    except ImageReadError as error:
+        raise ImageReadError(f"{sample_name(sample)}: {error}") from None
     if image.size != (sample.width, sample.height):
         raise ValueError(
             f"{sample.image_path}: {image.width}x{image.height} but the annotations say "

@@ -14,14 +14,15 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 
 from visionloom.backbones import load
 from visionloom.backbones.base import ImageTokenAdapter
-from visionloom.data.pedes import DatasetFormatError
+from visionloom.config import read_json
+from visionloom.data.pedes import DatasetFormatError, all_or_refuse, resolve_inside
 from visionloom.data.scenes import SceneText, read_scene_texts
 from visionloom.engine.samplers import Items
+from visionloom.images import read_rgb
 from visionloom.pruning.benchmarks import METRICS, BenchmarkQuestion, read_benchmark
 from visionloom.pruning.build import PruneConfig, make_pruner
 from visionloom.pruning.generate import chat_prompt, generate
@@ -32,25 +33,25 @@ from visionloom.vlm.answers import AnswerCollate, answers_correct
 
 
 def read_questions(config: PruneConfig, data_root: Path) -> list[SceneText]:
-    if config.questions:
-        path = Path(config.questions)
-        items = json.loads(path.read_text())
-        texts = []
-        for index, item in enumerate(items):
-            missing = {"image", "question", "answer"} - set(item)
-            if missing:
-                raise ValueError(f"{path}: item {index} lacks {sorted(missing)}")
-            image = Path(item["image"])
-            texts.append(
-                SceneText(
-                    image if image.is_absolute() else path.parent / image,
-                    f"<image>\n{item['question']}",
-                    item["answer"],
-                    "qa",
-                )
-            )
-    else:
+    """The questions `prune eval scenes` asks: the scenes' own, or `questions=FILE`, a JSON list of
+    {"image", "question", "answer"} whose image paths stay inside the file's folder."""
+    if not config.questions:
         texts = [t for t in read_scene_texts(data_root, config.split) if t.task.startswith("qa")]
+        return texts[: config.max_questions]
+    path = Path(config.questions)
+    items = read_json(path, DatasetFormatError)
+    if not isinstance(items, list):
+        raise DatasetFormatError(f"questions {path}: expected a JSON list of {{image, question, answer}}")
+
+    def check(index: int, item: object) -> tuple[SceneText | None, list[str]]:
+        if not isinstance(item, dict) or {"image", "question", "answer"} - set(item):
+            return None, [f"item {index}: needs image, question and answer"]
+        image, why = resolve_inside(path.parent, item["image"])
+        if why:
+            return None, [f"item {index}: {why}"]
+        return SceneText(image, f"<image>\n{item['question']}", str(item["answer"]), "qa"), []
+
+    texts = all_or_refuse(path, (check(i, item) for i, item in enumerate(items)), "questions")
     return texts[: config.max_questions]
 
 
@@ -111,11 +112,7 @@ class PromptCollate:
     def __call__(self, questions: list[BenchmarkQuestion]) -> dict:
         images = []
         for question in questions:
-            try:
-                with Image.open(question.image) as image:
-                    images.append(image.convert("RGB"))
-            except (OSError, ValueError) as error:
-                raise DatasetFormatError(f"{question.image}: not a readable image ({error})") from None
+            images.append(read_rgb(question.image))
         texts = [chat_prompt(self.adapter, q.question, self.style) for q in questions]
         return {"inputs": self.adapter.build_inputs(images, texts), "questions": questions}
 

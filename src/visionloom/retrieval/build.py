@@ -25,10 +25,15 @@ from torch import nn
 from transformers import (
     AutoConfig,
     AutoTokenizer,
+    CLIPTextConfig,
     CLIPTextModelWithProjection,
+    CLIPVisionConfig,
     CLIPVisionModelWithProjection,
+    PretrainedConfig,
     PreTrainedModel,
+    SiglipVisionConfig,
     SiglipVisionModel,
+    T5Config,
     T5EncoderModel,
 )
 from transformers.image_utils import (
@@ -169,6 +174,43 @@ def local_checkpoint(path: str, setting: str) -> Path:
     return directory
 
 
+def checked_tiny(tiny_overrides: dict[str, Any], defaults: dict[str, Any], setting: str) -> dict[str, Any]:
+    """`tiny_overrides` when each names a setting of the tiny config (`defaults`: its values) and
+    gives a value of that setting's type; ConfigError naming the key otherwise. A transformers
+    config takes any keyword silently, so a misspelt size would be ignored."""
+    for key, value in tiny_overrides.items():
+        if key not in defaults:
+            raise config_io.ConfigError(
+                f"{setting}.{key}: not a setting of the tiny config; known: {', '.join(sorted(defaults))}"
+            )
+        default = defaults[key]
+        expected = (int, float) if type(default) is float else type(default)
+        scalar = isinstance(value, (bool, int, float, str)) or value is None
+        if not scalar or (
+            default is not None
+            and (isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, expected))
+        ):
+            raise config_io.ConfigError(
+                f"{setting}.{key}: expected {type(default).__name__ if default is not None else 'a number, string or null'}"
+                f" like the default {default!r}, got {value!r}"
+            )
+        if (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and value <= 0
+            and key.endswith(("size", "layers", "heads", "dim"))
+        ):
+            raise config_io.ConfigError(f"{setting}.{key}: expected a positive integer, got {value!r}")
+    return tiny_overrides
+
+
+def _tiny_defaults(config_class) -> dict[str, Any]:
+    """The settings of a transformers config class that shape its model (not the ones every
+    config has: names, output switches, label maps)."""
+    common = PretrainedConfig().to_dict()
+    return {key: value for key, value in config_class().to_dict().items() if key not in common}
+
+
 def _tokenizer(backbone: BackboneConfig, make_tiny: Callable, setting: str):
     if not backbone.pretrained:
         return make_tiny()
@@ -222,7 +264,8 @@ def clip_vision(config: ModelConfig) -> ClipImageEncoder:
             CLIPVisionModelWithProjection, backbone.pretrained, "model.vision.pretrained", clip_part="vision"
         )
     else:
-        model = CLIPVisionModelWithProjection(tiny.clip_vision_config(**backbone.tiny))
+        overrides = checked_tiny(backbone.tiny, _tiny_defaults(CLIPVisionConfig), "model.vision.tiny")
+        model = CLIPVisionModelWithProjection(tiny.clip_vision_config(**overrides))
     mean, std = _processor_stats(backbone.pretrained, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
     return ClipImageEncoder(model, config.image_size, mean, std)
 
@@ -232,7 +275,8 @@ def siglip_vision(config: ModelConfig) -> SiglipImageEncoder:
     if backbone.pretrained:
         model = load_backbone(SiglipVisionModel, backbone.pretrained, "model.vision.pretrained")
     else:
-        model = SiglipVisionModel(tiny.siglip_vision_config(**backbone.tiny))
+        overrides = checked_tiny(backbone.tiny, _tiny_defaults(SiglipVisionConfig), "model.vision.tiny")
+        model = SiglipVisionModel(tiny.siglip_vision_config(**overrides))
     mean, std = _processor_stats(backbone.pretrained, IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD)
     return SiglipImageEncoder(model, config.image_size, mean, std)
 
@@ -244,7 +288,8 @@ def clip_text(config: ModelConfig):
             CLIPTextModelWithProjection, config.text.pretrained, "model.text.pretrained", clip_part="text"
         )
     else:
-        model = CLIPTextModelWithProjection(tiny.clip_text_config(tokenizer, **config.text.tiny))
+        overrides = checked_tiny(config.text.tiny, _tiny_defaults(CLIPTextConfig), "model.text.tiny")
+        model = CLIPTextModelWithProjection(tiny.clip_text_config(tokenizer, **overrides))
     check_clip_pooling(model.config, tokenizer)
     return (
         ClipTextEncoder(model),
@@ -283,13 +328,20 @@ def t5_text(config: ModelConfig):
     if config.text.pretrained:
         model = load_backbone(T5EncoderModel, config.text.pretrained, "model.text.pretrained")
     else:
-        model = T5EncoderModel(tiny.t5_config(tokenizer, **config.text.tiny))
+        overrides = checked_tiny(config.text.tiny, _tiny_defaults(T5Config), "model.text.tiny")
+        model = T5EncoderModel(tiny.t5_config(tokenizer, **overrides))
     return T5TextEncoder(model), tokenizer, config.max_text_length
 
 
 def _dual(
     config: RetrievalConfig, image, text, tokenizer, max_length, num_identities, generator=None, **spec
 ):
+    special = tokenizer.num_special_tokens_to_add()
+    if max_length <= special:
+        raise config_io.ConfigError(
+            f"model.max_text_length={config.model.max_text_length}: the tokenizer adds {special} special "
+            f"token(s) to every caption, so at least {special + 1} is needed for one word"
+        )
     spec = InputSpec(config.model.image_size, tokenizer, max_length, **spec)
     return DualEncoder(
         image,
@@ -362,9 +414,10 @@ def _phase3_t5gemma2(config: RetrievalConfig, num_identities: int, vq_model: nn.
         setting = "model.vision.pretrained" if config.model.vision.pretrained else "model.text.pretrained"
         adapter = load(str(local_checkpoint(pretrained, setting)), native_resolution=True)
     else:
-        adapter = build_preset(
-            "tiny-t5gemma2", seed=config.train.seed, native_resolution=True, **config.model.vision.tiny
+        overrides = checked_tiny(
+            config.model.vision.tiny, {"text_layers": 2, "mm_tokens_per_image": 16}, "model.vision.tiny"
         )
+        adapter = build_preset("tiny-t5gemma2", seed=config.train.seed, native_resolution=True, **overrides)
     height, width = config.model.image_size
     tokens = adapter.tokens_per_image(height, width)  # from the layer's geometry, never typed in
     adapter.model.train()

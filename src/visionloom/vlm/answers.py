@@ -8,11 +8,11 @@ included), the arg-max given the true prefix is the true next token.
 from __future__ import annotations
 
 import torch
-from PIL import Image
 from torch import nn
 
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.data.scenes import SceneCells, SceneText
+from visionloom.images import read_rgb
 
 
 class AnswerCollate:
@@ -29,7 +29,7 @@ class AnswerCollate:
     def __call__(self, texts: list[SceneText]) -> dict:
         tokenizer = self.adapter.tokenizer
         eos = tokenizer.eos_token
-        images = [Image.open(t.image_path).convert("RGB") for t in texts]
+        images = [read_rgb(t.image_path) for t in texts]
         inputs = self.adapter.build_inputs(images, [f"{t.prompt} {t.answer}{eos}" for t in texts])
         answer_labels = torch.full_like(inputs.input_ids, -100)
         after_image = torch.zeros_like(inputs.attention_mask, dtype=torch.bool)
@@ -54,7 +54,7 @@ class AnswerCollate:
         batch = {"inputs": inputs, "labels": labels, "answer_labels": answer_labels}
         if self.cells is not None:
             per_image = [
-                self.cells.labels(text.image_path.name, geometry.token_grid)
+                self.cells.labels(text.image_path, geometry.token_grid)
                 for text, geometry in zip(texts, inputs.geometries, strict=True)
             ]
             batch["cell_colours"] = torch.cat([colour for colour, _ in per_image])  # [T]
