@@ -606,3 +606,518 @@ def test_a_pretraining_that_cannot_read_its_data_leaves_no_run_behind(tmp_path):
     assert not holds_a_run(out)
     result = invoke("vlm", "pretrain", out, "--data", tmp_path / "nowhere")
     assert result.exit_code == 2 and "no instances.json" in result.output
+
+
+# ------------------------------------------------------------------ scene folders stay inside their root
+def _scenes_copy(scenes_root: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "scenes"
+    shutil.copytree(scenes_root, root)
+    return root
+
+
+@pytest.mark.parametrize("how", ["absolute", "dot-dot", "symlink out"])
+def test_scene_file_names_cannot_leave_the_image_folder_in_any_command(
+    how, scenes_root, tmp_path, monkeypatch
+):
+    from visionloom.data.scenes import read_scene_texts
+
+    root = _scenes_copy(scenes_root, tmp_path)
+    outside = tmp_path / "outside.png"
+    Image.new("RGB", (224, 224)).save(outside)
+    instances = json.loads((root / "instances.json").read_text())
+    name = {"absolute": str(outside), "dot-dot": "../../outside.png", "symlink out": "link.png"}[how]
+    if how == "symlink out":
+        (root / "images" / "link.png").symlink_to(outside)
+    instances["images"][0]["file_name"] = name
+    (root / "instances.json").write_text(json.dumps(instances))
+    opened: list[str] = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda p, *a, **k: opened.append(str(p)) or real_open(p, *a, **k))
+    with pytest.raises(
+        DatasetFormatError, match=r"(?s)instances.json: 1 problem.*image \d+: image path .*(outside|absolute)"
+    ):
+        read_scene_texts(root, "train")
+    prune = invoke("prune", "eval", "scenes", "--data", root, "--out", tmp_path / "p", "--vlm", "unused")
+    pretrain = invoke("vlm", "pretrain", tmp_path / "v", "--data", root)
+    for result in (prune, pretrain):
+        assert result.exit_code == 2 and "image path" in result.output
+    assert not any("outside.png" in path for path in opened)
+    assert not (tmp_path / "p").exists() and not (tmp_path / "v").exists()
+
+
+def test_a_questions_file_names_images_inside_its_own_folder(scenes_root, tmp_path):
+    questions = tmp_path / "q" / "questions.json"
+    questions.parent.mkdir()
+    (tmp_path / "secret.png").write_bytes(next((scenes_root / "images").glob("*.png")).read_bytes())
+    questions.write_text(json.dumps([{"image": "../secret.png", "question": "what?", "answer": "x"}]))
+    result = invoke(
+        "prune",
+        "eval",
+        "scenes",
+        "--data",
+        scenes_root,
+        "--out",
+        tmp_path / "p",
+        "--vlm",
+        "unused",
+        "--set",
+        f"questions={questions}",
+    )
+    assert result.exit_code == 2 and "item 0: image path '../secret.png'" in result.output
+    assert "outside" in result.output and not (tmp_path / "p").exists()
+
+
+# ------------------------------------------------------------------ what the user has is never lost
+def _files(directory: Path) -> dict:
+    return {
+        p.relative_to(directory): p.read_bytes()
+        for p in directory.rglob("*")
+        if p.is_file() and p.name != ".lock"
+    }
+
+
+def test_overwrite_with_bad_data_keeps_the_finished_run(pedes_root, pedes, tmp_path):
+    run = tmp_path / "run"
+    train_retrieval(small_config("baseline"), pedes_root, run, progress=False)
+    before = _files(run)
+    bad, entries, write = pedes
+    entries[0]["captions"] = []
+    write(entries)
+    with pytest.raises(DatasetFormatError, match="no captions"):
+        train_retrieval(small_config("baseline"), bad, run, progress=False, overwrite=True)
+    assert _files(run) == before  # the bad data was found before anything was deleted
+
+
+def test_overwrite_never_empties_a_run_folder_that_holds_the_data(pedes_root, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(pedes_root, out / "data", ignore=shutil.ignore_patterns("vq*"))
+    before = _files(out)
+    for arguments in (
+        ("retrieval", "train", "baseline", "--data", out / "data", "--out", out, "--overwrite"),
+        ("vlm", "pretrain", out, "--data", out / "data", "--overwrite"),
+    ):
+        result = invoke(*arguments)
+        assert result.exit_code == 2 and "holds the data set" in result.output
+    assert _files(out) == before
+
+
+def test_a_pretraining_overwrite_with_unreadable_data_keeps_the_checkpoint(scenes_root, tmp_path):
+    out = tmp_path / "vlm"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"the user's trained model")
+    result = invoke("vlm", "pretrain", out, "--data", tmp_path / "nowhere", "--overwrite")
+    assert result.exit_code == 2 and "no instances.json" in result.output
+    assert (out / "model.safetensors").read_bytes() == b"the user's trained model"
+
+
+def test_writers_refuse_a_folder_that_holds_files_unless_asked(pedes_root, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "reid_raw.json").write_text("the user's annotations")
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "model.safetensors").write_bytes(b"pretrained")
+    vq = tmp_path / "vq"
+    vq.mkdir()
+    (vq / "config.json").write_text("{}")
+    for arguments in (
+        ("data", "synth-pedes", data, "--ids", "10"),
+        ("data", "synth-scenes", data, "--scenes", "5"),
+        ("preset", "save", "tiny-llava", checkpoint),
+        ("vq", "fit", pedes_root, "--out", vq, "--steps", "1"),
+    ):
+        result = invoke(*arguments)
+        assert result.exit_code == 2 and "already holds" in result.output and "--overwrite" in result.output
+    assert (data / "reid_raw.json").read_text() == "the user's annotations"
+    assert (checkpoint / "model.safetensors").read_bytes() == b"pretrained"
+    assert (vq / "config.json").read_text() == "{}"
+    assert invoke("data", "synth-pedes", data, "--ids", "10", "--overwrite").exit_code == 0
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for arguments in (("preset", "save", "tiny-llava", a_file), ("vq", "fit", pedes_root, "--out", a_file)):
+        result = invoke(*arguments)
+        assert result.exit_code == 2 and "is not a directory" in result.output
+
+
+def test_resume_after_the_vq_tokenizer_was_refitted_is_refused(pedes_root, vq_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    from visionloom.data.pedes import read_pedes
+    from visionloom.retrieval.vq import build_cache
+
+    data = tmp_path / "data"
+    shutil.copytree(pedes_root, data)
+    run = tmp_path / "run"
+    train_retrieval(small_config("phase4"), data, run, progress=False, evaluate_test=False)
+    weights = next((data / "vq").glob("*.safetensors"))
+    tensors = load_file(str(weights))
+    save_file({key: value + 0.01 for key, value in tensors.items()}, str(weights))  # another fit
+    build_cache(data, read_pedes(data)["train"], data / "vq", progress=False)
+    before = _files(run)
+    with pytest.raises(RunDirectoryError, match="another data set.*VQ tokenizer"):
+        train_retrieval(small_config("phase4", "train.steps=6"), data, run, progress=False, resume=True)
+    assert _files(run) == before
+
+
+def test_a_resume_that_would_end_before_its_checkpoint_writes_nothing(pedes_root, tmp_path):
+    run = tmp_path / "run"
+    train_retrieval(small_config("baseline"), pedes_root, run, progress=False, evaluate_test=False)
+    before = _files(run)
+    result = invoke(
+        "retrieval",
+        "train",
+        "baseline",
+        "--data",
+        pedes_root,
+        "--out",
+        run,
+        "--resume",
+        *[arg for setting in SMALL for arg in ("--set", setting)],
+        "--set",
+        "train.steps=2",
+    )
+    assert result.exit_code == 2 and "the run is at step 4" in result.output and "at least 4" in result.output
+    assert _files(run) == before  # config.yaml still says 4
+
+
+SMALL = [
+    "model.image_size=[64, 32]",
+    "train.batch_size=4",
+    "data.ids_per_batch=2",
+    "train.warmup_steps=1",
+    "train.checkpoint_every=2",
+    "train.log_every=1",
+]
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_partial_files(
+    pedes_root, tmp_path, monkeypatch
+):
+    import errno
+
+    from visionloom.engine import checkpoint as checkpoint_module
+    from visionloom.engine.checkpoint import NoSpaceError
+
+    run = tmp_path / "run"
+    real_save = checkpoint_module.torch.save
+
+    def full_at_step_4(obj, path, *args, **kwargs):
+        if "step_0000004" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", full_at_step_4)
+    with pytest.raises(
+        NoSpaceError, match=r"no space left on the disk of .*checkpoints.*MiB free.*needs about"
+    ):
+        train_retrieval(small_config("baseline"), pedes_root, run, progress=False, evaluate_test=False)
+    leftovers = [p.name for p in run.rglob(".*tmp*")]
+    assert leftovers == [] and latest_checkpoint(run / "checkpoints").name == "step_0000002"
+    monkeypatch.undo()
+    summary = train_retrieval(
+        small_config("baseline"), pedes_root, run, progress=False, resume=True, evaluate_test=False
+    )
+    assert summary["steps"] == 4
+    # Through the command: one line naming the disk, exit 2.
+    from visionloom.cli import describe_error, is_user_error
+
+    error = NoSpaceError("no space left on the disk of /x: 3 MiB free, a checkpoint needs about 9 MiB")
+    assert is_user_error(error) and describe_error(error) == str(error)
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "broken optimizer", "state not JSON"])
+def test_a_damaged_newest_checkpoint_is_named_and_the_one_before_is_taken(damage, pedes_root, tmp_path):
+    run = tmp_path / "run"
+    train_retrieval(
+        small_config("baseline", "train.steps=4"), pedes_root, run, progress=False, evaluate_test=False
+    )
+    newest = run / "checkpoints" / "step_0000004"
+    target = {
+        "truncated weights": newest / "model.safetensors",
+        "broken optimizer": newest / "optimizer.pt",
+        "state not JSON": newest / "state.json",
+    }[damage]
+    target.write_bytes(target.read_bytes()[: len(target.read_bytes()) // 2])
+    result = invoke(
+        "retrieval",
+        "train",
+        "baseline",
+        "--data",
+        pedes_root,
+        "--out",
+        run,
+        "--resume",
+        *[arg for setting in SMALL for arg in ("--set", setting)],
+        "--set",
+        "train.steps=6",
+    )
+    assert result.exit_code == 0, result.output
+    log = (run / "train.log").read_text()
+    assert f"resuming from {run / 'checkpoints' / 'step_0000002'}" in log and target.name in log
+    assert "resumed at step 2" in log and latest_checkpoint(run / "checkpoints").name == "step_0000006"
+
+
+# ------------------------------------------------------------------ nothing silently wrong
+@pytest.mark.parametrize(
+    "counts, named",
+    [
+        ("0", "cover 0 pixels"),
+        ("1", "cover 1 pixels"),
+        ("zzzz", "outside COCO's alphabet"),
+        ("é1", "non-ASCII"),
+        ("PP", "end in the middle of a run length"),
+    ],
+)
+def test_malformed_compressed_rle_is_refused_naming_the_annotation(counts, named, refcoco_release, tmp_path):
+    root = tmp_path / "refcoco"
+    shutil.copytree(refcoco_release, root)
+    instances = json.loads((root / "instances.json").read_text())
+    annotation = instances["annotations"][0]
+    image = next(i for i in instances["images"] if i["id"] == annotation["image_id"])
+    annotation["segmentation"] = {"size": [image["height"], image["width"]], "counts": counts}
+    (root / "instances.json").write_text(json.dumps(instances))
+    images = refcoco_release.parent / "images" / "mscoco" / "images" / "train2014"
+    with pytest.raises(DatasetFormatError, match=rf"(?s)annotation {annotation['id']}: [^\n]*{re.escape(named)}"):
+        read_refcoco(root, image_dir=images)
+
+
+def test_every_released_style_rle_passes_the_check():
+    from pycocotools import mask as mask_utils
+
+    from visionloom.data.refcoco import compressed_rle_problem
+
+    rng = np.random.default_rng(0)
+    for height, width in [(1, 1), (7, 300), (480, 640)]:
+        mask = np.asfortranarray((rng.random((height, width)) > 0.7).astype(np.uint8))
+        counts = mask_utils.encode(mask)["counts"].decode("ascii")
+        assert compressed_rle_problem(counts, height * width) is None
+        assert compressed_rle_problem(counts, height * width + 1) is not None
+
+
+@pytest.mark.parametrize(
+    "settings, named",
+    [
+        (["model.vision.tiny={hidden_sise: 32}"], "model.vision.tiny.hidden_sise: not a setting"),
+        (["model.text.tiny={hidden_size: big}"], "model.text.tiny.hidden_size: expected int"),
+        (["model.max_text_length=1"], "model.max_text_length=1: the tokenizer adds 2 special token(s)"),
+    ],
+)
+def test_settings_a_model_would_ignore_are_refused(settings, named, pedes_root, tmp_path):
+    result = invoke(
+        "retrieval",
+        "train",
+        "baseline",
+        "--data",
+        pedes_root,
+        "--out",
+        tmp_path / "r",
+        *[arg for setting in settings for arg in ("--set", setting)],
+    )
+    assert result.exit_code == 2 and named in result.output
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is honoured where a GPU is")
+def test_fp16_without_a_gpu_is_refused_before_anything_is_written(pedes_root, scenes_root, tmp_path):
+    for arguments in (
+        ("retrieval", "train", "baseline", "--data", pedes_root, "--out", tmp_path / "r"),
+        ("vlm", "pretrain", tmp_path / "v", "--data", scenes_root),
+    ):
+        result = invoke(*arguments, "--set", "train.precision=fp16")
+        assert result.exit_code == 2 and "train.precision=fp16" in result.output and "CUDA" in result.output
+    assert not (tmp_path / "r").exists() and not any((tmp_path / "v").glob("run/*"))
+
+
+def test_yaml_aliases_are_refused_and_yaml_1_2_numbers_are_numbers(tmp_path):
+    bomb = tmp_path / "bomb.yaml"
+    layers = ["a: &a [x, x, x, x, x, x, x, x, x]"] + [
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]" for i in range(8)
+    ]
+    bomb.write_text("\n".join(layers) + "\nmodel:\n  vision:\n    tiny: {hidden_size: *i}\n")
+    with pytest.raises(
+        ConfigError, match=r"bomb.yaml: not valid YAML at line 2.*aliases \(\*a\) are not allowed"
+    ):
+        load_config(str(bomb))
+    config = load_config("baseline", ["train.lr=3e-4", "train.weight_decay=1e-2"])  # the README's spelling
+    assert config.train.lr == 3e-4 and config.train.weight_decay == 0.01
+
+
+@pytest.mark.parametrize(
+    "setting, named",
+    [
+        ("train.lr=fast", "--set train.lr=fast: train.lr: expected a number"),
+        ("train.bogus=1", "--set train.bogus=1: unknown key(s) train.bogus"),
+        ("train.steps=null", "baseline.yaml with --set train.steps=null: train: give one of"),
+    ],
+)
+def test_set_errors_name_the_set_option_not_the_shipped_file(setting, named):
+    with pytest.raises(ConfigError) as caught:
+        load_config("baseline", [setting])
+    assert str(caught.value).startswith(named) or named in str(caught.value)
+    if "baseline.yaml" not in named:
+        assert "baseline.yaml" not in str(caught.value)
+
+
+def test_data_check_refuses_a_set_training_would_refuse(pedes, tmp_path):
+    root, entries, write = pedes
+    write([entry for entry in entries if entry["split"] != "test"])
+    assert any("has no test entries" in problem for problem in problems_of(root))
+    result = invoke("data", "check", root)
+    assert result.exit_code == 1 and "has no test entries" in result.output
+
+
+def test_sixteen_bit_and_rotated_images_are_read_as_a_viewer_shows_them(pedes, tmp_path):
+    from visionloom.data.build import load_image
+    from visionloom.data.check import check_pedes
+    from visionloom.images import read_rgb
+
+    root, entries, _ = pedes
+    grey = (np.linspace(0, 65535, 128 * 384).reshape(384, 128)).astype(np.uint16)
+    deep = root / "imgs" / entries[0]["file_path"]
+    Image.fromarray(grey).save(deep)  # 16-bit greyscale PNG, mode I;16
+    pixels = np.asarray(read_rgb(deep))
+    assert pixels.shape == (384, 128, 3) and abs(pixels.mean() - 127.5) < 1  # not clipped to white
+    assert np.array_equal(pixels[..., 0], (grey.astype(np.int64) * 255 // 65535).astype(np.uint8))
+
+    sideways = root / "imgs" / entries[1]["file_path"]
+    upright = Image.new("RGB", (128, 384), (200, 0, 0))
+    upright.paste((0, 0, 200), (0, 0, 128, 40))  # blue on top when upright
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # stored lying down, 384 wide
+    exif = Image.Exif()
+    exif[0x0112] = 6  # EXIF orientation 6: turn 90 degrees clockwise to view
+    stored.save(sideways.with_suffix(".jpg"), exif=exif, quality=95)
+    entries[1]["file_path"] = str(Path(entries[1]["file_path"]).with_suffix(".jpg"))
+    (root / "reid_raw.json").write_text(json.dumps(entries))
+    shown = load_image(sideways.with_suffix(".jpg"), None)
+    assert shown.size == (128, 384) and shown.getpixel((64, 10))[2] > 150  # upright: blue on top
+    assert check_pedes(root, expected_size=(384, 128)).problems == []  # every image upright 384x128
+
+    floating = root / "imgs" / "float.tiff"
+    Image.fromarray(np.ones((4, 4), np.float32)).save(floating)
+    with pytest.raises(ValueError, match=r"float.tiff: 32-bit float pixels"):
+        read_rgb(floating)
+
+
+def test_the_demo_names_the_fewest_identities_and_never_trains_on_data_it_did_not_draw(tmp_path):
+    result = invoke("demo", "--quick", "--ids", "10", "--out", tmp_path / "d")
+    assert result.exit_code == 2 and "--ids 10" in result.output and "give --ids 11 or more" in result.output
+    assert not (tmp_path / "d").exists()
+    foreign = tmp_path / "foreign"
+    (foreign / "data").mkdir(parents=True)
+    (foreign / "data" / "reid_raw.json").write_text("[]")
+    result = invoke("demo", "--quick", "--out", foreign)
+    assert result.exit_code == 2 and "holds files the demo did not draw" in result.output
+    drawn = tmp_path / "drawn"
+    (drawn / "data").mkdir(parents=True)
+    (drawn / "data" / "demo_data.json").write_text(json.dumps({"identities": 60, "seed": 0}))
+    result = invoke("demo", "--quick", "--ids", "20", "--out", drawn)
+    assert result.exit_code == 2 and "--ids 60 --seed 0, not --ids 20 --seed 0" in result.output
+
+
+def test_the_demo_runs_at_its_fewest_identities(tmp_path):
+    from rich.console import Console
+
+    from visionloom.demo import run_demo
+
+    out = tmp_path / "d"
+    run_demo(out, [], identities=11, steps=2, console=Console(quiet=True), progress=False)
+    assert (out / "table.md").is_file()
+
+
+# ------------------------------------------------------------------ one line, never a traceback
+def test_file_system_errors_and_unexpected_ones_are_one_line(pedes_root, tmp_path, monkeypatch):
+    import errno
+
+    from visionloom.cli import describe_error, is_user_error
+    from visionloom.retrieval import train as retrieval_train
+
+    full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))
+    assert describe_error(full).startswith(
+        f"No space left on device: {tmp_path / 'x'} ("
+    ) and "MiB free" in describe_error(full)
+    for error, exit_code in (
+        (full, 2),
+        (FileExistsError(errno.EEXIST, "File exists", "o"), 2),
+        (TypeError("bad"), 1),
+    ):
+
+        def fail(*_args, error=error, **_kwargs):
+            raise error
+
+        monkeypatch.setattr(retrieval_train, "train_retrieval", fail)
+        result = invoke("retrieval", "train", "baseline", "--data", pedes_root, "--out", tmp_path / "r")
+        assert result.exit_code == exit_code and result.output.count("\n") == 1, result.output
+        assert result.output.startswith("error: ")
+        assert is_user_error(error) == (exit_code == 2)
+    assert "unexpected TypeError: bad" in result.output and "--verbose" in result.output
+
+
+def test_deeply_nested_json_and_decompression_bombs_are_named(pedes, tmp_path):
+    from visionloom.images import ImageReadError, read_rgb
+
+    root, entries, _ = pedes
+    (root / "reid_raw.json").write_text("[" * 200_000 + "]" * 200_000)
+    result = invoke("data", "check", root)
+    assert result.exit_code == 1 and "nested too deeply" in result.output
+    bomb = tmp_path / "bomb.png"
+    _png_header(bomb, 20000, 20000)
+    with pytest.raises(ImageReadError, match="bomb.png: refused as a decompression bomb"):
+        read_rgb(bomb)
+
+
+def test_user_text_in_messages_keeps_its_square_brackets(pedes, tmp_path):
+    root, entries, write = pedes
+    bracketed = tmp_path / "pedes [v2]"
+    root.rename(bracketed)
+    (bracketed / "reid_raw.json").write_text(json.dumps([{**entries[0], "captions": []}, *entries[1:]]))
+    result = invoke("data", "check", bracketed)
+    assert result.exit_code == 1 and "pedes [v2]" in result.output and "[red]" not in result.output
+    result = invoke(
+        "retrieval", "train", "baseline", "--data", bracketed / "nothing [here]", "--out", tmp_path / "r"
+    )
+    assert result.exit_code == 2 and "nothing [here]" in result.output
+
+
+def test_search_with_a_split_the_data_set_lacks_names_the_splits(pedes_root, tmp_path):
+    run = tmp_path / "run"
+    train_retrieval(small_config("baseline"), pedes_root, run, progress=False, evaluate_test=False)
+    result = invoke("retrieval", "search", run, "a man", "--data", pedes_root, "--split", "bogus")
+    assert result.exit_code == 2 and "'bogus'" in result.output and "train, val, test" in result.output
+
+
+def test_doctor_names_mismatched_shapes_and_a_missing_tokenizer_file(tmp_path):
+    from tests.conftest import edit_json
+
+    saved = tmp_path / "llava"
+    assert invoke("preset", "save", "tiny-llava", saved).exit_code == 0
+    narrow, untokenized = tmp_path / "narrow", tmp_path / "untokenized"
+    shutil.copytree(saved, narrow)
+    shutil.copytree(saved, untokenized)
+    edit_json(narrow / "config.json", lambda config: config["text_config"].update(hidden_size=48))
+    (untokenized / "tokenizer.json").unlink()
+    report = json.loads(invoke("doctor", narrow, "--json").output)
+    assert "do not have the shape config.json gives them" in report["error"]
+    assert re.search(r"\([\d, ]+\) in the weights, \([\d, ]*48[\d, ]*\) from the config", report["error"])
+    report = json.loads(invoke("doctor", untokenized, "--json").output)
+    assert "tokenizer.json is missing" in report["error"] and "sentencepiece" not in report["error"]
+
+
+def test_pope_lines_may_hold_unicode_line_separators(tmp_path):
+    from visionloom.data.pope import read_pope
+
+    (tmp_path / "val2014").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "val2014" / "a.jpg")
+    lines = [
+        {"question_id": 1, "image": "a.jpg", "text": "Is there a cat\u2028in the image?", "label": "yes"},
+        {"question_id": 2, "image": "a.jpg", "text": "Is there a dog?", "label": "no"},
+    ]
+    (tmp_path / "coco_pope_random.json").write_text(
+        "\n".join(json.dumps(line, ensure_ascii=False) for line in lines) + "\n", encoding="utf-8"
+    )
+    questions = read_pope(tmp_path)
+    assert [q.text for q in questions] == ["Is there a cat\u2028in the image?", "Is there a dog?"]
+    (tmp_path / "coco_pope_random.json").write_text(
+        json.dumps(lines[0], ensure_ascii=False) + "\n{broken\n", encoding="utf-8"
+    )
+    with pytest.raises(DatasetFormatError, match="line 2"):
+        read_pope(tmp_path)

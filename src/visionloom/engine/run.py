@@ -14,6 +14,7 @@ second writer (a `--resume` started while a killed launcher's workers still run)
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -245,12 +246,18 @@ def open_run(
     check_run_dir(run_dir, resume=resume, overwrite=overwrite)
     if data_root is not None:
         refuse_data_inside(run_dir, data_root, overwrite=overwrite)
+    created = not run_dir.exists()
     lock = RunLock(run_dir).acquire() if main else None
+    run = Run(run_dir, resume=resume, overwrite=overwrite, main=main)
     try:
-        yield Run(run_dir, resume=resume, overwrite=overwrite, main=main)
+        yield run
     finally:
         if lock is not None:
             lock.release()
+            if created and not run.begun:  # refused before it began: leave no folder behind
+                lock.path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # something else was written there after all
+                    run_dir.rmdir()
 
 
 def best_weights(run_dir: Path) -> Path:
