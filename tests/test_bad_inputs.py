@@ -877,7 +877,9 @@ def test_malformed_compressed_rle_is_refused_naming_the_annotation(counts, named
     annotation["segmentation"] = {"size": [image["height"], image["width"]], "counts": counts}
     (root / "instances.json").write_text(json.dumps(instances))
     images = refcoco_release.parent / "images" / "mscoco" / "images" / "train2014"
-    with pytest.raises(DatasetFormatError, match=rf"(?s)annotation {annotation['id']}: [^\n]*{re.escape(named)}"):
+    with pytest.raises(
+        DatasetFormatError, match=rf"(?s)annotation {annotation['id']}: [^\n]*{re.escape(named)}"
+    ):
         read_refcoco(root, image_dir=images)
 
 
