@@ -1123,3 +1123,16 @@ def test_pope_lines_may_hold_unicode_line_separators(tmp_path):
     )
     with pytest.raises(DatasetFormatError, match="line 2"):
         read_pope(tmp_path)
+
+
+def test_a_broken_scene_image_is_found_before_any_work(scenes_root, tmp_path):
+    root = _scenes_copy(scenes_root, tmp_path)
+    broken = sorted((root / "images").glob("*.png"))
+    for image in broken:
+        image.write_bytes(b"not a PNG")  # every split's questions hit one
+    pretrain = invoke("vlm", "pretrain", tmp_path / "v", "--data", root)
+    prune = invoke("prune", "eval", "scenes", "--data", root, "--out", tmp_path / "p", "--vlm", "unused")
+    for result in (pretrain, prune):
+        assert result.exit_code == 2 and "image(s) cannot be read" in result.output
+        assert re.search(r"scene_\d+\.png: unreadable image", result.output)
+    assert not (tmp_path / "v").exists() and not (tmp_path / "p").exists()

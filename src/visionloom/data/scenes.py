@@ -19,6 +19,7 @@ from visionloom.config import read_json
 from visionloom.data.pedes import DatasetFormatError, all_or_refuse, listing, resolve_inside
 from visionloom.data.refcoco import decode_segmentation, index_instances
 from visionloom.data.synth_scenes import COLOURS, LOCATIONS, SHAPES, location_words, names_location
+from visionloom.images import ImageReadError, read_rgb
 
 # The prompt the scene VLM is taught ("locate <expression>" -> "top left"); the grounding head
 # reads its attention with the same prompt. A real VLM takes any template with one {expression}.
@@ -130,6 +131,19 @@ def read_scene_texts(root: str | Path, split: str) -> list[SceneText]:
     if not texts:
         raise DatasetFormatError(f"{root}: nothing in split {split!r}")
     return texts
+
+
+def require_readable(images: list[Path], source: str | Path) -> None:
+    """Every image decodes (`read_rgb`); one DatasetFormatError listing each that does not, before
+    any work (a broken file found mid-run would stop it after minutes)."""
+    problems = []
+    for image in dict.fromkeys(images):
+        try:
+            read_rgb(image)
+        except ImageReadError as error:
+            problems.append(str(error))
+    if problems:
+        raise DatasetFormatError(f"{source}: {len(problems)} image(s) cannot be read:{listing(problems)}")
 
 
 def cell_places(grid: tuple[int, int]) -> torch.Tensor:

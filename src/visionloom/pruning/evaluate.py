@@ -20,7 +20,7 @@ from visionloom.backbones import load
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.config import read_json
 from visionloom.data.pedes import DatasetFormatError, all_or_refuse, resolve_inside
-from visionloom.data.scenes import SceneText, read_scene_texts
+from visionloom.data.scenes import SceneText, read_scene_texts, require_readable
 from visionloom.engine.samplers import Items
 from visionloom.images import read_rgb
 from visionloom.pruning.benchmarks import METRICS, BenchmarkQuestion, read_benchmark
@@ -179,6 +179,8 @@ def evaluate_pruning(
         questions = questions[: config.max_questions]
     else:
         texts = read_questions(config, data_root)
+    images = [q.image for q in questions] if generated else [t.image_path for t in texts]
+    require_readable(images, data_root if generated or not config.questions else config.questions)
     adapter = load(config.vlm)
     adapter.model.eval()
     if generated:

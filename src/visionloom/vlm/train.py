@@ -21,7 +21,7 @@ from pathlib import Path
 from safetensors.torch import save_model
 from torch.utils.data import DataLoader
 
-from visionloom.data.scenes import SceneCells, read_scene_texts
+from visionloom.data.scenes import SceneCells, read_scene_texts, require_readable
 from visionloom.engine.run import fingerprint, finish_run, open_run
 from visionloom.engine.samplers import Items, RandomBatches
 from visionloom.engine.trainer import Trainer, resolve_precision
@@ -67,6 +67,8 @@ def pretrain(
         # The data first: a run that cannot read it must leave nothing that looks like a run.
         train_texts = read_scene_texts(root, "train")
         val_texts = read_scene_texts(root, "val")
+        test_texts = read_scene_texts(root, "test")
+        require_readable([t.image_path for t in (*train_texts, *val_texts, *test_texts)], root)
         resolve_precision(config.train.precision)  # refused before anything is written
         run.begin(
             config,
@@ -90,7 +92,6 @@ def pretrain(
             model, loader, config.train, out / "run", validate=validate, select_key="all", progress=progress
         )
         result = trainer.fit(resume=resume)
-        test_texts = read_scene_texts(root, "test")
         summary = finish_run(
             out / "run",
             model,
