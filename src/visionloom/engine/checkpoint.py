@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_file, save_model
 
 LATEST = "latest"
@@ -96,10 +97,18 @@ def save_weights(model: torch.nn.Module, path: Path | str) -> None:
 def load_weights(model: torch.nn.Module, path: Path | str, device: str = "cpu") -> None:
     """Load `save_weights` output in place; anything missing beyond the model's own prefixes is an error."""
     skip = _elsewhere(model)
-    missing, unexpected = load_model(model, str(path), strict=not skip, device=device)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such weights file")
+    try:
+        missing, unexpected = load_model(model, str(path), strict=not skip, device=device)
+    except (SafetensorError, OSError) as error:
+        raise DamagedCheckpoint(f"{path} cannot be read ({error})") from None
+    except RuntimeError as error:  # torch's load_state_dict: missing keys or other shapes
+        reason = " ".join(str(error).split())[:300]  # one line
+        raise DamagedCheckpoint(f"{path} does not fit the model: {reason}") from None
     missing = [name for name in missing if not name.startswith(skip)]
     if missing or unexpected:
-        raise RuntimeError(
+        raise DamagedCheckpoint(
             f"{path} does not fit the model: missing {missing[:4]}{' ...' if len(missing) > 4 else ''}, "
             f"unexpected {unexpected[:4]}{' ...' if len(unexpected) > 4 else ''}"
         )
