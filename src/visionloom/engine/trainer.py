@@ -361,8 +361,12 @@ class Trainer:
                 weights = best_weights(self.run_dir)
                 weights.parent.mkdir(parents=True, exist_ok=True)
                 temporary = weights.with_name(f".{weights.name}.tmp")
-                save_weights(self.accelerator.unwrap_model(self.model), temporary)
-                temporary.replace(weights)
+                try:
+                    save_weights(self.accelerator.unwrap_model(self.model), temporary)
+                    temporary.replace(weights)
+                except OSError:  # a full disk: the previous best stays, no partial file
+                    temporary.unlink(missing_ok=True)
+                    raise
                 write_text_atomic(weights.with_name("selection.json"), json.dumps(best, indent=1))
         best = self.accelerator.gather_for_metrics([best])[0] if self.accelerator.num_processes > 1 else best
         return best
