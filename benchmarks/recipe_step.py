@@ -37,7 +37,8 @@ def measure(recipe: str, batch_size: int, repeats: int) -> dict:
     from visionloom.data.pedes import read_pedes
     from visionloom.data.synth_pedes import generate
     from visionloom.engine.trainer import make_optimizer
-    from visionloom.retrieval.build import create_model, load_config
+    from visionloom.retrieval.build import create_model
+    from visionloom.retrieval.config import load_config
     from visionloom.retrieval.train import prepare_vq
     from visionloom.retrieval.vq import SIZE_FILE, build_cache, build_vq
 

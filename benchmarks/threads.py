@@ -29,7 +29,7 @@ import json, sys, time
 from pathlib import Path
 import torch
 from visionloom.data.pedes import read_pedes
-from visionloom.retrieval.build import VQFitConfig
+from visionloom.retrieval.config import VQFitConfig
 from visionloom.retrieval.vq import fit_vq
 root, steps = Path(sys.argv[1]), int(sys.argv[2])
 split = read_pedes(root)["train"]

@@ -49,7 +49,7 @@ def pedes_root(tmp_path_factory):
 def vq_dir(pedes_root):
     """A VQ tokenizer fitted for a few steps on pedes_root's training images, with its code cache."""
     from visionloom.data.pedes import read_pedes
-    from visionloom.retrieval.build import VQFitConfig
+    from visionloom.retrieval.config import VQFitConfig
     from visionloom.retrieval.vq import build_cache, fit_vq
 
     directory = pedes_root / "vq"
@@ -61,7 +61,7 @@ def vq_dir(pedes_root):
 
 def small_config(architecture: str, *overrides: str):
     """A retrieval config at test size: 64x32 images, few steps, small batches of 2 ids x 2."""
-    from visionloom.retrieval.build import load_config
+    from visionloom.retrieval.config import load_config
 
     base = [
         "model.image_size=[64, 32]",
@@ -90,7 +90,7 @@ def scenes_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def scene_vlm(scenes_root, tmp_path_factory):
     """A tiny LLaVA pretrained for a few steps on scenes_root, saved as a checkpoint directory."""
-    from visionloom.vlm.build import PretrainConfig
+    from visionloom.vlm.config import PretrainConfig
     from visionloom.vlm.train import pretrain
 
     config = PretrainConfig(family="llava")

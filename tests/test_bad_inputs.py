@@ -30,7 +30,7 @@ from visionloom.data.refcoco import load_refs, read_refcoco
 from visionloom.engine.checkpoint import latest_checkpoint
 from visionloom.engine.run import RunDirectoryError, RunLock
 from visionloom.engine.trainer import TrainingInterrupted
-from visionloom.retrieval.build import load_config
+from visionloom.retrieval.config import load_config
 from visionloom.retrieval.train import train_retrieval
 
 runner = CliRunner()
@@ -75,7 +75,7 @@ class _Explodes:
 @pytest.mark.parametrize("flag", ["n", '"false"', "0", "yes please"])
 def test_the_pickle_guard_takes_only_a_real_true(flag, tmp_path):
     with pytest.raises(ConfigError, match="allow_pickle: expected true or false"):
-        from visionloom.grounding.build import load_config as grounding_config
+        from visionloom.grounding.config import load_config as grounding_config
 
         grounding_config("llava", [f"allow_pickle={flag}"])
     marker = tmp_path / "ran"
@@ -597,7 +597,7 @@ def test_ctrl_c_with_several_processes_says_plainly_that_nothing_was_saved(pedes
 def test_a_pretraining_that_cannot_read_its_data_leaves_no_run_behind(tmp_path):
     """Otherwise the next attempt, with the right --data, would be refused as "already holds a run"."""
     from visionloom.engine.run import holds_a_run
-    from visionloom.vlm.build import PretrainConfig
+    from visionloom.vlm.config import PretrainConfig
     from visionloom.vlm.train import pretrain
 
     out = tmp_path / "vlm"

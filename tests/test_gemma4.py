@@ -14,7 +14,8 @@ from tests.test_pruning import eager_weights_of
 from tests.test_registry import _drop_weights
 from visionloom.backbones.checks import ImageTokenMismatch
 from visionloom.backbones.tiny import build_preset
-from visionloom.pruning.apply import Decision, forward_pruned
+from visionloom.pruning.decision import Decision
+from visionloom.pruning.prefill import forward_pruned
 from visionloom.pruning.pruners import PDrop, RandomPruner, TextAttention
 
 runner = CliRunner()

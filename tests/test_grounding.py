@@ -11,7 +11,7 @@ import torch
 from tests.conftest import cached_preset
 from visionloom.data.refcoco import read_refcoco
 from visionloom.grounding.attention import collect, expression_token_count, merge_attention, pad_to_square
-from visionloom.grounding.build import HeadConfig, SamSettings
+from visionloom.grounding.config import GroundingConfig, HeadConfig, SamSettings, load_config
 from visionloom.grounding.features import collate, compute_features
 from visionloom.grounding.head import MaskHead
 from visionloom.grounding.loss import bce_loss, dice_loss
@@ -172,7 +172,7 @@ def test_training_changes_the_head_and_never_the_vlm(scenes_root, tmp_path, monk
     adapter = cached_preset("tiny-llava")
     before = _state_digest(adapter.model)
     monkeypatch.setattr(grounding_build, "load_vlm", lambda config: adapter)
-    config = grounding_build.GroundingConfig(name="t", vlm="tiny-llava")
+    config = GroundingConfig(name="t", vlm="tiny-llava")
     config.head.width = 8
     config.train.steps, config.train.batch_size, config.train.warmup_steps = 3, 4, 1
     config.train.checkpoint_every = config.train.eval_every = 3
@@ -270,9 +270,8 @@ def test_images_of_different_sizes_need_one_side_where_the_processor_keeps_sizes
 @pytest.mark.slow
 def test_qwen_pretrains_and_grounds_end_to_end(scenes_root, tmp_path):
     """The Qwen2.5-VL path of both commands: its 3-D positions, merged grid and processor."""
-    from visionloom.grounding import build as grounding_build
     from visionloom.grounding import train as grounding_train
-    from visionloom.vlm.build import PretrainConfig
+    from visionloom.vlm.config import PretrainConfig
     from visionloom.vlm.train import pretrain
 
     config = PretrainConfig(family="qwen2.5-vl")
@@ -280,9 +279,7 @@ def test_qwen_pretrains_and_grounds_end_to_end(scenes_root, tmp_path):
     config.train.checkpoint_every = config.train.eval_every = 2
     report = pretrain(scenes_root, tmp_path / "vlm", config, progress=False)
     assert "where" in report["test_accuracy"]
-    ground = grounding_build.load_config(
-        "qwen2.5-vl", ["train.steps=2", "train.batch_size=4", "head.width=8"]
-    )
+    ground = load_config("qwen2.5-vl", ["train.steps=2", "train.batch_size=4", "head.width=8"])
     ground.vlm = str(tmp_path / "vlm")
     ground.train.checkpoint_every = ground.train.eval_every = 2
     summary = grounding_train.train_grounding(ground, scenes_root, tmp_path / "run", progress=False)
@@ -308,7 +305,7 @@ def test_refcoco_as_released_trains_and_evaluates_on_val_testa_and_testb(
 
     adapter = cached_preset("tiny-llava")
     monkeypatch.setattr(grounding_build, "load_vlm", lambda config: adapter)
-    config = grounding_build.GroundingConfig(name="t", vlm="tiny-llava", split_by="unc")
+    config = GroundingConfig(name="t", vlm="tiny-llava", split_by="unc")
     config.head.width = 8
     config.train.steps, config.train.batch_size, config.train.warmup_steps = 2, 4, 1
     config.train.checkpoint_every = config.train.eval_every = 2
@@ -342,7 +339,7 @@ def test_a_data_set_without_val_is_refused_before_any_training(refcoco_release, 
     (root / "refs(unc).json").write_text(json.dumps(refs))
     loaded = []
     monkeypatch.setattr(grounding_build, "load_vlm", lambda config: loaded.append(1))
-    config = grounding_build.GroundingConfig(
+    config = GroundingConfig(
         name="t",
         vlm="tiny-llava",
         image_dir=str(refcoco_release.parent / "images" / "mscoco" / "images" / "train2014"),

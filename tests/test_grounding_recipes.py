@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.hub_checkpoints import checkpoint, sam_checkpoint
-from visionloom.grounding.build import load_config
+from visionloom.grounding.config import load_config
 from visionloom.grounding.train import train_grounding
 
 pytestmark = pytest.mark.slow

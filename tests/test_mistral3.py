@@ -15,7 +15,8 @@ from tests.test_registry import _drop_weights
 from visionloom.backbones._compat import pixtral_processor_class
 from visionloom.backbones.checks import ImageTokenMismatch
 from visionloom.backbones.mistral3 import Mistral3Adapter
-from visionloom.pruning.apply import Decision, prune_sequence
+from visionloom.pruning.apply import prune_sequence
+from visionloom.pruning.decision import Decision
 
 runner = CliRunner()
 

@@ -16,7 +16,7 @@ from visionloom.backbones import load
 from visionloom.backbones.tiny import build_preset
 from visionloom.cli import app
 from visionloom.pruning.benchmarks import METRICS, read_benchmark
-from visionloom.pruning.build import load_config
+from visionloom.pruning.config import load_config
 from visionloom.pruning.evaluate import PromptCollate, evaluate_pruning
 from visionloom.pruning.generate import stop_token_ids
 

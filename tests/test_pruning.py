@@ -14,7 +14,9 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from tests.conftest import FAMILIES, QWEN_FAMILIES, cached_preset
 from visionloom.backbones.tiny import build_preset
-from visionloom.pruning.apply import Decision, forward_pruned, prune_sequence
+from visionloom.pruning.apply import prune_sequence
+from visionloom.pruning.decision import Decision
+from visionloom.pruning.prefill import forward_pruned
 from visionloom.pruning.pruners import (
     KeepAll,
     LearnedScorer,
@@ -510,7 +512,7 @@ def test_the_learned_scorer_trains_through_the_one_trainer(scenes_root, scene_vl
 
     from visionloom.backbones import load
     from visionloom.data.scenes import read_scene_texts
-    from visionloom.pruning.build import ScorerConfig
+    from visionloom.pruning.config import ScorerConfig
     from visionloom.pruning.train import train_scorer
 
     adapter = load(scene_vlm[0])
@@ -529,7 +531,7 @@ def test_the_learned_scorer_trains_through_the_one_trainer(scenes_root, scene_vl
 
 
 def test_prune_eval_writes_table_plot_and_keeps_accuracy_at_full_keep(scenes_root, scene_vlm, tmp_path):
-    from visionloom.pruning.build import PruneConfig
+    from visionloom.pruning.config import PruneConfig
     from visionloom.pruning.evaluate import evaluate_pruning, read_questions, run_pruner
     from visionloom.vlm.evaluate import answer_accuracy
 
@@ -571,7 +573,7 @@ def test_text_attention_in_evaluation_ranks_from_the_prompt_not_the_answer(
 ):
     """The answer is teacher-forced in evaluation; swapping it must not change what is kept."""
     from visionloom.backbones import load
-    from visionloom.pruning.build import PruneConfig
+    from visionloom.pruning.config import PruneConfig
     from visionloom.pruning.evaluate import read_questions, run_pruner
 
     adapter = load(scene_vlm[0])
@@ -617,7 +619,7 @@ def test_prune_eval_gives_the_same_answers_under_left_and_right_padding(scenes_r
     """
     import visionloom.pruning.evaluate as prune_evaluate
     from visionloom.backbones import load
-    from visionloom.pruning.build import PruneConfig
+    from visionloom.pruning.config import PruneConfig
     from visionloom.pruning.evaluate import read_questions, run_pruner
 
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -654,7 +656,7 @@ def test_prune_eval_gives_the_same_answers_under_left_and_right_padding(scenes_r
 def test_question_sets_load_from_a_local_json_with_errors_naming_the_item(scenes_root, tmp_path):
     import json
 
-    from visionloom.pruning.build import PruneConfig
+    from visionloom.pruning.config import PruneConfig
     from visionloom.pruning.evaluate import read_questions
 
     image = tmp_path / "pictures" / "one.png"

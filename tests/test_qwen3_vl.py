@@ -10,7 +10,9 @@ import torch
 
 from tests.conftest import cached_preset
 from visionloom.backbones.checks import ImageTokenMismatch
-from visionloom.pruning.apply import Decision, forward_pruned, full_sequence_kwargs
+from visionloom.pruning.apply import full_sequence_kwargs
+from visionloom.pruning.decision import Decision
+from visionloom.pruning.prefill import forward_pruned
 from visionloom.pruning.pruners import RandomPruner
 
 

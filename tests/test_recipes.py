@@ -16,7 +16,8 @@ from safetensors import safe_open
 from tests.recipe_checkpoints import recipe_checkpoint
 from visionloom.config import ConfigError
 from visionloom.retrieval import model as model_module
-from visionloom.retrieval.build import create_model, load_config
+from visionloom.retrieval.build import create_model
+from visionloom.retrieval.config import load_config
 from visionloom.retrieval.train import train_retrieval
 
 CHECKPOINTS = {

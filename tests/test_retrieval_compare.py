@@ -238,7 +238,7 @@ def test_correlated_queries_widen_the_identity_interval():
 
 def test_tokenizers_are_prepared_from_the_configs_own_vq_fit(pedes_root, tmp_path, monkeypatch):
     from visionloom.retrieval import vq
-    from visionloom.retrieval.build import load_config
+    from visionloom.retrieval.config import load_config
     from visionloom.retrieval.train import ensure_tokenizers
 
     fitted = []

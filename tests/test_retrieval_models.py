@@ -231,7 +231,7 @@ def test_dead_codes_move_onto_batch_latents_and_live_ones_stay():
 
 
 def test_vq_fit_restarts_dead_codes_and_stops_before_the_end(pedes_root, tmp_path):
-    from visionloom.retrieval.build import VQFitConfig
+    from visionloom.retrieval.config import VQFitConfig
     from visionloom.retrieval.vq import fit_vq
 
     split = read_pedes(pedes_root)["train"]
@@ -250,7 +250,7 @@ def test_vq_fit_trains_through_the_one_trainer_and_restarts_inside_its_update(
     """The restarts happen in the Trainer's update (so a checkpoint holds them whole), at steps 4 and 8."""
     from visionloom.engine import trainer as trainer_module
     from visionloom.retrieval import vq as vq_module
-    from visionloom.retrieval.build import VQFitConfig
+    from visionloom.retrieval.config import VQFitConfig
 
     fits, restarts = [], []
     real_fit, real_restart = trainer_module.Trainer.fit, vq_module.VQTraining.after_optimizer_step

@@ -13,7 +13,8 @@ from tests.test_registry import _drop_weights
 from visionloom.backbones import load
 from visionloom.backbones.checks import ImageTokenMismatch
 from visionloom.backbones.smolvlm import SmolVLMAdapter
-from visionloom.pruning.apply import Decision, prune_sequence
+from visionloom.pruning.apply import prune_sequence
+from visionloom.pruning.decision import Decision
 
 runner = CliRunner()
 

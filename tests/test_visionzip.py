@@ -11,7 +11,7 @@ import torch
 
 from tests.conftest import FAMILIES, QWEN_FAMILIES, cached_preset
 from tests.test_pruning import _encoded_batch, _out
-from visionloom.pruning.apply import forward_pruned
+from visionloom.pruning.prefill import forward_pruned
 from visionloom.pruning.pruners import TowerAttention, VisionZip, candidates
 
 
@@ -53,7 +53,7 @@ def test_visionzip_keeps_dominant_tokens_and_merges_the_rest_into_contextual_one
 
 
 def test_prune_eval_runs_visionzip_by_name(scenes_root, scene_vlm, tmp_path):
-    from visionloom.pruning.build import PruneConfig
+    from visionloom.pruning.config import PruneConfig
     from visionloom.pruning.evaluate import evaluate_pruning
 
     directory, _ = scene_vlm

@@ -237,10 +237,10 @@ app.add_typer(config_app, name="config")
 
 # Each system's config loader, imported only when a config is shown.
 CONFIG_LOADERS = {
-    "retrieval": "visionloom.retrieval.build",
-    "grounding": "visionloom.grounding.build",
-    "pruning": "visionloom.pruning.build",
-    "vlm": "visionloom.vlm.build",
+    "retrieval": "visionloom.retrieval.config",
+    "grounding": "visionloom.grounding.config",
+    "pruning": "visionloom.pruning.config",
+    "vlm": "visionloom.vlm.config",
 }
 
 
@@ -488,7 +488,7 @@ def vlm_pretrain(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace what OUT already holds."),
 ) -> None:
     """Train a tiny VLM of the real class from random weights on captions and questions about scenes."""
-    from visionloom.vlm.build import FAMILY_PRESETS, load_config
+    from visionloom.vlm.config import FAMILY_PRESETS, load_config
     from visionloom.vlm.train import pretrain
 
     if config is None and family not in FAMILY_PRESETS:
@@ -519,7 +519,7 @@ def ground_train(
     overrides: list[str] = set_option("train.steps=100"),
 ) -> None:
     """Train the mask head, text projection and SAM decoder on a frozen VLM; select on val, test once."""
-    from visionloom.grounding.build import load_config
+    from visionloom.grounding.config import load_config
     from visionloom.grounding.train import train_grounding
 
     settings = load_config(config, overrides)
@@ -624,7 +624,7 @@ def prune_eval(
 ) -> None:
     """Accuracy (and POPE's precision, recall, F1, yes-ratio), prefill time and FLOPs for each pruner
     at each keep ratio of the config."""
-    from visionloom.pruning.build import load_config
+    from visionloom.pruning.config import load_config
     from visionloom.pruning.evaluate import evaluate_pruning
 
     settings = load_config(config, overrides)
@@ -668,7 +668,7 @@ def vq_fit(
 
     from visionloom.data.pedes import read_pedes
     from visionloom.engine.run import refuse_to_replace
-    from visionloom.retrieval.build import VQFitConfig, load_config
+    from visionloom.retrieval.config import VQFitConfig, load_config
     from visionloom.retrieval.vq import fit_vq
 
     refuse_to_replace(out or data / "vq", "a VQ tokenizer", overwrite=overwrite)
@@ -707,7 +707,7 @@ def retrieval_train(
     overrides: list[str] = set_option("train.steps=50"),
 ) -> None:
     """Train a retrieval model; select on val; evaluate test once. Works under `accelerate launch`."""
-    from visionloom.retrieval.build import load_config
+    from visionloom.retrieval.config import load_config
     from visionloom.retrieval.train import train_retrieval
 
     experiment = load_config(config, overrides)

@@ -32,8 +32,9 @@ from rich.table import Table
 from visionloom.config import read_json
 from visionloom.data.pedes import read_pedes
 from visionloom.data.synth_pedes import MIN_IDENTITIES, generate, split_of
-from visionloom.retrieval.build import ARCHITECTURES, load_config
+from visionloom.retrieval.build import ARCHITECTURES
 from visionloom.retrieval.compare import METRICS, Entry, run_comparison
+from visionloom.retrieval.config import load_config
 from visionloom.retrieval.train import ensure_tokenizers, load_trained, train_or_continue
 
 # The default: phase 4 against phase 3 (the first phase is what the others are compared with),

@@ -11,14 +11,8 @@ from visionloom.engine import run as engine_run
 from visionloom.engine.checkpoint import load_weights
 from visionloom.engine.run import best_weights
 from visionloom.grounding import build
-from visionloom.grounding.build import (
-    GroundingConfig,
-    build_model,
-    build_refiner,
-    read_samples,
-    read_splits,
-    split_features,
-)
+from visionloom.grounding.build import build_model, build_refiner, read_samples, read_splits, split_features
+from visionloom.grounding.config import GroundingConfig
 from visionloom.grounding.features import SampleFeatures, collate
 from visionloom.grounding.metrics import MaskMetrics
 from visionloom.grounding.model import Grounder

@@ -8,14 +8,11 @@ gets (`normalise`; off for the text-only control, whose channels are constant ov
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-if TYPE_CHECKING:  # annotations only: build.py builds on this module
-    from visionloom.grounding.build import HeadConfig
+from visionloom.grounding.config import HeadConfig
 
 
 def block(in_channels: int, out_channels: int) -> nn.Sequential:

@@ -15,18 +15,15 @@ The batch contract (`GroundingBatch`, built by `features.collate`):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from visionloom.grounding.attention import Padding
+from visionloom.grounding.config import HeadConfig
 from visionloom.grounding.head import MaskHead
 from visionloom.grounding.loss import mask_loss
 from visionloom.grounding.sam import SamRefiner
-
-if TYPE_CHECKING:  # annotations only: build.py builds on this module
-    from visionloom.grounding.build import HeadConfig
 
 
 @dataclass

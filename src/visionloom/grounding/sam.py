@@ -14,7 +14,6 @@ through the image processor's own `post_process_masks`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -23,8 +22,7 @@ from torch.nn import functional as F
 from transformers import SamConfig, SamModel
 from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
 
-if TYPE_CHECKING:  # annotations only: build.py builds on this module
-    from visionloom.grounding.build import SamSettings
+from visionloom.grounding.config import SamSettings
 
 
 def tiny_sam(seed: int = 0, image_size: int = 256) -> tuple[SamModel, SamImageProcessorPil]:

@@ -24,7 +24,6 @@ from visionloom.engine.samplers import Items, RandomBatches
 from visionloom.engine.trainer import Trainer, make_accelerator
 from visionloom.grounding import build
 from visionloom.grounding.build import (
-    GroundingConfig,
     build_model,
     build_refiner,
     read_splits,
@@ -32,6 +31,7 @@ from visionloom.grounding.build import (
     select_key,
     split_features,
 )
+from visionloom.grounding.config import GroundingConfig
 from visionloom.grounding.evaluate import evaluate
 from visionloom.grounding.features import collate
 from visionloom.grounding.model import Grounder

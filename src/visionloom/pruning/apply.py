@@ -25,44 +25,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.backbones.types import LayerOutput, MultimodalInputs, VisionTokens
-
-
-@dataclass
-class DropStage:
-    """One drop inside the language model: language-model layers `layer`.. run without the dropped tokens.
-
-    Either `keep` fixes the kept indices per image (FastV, decided before), or `keep_ratio` keeps that
-    share of each image's remaining candidates, ranked by the attention the query token gives them
-    at layer `layer - 1` (PDrop), computed in the same prefill.
-    """
-
-    layer: int
-    keep: list[torch.Tensor] | None = None
-    keep_ratio: float | None = None
-
-
-@dataclass
-class Decision:
-    """Per image (batch order): kept token indices (sorted) and/or soft weights; None means all / ones."""
-
-    keep: list[torch.Tensor] | None = None  # long [k_i], indices into the image's placeholders
-    weights: list[torch.Tensor] | None = None  # float [counts_i]
-    # [T, D_text]: embeddings that replace the layer's (PruMerge's merged tokens), same layout.
-    embeds: torch.Tensor | None = None
-    from_layer: int = 0  # the first language-model layer without the dropped tokens
-    # [B, S, D]: the full sequence entering `from_layer`, when the pruner already computed it.
-    hidden_entering: torch.Tensor | None = None
-    # PDrop: drops at later language-model layers, ranked while the prefill runs (see generate.py).
-    stages: list[DropStage] = field(default_factory=list)
-
-    def kept_counts(self, tokens: VisionTokens) -> list[int]:
-        return [len(k) for k in self.keep] if self.keep is not None else list(tokens.counts)
+from visionloom.pruning.decision import Decision
 
 
 @dataclass
@@ -308,20 +277,3 @@ def prune_sequence(
         image_token_mask=gather(inputs.image_token_mask, False),
         layout=rows,
     )
-
-
-def forward_pruned(
-    adapter: ImageTokenAdapter,
-    inputs: MultimodalInputs,
-    tokens: VisionTokens,
-    decision: Decision,
-    **flags,
-) -> LayerOutput:
-    """The language model on the pruned sequence (decoder-only families and T5Gemma2's encoder).
-
-    Drops inside the language model (FastV's `from_layer`, PDrop's stages) run in stretches of
-    layers, see `prefill.py`; a decision at layer 0 is one stretch.
-    """
-    from visionloom.pruning.prefill import prefill  # prefill builds on this module
-
-    return prefill(adapter, inputs, tokens, decision, **flags).output

@@ -24,7 +24,8 @@ from visionloom.data.scenes import SceneText, read_scene_texts, require_readable
 from visionloom.engine.samplers import Items
 from visionloom.images import read_rgb
 from visionloom.pruning.benchmarks import METRICS, BenchmarkQuestion, read_benchmark
-from visionloom.pruning.build import PruneConfig, make_pruner
+from visionloom.pruning.build import make_pruner
+from visionloom.pruning.config import PruneConfig
 from visionloom.pruning.generate import chat_prompt, generate
 from visionloom.pruning.prefill import prefill
 from visionloom.pruning.pruners import KeepAll, Pruner

@@ -30,7 +30,8 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.backbones.types import MultimodalInputs, VisionTokens
-from visionloom.pruning.apply import Decision, last_real_positions, padding_side
+from visionloom.pruning.apply import last_real_positions, padding_side
+from visionloom.pruning.decision import Decision
 from visionloom.pruning.prefill import Prefill, prefill, run_stretch
 
 PROMPT_STYLES = ("chat", "plain")

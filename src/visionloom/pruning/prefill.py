@@ -25,8 +25,6 @@ from transformers import DynamicCache
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.backbones.types import LayerOutput, MultimodalInputs, VisionTokens
 from visionloom.pruning.apply import (
-    Decision,
-    DropStage,
     attention_weights_of,
     full_sequence_kwargs,
     gather_layout,
@@ -37,6 +35,7 @@ from visionloom.pruning.apply import (
     prune_sequence,
     sequence_layout,
 )
+from visionloom.pruning.decision import Decision, DropStage
 
 
 @dataclass
@@ -255,3 +254,18 @@ def prefill(
     stretches.append(final)
     lengths.append((layers - start, final.attention_mask.sum(1)))
     return Prefill(output, stretches, layout, keep, full_kwargs["position_ids"], lengths)
+
+
+def forward_pruned(
+    adapter: ImageTokenAdapter,
+    inputs: MultimodalInputs,
+    tokens: VisionTokens,
+    decision: Decision,
+    **flags,
+) -> LayerOutput:
+    """The language model on the pruned sequence (decoder-only families and T5Gemma2's encoder).
+
+    Drops inside the language model (FastV's `from_layer`, PDrop's stages) run in stretches of
+    layers, see `prefill.py`; a decision at layer 0 is one stretch.
+    """
+    return prefill(adapter, inputs, tokens, decision, **flags).output

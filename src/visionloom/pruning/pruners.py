@@ -31,13 +31,8 @@ from torch import nn
 
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.backbones.types import MultimodalInputs, VisionTokens
-from visionloom.pruning.apply import (
-    Decision,
-    DropStage,
-    attention_weights_of,
-    last_real_positions,
-    shallow_pass,
-)
+from visionloom.pruning.apply import attention_weights_of, last_real_positions, shallow_pass
+from visionloom.pruning.decision import Decision, DropStage
 
 
 class Pruner(Protocol):

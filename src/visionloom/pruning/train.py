@@ -19,8 +19,8 @@ from visionloom.data.scenes import SceneText
 from visionloom.engine.run import open_run
 from visionloom.engine.samplers import Items, RandomBatches
 from visionloom.engine.trainer import TrainConfig, Trainer
-from visionloom.pruning.apply import forward_pruned
-from visionloom.pruning.build import ScorerConfig
+from visionloom.pruning.config import ScorerConfig
+from visionloom.pruning.prefill import forward_pruned
 from visionloom.pruning.pruners import LearnedScorer
 from visionloom.vlm.answers import AnswerCollate, answer_loss
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from visionloom.data.pedes import read_pedes
-from visionloom.retrieval.build import load_config
+from visionloom.retrieval.config import load_config
 from visionloom.retrieval.train import ensure_tokenizers, load_outcomes, train_or_continue
 
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")

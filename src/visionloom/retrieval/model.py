@@ -26,7 +26,7 @@ The generator (phase 4's masked-image decoder, or T5Gemma2's caption decoder) ru
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,11 +34,9 @@ from transformers import PreTrainedTokenizerBase, T5Config, T5EncoderModel
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.t5.modeling_t5 import T5Stack
 
+from visionloom.retrieval.config import LossConfig
 from visionloom.retrieval.encoders import ImageOutput, T5ImageEncoder, ensure_width
 from visionloom.retrieval.loss import generation_loss, id_loss, itc_loss, sdm_loss
-
-if TYPE_CHECKING:  # annotations only: build.py builds on this module
-    from visionloom.retrieval.build import LossConfig
 
 
 @dataclass

@@ -35,7 +35,8 @@ from visionloom.engine.run import (
 from visionloom.engine.trainer import Trainer, TrainResult, make_accelerator
 from visionloom.progress import track
 from visionloom.retrieval import evaluate
-from visionloom.retrieval.build import RetrievalConfig, create_model
+from visionloom.retrieval.build import create_model
+from visionloom.retrieval.config import RetrievalConfig
 from visionloom.retrieval.metrics import QueryOutcomes
 from visionloom.retrieval.model import DualEncoder
 

@@ -20,7 +20,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -35,10 +34,7 @@ from visionloom.data.pedes import PedesSplit
 from visionloom.engine.run import open_run
 from visionloom.engine.samplers import EPOCH_SEED_STRIDE, RandomBatches
 from visionloom.engine.trainer import TrainConfig, Trainer
-
-if TYPE_CHECKING:  # annotations only: build.py builds on this module
-    from visionloom.retrieval.build import VQFitConfig
-
+from visionloom.retrieval.config import VQFitConfig
 
 SIZE_FILE = "visionloom_vq.json"  # the (height, width) the tokenizer encodes at
 RESTARTS_UNTIL = 0.8  # dead codes are restarted during the first 80% of the steps only

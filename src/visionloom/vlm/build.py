@@ -1,41 +1,10 @@
-"""The scene VLM's configuration and how it is built: a tiny preset of a real family, random weights."""
+"""How the scene VLM is built from its config (`vlm/config.py`): a tiny preset of a real family, random weights."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal
-
-from visionloom import config as config_io
 from visionloom.backbones import load
 from visionloom.backbones.base import ImageTokenAdapter
-from visionloom.config import NonNegativeFloat
-from visionloom.engine.trainer import TrainConfig
-
-FAMILY_PRESETS = {"llava": "tiny-llava", "qwen2.5-vl": "tiny-qwen2.5-vl"}
-
-
-@dataclass
-class PretrainConfig:
-    family: Literal["llava", "qwen2.5-vl"] = "llava"
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(
-            steps=5000,
-            batch_size=32,
-            lr=3e-3,
-            warmup_steps=100,
-            checkpoint_every=500,
-            eval_every=500,
-            log_every=20,
-        )
-    )
-    cell_weight: NonNegativeFloat = 1.0  # weight of the per-token colour/shape warm-up loss (0: off)
-    seed: int = 0
-
-
-def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> PretrainConfig:
-    """A pretraining config by name (configs/vlm/NAME.yaml) or path, with `--set` overrides."""
-    return config_io.load(PretrainConfig, config_io.find_config("vlm", name_or_path), overrides)
+from visionloom.vlm.config import FAMILY_PRESETS, PretrainConfig
 
 
 def build_vlm(config: PretrainConfig) -> ImageTokenAdapter:

@@ -26,7 +26,8 @@ from visionloom.engine.run import fingerprint, finish_run, open_run
 from visionloom.engine.samplers import Items, RandomBatches
 from visionloom.engine.trainer import Trainer, resolve_precision
 from visionloom.vlm.answers import AnswerCollate
-from visionloom.vlm.build import FAMILY_PRESETS, PretrainConfig, build_vlm
+from visionloom.vlm.build import build_vlm
+from visionloom.vlm.config import FAMILY_PRESETS, PretrainConfig
 from visionloom.vlm.evaluate import answer_accuracy
 from visionloom.vlm.model import CELL_LAYOUT, AnswerModel
 
