@@ -724,7 +724,7 @@ def test_writers_refuse_a_folder_that_holds_files_unless_asked(pedes_root, tmp_p
         ("data", "synth-pedes", data, "--ids", "10"),
         ("data", "synth-scenes", data, "--scenes", "5"),
         ("preset", "save", "tiny-llava", checkpoint),
-        ("vq", "fit", pedes_root, "--out", vq, "--steps", "1"),
+        ("retrieval", "vq", "fit", pedes_root, "--out", vq, "--steps", "1"),
     ):
         result = invoke(*arguments)
         assert result.exit_code == 2 and "already holds" in result.output and "--overwrite" in result.output
@@ -734,7 +734,10 @@ def test_writers_refuse_a_folder_that_holds_files_unless_asked(pedes_root, tmp_p
     assert invoke("data", "synth-pedes", data, "--ids", "10", "--overwrite").exit_code == 0
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    for arguments in (("preset", "save", "tiny-llava", a_file), ("vq", "fit", pedes_root, "--out", a_file)):
+    for arguments in (
+        ("preset", "save", "tiny-llava", a_file),
+        ("retrieval", "vq", "fit", pedes_root, "--out", a_file),
+    ):
         result = invoke(*arguments)
         assert result.exit_code == 2 and "is not a directory" in result.output
 
@@ -1019,7 +1022,7 @@ def test_the_demo_names_the_fewest_identities_and_never_trains_on_data_it_did_no
 def test_the_demo_runs_at_its_fewest_identities(tmp_path):
     from rich.console import Console
 
-    from visionloom.demo import run_demo
+    from visionloom.demo.run import run_demo
 
     out = tmp_path / "d"
     run_demo(out, [], identities=11, steps=2, console=Console(quiet=True), progress=False)

@@ -241,7 +241,7 @@ def test_scene_commands_name_the_bad_setting(tmp_path):
 
 def test_vq_fit_restart_option_reaches_the_fit_and_refuses_negatives(pedes_root, tmp_path):
     runner = CliRunner()
-    common = ["vq", "fit", str(pedes_root), "--steps", "10"]
+    common = ["retrieval", "vq", "fit", str(pedes_root), "--steps", "10"]
     on = runner.invoke(app, [*common, "--out", str(tmp_path / "on"), "--restart-every", "4"])
     off = runner.invoke(app, [*common, "--out", str(tmp_path / "off"), "--restart-every", "0"])
     assert on.exit_code == 0 and off.exit_code == 0, on.output + off.output

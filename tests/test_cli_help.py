@@ -58,3 +58,11 @@ def test_output_does_not_depend_on_the_terminal_width(tmp_path):
     )
     assert bad.exit_code == 2
     assert "--scenes 5: need at least 10 scenes to fill train, val and test" in bad.output
+
+
+def test_the_old_vq_spelling_says_where_the_commands_went(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["vq", "cache", str(tmp_path)])
+    assert "`visionloom vq cache` is now `visionloom retrieval vq cache`" in result.output
+    assert result.exit_code == 2 and "no annotation file" in result.output  # and it ran that
+    assert "vq" not in runner.invoke(app, ["--help"]).output.split("Commands")[1]

@@ -6,7 +6,7 @@ import csv
 
 from PIL import Image
 
-from visionloom.demo import plot_curves
+from visionloom.demo.run import plot_curves
 
 
 def fake_run(directory, gen_start: float):

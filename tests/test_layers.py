@@ -66,3 +66,10 @@ def test_the_circle_finder_finds_a_circle():
 
 def test_the_layers_hold():
     assert lint_imports(config_filename=str(ROOT / "pyproject.toml"), no_cache=True) == 0
+
+
+def test_the_root_command_only_joins_the_systems_commands():
+    root = (ROOT / "src" / "visionloom" / "cli.py").read_text().splitlines()
+    assert len(root) <= 150
+    for system in ("backbones", "data", "retrieval", "grounding", "pruning", "vlm", "demo"):
+        assert (ROOT / "src" / "visionloom" / system / "cli.py").is_file()

@@ -196,7 +196,7 @@ def test_vq_fit_takes_its_size_from_the_recipe_and_flags_override_it(pedes_root,
     fitted = []
     monkeypatch.setattr(vq, "fit_vq", lambda split, out, config, **_: fitted.append(config) or {})
     result = CliRunner().invoke(
-        app, ["vq", "fit", str(pedes_root), "--config", "cuhk-pedes/phase4", "--steps", "3"]
+        app, ["retrieval", "vq", "fit", str(pedes_root), "--config", "cuhk-pedes/phase4", "--steps", "3"]
     )
     assert result.exit_code == 0, result.output
     (config,) = fitted

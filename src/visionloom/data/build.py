@@ -90,7 +90,7 @@ class TrainPairs(Dataset):
         self.vq_cache = vq_cache
         if spec.vq_code_grid is not None and vq_cache is None:
             raise ValueError(
-                "this model needs VQ codes but no cache was given (build one with `visionloom vq cache`)"
+                "this model needs VQ codes but no cache was given (build one with `visionloom retrieval vq cache`)"
             )
         tokenizer = spec.tokenizer
         self.mask_token_id = tokenizer.mask_token_id

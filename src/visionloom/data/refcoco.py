@@ -106,6 +106,14 @@ def evaluation_splits(present: set[str] | list[str]) -> list[str]:
     return known + sorted(present - set(known) - {"train"})
 
 
+def group_by_split(samples: list[RefSample]) -> dict[str, list[RefSample]]:
+    """The samples of each split, in the release's order."""
+    by_split: dict[str, list[RefSample]] = {}
+    for sample in samples:
+        by_split.setdefault(sample.split, []).append(sample)
+    return by_split
+
+
 def find_refs_file(root: Path, split_by: str | None) -> Path:
     names = [f"refs({split_by}).json", f"refs({split_by}).p"] if split_by else []
     names += ["refs.json", "refs.p"]

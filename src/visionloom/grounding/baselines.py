@@ -15,12 +15,14 @@ Both are fitted on the training split only and scored with the same metrics as t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from visionloom.data.refcoco import RefSample
+from visionloom.data.pedes import DatasetFormatError
+from visionloom.data.refcoco import RefSample, evaluation_splits, group_by_split, read_refcoco
 from visionloom.grounding.metrics import MaskMetrics
 
 GRID = 64  # the prior mask's side, in relative coordinates
@@ -90,3 +92,15 @@ def evaluate_baselines(priors: Priors, samples: list[RefSample]) -> dict[str, di
             metrics.update(predict(priors, sample.height, sample.width), torch.from_numpy(sample.mask()))
         results[name] = metrics.result()
     return results
+
+
+def baselines_per_split(data_root: Path, split: str | None = None) -> tuple[int, dict[str, dict]]:
+    """(training samples the priors were fitted on, {split: {baseline: metrics}}) for `split`, or
+    every evaluation split the data set has; the priors are fitted once, on train."""
+    by_split = group_by_split(read_refcoco(data_root))
+    if split is not None and split not in by_split:
+        raise DatasetFormatError(f"--split {split!r}: {data_root} has {', '.join(sorted(by_split))}")
+    train = by_split.get("train", [])
+    priors = fit_priors(train)
+    scored = [split] if split else evaluation_splits(by_split)
+    return len(train), {name: evaluate_baselines(priors, by_split[name]) for name in scored}

@@ -9,7 +9,7 @@ import torch
 
 from visionloom.backbones import load
 from visionloom.data.pedes import DatasetFormatError
-from visionloom.data.refcoco import RefSample, read_refcoco
+from visionloom.data.refcoco import RefSample, group_by_split, read_refcoco
 from visionloom.grounding.config import GroundingConfig
 from visionloom.grounding.features import SampleFeatures, compute_features
 from visionloom.grounding.model import Grounder
@@ -49,9 +49,7 @@ def read_splits(
     config: GroundingConfig, data_root: str | Path, required: tuple[str, ...] = ("train", "val")
 ) -> dict[str, list[RefSample]]:
     """Every split's samples, read once before any work; the `required` splits must be there."""
-    by_split: dict[str, list[RefSample]] = {}
-    for sample in read_samples(config, data_root, None):
-        by_split.setdefault(sample.split, []).append(sample)
+    by_split = group_by_split(read_samples(config, data_root, None))
     missing = [split for split in required if split not in by_split]
     if missing:
         raise DatasetFormatError(

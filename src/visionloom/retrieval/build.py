@@ -292,7 +292,7 @@ def _phase4(config: RetrievalConfig, num_identities: int, vq_model: nn.Module | 
     if model_config.codebook_size is None or model_config.code_grid is None:
         raise ValueError(
             "phase4 needs model.codebook_size and model.code_grid; they are filled from the VQ model "
-            "(`visionloom vq fit`, or vq.path) when training starts"
+            "(`visionloom retrieval vq fit`, or vq.path) when training starts"
         )
     text, tokenizer, max_length = t5_text(model_config)
     image = T5ImageEncoder(siglip_vision(model_config), text.model, use_cls=model_config.use_cls)

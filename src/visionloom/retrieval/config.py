@@ -71,7 +71,7 @@ class ModelConfig:
 class VQConfig:
     path: str | None = None  # a diffusers VQModel directory; null = DATA_ROOT/vq (what `vq fit` writes)
     online: bool = False  # encode VQ codes in the training step instead of reading the offline cache
-    # What `visionloom vq fit DATA --config NAME` (and the demo) fit into DATA_ROOT/vq.
+    # What `visionloom retrieval vq fit DATA --config NAME` (and the demo) fit into DATA_ROOT/vq.
     fit: VQFitConfig = field(default_factory=VQFitConfig)
 
 

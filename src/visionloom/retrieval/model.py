@@ -95,7 +95,7 @@ class MaskedImageGenerator(nn.Module):
         if not self.online_vq:
             raise KeyError(
                 "the batch has no vq_ids and the model has no VQ model to encode online: build the "
-                "offline cache (`visionloom vq cache`) or set vq.online: true"
+                "offline cache (`visionloom retrieval vq cache`) or set vq.online: true"
             )
         from visionloom.retrieval.vq import encode_codes
 

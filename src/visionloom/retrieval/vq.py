@@ -89,7 +89,7 @@ def load_vq(directory: str | Path) -> VQTokenizer:
     directory = Path(directory)
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(
-            f"no VQ tokenizer in {directory} (no config.json): fit one with `visionloom vq fit DATA_ROOT` "
+            f"no VQ tokenizer in {directory} (no config.json): fit one with `visionloom retrieval vq fit DATA_ROOT` "
             f"or point vq.path at a diffusers VQModel directory"
         )
     model = VQModel.from_pretrained(directory).eval()
@@ -308,7 +308,7 @@ class VQCache:
             belongs = f"; the cache(s) there belong to tokenizer(s) {', '.join(others)}" if others else ""
             raise FileNotFoundError(
                 f"no VQ code cache for tokenizer {digest} ({vq_dir}) in {data_root / 'vq_cache'}{belongs}. "
-                f"Run `visionloom vq cache {data_root}` or set vq.online: true to encode in the training step"
+                f"Run `visionloom retrieval vq cache {data_root}` or set vq.online: true to encode in the training step"
             )
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata()
@@ -323,7 +323,7 @@ class VQCache:
         name = str(Path(image_path).relative_to(self.data_root / "imgs"))
         if name not in self.row:
             raise KeyError(
-                f"{name} is not in the VQ cache {self.digest}; rebuild it with `visionloom vq cache`"
+                f"{name} is not in the VQ cache {self.digest}; rebuild it with `visionloom retrieval vq cache`"
             )
         return self.codes_tensor[self.row[name], int(flipped)].flatten().long()
 
