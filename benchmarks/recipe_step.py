@@ -33,12 +33,12 @@ def measure(recipe: str, batch_size: int, repeats: int) -> dict:
 
     from tests.recipe_checkpoints import WRITERS
     from tests.test_recipes import CHECKPOINTS
-    from visionloom.data.build import Collate, TrainPairs
     from visionloom.data.pedes import read_pedes
     from visionloom.data.synth_pedes import generate
     from visionloom.engine.trainer import make_optimizer
     from visionloom.retrieval.build import create_model
     from visionloom.retrieval.config import load_config
+    from visionloom.retrieval.datasets import Collate, TrainPairs
     from visionloom.retrieval.train import prepare_vq
     from visionloom.retrieval.vq import SIZE_FILE, build_cache, build_vq
 

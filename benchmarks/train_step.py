@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from visionloom.data.build import Collate, TrainPairs
 from visionloom.data.pedes import read_pedes
 from visionloom.data.synth_pedes import generate
 from visionloom.retrieval.build import create_model
 from visionloom.retrieval.config import VQFitConfig, load_config
+from visionloom.retrieval.datasets import Collate, TrainPairs
 from visionloom.retrieval.train import prepare_vq
 from visionloom.retrieval.vq import SIZE_FILE, build_cache, fit_vq
 

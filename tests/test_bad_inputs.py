@@ -25,7 +25,7 @@ from tests.conftest import small_config
 from visionloom.cli import app
 from visionloom.config import ConfigError
 from visionloom.data.check import check_pedes
-from visionloom.data.pedes import DatasetFormatError
+from visionloom.data.errors import DatasetFormatError
 from visionloom.data.refcoco import load_refs, read_refcoco
 from visionloom.engine.checkpoint import latest_checkpoint
 from visionloom.engine.run import RunDirectoryError, RunLock
@@ -972,9 +972,9 @@ def test_data_check_refuses_a_set_training_would_refuse(pedes, tmp_path):
 
 
 def test_sixteen_bit_and_rotated_images_are_read_as_a_viewer_shows_them(pedes, tmp_path):
-    from visionloom.data.build import load_image
     from visionloom.data.check import check_pedes
     from visionloom.images import read_rgb
+    from visionloom.retrieval.datasets import load_image
 
     root, entries, _ = pedes
     grey = (np.linspace(0, 65535, 128 * 384).reshape(384, 128)).astype(np.uint16)

@@ -198,7 +198,7 @@ def test_resume_with_more_steps_extends_a_finished_run_on_the_longer_schedule(
 SHARD_SCRIPT = """
 import json, sys
 from accelerate import Accelerator
-from visionloom.data.build import make_sampler, TrainPairs
+from visionloom.retrieval.datasets import make_sampler, TrainPairs
 from visionloom.data.pedes import read_pedes
 from tests.conftest import small_config
 from visionloom.retrieval.build import create_model

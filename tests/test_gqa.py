@@ -8,8 +8,8 @@ import json
 import pytest
 from PIL import Image
 
+from visionloom.data.errors import DatasetFormatError
 from visionloom.data.gqa import read_gqa
-from visionloom.data.pedes import DatasetFormatError
 from visionloom.pruning.metrics import gqa_answer, gqa_metrics
 
 ENTRIES = {  # as questions1.2.zip's testdev_balanced_questions.json writes them (fields shortened)

@@ -327,7 +327,7 @@ def test_refcoco_as_released_trains_and_evaluates_on_val_testa_and_testb(
 def test_a_data_set_without_val_is_refused_before_any_training(refcoco_release, tmp_path, monkeypatch):
     import shutil
 
-    from visionloom.data.pedes import DatasetFormatError
+    from visionloom.data.errors import DatasetFormatError
     from visionloom.grounding import build as grounding_build
     from visionloom.grounding import train as grounding_train
 
@@ -354,7 +354,7 @@ def test_a_data_set_without_val_is_refused_before_any_training(refcoco_release, 
 def test_images_that_are_nowhere_are_named_with_the_folders_tried(refcoco_release, tmp_path):
     import shutil
 
-    from visionloom.data.pedes import DatasetFormatError
+    from visionloom.data.errors import DatasetFormatError
     from visionloom.data.refcoco import read_refcoco
 
     root = tmp_path / "refcoco"

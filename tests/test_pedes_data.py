@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from visionloom.cli import app
 from visionloom.data.check import check_pedes
-from visionloom.data.pedes import DatasetFormatError, read_pedes
+from visionloom.data.errors import DatasetFormatError
+from visionloom.data.pedes import read_pedes
 from visionloom.data.synth_pedes import generate
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 from PIL import Image
 
-from visionloom.data.pedes import DatasetFormatError
+from visionloom.data.errors import DatasetFormatError
 from visionloom.data.pope import read_pope
 from visionloom.pruning.metrics import pope_answer, pope_metrics
 

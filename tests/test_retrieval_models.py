@@ -7,9 +7,9 @@ import torch
 
 from tests.conftest import small_config
 from visionloom.backbones.checks import ImageTokenMismatch
-from visionloom.data.build import Collate, TrainPairs
 from visionloom.data.pedes import read_pedes
 from visionloom.retrieval.build import ARCHITECTURES, create_model
+from visionloom.retrieval.datasets import Collate, TrainPairs
 from visionloom.retrieval.train import prepare_vq
 from visionloom.retrieval.vq import VQCache
 
@@ -121,7 +121,7 @@ def test_online_codes_equal_cached_codes(pedes_root, vq_dir):
     cache = VQCache.open(pedes_root, vq_dir)
     # Online codes come from the loader's image (384x128 here, the files' size), cached ones from
     # the file: the same pixels through the same resize must give the same codes.
-    from visionloom.data.build import load_image, to_tensor
+    from visionloom.retrieval.datasets import load_image, to_tensor
     from visionloom.retrieval.vq import encode_codes
 
     image = split.images[0]
@@ -168,7 +168,7 @@ def test_image_features_at_the_wrong_width_are_one_clear_error(pedes_root, monke
 def test_irra_augmentation_shifts_by_at_most_the_padding_and_erases_one_box(pedes_root):
     import random
 
-    from visionloom.data.build import IRRA_PAD, random_erase
+    from visionloom.retrieval.datasets import IRRA_PAD, random_erase
 
     config = small_config("baseline")
     split = read_pedes(pedes_root)["train"]
@@ -273,7 +273,7 @@ def test_vq_fit_trains_through_the_one_trainer_and_restarts_inside_its_update(
 
 @pytest.mark.parametrize("architecture", ["baseline", "phase1", "phase3-t5gemma2"])
 def test_query_text_is_encoded_the_same_whichever_side_the_tokenizer_pads(architecture, pedes_root):
-    # Training pads captions on the right (data/build.py `pad`); the evaluator's queries must match
+    # Training pads captions on the right (retrieval/datasets.py `pad`); the evaluator's queries must match
     # that even when the tokenizer pads on the left: CLIP's absolute positions and its pooling at
     # the end token would otherwise see other inputs than in training.
     model = create_model(small_config(architecture), num_identities=4).eval()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visionloom.data.pedes import DatasetFormatError
+from visionloom.data.errors import DatasetFormatError
 from visionloom.data.refcoco import decode_segmentation, read_refcoco
 from visionloom.data.synth_scenes import generate, location_words
 

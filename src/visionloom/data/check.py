@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
 
+from visionloom.data.errors import DatasetFormatError
 from visionloom.data.pedes import (
     IMAGE_KEYS,
-    DatasetFormatError,
     PedesDataset,
     PedesImage,
     Problem,

@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from visionloom.data.pedes import DatasetFormatError, all_or_refuse, resolve_inside
+from visionloom.data.errors import DatasetFormatError, all_or_refuse, resolve_inside
 
 QUESTION_FILE = "testdev_balanced_questions.json"
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from visionloom.config import read_json
-from visionloom.data.pedes import DatasetFormatError, listing, resolve_inside
+from visionloom.data.errors import DatasetFormatError, listing, resolve_inside
 
 DEFAULT_SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
 

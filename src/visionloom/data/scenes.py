@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from visionloom.config import read_json
-from visionloom.data.pedes import DatasetFormatError, all_or_refuse, listing, resolve_inside
+from visionloom.data.errors import DatasetFormatError, all_or_refuse, listing, resolve_inside
 from visionloom.data.refcoco import decode_segmentation, index_instances
 from visionloom.data.synth_scenes import COLOURS, LOCATIONS, SHAPES, location_words, names_location
 from visionloom.images import ImageReadError, read_rgb

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from visionloom.data.pedes import DatasetFormatError
+from visionloom.data.errors import DatasetFormatError
 from visionloom.data.refcoco import RefSample, evaluation_splits, group_by_split, read_refcoco
 from visionloom.grounding.metrics import MaskMetrics
 

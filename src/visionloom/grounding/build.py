@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from visionloom.backbones import load
-from visionloom.data.pedes import DatasetFormatError
+from visionloom.data.errors import DatasetFormatError
 from visionloom.data.refcoco import RefSample, group_by_split, read_refcoco
 from visionloom.grounding.config import GroundingConfig
 from visionloom.grounding.features import SampleFeatures, compute_features

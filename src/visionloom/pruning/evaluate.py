@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from visionloom.backbones import load
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.config import read_json
-from visionloom.data.pedes import DatasetFormatError, all_or_refuse, resolve_inside
+from visionloom.data.errors import DatasetFormatError, all_or_refuse, resolve_inside
 from visionloom.data.scenes import SceneText, read_scene_texts, require_readable
 from visionloom.engine.samplers import Items
 from visionloom.images import read_rgb

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from visionloom.data.build import GalleryImages
 from visionloom.data.pedes import PedesSplit
+from visionloom.retrieval.datasets import GalleryImages
 from visionloom.retrieval.metrics import QueryOutcomes, retrieval_metrics_from_features
 
 

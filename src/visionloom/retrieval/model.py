@@ -8,7 +8,7 @@ evaluator may call is the whole interface:
     encode_text(caption_ids [B, S], caption_mask [B, S]) -> [B, E]
     tokenize(captions) -> {"caption_ids", "caption_mask"}
 
-The batch contract (built by `data/build.py`):
+The batch contract (built by `retrieval/datasets.py`):
     images            uint8 [B, 3, H, W]   augmented, at `input_spec.image_size`
     caption_ids       long  [B, S]         clean captions: the only text SDM, ITC and ID ever see
     caption_mask      long  [B, S]
@@ -184,7 +184,7 @@ class DualEncoder(nn.Module):
 
     # ------------------------------------------------------------------ what the evaluator uses
     def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        # Right-padded whatever side the tokenizer pads by default: training batches are (data/build.py
+        # Right-padded whatever side the tokenizer pads by default: training batches are (retrieval/datasets.py
         # `pad`), and CLIP's absolute positions and end-token pooling must see the same layout.
         encoded = self.input_spec.tokenizer(
             list(captions),

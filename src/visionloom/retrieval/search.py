@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from visionloom.data.build import load_image
 from visionloom.data.pedes import PedesSplit
+from visionloom.retrieval.datasets import load_image
 from visionloom.retrieval.evaluate import encode_gallery, encode_queries
 
 

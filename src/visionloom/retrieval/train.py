@@ -22,7 +22,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from visionloom import config as config_io
-from visionloom.data.build import TrainPairs, make_sampler, train_loader
 from visionloom.data.check import require_usable
 from visionloom.engine.checkpoint import latest_checkpoint, load_weights
 from visionloom.engine.run import (
@@ -37,6 +36,7 @@ from visionloom.progress import track
 from visionloom.retrieval import evaluate
 from visionloom.retrieval.build import create_model
 from visionloom.retrieval.config import RetrievalConfig
+from visionloom.retrieval.datasets import TrainPairs, make_sampler, train_loader
 from visionloom.retrieval.metrics import QueryOutcomes
 from visionloom.retrieval.model import DualEncoder
 

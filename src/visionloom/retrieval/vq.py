@@ -29,12 +29,12 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from visionloom.data.build import GalleryImages
 from visionloom.data.pedes import PedesSplit
 from visionloom.engine.run import open_run
 from visionloom.engine.samplers import EPOCH_SEED_STRIDE, RandomBatches
 from visionloom.engine.trainer import TrainConfig, Trainer
 from visionloom.retrieval.config import VQFitConfig
+from visionloom.retrieval.datasets import GalleryImages
 
 SIZE_FILE = "visionloom_vq.json"  # the (height, width) the tokenizer encodes at
 RESTARTS_UNTIL = 0.8  # dead codes are restarted during the first 80% of the steps only
