@@ -19,9 +19,9 @@ from pathlib import Path
 from torch.utils.data import DataLoader
 
 from visionloom.data.refcoco import evaluation_splits, find_refs_file
-from visionloom.engine.run import check_run_dir, fingerprint, finish_run, open_run
+from visionloom.engine.experiment import Setup, run_experiment
+from visionloom.engine.run import check_run_dir, fingerprint
 from visionloom.engine.samplers import Items, RandomBatches
-from visionloom.engine.trainer import Trainer, make_accelerator
 from visionloom.grounding import build
 from visionloom.grounding.build import (
     build_model,
@@ -54,23 +54,16 @@ def train_grounding(
     require_vlm(config)
     check_run_dir(run_dir, resume=resume, overwrite=overwrite)
     splits = read_splits(config, data_root)  # before any work: a missing split fails now, not after training
-    accelerator = make_accelerator(config.train)
-    with open_run(
-        run_dir, resume=resume, overwrite=overwrite, main=accelerator.is_main_process, data_root=data_root
-    ) as run:
+
+    def prepare(accelerator) -> Setup:
         adapter = build.load_vlm(config)
         refiner = build_refiner(config)
-        train_features = split_features(
-            config, adapter, refiner, data_root, "train", progress, splits["train"]
-        )
-        val_features = split_features(config, adapter, refiner, data_root, "val", progress, splits["val"])
+
+        def features(split: str) -> list:
+            return split_features(config, adapter, refiner, data_root, split, progress, splits[split])
+
+        train_features, val_features = features("train"), features("val")
         model = build_model(config, train_features, refiner)
-        refs_file = find_refs_file(data_root, config.split_by)
-        run.begin(
-            config,
-            data_root=data_root,
-            data_fingerprint=fingerprint([refs_file, data_root / "instances.json"]),
-        )
         sampler = RandomBatches(
             len(train_features),
             config.train.batch_size,
@@ -78,38 +71,29 @@ def train_grounding(
             accelerator.process_index,
             accelerator.num_processes,
         )
-        loader = DataLoader(Items(train_features), batch_sampler=sampler, collate_fn=collate)
-        trainer = Trainer(
-            model,
-            loader,
-            config.train,
-            run_dir,
-            accelerator=accelerator,
-            validate=lambda m: evaluate(m, val_features),
-            select_key=select_key(config),
-            progress=progress,
-        )
-        result = trainer.fit(resume=resume)
-        description = {
-            "name": config.name,
-            "vlm": config.vlm,
-            "image_dir": str(splits["train"][0].image_path.parent),
-        }
-        summary = {**description, "steps": result.step, "selected": result.best}
 
         def evaluate_splits(best: Grounder) -> dict[str, dict[str, float]]:
             """Every split the data set has, as F-LMM reports them (val is the one selection used)."""
-            metrics = {}
-            for split in evaluation_splits(splits):
-                features = val_features
-                if split != "val":
-                    features = split_features(
-                        config, adapter, refiner, data_root, split, progress, splits[split]
-                    )
-                metrics[split] = evaluate(best, features)
-            return metrics
+            return {
+                split: evaluate(best, val_features if split == "val" else features(split))
+                for split in evaluation_splits(splits)
+            }
 
-        if accelerator.is_main_process:
-            summary = finish_run(run_dir, model, result, evaluate_splits, description)
-        accelerator.wait_for_everyone()
-        return summary
+        refs_file = find_refs_file(data_root, config.split_by)
+        return Setup(
+            model=model,
+            loader=DataLoader(Items(train_features), batch_sampler=sampler, collate_fn=collate),
+            validate=lambda m: evaluate(m, val_features),
+            select_key=select_key(config),
+            data_fingerprint=fingerprint([refs_file, data_root / "instances.json"]),
+            evaluate=evaluate_splits,
+            description={
+                "name": config.name,
+                "vlm": config.vlm,
+                "image_dir": str(splits["train"][0].image_path.parent),
+            },
+        )
+
+    return run_experiment(
+        config, data_root, run_dir, prepare, resume=resume, overwrite=overwrite, progress=progress
+    )

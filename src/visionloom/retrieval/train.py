@@ -24,14 +24,12 @@ from safetensors.torch import load_file, save_file
 from visionloom import config as config_io
 from visionloom.data.check import require_usable
 from visionloom.engine.checkpoint import latest_checkpoint, load_weights
+from visionloom.engine.experiment import Setup, run_experiment
 from visionloom.engine.run import (
     best_weights,
     fingerprint,
-    finish_run,
-    open_run,
     read_run_config,
 )
-from visionloom.engine.trainer import Trainer, TrainResult, make_accelerator
 from visionloom.progress import track
 from visionloom.retrieval import evaluate
 from visionloom.retrieval.build import create_model
@@ -123,10 +121,8 @@ def train_retrieval(
             "data.augment=irra with vq.online=true: the online VQ targets would be codes of the cropped, "
             "erased view while the offline cache holds the clean image's; use the offline cache with irra"
         )
-    accelerator = make_accelerator(config.train)
-    with open_run(
-        run_dir, resume=resume, overwrite=overwrite, main=accelerator.is_main_process, data_root=data_root
-    ) as run:
+
+    def prepare(accelerator) -> Setup:
         # The whole data set is checked before any work: the same rules as `data check`, one code path.
         dataset = require_usable(
             data_root, progress=(lambda it: track(it, description="checking data")) if progress else None
@@ -137,29 +133,6 @@ def train_retrieval(
         images = [image.path for split in dataset.splits.values() for image in split.images]
         # Phase 4 learns to predict the VQ tokenizer's codes: another tokenizer is other data.
         vq_files = _vq_files(config, data_root, cache) if vq_model else []
-        run.begin(
-            config,
-            data_root=data_root,
-            data_fingerprint=fingerprint([dataset.annotation_file, *vq_files], images),
-        )
-        if accelerator.is_main_process:
-            notes = [
-                *val_split.notes,
-                *model.input_spec.notes,
-                "best weights selected on the validation split; the test split is evaluated once, at the end",
-            ]
-            (run_dir / "run.json").write_text(
-                json.dumps(
-                    {
-                        "data_root": str(data_root.resolve()),
-                        "dataset": dataset.name,
-                        "num_identities": train_split.num_identities,
-                        "notes": notes,
-                    },
-                    indent=1,
-                )
-            )
-
         train_set = TrainPairs(train_split, model.input_spec, cache, augment=config.data.augment)
         sampler = make_sampler(
             train_set,
@@ -169,33 +142,35 @@ def train_retrieval(
             accelerator.process_index,
             accelerator.num_processes,
         )
-        loader = train_loader(
-            train_set, sampler, config.train.num_workers, pin_memory=torch.cuda.is_available()
-        )
-        trainer = Trainer(
-            model,
-            loader,
-            config.train,
-            run_dir,
-            accelerator=accelerator,
+        notes = [
+            *val_split.notes,
+            *model.input_spec.notes,
+            "best weights selected on the validation split; the test split is evaluated once, at the end",
+        ]
+        run_record = {
+            "data_root": str(data_root.resolve()),
+            "dataset": dataset.name,
+            "num_identities": train_split.num_identities,
+            "notes": notes,
+        }
+        return Setup(
+            model=model,
+            loader=train_loader(
+                train_set, sampler, config.train.num_workers, pin_memory=torch.cuda.is_available()
+            ),
             validate=lambda m: evaluate.evaluate_split(m, val_split),
             select_key="R1",
-            progress=progress,
+            data_fingerprint=fingerprint([dataset.annotation_file, *vq_files], images),
+            evaluate=lambda best: (
+                {"test": _evaluate_test(best, dataset["test"], run_dir)} if evaluate_test else {}
+            ),
+            description={"name": config.name},
+            records={"run.json": json.dumps(run_record, indent=1)},
         )
-        result: TrainResult = trainer.fit(resume=resume)
-        summary = {"name": config.name, "steps": result.step, "selected": result.best}
-        if accelerator.is_main_process:
-            summary = finish_run(
-                run_dir,
-                model,
-                result,
-                lambda best: (
-                    {"test": _evaluate_test(best, dataset["test"], run_dir)} if evaluate_test else {}
-                ),
-                {"name": config.name},
-            )
-        accelerator.wait_for_everyone()
-        return summary
+
+    return run_experiment(
+        config, data_root, run_dir, prepare, resume=resume, overwrite=overwrite, progress=progress
+    )
 
 
 def _evaluate_test(model: DualEncoder, split, run_dir: Path) -> dict[str, float]:

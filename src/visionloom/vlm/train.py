@@ -22,9 +22,9 @@ from safetensors.torch import save_model
 from torch.utils.data import DataLoader
 
 from visionloom.data.scenes import SceneCells, read_scene_texts, require_readable
-from visionloom.engine.run import fingerprint, finish_run, open_run
+from visionloom.engine.experiment import Setup, run_experiment
+from visionloom.engine.run import fingerprint
 from visionloom.engine.samplers import Items, RandomBatches
-from visionloom.engine.trainer import Trainer, resolve_precision
 from visionloom.vlm.answers import AnswerCollate
 from visionloom.vlm.build import build_vlm
 from visionloom.vlm.config import FAMILY_PRESETS, PretrainConfig
@@ -64,43 +64,33 @@ def pretrain(
         raise ValueError(f"--family {config.family!r}: choose one of {', '.join(FAMILY_PRESETS)}")
     out = Path(out)
     root = Path(root)
-    with open_run(out, resume=resume, overwrite=overwrite, data_root=root) as run:
+    texts: dict[str, list] = {}
+
+    def prepare(_accelerator) -> Setup:
         # The data first: a run that cannot read it must leave nothing that looks like a run.
-        train_texts = read_scene_texts(root, "train")
-        val_texts = read_scene_texts(root, "val")
-        test_texts = read_scene_texts(root, "test")
-        require_readable([t.image_path for t in (*train_texts, *val_texts, *test_texts)], root)
-        resolve_precision(config.train.precision)  # refused before anything is written
-        run.begin(
-            config,
-            config_dir=out / "run",
-            data_root=root,
-            data_fingerprint=fingerprint(sorted(root.glob("*.json"))),
-        )
+        texts.update({split: read_scene_texts(root, split) for split in ("train", "val", "test")})
+        require_readable([t.image_path for split in texts.values() for t in split], root)
         adapter = build_vlm(config)
         adapter.model.train()
-        sampler = RandomBatches(len(train_texts), config.train.batch_size, config.train.seed)
+        sampler = RandomBatches(len(texts["train"]), config.train.batch_size, config.train.seed)
         cells = SceneCells(root) if config.cell_weight else None
-        loader = DataLoader(
-            Items(train_texts), batch_sampler=sampler, collate_fn=AnswerCollate(adapter, cells)
+        return Setup(
+            model=AnswerModel(adapter, config.cell_weight),
+            loader=DataLoader(
+                Items(texts["train"]), batch_sampler=sampler, collate_fn=AnswerCollate(adapter, cells)
+            ),
+            # The trainer switches the model to eval and back; the adapter is the model's own.
+            validate=lambda _model: answer_accuracy(adapter, texts["val"]),
+            select_key="all",
+            data_fingerprint=fingerprint(sorted(root.glob("*.json"))),
+            evaluate=lambda _best: {"test": answer_accuracy(adapter, texts["test"], progress=progress)},
+            description={"family": config.family},
         )
-        model = AnswerModel(adapter, config.cell_weight)
 
-        def validate(_model) -> dict[str, float]:  # the trainer switches the model to eval and back
-            return answer_accuracy(adapter, val_texts)
-
-        trainer = Trainer(
-            model, loader, config.train, out / "run", validate=validate, select_key="all", progress=progress
-        )
-        result = trainer.fit(resume=resume)
-        summary = finish_run(
-            out / "run",
-            model,
-            result,
-            lambda _best: {"test": answer_accuracy(adapter, test_texts, progress=progress)},
-            {"family": config.family},
-        )
-        adapter.save_pretrained(out)  # the selected weights (finish_run loaded them) as the checkpoint
+    def save(setup: Setup, summary: dict) -> dict:
+        """The selected weights (finish_run loaded them) as OUT, a checkpoint, and OUT/pretrain.json."""
+        model = setup.model
+        model.adapter.save_pretrained(out)
         if model.cell_head is not None:
             save_cell_head(model, out / CELL_HEAD_FILE)
         report = {
@@ -109,7 +99,19 @@ def pretrain(
             "train_seconds": summary["train_seconds"],
             "selected": summary["selected"],
             "test_accuracy": summary["test"],
-            "test_accuracy_random_weights": answer_accuracy(build_vlm(config), test_texts),
+            "test_accuracy_random_weights": answer_accuracy(build_vlm(config), texts["test"]),
         }
         (out / "pretrain.json").write_text(json.dumps(report, indent=1))
-    return report
+        return report
+
+    return run_experiment(
+        config,
+        root,
+        out / "run",
+        prepare,
+        resume=resume,
+        overwrite=overwrite,
+        progress=progress,
+        lock_dir=out,
+        after=save,
+    )
