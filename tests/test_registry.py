@@ -67,3 +67,22 @@ def test_mm_tokens_per_image_disagreeing_with_vision_config_is_refused(tmp_path)
     config_file.write_text(json.dumps(config))
     with pytest.raises(ImageTokenMismatch, match="mm_tokens_per_image=9"):
         load(tmp_path)
+
+
+def test_every_registered_family_has_a_preset_passes_the_doctor_and_is_in_the_families_table():
+    """What adding a family must bring: a preset of its class, a healthy doctor, a README row."""
+    from pathlib import Path
+
+    from visionloom.backbones.doctor import run_doctor
+    from visionloom.backbones.registry import ADAPTERS
+    from visionloom.backbones.tiny import PRESETS, build_preset
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme[readme.index("| family | preset | class |") :].split("\n\n")[0]
+    preset_of = {type(build_preset(name)): name for name in PRESETS}
+    for family in set(ADAPTERS.values()):
+        assert not family.__abstractmethods__, f"{family.__name__} leaves {sorted(family.__abstractmethods__)}"
+        assert family in preset_of, f"{family.__name__} has no tiny preset"
+        assert f"| `{preset_of[family]}` | `{family.model_class.__name__}` |" in table, family.__name__
+        report = run_doctor(preset_of[family])
+        assert report.ok, (family.__name__, report.error)

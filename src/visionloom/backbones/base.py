@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import operator
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -133,8 +134,26 @@ def nearest_multiples(value: int, step: int, count: int = 2) -> list[int]:
     return sorted({c for c in candidates if c > 0}, key=lambda c: (abs(c - value), c))[: 2 * count]
 
 
-class ImageTokenAdapter:
-    """One model family's image-token layer over a real `transformers` model and processor."""
+class ImageTokenAdapter(ABC):
+    """One model family's image-token layer over a real `transformers` model and processor.
+
+    The contract. A family must give, besides its class attributes (`family`, `model_types`,
+    `model_class`, `marker`), these abstract members:
+
+        vision_tower              the model's own vision tower module
+        vision_width              width of the raw features the projector consumes
+        configured_image_size()   the size the checkpoint's processor produces
+        describe_vision()         its vision facts for `doctor` (tower, patch, pooling, CLS, layers)
+        geometry(height, width)   the token grid and count of an image of that size
+        encode_images(inputs)     one tower pass: raw features and projected embeddings
+
+    Tower pruners need two more, which refuse by name where a family has none:
+    `tower_attention_scores(tokens, block)` and `tower_keys(tokens, block)`. Everything else has a
+    default that a family overrides only where it differs (`build_inputs`, `forward`,
+    `placeholder_runs`, `load_processor`, `validate_config`, ...). A family registers itself by
+    its module's place in `registry.ADAPTERS`, and ships a tiny preset (`tiny.PRESETS`) that
+    every family test runs.
+    """
 
     family: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]  # config.json `model_type` values this adapter serves
@@ -295,21 +314,22 @@ class ImageTokenAdapter:
         return self.tokenizer.convert_ids_to_tokens(self.image_token_id)
 
     @property
+    @abstractmethod
     def vision_tower(self) -> torch.nn.Module:
-        raise NotImplementedError
+        """The model's own vision tower module."""
 
     @property
     def text_width(self) -> int:
         return int(self.config.get_text_config().hidden_size)
 
     @property
+    @abstractmethod
     def vision_width(self) -> int:
         """Width of the raw features the projector consumes."""
-        raise NotImplementedError
 
+    @abstractmethod
     def configured_image_size(self) -> tuple[int, int]:
         """The size the checkpoint's processor produces (the doctor's default)."""
-        raise NotImplementedError
 
     def describe(self) -> dict[str, str]:
         """What the layer does for this checkpoint, for `visionloom doctor`."""
@@ -322,11 +342,11 @@ class ImageTokenAdapter:
             "attention": self.attention_implementation(),
         }
 
+    @abstractmethod
     def describe_vision(self) -> dict[str, str]:
         """The family's vision facts: tower, patch size, pooling/merge, CLS policy, feature layer(s), image size."""
-        raise NotImplementedError
 
-    def validate_config(self) -> None:
+    def validate_config(self) -> None:  # noqa: B027 - a hook: most families have nothing to refuse
         """Refuse processor/config combinations that expand the wrong number of placeholders."""
 
     def processor_image_token_id(self) -> int:
@@ -359,9 +379,9 @@ class ImageTokenAdapter:
         return str(self.config.get_text_config()._attn_implementation)
 
     # ------------------------------------------------------------------ geometry
+    @abstractmethod
     def geometry(self, height: int, width: int) -> ImageGeometry:
         """Token geometry of an image of this size as build_inputs receives it."""
-        raise NotImplementedError
 
     def tokens_per_image(self, height: int, width: int) -> int:
         return self.geometry(height, width).num_tokens
@@ -537,9 +557,9 @@ class ImageTokenAdapter:
         return torch.cat(pieces), {name: torch.cat(parts) for name, parts in stretched.items()}
 
     # ------------------------------------------------------------------ vision
+    @abstractmethod
     def encode_images(self, inputs: MultimodalInputs) -> VisionTokens:
         """One vision-tower pass: raw features and the projected embeddings the LM receives."""
-        raise NotImplementedError
 
     def tower_attention_scores(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
         """Per image [counts_i]: the attention its tokens receive in the vision tower at `block`.
