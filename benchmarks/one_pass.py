@@ -17,8 +17,7 @@ import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from visionloom.backbones.doctor import test_image
-from visionloom.backbones.llava import LlavaAdapter, select_features
-from visionloom.backbones.tiny import tiny_llava
+from visionloom.backbones.llava import LlavaAdapter, select_features, tiny_llava
 
 
 def mid_sized_llava() -> LlavaAdapter:

@@ -23,7 +23,7 @@ from transformers import LlavaConfig, LlavaProcessor, Qwen2_5_VLConfig
 
 from visionloom.backbones.llava import LlavaAdapter
 from visionloom.backbones.qwen2_5_vl import Qwen2_5_VLAdapter, build_qwen_processor
-from visionloom.backbones.tiny import llava_tokenizer, qwen_tokenizer
+from visionloom.backbones.tiny_parts import llava_tokenizer, qwen_tokenizer
 from visionloom.pruning.prefill import forward_pruned
 from visionloom.pruning.pruners import KeepAll, RandomPruner
 

@@ -27,7 +27,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoConfig, PreTrainedTokenizerFast
 
 from visionloom.backbones.registry import ADAPTERS
-from visionloom.backbones.tiny import _randomise_zero_init, build_tokenizer
+from visionloom.backbones.tiny_parts import build_tokenizer, randomise_zero_init
 
 FIXTURES = Path(__file__).parent / "fixtures" / "checkpoints"
 
@@ -262,7 +262,7 @@ def write_checkpoint(name: str, directory: Path, *, edit=None) -> Path:
     torch.manual_seed(0)
     config = AutoConfig.from_pretrained(str(directory))
     model = ADAPTERS[config.model_type].model_class(config)
-    _randomise_zero_init(model)
+    randomise_zero_init(model)
     model.save_pretrained(str(directory))
     for file, content in files.items():  # the release's files, over what save_pretrained wrote
         if content is not None:

@@ -26,7 +26,7 @@ from transformers import (
 )
 
 from tests.hub_checkpoints import FIXTURES, RELEASES, release_tokenizer, session_directory
-from visionloom.backbones.tiny import _randomise_zero_init, build_tokenizer
+from visionloom.backbones.tiny_parts import build_tokenizer, randomise_zero_init
 
 LAYERS = 1  # blocks kept per tower; widths, heads, vocabularies and patch sizes stay real
 
@@ -83,7 +83,7 @@ def _write(directory: Path, files: dict[str, dict], model_class, tokenizer, cut,
     (directory / "config.json").write_text(json.dumps(config_file, indent=2))
     torch.manual_seed(0)
     model = model_class(AutoConfig.from_pretrained(str(directory)))
-    _randomise_zero_init(model)
+    randomise_zero_init(model)
     model.save_pretrained(str(directory))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(directory))

@@ -248,7 +248,7 @@ def _scores_and_eager_weights(adapter, inputs, block, reference_block):
 def test_tower_scores_are_the_towers_own_attention_from_the_same_pass(name, image):
     """CLIP: the class token's row; SigLIP (no class token, every patch a token): the mean over
     queries. Both equal the model's eager weights."""
-    from visionloom.backbones.tiny import tiny_llava
+    from visionloom.backbones.llava import tiny_llava
 
     adapter = tiny_llava(vision="siglip") if name == "llava-with-siglip" else cached_preset(name)
     inputs, _ = _batch(adapter, image)

@@ -81,7 +81,9 @@ def test_every_registered_family_has_a_preset_passes_the_doctor_and_is_in_the_fa
     table = readme[readme.index("| family | preset | class |") :].split("\n\n")[0]
     preset_of = {type(build_preset(name)): name for name in PRESETS}
     for family in set(ADAPTERS.values()):
-        assert not family.__abstractmethods__, f"{family.__name__} leaves {sorted(family.__abstractmethods__)}"
+        assert not family.__abstractmethods__, (
+            f"{family.__name__} leaves {sorted(family.__abstractmethods__)}"
+        )
         assert family in preset_of, f"{family.__name__} has no tiny preset"
         assert f"| `{preset_of[family]}` | `{family.model_class.__name__}` |" in table, family.__name__
         report = run_doctor(preset_of[family])

@@ -123,7 +123,7 @@ def test_tower_keys_are_the_towers_own_key_projections_mapped_onto_the_tokens(na
 def test_qwen_tower_keys_average_each_merge_unit(qwen, image):
     adapter = cached_preset(qwen)
     _, _, tokens = _encoded_batch(adapter, image)
-    from visionloom.backbones.tower_attention import qwen_block_qk
+    from visionloom.backbones.qwen2_5_vl import qwen_block_qk
 
     with torch.no_grad():
         keys = torch.cat(adapter.tower_keys(tokens))

@@ -134,6 +134,11 @@ def nearest_multiples(value: int, step: int, count: int = 2) -> list[int]:
     return sorted({c for c in candidates if c > 0}, key=lambda c: (abs(c - value), c))[: 2 * count]
 
 
+# config.json's `model_type` -> the adapter class serving it, filled as family modules are imported
+# (`registry.py` imports them all).
+REGISTERED: dict[str, type[ImageTokenAdapter]] = {}
+
+
 class ImageTokenAdapter(ABC):
     """One model family's image-token layer over a real `transformers` model and processor.
 
@@ -151,8 +156,8 @@ class ImageTokenAdapter(ABC):
     `tower_attention_scores(tokens, block)` and `tower_keys(tokens, block)`. Everything else has a
     default that a family overrides only where it differs (`build_inputs`, `forward`,
     `placeholder_runs`, `load_processor`, `validate_config`, ...). A family registers itself by
-    its module's place in `registry.ADAPTERS`, and ships a tiny preset (`tiny.PRESETS`) that
-    every family test runs.
+    naming its `model_types` (`__init_subclass__`) and its preset with `tiny_parts.preset`, both
+    in its own module; a test checks that every registered family has both.
     """
 
     family: ClassVar[str]
@@ -165,6 +170,16 @@ class ImageTokenAdapter(ABC):
     # Whether the processor takes images as one list per text (SmolVLM, Gemma 4 count them per
     # sample) rather than one flat list.
     nested_images: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A family registers itself where it is defined: a class that names its `model_types`."""
+        super().__init_subclass__(**kwargs)
+        for model_type in cls.__dict__.get("model_types", ()):
+            if REGISTERED.get(model_type, cls) is not cls:
+                raise TypeError(
+                    f"{cls.__name__} and {REGISTERED[model_type].__name__} both serve {model_type!r}"
+                )
+            REGISTERED[model_type] = cls
 
     def __init__(self, model: PreTrainedModel, processor: Any, *, native_resolution: bool = False):
         if native_resolution and not self.supports_native_resolution:

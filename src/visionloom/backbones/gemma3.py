@@ -16,10 +16,19 @@ import math
 from typing import Any
 
 import torch
-from transformers import Gemma3ForConditionalGeneration
+from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
 from visionloom.backbones.base import ImageTokenAdapter, nearest_multiples
 from visionloom.backbones.checks import ImageTokenMismatch
+from visionloom.backbones.tiny_parts import (
+    LAYERS,
+    gemma_processor,
+    gemma_text,
+    gemma_tokenizer,
+    preset,
+    randomise_zero_init,
+    siglip_tower,
+)
 from visionloom.backbones.tower_attention import encoder_block_attention, encoder_block_keys
 from visionloom.backbones.types import ImageGeometry, MultimodalInputs, VisionTokens
 
@@ -262,3 +271,24 @@ class Gemma3Adapter(ImageTokenAdapter):
             "image token id": f"{self.image_token_id} ({self.image_token})",
             "attention": self.attention_implementation(),
         }
+
+
+@preset("tiny-gemma3")
+def tiny_gemma3(
+    text_overrides: dict[str, Any] | None = None, text_layers: int = LAYERS, **config_overrides: Any
+) -> Gemma3Adapter:
+    """Gemma3 shape: SigLIP at 224 px, patch 14 (16x16 patches), pooled 4x4 -> 4x4 = 16 tokens."""
+    tokenizer = gemma_tokenizer()
+    settings = {"mm_tokens_per_image": 16}
+    settings.update(config_overrides)
+    config = Gemma3Config(
+        vision_config=siglip_tower(224).to_dict(),
+        text_config={**gemma_text(len(tokenizer), tokenizer, text_layers), **(text_overrides or {})},
+        image_token_id=tokenizer.convert_tokens_to_ids("<image_soft_token>"),
+        boi_token_id=tokenizer.convert_tokens_to_ids("<start_of_image>"),
+        eoi_token_id=tokenizer.convert_tokens_to_ids("<end_of_image>"),
+        **settings,
+    )
+    model = Gemma3Adapter.model_class(config).eval()
+    randomise_zero_init(model)
+    return Gemma3Adapter(model, gemma_processor(tokenizer, 224, config.mm_tokens_per_image))

@@ -39,7 +39,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, Gemma4ForConditionalGeneration, Gemma4Processor
+from transformers import (
+    AutoTokenizer,
+    Gemma4Config,
+    Gemma4ForConditionalGeneration,
+    Gemma4Processor,
+    PreTrainedTokenizerFast,
+)
 from transformers.models.gemma4.feature_extraction_gemma4 import Gemma4AudioFeatureExtractor
 from transformers.models.gemma4.image_processing_pil_gemma4 import (
     Gemma4ImageProcessorPil,
@@ -53,13 +59,64 @@ from visionloom.backbones.base import (
     read_json,
 )
 from visionloom.backbones.checks import ImageTokenMismatch
+from visionloom.backbones.tiny_parts import (
+    HEADS,
+    LAYERS,
+    WIDTH,
+    build_tokenizer,
+    gemma_text,
+    preset,
+    randomise_zero_init,
+    tower_settings,
+)
 from visionloom.backbones.tower_attention import (
     attention_per_image,
+    block_index,
     block_means,
-    gemma4_block_qk,
     keys_per_image,
+    require_hidden_states,
 )
 from visionloom.backbones.types import ImageGeometry, LayerOutput, MultimodalInputs, VisionTokens
+
+
+def gemma4_block_qk(
+    tower: torch.nn.Module,
+    hidden_states: tuple[torch.Tensor, ...] | None,
+    patch_grids: list[tuple[int, int]],
+    block: int,
+) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+    """Gemma 4's vision block `block`: per image, queries [heads, n, d] and keys [heads, n, d] of its n
+    real patches (the padding after them left out, as the tower's mask leaves it out), after the
+    block's norms and the 2-D rotary angles at the processor's (x, y) positions, and the scale."""
+    from transformers.models.gemma4.modeling_gemma4 import apply_multidimensional_rope
+
+    layers = tower.encoder.layers
+    index = block_index(block, len(layers))
+    layer = layers[index]
+    attention = layer.self_attn
+    hidden = require_hidden_states(hidden_states)[index]  # [N, max patches, C], padded
+    images, length, _ = hidden.shape
+    positions = torch.full((images, length, 2), -1, dtype=torch.long, device=hidden.device)
+    for image, (rows, cols) in enumerate(patch_grids):  # (x, y), x fastest, as the processor writes them
+        y, x = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+        positions[image, : rows * cols] = torch.stack([x.flatten(), y.flatten()], dim=-1).to(hidden.device)
+    normed = layer.input_layernorm(hidden)
+    cos, sin = tower.encoder.rotary_emb(normed, positions)
+    shape = (images, length, -1, attention.head_dim)
+    queries = apply_multidimensional_rope(
+        attention.q_norm(attention.q_proj(normed).view(shape)), cos, sin, positions
+    )
+    keys = apply_multidimensional_rope(
+        attention.k_norm(attention.k_proj(normed).view(shape)), cos, sin, positions
+    )
+    keys = keys.repeat_interleave(attention.num_key_value_groups, dim=2)  # grouped heads, as repeat_kv
+    out = []
+    for image, (rows, cols) in enumerate(patch_grids):
+        real = rows * cols
+        out.append(
+            (queries[image, :real].transpose(0, 1), keys[image, :real].transpose(0, 1), attention.scaling)
+        )
+    return out
 
 
 class Gemma4Adapter(ImageTokenAdapter):
@@ -271,3 +328,83 @@ class Gemma4Adapter(ImageTokenAdapter):
             "image size": f"aspect kept, up to {image_processor.max_soft_tokens} tokens "
             f"(sides in multiples of {self.patch * self.kernel})",
         }
+
+
+def gemma4_tokenizer() -> PreTrainedTokenizerFast:
+    """The offline tokenizer with Gemma 4's image and audio tokens (named as released)."""
+    return build_tokenizer(
+        # <|video|> too: the processor adds it when missing, which would grow the vocabulary.
+        [
+            "<pad>",
+            "<eos>",
+            "<bos>",
+            "<unk>",
+            "<|image>",
+            "<image|>",
+            "<|image|>",
+            "<|audio>",
+            "<audio|>",
+            "<|audio|>",
+        ]
+        + ["<|video|>"],
+        {
+            "boi_token": "<|image>",
+            "eoi_token": "<image|>",
+            "image_token": "<|image|>",
+            "boa_token": "<|audio>",
+            "eoa_token": "<audio|>",
+            "audio_token": "<|audio|>",
+        },
+        pad_token="<pad>",
+        eos_token="<eos>",
+        bos_token="<bos>",
+        unk_token="<unk>",
+    )
+
+
+@preset("tiny-gemma4")
+def tiny_gemma4(
+    text_layers: int = LAYERS, per_layer: int = 0, kv_shared: int = 0, **config_overrides: Any
+) -> Gemma4Adapter:
+    """Gemma 4 shape: its own vision tower at patch 8, 2x2 pooling, up to 70 soft tokens an image
+    (the smallest budget the processor takes), aspect ratio kept; image tokens attend both ways in
+    the sliding layers. `per_layer` > 0 adds per-layer embeddings of that width and `kv_shared` > 0
+    KV sharing in the last layers, as the E2B and E4B checkpoints have."""
+    tokenizer = gemma4_tokenizer()
+    text = gemma_text(len(tokenizer), tokenizer, text_layers)
+    text.update(
+        layer_types=["sliding_attention", "full_attention"] * (text_layers // 2)
+        + ["full_attention"] * (text_layers % 2),
+        global_head_dim=WIDTH // HEADS,
+        use_bidirectional_attention="vision",
+        hidden_size_per_layer_input=per_layer,
+        vocab_size_per_layer_input=len(tokenizer),
+        num_kv_shared_layers=kv_shared,
+    )
+    convert = tokenizer.convert_tokens_to_ids
+    config = Gemma4Config(
+        vision_config=tower_settings(
+            num_key_value_heads=HEADS // 2,
+            head_dim=(WIDTH + 32) // HEADS,
+            patch_size=8,
+            pooling_kernel_size=2,
+            position_embedding_size=256,
+        ),
+        text_config=text,
+        audio_config=None,
+        image_token_id=convert("<|image|>"),
+        boi_token_id=convert("<|image>"),
+        eoi_token_id=convert("<image|>"),
+        video_token_id=convert("<|video|>"),
+        audio_token_id=convert("<|audio|>"),
+        boa_token_id=convert("<|audio>"),
+        eoa_token_index=convert("<audio|>"),
+        **config_overrides,
+    )
+    model = Gemma4Adapter.model_class(config).eval()
+    randomise_zero_init(model)
+    image_processor = Gemma4ImageProcessorPil(patch_size=8, pooling_kernel_size=2, max_soft_tokens=70)
+    processor = Gemma4Adapter.build_processor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_length=70
+    )
+    return Gemma4Adapter(model, processor)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, InternVLForConditionalGeneration, InternVLProcessor
+from transformers import AutoTokenizer, InternVLConfig, InternVLForConditionalGeneration, InternVLProcessor
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
     GotOcr2ImageProcessorPil,
     get_optimal_tiled_canvas,
@@ -41,8 +41,53 @@ from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
 from visionloom.backbones.base import read_chat_template, read_json
 from visionloom.backbones.checks import ImageTokenMismatch
 from visionloom.backbones.tiles import ShuffledTilesAdapter, side_of
-from visionloom.backbones.tower_attention import internvl_block_attention, internvl_block_keys
+from visionloom.backbones.tiny_parts import (
+    LAYERS,
+    build_tokenizer,
+    narrow_text,
+    preset,
+    randomise_zero_init,
+    tower_settings,
+)
+from visionloom.backbones.tower_attention import attention_received, block_index, require_hidden_states
 from visionloom.backbones.types import ImageGeometry, MultimodalInputs, VisionTokens
+
+
+def internvl_block_qk(
+    tower: torch.nn.Module, hidden_states: tuple[torch.Tensor, ...] | None, block: int
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """InternViT block `block`: queries and keys [tiles, heads, 1 + P, d] (class token first), after
+    the block's `layernorm_before` and its optional query/key norms, and the scale."""
+    layers = tower.encoder.layer
+    index = block_index(block, len(layers))
+    layer = layers[index]
+    hidden = require_hidden_states(hidden_states)[index]  # [tiles, 1 + P, C], the block's input
+    normed = layer.layernorm_before(hidden)
+    attention = layer.attention
+    tiles, length, _ = hidden.shape
+
+    def split_heads(projected: torch.Tensor) -> torch.Tensor:  # [tiles, 1 + P, C] -> [tiles, heads, 1 + P, d]
+        return projected.view(tiles, length, attention.num_heads, attention.head_dim).transpose(1, 2)
+
+    queries = split_heads(attention.q_norm(attention.q_proj(normed)))
+    keys = split_heads(attention.k_norm(attention.k_proj(normed)))
+    return queries, keys, attention.scale
+
+
+def internvl_block_attention(
+    tower: torch.nn.Module, hidden_states: tuple[torch.Tensor, ...] | None, block: int
+) -> torch.Tensor:
+    """InternViT: [tiles, 1 + P], the attention the class token gives each position at `block`."""
+    queries, keys, scale = internvl_block_qk(tower, hidden_states, block)
+    return torch.stack([attention_received(queries[t, :, :1], keys[t], scale) for t in range(len(keys))])
+
+
+def internvl_block_keys(
+    tower: torch.nn.Module, hidden_states: tuple[torch.Tensor, ...] | None, block: int
+) -> torch.Tensor:
+    """InternViT: [tiles, 1 + P, heads * d], each position's attention key at `block`."""
+    _, keys, _ = internvl_block_qk(tower, hidden_states, block)
+    return keys.transpose(1, 2).flatten(2)
 
 
 class InternVLAdapter(ShuffledTilesAdapter):
@@ -198,3 +243,39 @@ class InternVLAdapter(ShuffledTilesAdapter):
             "image size": f"{size[0]}x{size[1]} tiles, {tiling['min_patches']}..{tiling['max_patches']} of them "
             "+ a thumbnail (crop_to_patches=True, the processor's default, passed on every call)",
         }
+
+
+@preset("tiny-internvl")
+def tiny_internvl(text_layers: int = LAYERS, **config_overrides: Any) -> InternVLAdapter:
+    """InternVL shape: InternViT 112-px tiles (patch 14: 8x8 patches, pixel-shuffled to 4x4 = 16
+    tokens), 1..4 tiles and a thumbnail, a Qwen2 language model (as InternVL3)."""
+    tokenizer = build_tokenizer(
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"],
+        {
+            "start_image_token": "<img>",
+            "end_image_token": "</img>",
+            "context_image_token": "<IMG_CONTEXT>",
+            "video_token": "<video>",
+        },
+        pad_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+    )
+    config = InternVLConfig(
+        vision_config=tower_settings(image_size=[112, 112], patch_size=[14, 14]),
+        text_config=narrow_text(
+            len(tokenizer), text_layers, model_type="qwen2", pad_token_id=tokenizer.pad_token_id
+        ),
+        image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),
+        image_seq_length=16,
+        **config_overrides,
+    )
+    model = InternVLAdapter.model_class(config).eval()
+    randomise_zero_init(model)
+    # As released: the image processor's file says crop_to_patches false (the processor tiles anyway).
+    image_processor = GotOcr2ImageProcessorPil(
+        size={"height": 112, "width": 112}, crop_to_patches=False, min_patches=1, max_patches=4
+    )
+    processor = InternVLAdapter.build_processor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_length=config.image_seq_length
+    )
+    return InternVLAdapter(model, processor)

@@ -12,10 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoProcessor, LlavaForConditionalGeneration
+from transformers import AutoProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from visionloom.backbones.base import ImageTokenAdapter, read_json, say_once
 from visionloom.backbones.checks import ImageTokenMismatch
+from visionloom.backbones.tiny_parts import (
+    LAYERS,
+    clip_tower,
+    llama_text,
+    llava_tokenizer,
+    preset,
+    siglip_tower,
+)
 from visionloom.backbones.tower_attention import (
     encoder_block_attention,
     encoder_block_keys,
@@ -287,3 +296,32 @@ class LlavaAdapter(ImageTokenAdapter):
             "image size": f"{size[0]}x{size[1]}"
             + (" native" if self.native_resolution else " (processor resizes)"),
         }
+
+
+@preset("tiny-llava")
+def tiny_llava(*, vision: str = "clip", text_layers: int = LAYERS, **config_overrides: Any) -> LlavaAdapter:
+    """LLaVA-1.5 shape: 112x112 images, patch 14 -> 8x8 tokens; CLIP tower with CLS by default."""
+    tokenizer = llava_tokenizer()
+    vision_config = clip_tower(112) if vision == "clip" else siglip_tower(112)
+    settings = {
+        "vision_feature_layer": -2,
+        "vision_feature_select_strategy": "default" if vision == "clip" else "full",
+    }
+    settings.update(config_overrides)
+    config = LlavaConfig(
+        vision_config=vision_config,
+        text_config=llama_text(len(tokenizer), text_layers, pad_token_id=tokenizer.pad_token_id),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        **settings,
+    )
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": 112}, crop_size={"height": 112, "width": 112}
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        num_additional_image_tokens=1 if vision == "clip" else 0,
+    )
+    return LlavaAdapter(LlavaAdapter.model_class(config).eval(), processor)

@@ -9,13 +9,17 @@ view and the newlines.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from transformers import LlavaNextForConditionalGeneration
+from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
 from transformers.image_processing_utils import select_best_resolution
+from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
 from visionloom.backbones.checks import ImageTokenMismatch
 from visionloom.backbones.llava import LlavaAdapter, feature_source, select_features, tower_has_cls
+from visionloom.backbones.tiny_parts import LAYERS, clip_tower, llama_text, llava_tokenizer, preset
 from visionloom.backbones.types import ImageGeometry, VisionTokens
 
 
@@ -158,3 +162,30 @@ class LlavaNextAdapter(LlavaAdapter):
         info["pooling / merge"] = f"any-res tiles {self.config.image_grid_pinpoints}, unpad, newline per row"
         info["image size"] = "any (tiled)"
         return info
+
+
+@preset("tiny-llava-next")
+def tiny_llava_next(text_layers: int = LAYERS, **config_overrides: Any) -> LlavaNextAdapter:
+    """LLaVA-NeXT shape: 56-px tiles (4x4 tokens each), any-res grids up to 112x112."""
+    tokenizer = llava_tokenizer()
+    pinpoints = [[56, 112], [112, 56], [112, 112]]
+    config = LlavaNextConfig(
+        vision_config=clip_tower(56),
+        text_config=llama_text(len(tokenizer), text_layers, pad_token_id=tokenizer.pad_token_id),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=pinpoints,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        **config_overrides,
+    )
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}, image_grid_pinpoints=pinpoints
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
+    return LlavaNextAdapter(LlavaNextAdapter.model_class(config).eval(), processor)

@@ -21,7 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor
+from transformers import (
+    AutoTokenizer,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionProcessor,
+)
 from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
     LlavaOnevisionImageProcessorPil,
 )
@@ -29,6 +34,7 @@ from transformers.models.llava_onevision.image_processing_pil_llava_onevision im
 from visionloom.backbones.base import read_chat_template, read_json
 from visionloom.backbones.checks import ImageTokenMismatch
 from visionloom.backbones.llava_next import LlavaNextAdapter
+from visionloom.backbones.tiny_parts import LAYERS, build_tokenizer, narrow_text, preset, siglip_tower
 
 PROCESSOR_SETTINGS = ("num_image_tokens", "vision_feature_select_strategy", "vision_aspect_ratio")
 
@@ -116,3 +122,42 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
             "(bilinear shrink above the cap), newline per row"
         )
         return info
+
+
+@preset("tiny-llava-onevision")
+def tiny_llava_onevision(text_layers: int = LAYERS, **config_overrides: Any) -> LlavaOnevisionAdapter:
+    """LLaVA-OneVision shape: SigLIP 56-px tiles (4x4 tokens each), any-res grids up to 168x168,
+    anyres_max_2: a map of more than two base views' features is shrunk (2x2 tiles: 8x8 -> 5x5)."""
+    tokenizer = build_tokenizer(
+        ["<unk>", "<s>", "</s>", "<pad>", "<image>", "<video>"],
+        {"image_token": "<image>", "video_token": "<video>"},
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+    pinpoints = [[56, 56], [56, 112], [112, 56], [112, 112], [112, 168], [168, 112], [168, 168]]
+    config = LlavaOnevisionConfig(
+        vision_config=siglip_tower(56).to_dict(),
+        text_config=narrow_text(
+            len(tokenizer), text_layers, model_type="qwen2", pad_token_id=tokenizer.pad_token_id
+        ),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
+        image_grid_pinpoints=pinpoints,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_2",
+        **config_overrides,
+    )
+    image_processor = LlavaOnevisionImageProcessorPil(
+        size={"height": 56, "width": 56}, image_grid_pinpoints=pinpoints
+    )
+    processor = LlavaOnevisionAdapter.build_processor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        num_image_tokens=16,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_2",
+    )
+    return LlavaOnevisionAdapter(LlavaOnevisionAdapter.model_class(config).eval(), processor)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, Mistral3ForConditionalGeneration
+from transformers import AutoTokenizer, Mistral3Config, Mistral3ForConditionalGeneration
 from transformers.models.pixtral.image_processing_pil_pixtral import (
     PixtralImageProcessorPil,
     get_resize_output_image_size,
@@ -34,11 +34,13 @@ from transformers.models.pixtral.image_processing_pil_pixtral import (
 from visionloom.backbones._compat import pixtral_processor_class
 from visionloom.backbones.base import ImageTokenAdapter, nearest_multiples, read_chat_template, read_json
 from visionloom.backbones.checks import ImageTokenMismatch
+from visionloom.backbones.tiny_parts import LAYERS, build_tokenizer, llama_text, preset, tower_settings
 from visionloom.backbones.tower_attention import (
     attention_per_image,
+    block_index,
     block_means,
     keys_per_image,
-    pixtral_block_qk,
+    require_hidden_states,
 )
 from visionloom.backbones.types import ImageGeometry, MultimodalInputs, VisionTokens
 
@@ -50,6 +52,47 @@ PROCESSOR_SETTINGS = (
     "image_break_token",
     "image_end_token",
 )
+
+
+def pixtral_block_qk(
+    tower: torch.nn.Module,
+    hidden_states: tuple[torch.Tensor, ...] | None,
+    patch_grids: list[tuple[int, int]],
+    block: int,
+) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+    """Pixtral block `block`: per image, queries and keys [heads, patches, d] with the 2-D rotary
+    angles applied as the tower applies them (positions restart at each image), and the scale. The
+    images are packed in one sequence; the tower's attention is block-diagonal, one block per image."""
+    from transformers.models.pixtral.modeling_pixtral import apply_rotary_pos_emb
+
+    layers = tower.transformer.layers
+    index = block_index(block, len(layers))
+    layer = layers[index]
+    attention = layer.attention
+    hidden = require_hidden_states(hidden_states)[index]  # [1, patches, C], every image packed
+    normed = layer.attention_norm(hidden)
+    length = hidden.shape[1]
+
+    def split_heads(projected: torch.Tensor) -> torch.Tensor:  # [1, P, C] -> [1, heads, P, d]
+        return projected.view(1, length, attention.num_heads, attention.head_dim).transpose(1, 2)
+
+    positions = []
+    for rows, cols in patch_grids:  # the tower's own (row, column) position of each patch
+        row_ids, col_ids = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+        positions.append(torch.stack([row_ids.flatten(), col_ids.flatten()], dim=-1))
+    cos, sin = tower.patch_positional_embedding(hidden, torch.cat(positions).to(hidden.device))
+    queries, keys = apply_rotary_pos_emb(
+        split_heads(attention.q_proj(normed)),
+        split_heads(attention.k_proj(normed)),
+        cos,
+        sin,
+        unsqueeze_dim=0,
+    )
+    sizes = [rows * cols for rows, cols in patch_grids]
+    return [
+        (q, k, attention.scaling)
+        for q, k in zip(queries[0].split(sizes, dim=1), keys[0].split(sizes, dim=1), strict=True)
+    ]
 
 
 class Mistral3Adapter(ImageTokenAdapter):
@@ -214,3 +257,33 @@ class Mistral3Adapter(ImageTokenAdapter):
             "image size": f"longest side up to {edge}, multiples of {self.patch * self.merge}"
             + (" native" if self.native_resolution else " (processor resizes)"),
         }
+
+
+@preset("tiny-mistral3")
+def tiny_mistral3(text_layers: int = LAYERS, **config_overrides: Any) -> Mistral3Adapter:
+    """Mistral3 shape: Pixtral at patch 14, 2x2 patch merger (28-px tokens), longer side up to
+    168 px (6x6 tokens), [IMG_BREAK] after each row; a Mistral language model."""
+    tokenizer = build_tokenizer(
+        ["<unk>", "<s>", "</s>", "<pad>", "[INST]", "[/INST]", "[IMG]", "[IMG_BREAK]", "[IMG_END]"],
+        {"image_token": "[IMG]"},
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+    config = Mistral3Config(
+        vision_config=tower_settings(image_size=168, patch_size=14),
+        text_config=llama_text(
+            len(tokenizer), text_layers, model_type="mistral", pad_token_id=tokenizer.pad_token_id
+        ).to_dict(),
+        image_token_index=tokenizer.convert_tokens_to_ids("[IMG]"),
+        spatial_merge_size=2,
+        **config_overrides,
+    )
+    image_processor = PixtralImageProcessorPil(
+        size={"longest_edge": 168}, patch_size={"height": 14, "width": 14}
+    )
+    processor = pixtral_processor_class()(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=14, spatial_merge_size=2
+    )
+    return Mistral3Adapter(Mistral3Adapter.model_class(config).eval(), processor)

@@ -19,9 +19,11 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from transformers import PaliGemmaForConditionalGeneration
+from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor
+from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
 from visionloom.backbones.patch_tokens import PatchTokenAdapter
+from visionloom.backbones.tiny_parts import LAYERS, WIDTH, build_tokenizer, gemma_text, preset, siglip_tower
 from visionloom.backbones.types import MultimodalInputs
 
 
@@ -49,3 +51,33 @@ class PaliGemmaAdapter(PatchTokenAdapter):
 
     def language_model_kwargs(self, inputs: MultimodalInputs) -> dict[str, Any]:
         return self.image_token_types(inputs)
+
+
+@preset("tiny-paligemma")
+def tiny_paligemma(text_layers: int = LAYERS, **config_overrides: Any) -> PaliGemmaAdapter:
+    """PaliGemma shape: SigLIP at 112 px, patch 14 -> 8x8 = 64 tokens, one projection, a Gemma prefix-LM."""
+    tokenizer = build_tokenizer(
+        ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"],
+        {"image_token": "<image>"},
+        pad_token="<pad>",
+        eos_token="<eos>",
+        bos_token="<bos>",
+        unk_token="<unk>",
+    )
+    image_processor = SiglipImageProcessorPil(size={"height": 112, "width": 112})
+    image_processor.image_seq_length = 64
+    processor = PaliGemmaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer
+    )  # adds <loc>/<seg> tokens
+    text = gemma_text(len(processor.tokenizer), processor.tokenizer, text_layers)
+    text.pop("sliding_window")
+    config = PaliGemmaConfig(
+        vision_config=siglip_tower(112).to_dict(),
+        text_config={**text, "model_type": "gemma"},
+        image_token_index=processor.tokenizer.convert_tokens_to_ids("<image>"),
+        projection_dim=WIDTH,
+        hidden_size=WIDTH,
+        vocab_size=len(processor.tokenizer),
+        **config_overrides,
+    )
+    return PaliGemmaAdapter(PaliGemmaAdapter.model_class(config).eval(), processor)

@@ -20,9 +20,15 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+from transformers import (
+    AutoTokenizer,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+)
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil, smart_resize
-from transformers.vision_utils import get_vision_window_index
+from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
 
 from visionloom.backbones._compat import qwen_video_processor
 from visionloom.backbones.base import (
@@ -32,7 +38,8 @@ from visionloom.backbones.base import (
     read_chat_template,
 )
 from visionloom.backbones.checks import ImageTokenMismatch
-from visionloom.backbones.tower_attention import qwen_block_attention, qwen_block_keys
+from visionloom.backbones.tiny_parts import HEADS, LAYERS, WIDTH, narrow_text, preset, qwen_tokenizer
+from visionloom.backbones.tower_attention import attention_received, block_index, require_hidden_states
 from visionloom.backbones.types import ImageGeometry, MultimodalInputs, VisionTokens
 
 
@@ -46,6 +53,95 @@ def build_qwen_processor(
         video_processor=qwen_video_processor(image_processor),
         chat_template=chat_template,
     )
+
+
+def qwen_block_qk(
+    tower: torch.nn.Module,
+    hidden_states: tuple[torch.Tensor, ...] | None,
+    grid_thw: torch.Tensor,
+    window_index: torch.Tensor,
+    block: int,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Qwen2.5-VL's full-attention block `block`: queries and keys [patches, heads, d] in the tower's
+    (window) order, with the rotary angles applied as the tower applies them, and the scale.
+
+    Only full-attention blocks (`fullatt_block_indexes`) are allowed. In the other blocks a patch is
+    attended only from inside its window, so what they compare is local to a window. Qwen2-VL's
+    tower has no windows: every block attends over the whole image and runs in merge-unit order.
+    """
+    index = block_index(block, len(tower.blocks))
+    windowed = hasattr(tower, "fullatt_block_indexes")
+    if windowed and index not in tower.fullatt_block_indexes:
+        raise ValueError(
+            f"tower block {block} (index {index}) uses windowed attention, so its scores only rank "
+            f"patches within a window. Choose a full-attention block: {list(tower.fullatt_block_indexes)}"
+        )
+    layer = tower.blocks[index]
+    attention = layer.attn
+    hidden = require_hidden_states(hidden_states)[index]  # [patches, C], window order
+    patches = hidden.shape[0]
+    qkv = attention.qkv(layer.norm1(hidden)).reshape(patches, 3, attention.num_heads, -1)
+    queries, keys = qkv[:, 0], qkv[:, 1]  # [patches, heads, d]
+
+    # The rotary angles as the tower's forward builds them: merge-unit order, then window order.
+    grid_thw, window_index = grid_thw.to(hidden.device), window_index.to(hidden.device)
+    position_ids = get_vision_position_ids(grid_thw, tower.spatial_merge_size)
+    cos, sin = tower.rotary_pos_emb(hidden, position_ids)
+    if windowed:
+        cos, sin = (
+            tower.permute_input_for_window_attn(angles, window_index, seq_len=patches)
+            for angles in (cos, sin)
+        )
+    queries, keys = apply_rotary_pos_emb_vision(queries, keys, cos, sin)
+    return queries, keys, attention.scaling
+
+
+def per_merged_token(
+    values: torch.Tensor, tower: torch.nn.Module, window_index: torch.Tensor
+) -> torch.Tensor:
+    """[patches, ...] in window order -> [merged tokens, ...]: the mean over each 2x2 merge unit, in
+    raster order (the merger's output order)."""
+    per_unit = values.view(-1, tower.spatial_merge_size**2, *values.shape[1:]).mean(1)
+    return per_unit[torch.argsort(window_index.to(values.device))]
+
+
+def qwen_block_attention(
+    tower: torch.nn.Module,
+    hidden_states: tuple[torch.Tensor, ...] | None,
+    grid_thw: torch.Tensor,
+    window_index: torch.Tensor,
+    block: int,
+) -> torch.Tensor:
+    """Qwen2.5-VL's tower: [merged tokens], the attention each merged token's patches receive at `block`.
+
+    The tower runs on a window-permuted sequence, one 2x2 merge unit after another. The scores are
+    computed in that order (`qwen_block_qk`), averaged over each merge unit and put back in raster
+    order. `window_index` is that order, as the adapter gets it from the model.
+    """
+    queries, keys, scale = qwen_block_qk(tower, hidden_states, grid_thw, window_index, block)
+    # A full-attention block attends within each image. An image's patches stay contiguous under the
+    # window permutation.
+    bounds = get_vision_cu_seqlens(grid_thw.to(keys.device)).tolist()
+    received = torch.cat(
+        [
+            attention_received(queries[start:end].transpose(0, 1), keys[start:end].transpose(0, 1), scale)
+            for start, end in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+    )  # [patches], window order
+    return per_merged_token(received, tower, window_index)
+
+
+def qwen_block_keys(
+    tower: torch.nn.Module,
+    hidden_states: tuple[torch.Tensor, ...] | None,
+    grid_thw: torch.Tensor,
+    window_index: torch.Tensor,
+    block: int,
+) -> torch.Tensor:
+    """Qwen2.5-VL's tower: [merged tokens, heads * d], the mean key of each merged token's patches at
+    `block`, as the block's attention compares them (rotary angles applied)."""
+    _, keys, _ = qwen_block_qk(tower, hidden_states, grid_thw, window_index, block)
+    return per_merged_token(keys.flatten(1), tower, window_index)
 
 
 class Qwen2_5_VLAdapter(ImageTokenAdapter):
@@ -252,3 +348,59 @@ class Qwen2_5_VLAdapter(ImageTokenAdapter):
             + str(self.factor)
             + (" native" if self.native_resolution else " (smart_resize)"),
         }
+
+
+def tiny_qwen_family(
+    adapter_class, config_class, vision: dict[str, Any], text_layers: int, overrides: dict, **text: Any
+):
+    """A Qwen-family preset: the offline Qwen tokenizer and special ids, a narrow text model with
+    3-D rotary sections (and `text` settings), the tower `vision`, and the processor at the tower's
+    patch size, merge 2, up to 64 tokens."""
+    tokenizer, ids = qwen_tokenizer()
+    patch = vision["patch_size"]
+    config = config_class(
+        text_config=narrow_text(
+            len(tokenizer),
+            text_layers,
+            bos_token_id=ids["<|im_start|>"],
+            eos_token_id=ids["<|im_end|>"],
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            **text,
+        ),
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        **overrides,
+    )
+    factor = 2 * patch
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=(2 * factor) ** 2,
+        max_pixels=factor * factor * 64,
+        patch_size=patch,
+        merge_size=2,
+        temporal_patch_size=2,
+    )
+    processor = build_qwen_processor(
+        image_processor, tokenizer, processor_class=adapter_class.processor_class
+    )
+    return adapter_class(adapter_class.model_class(config).eval(), processor)
+
+
+@preset("tiny-qwen2.5-vl")
+def tiny_qwen2_5_vl(text_layers: int = LAYERS, **config_overrides: Any) -> Qwen2_5_VLAdapter:
+    """Qwen2.5-VL shape: patch 14, 2x2 merge, 112-px attention windows, up to 64 tokens an image."""
+    vision = {
+        "depth": 3,
+        "hidden_size": WIDTH,
+        "intermediate_size": 2 * WIDTH,
+        "num_heads": HEADS,
+        "out_hidden_size": WIDTH,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 112,
+        "fullatt_block_indexes": [2],
+    }
+    return tiny_qwen_family(Qwen2_5_VLAdapter, Qwen2_5_VLConfig, vision, text_layers, config_overrides)

@@ -14,10 +14,13 @@ merge-unit order, so nothing is permuted; the merger's input width is the tower'
 
 from __future__ import annotations
 
-import torch
-from transformers import Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+from typing import Any
 
-from visionloom.backbones.qwen2_5_vl import Qwen2_5_VLAdapter
+import torch
+from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+
+from visionloom.backbones.qwen2_5_vl import Qwen2_5_VLAdapter, tiny_qwen_family
+from visionloom.backbones.tiny_parts import HEADS, LAYERS, WIDTH, preset
 
 
 class Qwen2VLAdapter(Qwen2_5_VLAdapter):
@@ -43,3 +46,19 @@ class Qwen2VLAdapter(Qwen2_5_VLAdapter):
             f"Qwen2-VL ViT ({self.config.vision_config.depth} blocks, full attention in every block)",
             "last block (merger input, width embed_dim)",
         )
+
+
+@preset("tiny-qwen2-vl")
+def tiny_qwen2_vl(text_layers: int = LAYERS, **config_overrides: Any) -> Qwen2VLAdapter:
+    """Qwen2-VL shape: patch 14, 2x2 merge, full attention in every tower block, up to 64 tokens an image."""
+    vision = {
+        "depth": 3,
+        "embed_dim": WIDTH + 32,  # the tower's own width, apart from the language model's
+        "hidden_size": WIDTH,  # the merger's output: the language model's width
+        "mlp_ratio": 2,
+        "num_heads": HEADS,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    }
+    return tiny_qwen_family(Qwen2VLAdapter, Qwen2VLConfig, vision, text_layers, config_overrides)

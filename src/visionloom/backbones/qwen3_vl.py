@@ -37,10 +37,12 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-from transformers import Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
 
 from visionloom.backbones.checks import ImageTokenMismatch
+from visionloom.backbones.qwen2_5_vl import tiny_qwen_family
 from visionloom.backbones.qwen2_vl import Qwen2VLAdapter
+from visionloom.backbones.tiny_parts import HEADS, LAYERS, WIDTH, preset
 from visionloom.backbones.types import LayerOutput, MultimodalInputs, VisionTokens
 
 
@@ -146,3 +148,24 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
             f"last block (merger input); DeepStack: blocks {self.deepstack_blocks} -> language layers "
             f"0..{len(self.deepstack_blocks) - 1}",
         )
+
+
+@preset("tiny-qwen3-vl")
+def tiny_qwen3_vl(text_layers: int = LAYERS, **config_overrides: Any) -> Qwen3VLAdapter:
+    """Qwen3-VL shape: patch 16, 2x2 merge (32-px steps), up to 64 tokens an image, learned tower
+    positions on an 8x8 grid, DeepStack from tower blocks 1 and 2 into language layers 0 and 1."""
+    vision = {
+        "depth": 3,
+        "hidden_size": WIDTH + 32,  # the tower's width, apart from the language model's
+        "intermediate_size": 2 * WIDTH,
+        "num_heads": HEADS,
+        "out_hidden_size": WIDTH,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "num_position_embeddings": 64,
+        "deepstack_visual_indexes": [1, 2],
+    }
+    return tiny_qwen_family(
+        Qwen3VLAdapter, Qwen3VLConfig, vision, text_layers, config_overrides, head_dim=WIDTH // HEADS
+    )

@@ -2,47 +2,28 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from visionloom.backbones.base import ImageTokenAdapter, place, read_json
-from visionloom.backbones.deepseek_vl import DeepseekVLAdapter
-from visionloom.backbones.gemma3 import Gemma3Adapter
-from visionloom.backbones.gemma4 import Gemma4Adapter
-from visionloom.backbones.internvl import InternVLAdapter
-from visionloom.backbones.llava import LlavaAdapter
-from visionloom.backbones.llava_next import LlavaNextAdapter
-from visionloom.backbones.llava_onevision import LlavaOnevisionAdapter
-from visionloom.backbones.mistral3 import Mistral3Adapter
-from visionloom.backbones.paligemma import PaliGemmaAdapter
-from visionloom.backbones.qwen2_5_vl import Qwen2_5_VLAdapter
-from visionloom.backbones.qwen2_vl import Qwen2VLAdapter
-from visionloom.backbones.qwen3_vl import Qwen3VLAdapter
-from visionloom.backbones.smolvlm import SmolVLMAdapter
-from visionloom.backbones.t5gemma2 import T5Gemma2Adapter
+import visionloom.backbones as package
+from visionloom.backbones.base import REGISTERED, ImageTokenAdapter, place, read_json
+from visionloom.backbones.tiny_parts import PRESETS
 
-ADAPTERS: dict[str, type[ImageTokenAdapter]] = {
-    model_type: adapter
-    for adapter in (
-        LlavaAdapter,
-        LlavaNextAdapter,
-        LlavaOnevisionAdapter,
-        Qwen2_5_VLAdapter,
-        Qwen2VLAdapter,
-        Qwen3VLAdapter,
-        PaliGemmaAdapter,
-        T5Gemma2Adapter,
-        Gemma3Adapter,
-        DeepseekVLAdapter,
-        InternVLAdapter,
-        Mistral3Adapter,
-        SmolVLMAdapter,
-        Gemma4Adapter,
-    )
-    for model_type in adapter.model_types
-}
+# Modules of the package that are not families (they import this one, or are the command line).
+NOT_FAMILIES = {"cli", "doctor", "registry", "tiny"}
+
+# Every module of the package is imported: a family's adapter registers itself when its class is
+# defined (`ImageTokenAdapter.__init_subclass__`), and its preset with `tiny_parts.preset`.
+for module in pkgutil.iter_modules(package.__path__):
+    if module.name not in NOT_FAMILIES:
+        importlib.import_module(f"{package.__name__}.{module.name}")
+
+# config.json's `model_type` -> the adapter that serves it.
+ADAPTERS: dict[str, type[ImageTokenAdapter]] = REGISTERED
 
 
 def adapter_for(path: str | Path) -> type[ImageTokenAdapter]:
@@ -74,8 +55,6 @@ def load(
     says otherwise (see `ImageTokenAdapter.from_pretrained`). Nothing is downloaded: a name that is
     neither a preset nor a local directory is an error.
     """
-    from visionloom.backbones.tiny import PRESETS, build_preset
-
     name = str(path_or_preset)
     if name in PRESETS:
         adapter = build_preset(name, native_resolution=native_resolution, **kwargs)
@@ -89,3 +68,16 @@ def load(
     return adapter_for(name).from_pretrained(
         name, native_resolution=native_resolution, dtype=dtype, device=device, **kwargs
     )
+
+
+def build_preset(
+    name: str, *, seed: int = 0, native_resolution: bool = False, **overrides: Any
+) -> ImageTokenAdapter:
+    """A preset by name, with weights drawn from `seed`; `overrides` go to the model config."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    torch.manual_seed(seed)
+    adapter = PRESETS[name](**overrides)
+    if native_resolution:
+        adapter = type(adapter)(adapter.model, adapter.processor, native_resolution=True)
+    return adapter

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, SmolVLMForConditionalGeneration, SmolVLMProcessor
+from transformers import AutoTokenizer, SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMProcessor
 from transformers.models.smolvlm.image_processing_pil_smolvlm import (
     SmolVLMImageProcessorPil,
     get_resize_output_image_size,
@@ -37,6 +37,7 @@ from transformers.models.smolvlm.processing_smolvlm import get_image_prompt_stri
 
 from visionloom.backbones.base import read_chat_template, read_json
 from visionloom.backbones.tiles import ShuffledTilesAdapter
+from visionloom.backbones.tiny_parts import LAYERS, build_tokenizer, llama_text, preset, siglip_tower
 from visionloom.backbones.tower_attention import encoder_block_attention, encoder_block_keys
 from visionloom.backbones.types import ImageGeometry, MultimodalInputs, VisionTokens
 
@@ -185,3 +186,46 @@ class SmolVLMAdapter(ShuffledTilesAdapter):
             "image size": f"longest side up to {image_processor.size['longest_edge']}, {self.tile_size}-px tiles "
             + ("+ the global image" if image_processor.do_image_splitting else "(no splitting)"),
         }
+
+
+@preset("tiny-smolvlm")
+def tiny_smolvlm(text_layers: int = LAYERS, **config_overrides: Any) -> SmolVLMAdapter:
+    """SmolVLM shape: SigLIP 112-px tiles (patch 14: 8x8 patches, pixel-shuffled 2x2 to 16 tokens),
+    the longer side scaled to 336 px (up to 3x3 tiles) plus the global image, <row_r_col_c> markers."""
+    markers = [f"<row_{row}_col_{col}>" for row in range(1, 4) for col in range(1, 4)]
+    tokenizer = build_tokenizer(
+        [
+            "<unk>",
+            "<|im_start|>",
+            "<end_of_utterance>",
+            "<pad>",
+            "<image>",
+            "<fake_token_around_image>",
+            "<global-img>",
+        ]
+        + markers,
+        {
+            "image_token": "<image>",
+            "fake_image_token": "<fake_token_around_image>",
+            "global_image_token": "<global-img>",
+            "end_of_utterance_token": "<end_of_utterance>",
+        },
+        bos_token="<|im_start|>",
+        eos_token="<end_of_utterance>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+    config = SmolVLMConfig(
+        vision_config=siglip_tower(112).to_dict(),
+        text_config=llama_text(len(tokenizer), text_layers, pad_token_id=tokenizer.pad_token_id).to_dict(),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        scale_factor=2,
+        **config_overrides,
+    )
+    image_processor = SmolVLMImageProcessorPil(
+        size={"longest_edge": 336}, max_image_size={"longest_edge": 112}, do_image_splitting=True
+    )
+    processor = SmolVLMAdapter.build_processor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=16
+    )
+    return SmolVLMAdapter(SmolVLMAdapter.model_class(config).eval(), processor)

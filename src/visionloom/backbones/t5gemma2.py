@@ -12,9 +12,18 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import T5Gemma2ForConditionalGeneration
+from transformers import T5Gemma2Config, T5Gemma2ForConditionalGeneration
 
 from visionloom.backbones.gemma3 import Gemma3Adapter
+from visionloom.backbones.tiny_parts import (
+    LAYERS,
+    gemma_processor,
+    gemma_text,
+    gemma_tokenizer,
+    preset,
+    randomise_zero_init,
+    siglip_tower,
+)
 from visionloom.backbones.types import LayerOutput, MultimodalInputs
 
 
@@ -103,3 +112,27 @@ class T5Gemma2Adapter(Gemma3Adapter):
             hidden_states=encoded.hidden_states,
             attentions=encoded.attentions,
         )
+
+
+@preset("tiny-t5gemma2")
+def tiny_t5gemma2(text_layers: int = LAYERS, **encoder_overrides: Any) -> T5Gemma2Adapter:
+    """T5Gemma2 shape: the Gemma3 image path (224 px, 16 tokens) in an encoder-decoder; 384x128 gives 12."""
+    tokenizer = gemma_tokenizer()
+    text = gemma_text(len(tokenizer), tokenizer, text_layers)
+    encoder = {
+        "vision_config": siglip_tower(224).to_dict(),
+        "text_config": text,
+        "mm_tokens_per_image": 16,
+        "boi_token_index": tokenizer.convert_tokens_to_ids("<start_of_image>"),
+        "eoi_token_index": tokenizer.convert_tokens_to_ids("<end_of_image>"),
+        **encoder_overrides,
+    }
+    config = T5Gemma2Config(
+        encoder=encoder,
+        decoder=dict(text),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image_soft_token>"),
+    )
+    model = T5Gemma2Adapter.model_class(config).eval()
+    randomise_zero_init(model)
+    processor = gemma_processor(tokenizer, 224, config.encoder.mm_tokens_per_image)
+    return T5Gemma2Adapter(model, processor)

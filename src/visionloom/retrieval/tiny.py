@@ -21,7 +21,7 @@ from transformers import (
     T5Config,
 )
 
-from visionloom.backbones.tiny import CORPUS
+from visionloom.backbones.tiny_parts import CORPUS
 from visionloom.data.synth_pedes import vocabulary
 
 WIDTH = 64
