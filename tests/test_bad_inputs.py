@@ -1108,7 +1108,7 @@ def test_doctor_names_mismatched_shapes_and_a_missing_tokenizer_file(tmp_path):
 
 
 def test_pope_lines_may_hold_unicode_line_separators(tmp_path):
-    from visionloom.data.pope import read_pope
+    from visionloom.pruning.benchmarks.pope import read_pope
 
     (tmp_path / "val2014").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "val2014" / "a.jpg")

@@ -9,8 +9,7 @@ import pytest
 from PIL import Image
 
 from visionloom.data.errors import DatasetFormatError
-from visionloom.data.gqa import read_gqa
-from visionloom.pruning.metrics import gqa_answer, gqa_metrics
+from visionloom.pruning.benchmarks.gqa import gqa_answer, gqa_metrics, read_gqa
 
 ENTRIES = {  # as questions1.2.zip's testdev_balanced_questions.json writes them (fields shortened)
     "201307251": {

@@ -9,8 +9,7 @@ import pytest
 from PIL import Image
 
 from visionloom.data.errors import DatasetFormatError
-from visionloom.data.pope import read_pope
-from visionloom.pruning.metrics import pope_answer, pope_metrics
+from visionloom.pruning.benchmarks.pope import pope_answer, pope_metrics, read_pope
 
 LINES = [  # as the release writes them: output/coco/coco_pope_random.json, one object per line
     {

@@ -36,7 +36,7 @@ class PruneConfig:
     name: str = "scenes"
     vlm: str | None = None  # a checkpoint directory (from `vlm pretrain`, or a real VLM)
     # scenes: the synthetic scene questions, teacher-forced; pope / gqa: the released benchmarks
-    # (data/pope.py, data/gqa.py), answered by generating.
+    # (pruning/benchmarks/), answered by generating.
     benchmark: Literal["scenes", "pope", "gqa"] = "scenes"
     subset: Literal["random", "popular", "adversarial"] = "random"  # POPE's subset
     images: str | None = None  # the benchmark's image folder, when not where its release puts it

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from visionloom.data.errors import DatasetFormatError, all_or_refuse, resolve_inside
+from visionloom.pruning.benchmarks.question import SHORT_ANSWER, BenchmarkQuestion
 
 SUBSETS = ("random", "popular", "adversarial")
 LABELS = ("yes", "no")
@@ -100,3 +101,51 @@ def read_pope(
         _check_line(number, line, images, seen) for number, line in enumerate(lines, start=1) if line.strip()
     )
     return all_or_refuse(question_file, checked, "questions")
+
+
+def questions(root: Path, subset: str = "random", image_dir: str | None = None) -> list[BenchmarkQuestion]:
+    """POPE's questions with the pruning papers' prompt (LLaVA's evaluation prompt)."""
+    return [
+        BenchmarkQuestion(str(q.question_id), q.image, f"{q.text}\n{SHORT_ANSWER}", q.label)
+        for q in read_pope(root, subset, image_dir)
+    ]
+
+
+# ---------------------------------------------------------------- the answer rule and the metric
+# POPE's own (the release's evaluate.py): keep the text before the first period, drop commas, split
+# on spaces; an answer with the word "No", "no" or "not" is no, anything else (an empty answer
+# included) is yes. Then, with yes as the positive class: accuracy, precision, recall, F1 and the
+# yes-ratio (how often the model said yes; 0.5 on the balanced subsets when it is unbiased).
+NEGATIVE_WORDS = ("No", "no", "not")
+
+
+def pope_answer(text: str) -> str:
+    """ "yes" or "no" for a generated answer, by POPE's rule."""
+    first = text.split(".")[0] if "." in text else text
+    words = first.replace(",", "").split(" ")
+    return "no" if any(word in words for word in NEGATIVE_WORDS) else "yes"
+
+
+def pope_metrics(answers: list[str], labels: list[str]) -> dict[str, float]:
+    """{"accuracy", "precision", "recall", "f1", "yes_ratio"} in percent; `answers` are generated
+    texts (normalised here), `labels` the file's yes/no."""
+    if len(answers) != len(labels):
+        raise ValueError(f"{len(answers)} answers for {len(labels)} labels")
+    if not labels:
+        raise ValueError("no answers to score")
+    predicted = [pope_answer(answer) for answer in answers]
+    pairs = list(zip(predicted, labels, strict=True))
+    true_positive = sum(p == "yes" and t == "yes" for p, t in pairs)
+    false_positive = sum(p == "yes" and t == "no" for p, t in pairs)
+    false_negative = sum(p == "no" and t == "yes" for p, t in pairs)
+    true_negative = sum(p == "no" and t == "no" for p, t in pairs)
+    precision = true_positive / (true_positive + false_positive) if true_positive + false_positive else 0.0
+    recall = true_positive / (true_positive + false_negative) if true_positive + false_negative else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "accuracy": 100.0 * (true_positive + true_negative) / len(pairs),
+        "precision": 100.0 * precision,
+        "recall": 100.0 * recall,
+        "f1": 100.0 * f1,
+        "yes_ratio": 100.0 * predicted.count("yes") / len(predicted),
+    }

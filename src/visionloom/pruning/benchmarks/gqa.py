@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from visionloom.data.errors import DatasetFormatError, all_or_refuse, resolve_inside
+from visionloom.pruning.benchmarks.question import SHORT_ANSWER, BenchmarkQuestion
 
 QUESTION_FILE = "testdev_balanced_questions.json"
 
@@ -76,3 +77,31 @@ def read_gqa(root: str | Path, image_dir: str | Path | None = None) -> list[GqaQ
         raise DatasetFormatError(f"{question_file}: expected an object of question id -> question")
     checked = (_check_entry(question_id, entry, images) for question_id, entry in content.items())
     return all_or_refuse(question_file, checked, "questions")
+
+
+def questions(root: Path, subset: str = "random", image_dir: str | None = None) -> list[BenchmarkQuestion]:
+    """GQA's testdev-balanced questions with the pruning papers' prompt (`subset` is POPE's only)."""
+    return [
+        BenchmarkQuestion(q.question_id, q.image, f"{q.text}\n{SHORT_ANSWER}", q.answer)
+        for q in read_gqa(root, image_dir)
+    ]
+
+
+# ---------------------------------------------------------------- the answer rule and the metric
+# Accuracy is exact match with the release's short answer (GQA's eval.py), after the normalisation
+# LLaVA's convert_gqa_for_eval.py applies to a generated answer before that script: surrounding
+# spaces and a final period removed, lower case.
+def gqa_answer(text: str) -> str:
+    """A generated answer as GQA's evaluation compares it (see the module docstring)."""
+    return text.strip().rstrip(".").lower()
+
+
+def gqa_metrics(answers: list[str], gold: list[str]) -> dict[str, float]:
+    """{"accuracy"} in percent: normalised generated answers equal to the release's answers."""
+    if len(answers) != len(gold):
+        raise ValueError(f"{len(answers)} answers for {len(gold)} questions")
+    if not gold:
+        raise ValueError("no answers to score")
+    return {
+        "accuracy": 100.0 * sum(gqa_answer(a) == g for a, g in zip(answers, gold, strict=True)) / len(gold)
+    }
