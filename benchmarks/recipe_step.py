@@ -32,7 +32,7 @@ def measure(recipe: str, batch_size: int, repeats: int) -> dict:
     from train_step import median_step_seconds  # a sibling script: its folder is on sys.path
 
     from tests.recipe_checkpoints import WRITERS
-    from tests.test_recipes import CHECKPOINTS
+    from tests.retrieval.test_recipes import CHECKPOINTS
     from visionloom.data.pedes import read_pedes
     from visionloom.data.synth_pedes import generate
     from visionloom.engine.trainer import make_optimizer

@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-
-from visionloom.backbones.tiny import PRESETS, build_preset
-
-FAMILIES = list(PRESETS)
-# One image path: with windowed attention (2.5), without (2), without and with DeepStack (3).
-QWEN_FAMILIES = ["tiny-qwen2.5-vl", "tiny-qwen2-vl", "tiny-qwen3-vl"]
-
-
-@functools.cache
-def cached_preset(name: str, native: bool = False):
-    """A preset shared by tests that do not change it (use build_preset for one you change)."""
-    return build_preset(name, native_resolution=native)
 
 
 @pytest.fixture
@@ -59,24 +44,6 @@ def vq_dir(pedes_root):
     return directory
 
 
-def small_config(architecture: str, *overrides: str):
-    """A retrieval config at test size: 64x32 images, few steps, small batches of 2 ids x 2."""
-    from visionloom.retrieval.config import load_config
-
-    base = [
-        "model.image_size=[64, 32]",
-        "train.steps=4",
-        "train.batch_size=4",
-        "data.ids_per_batch=2",
-        "train.warmup_steps=1",
-        "train.checkpoint_every=2",
-        "train.log_every=1",
-    ]
-    if architecture == "phase3-t5gemma2":
-        base[0] = "model.image_size=[384, 128]"
-    return load_config(architecture, [*base, *overrides])
-
-
 @pytest.fixture(scope="session")
 def scenes_root(tmp_path_factory):
     """A small synthetic RefCOCO-style data set: 30 scenes of 224x224."""
@@ -110,7 +77,6 @@ def refcoco_release(scenes_root, tmp_path_factory):
     sizes: every third image padded on the right by 64 px, its masks re-encoded for the new size.
     Returns data/refcoco.
     """
-    import json
 
     from visionloom.data.refcoco import decode_segmentation
     from visionloom.data.synth_scenes import encode_mask
@@ -143,26 +109,3 @@ def refcoco_release(scenes_root, tmp_path_factory):
     (root / "refs(unc).json").write_text(json.dumps(refs))
     (root / "instances.json").write_text(json.dumps(instances))
     return root
-
-
-def edit_json(path: Path, change: Callable[[dict], object]) -> None:
-    """Rewrite a JSON file after `change` has edited its content in place."""
-    content = json.loads(path.read_text())
-    change(content)
-    path.write_text(json.dumps(content))
-
-
-def doctor_error_after(preset: str, corrupt: Callable[[Path], object], directory: Path) -> str:
-    """Save `preset` to `directory`, check that `visionloom doctor` accepts it, run `corrupt` on the
-    directory, and return the one-line error the doctor then reports (it must exit 1)."""
-    from typer.testing import CliRunner
-
-    from visionloom.cli import app
-
-    runner = CliRunner()
-    cached_preset(preset).save_pretrained(directory)
-    assert runner.invoke(app, ["doctor", str(directory)]).exit_code == 0
-    corrupt(directory)
-    result = runner.invoke(app, ["doctor", str(directory), "--json"])
-    assert result.exit_code == 1, result.stdout
-    return json.loads(result.stdout)["error"]

@@ -21,7 +21,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from tests.conftest import small_config
+from tests.helpers import small_config
 from visionloom.cli import app
 from visionloom.config import ConfigError
 from visionloom.data.check import check_pedes
@@ -1091,7 +1091,7 @@ def test_search_with_a_split_the_data_set_lacks_names_the_splits(pedes_root, tmp
 
 
 def test_doctor_names_mismatched_shapes_and_a_missing_tokenizer_file(tmp_path):
-    from tests.conftest import edit_json
+    from tests.helpers import edit_json
 
     saved = tmp_path / "llava"
     assert invoke("preset", "save", "tiny-llava", saved).exit_code == 0

@@ -7,8 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import FAMILIES, cached_preset, doctor_error_after, edit_json
-from tests.test_registry import _drop_weights
+from tests.helpers import FAMILIES, cached_preset, doctor_error_after, drop_weights, edit_json
 from visionloom.cli import app
 
 runner = CliRunner()
@@ -48,7 +47,7 @@ def test_doctor_table_and_native_person_size():
 
 def test_doctor_fails_on_missing_projector(tmp_path):
     cached_preset("tiny-deepseek-vl").save_pretrained(tmp_path)
-    _drop_weights(tmp_path, "aligner")
+    drop_weights(tmp_path, "aligner")
     result = runner.invoke(app, ["doctor", str(tmp_path), "--json"])
     assert result.exit_code == 1
     error = json.loads(result.stdout)["error"]
@@ -68,7 +67,7 @@ def test_doctor_fails_on_mm_tokens_disagreement(tmp_path):
 @pytest.mark.parametrize(
     "corrupt, expected",
     [
-        (lambda d: _drop_weights(d, "visual.merger"), "projector weights are missing"),
+        (lambda d: drop_weights(d, "visual.merger"), "projector weights are missing"),
         (
             lambda d: edit_json(
                 d / "processor_config.json", lambda c: c["image_processor"].update(merge_size=1)
@@ -94,7 +93,7 @@ def test_doctor_names_what_is_wrong_with_a_qwen2_or_qwen3_vl_checkpoint(name, co
 @pytest.mark.parametrize(
     "corrupt",
     [
-        lambda d: _drop_weights(d, "deepstack_merger_list.1"),
+        lambda d: drop_weights(d, "deepstack_merger_list.1"),
         # One more DeepStack block than the weights hold: its merger would be random.
         lambda d: edit_json(
             d / "config.json", lambda c: c["vision_config"].update(deepstack_visual_indexes=[0, 1, 2])

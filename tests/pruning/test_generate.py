@@ -11,14 +11,13 @@ from dataclasses import replace
 import pytest
 import torch
 
-from tests.conftest import FAMILIES
-from tests.test_pruning import SIDES, padded_on
+from tests.helpers import FAMILIES, SIDES, keep_all_generation, model_generate, padded_on
 from visionloom.backbones.tiny import build_preset
 from visionloom.pruning import generate as generation
 from visionloom.pruning.apply import last_real_positions
-from visionloom.pruning.generate import chat_prompt, generate, stop_token_ids
+from visionloom.pruning.generate import chat_prompt, generate
 from visionloom.pruning.prefill import prefill
-from visionloom.pruning.pruners import KeepAll, PDrop, RandomPruner, TextAttention
+from visionloom.pruning.pruners import PDrop, RandomPruner, TextAttention
 
 QUESTIONS = ["<image> what is this?", "and <image> a longer question here?"]
 # Four language-model layers, so PDrop has three stages; Gemma3 alternates sliding and full
@@ -39,45 +38,6 @@ def _inputs(adapter, image, side: str):
     return inputs
 
 
-def _keep_all_generation(adapter, inputs, steps: int):
-    """Our generation with every token kept: tokens and every step's logits."""
-    with torch.no_grad():
-        tokens = adapter.encode_images(inputs)
-        return generate(
-            adapter,
-            inputs,
-            tokens,
-            KeepAll().decide(adapter, inputs, tokens),
-            max_new_tokens=steps,
-            keep_logits=True,
-        )
-
-
-def _model_generate(adapter, inputs, steps: int):
-    """The model's own `generate`, greedy, pixels in: new tokens cut at the first end token, and logits."""
-    out = adapter.model.generate(
-        input_ids=inputs.input_ids,
-        attention_mask=inputs.attention_mask,
-        **adapter.image_token_types(inputs),
-        **inputs.model_inputs,
-        max_new_tokens=steps,
-        do_sample=False,
-        pad_token_id=adapter.tokenizer.pad_token_id,
-        output_logits=True,
-        return_dict_in_generate=True,
-    )
-    new = (
-        out.sequences[:, 1:]
-        if adapter.model.config.is_encoder_decoder
-        else out.sequences[:, inputs.input_ids.shape[1] :]
-    )
-    stops, answers = stop_token_ids(adapter), []
-    for row in new.tolist():
-        cut = next((i for i, token in enumerate(row) if token in stops), len(row))
-        answers.append(row[:cut])
-    return answers, out.logits
-
-
 @pytest.mark.parametrize("side", SIDES)
 @pytest.mark.parametrize("name", FAMILIES)
 def test_keep_all_generation_is_the_models_own_generate(name, side, image):
@@ -87,10 +47,10 @@ def test_keep_all_generation_is_the_models_own_generate(name, side, image):
     padding sits elsewhere in the sums (measured differences about 2e-7)."""
     adapter = build_preset(name)
     steps = 6
-    ours = _keep_all_generation(adapter, _inputs(adapter, image, side), steps)
+    ours = keep_all_generation(adapter, _inputs(adapter, image, side), steps)
     reference_side = side if adapter.model.config.is_encoder_decoder else "left"
     with torch.no_grad():
-        answers, logits = _model_generate(adapter, _inputs(adapter, image, reference_side), steps)
+        answers, logits = model_generate(adapter, _inputs(adapter, image, reference_side), steps)
     assert ours.tokens == answers
     assert len(ours.logits) == len(logits) == steps
     for step, (mine, theirs) in enumerate(zip(ours.logits, logits, strict=True)):
@@ -251,9 +211,9 @@ def test_released_chat_templates_prompt_real_shaped_checkpoints_and_generation_i
             row[mask.bool()].tolist().count(bos) <= 1
             for row, mask in zip(inputs.input_ids, inputs.attention_mask, strict=True)
         )
-    ours = _keep_all_generation(adapter, inputs, 4)
+    ours = keep_all_generation(adapter, inputs, 4)
     with torch.no_grad():
-        answers, logits = _model_generate(adapter, inputs, 4)
+        answers, logits = model_generate(adapter, inputs, 4)
     assert ours.tokens == answers
     assert all(torch.equal(mine, theirs) for mine, theirs in zip(ours.logits, logits, strict=True))
 

@@ -9,8 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.conftest import cached_preset
-from tests.test_pruning import _encoded_batch
+from tests.helpers import cached_preset, encoded_batch
 from visionloom.backbones import load
 from visionloom.backbones.checks import ImageTokenMismatch
 from visionloom.backbones.tiny import build_preset
@@ -49,7 +48,7 @@ def test_the_cap_shrinks_large_tile_maps_as_model_and_processor_do(size, grid, i
 
 def test_newlines_close_each_row_and_are_never_pruned(image):
     adapter = cached_preset("tiny-llava-onevision")
-    inputs, _, tokens = _encoded_batch(adapter, image)
+    inputs, _, tokens = encoded_batch(adapter, image)
     newlines = adapter.structural_offsets(tokens.geometries[0])
     rows, cols = tokens.geometries[0].token_grid
     assert len(newlines) == rows and newlines[0] == 16 + cols  # after the base view and the first row

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import FAMILIES, QWEN_FAMILIES, cached_preset
+from tests.helpers import FAMILIES, QWEN_FAMILIES, cached_preset
 from visionloom.backbones import ImageTokenMismatch
 
 

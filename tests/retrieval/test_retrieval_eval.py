@@ -11,7 +11,7 @@ from PIL import Image
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-from tests.conftest import small_config
+from tests.helpers import small_config
 from visionloom.cli import app
 from visionloom.data.pedes import read_pedes
 from visionloom.retrieval.evaluate import encode_gallery, encode_queries, evaluate_split

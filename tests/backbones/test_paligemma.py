@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.conftest import cached_preset
+from tests.helpers import cached_preset
 from visionloom.backbones.checks import ImageTokenMismatch
 from visionloom.backbones.tiny import build_preset
 from visionloom.cli import app

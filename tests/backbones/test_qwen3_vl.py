@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from tests.conftest import cached_preset
+from tests.helpers import cached_preset
 from visionloom.backbones.checks import ImageTokenMismatch
 from visionloom.pruning.apply import full_sequence_kwargs
 from visionloom.pruning.decision import Decision

@@ -6,9 +6,8 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
-from tests.conftest import FAMILIES, cached_preset
+from tests.helpers import FAMILIES, cached_preset, drop_weights
 from visionloom.backbones import ImageTokenMismatch, adapter_for, load
 
 
@@ -43,18 +42,9 @@ def test_unknown_name_is_neither_preset_nor_directory():
         load("llava-hf/llava-1.5-7b-hf")
 
 
-def _drop_weights(directory, fragment: str) -> None:
-    weights = load_file(directory / "model.safetensors")
-    save_file(
-        {k: v for k, v in weights.items() if fragment not in k},
-        directory / "model.safetensors",
-        metadata={"format": "pt"},
-    )
-
-
 def test_missing_projector_weights_are_refused(tmp_path):
     cached_preset("tiny-llava").save_pretrained(tmp_path)
-    _drop_weights(tmp_path, "multi_modal_projector")
+    drop_weights(tmp_path, "multi_modal_projector")
     with pytest.raises(ImageTokenMismatch, match=r"projector weights are missing \(.*multi_modal_projector"):
         load(tmp_path)
 
@@ -77,7 +67,7 @@ def test_every_registered_family_has_a_preset_passes_the_doctor_and_is_in_the_fa
     from visionloom.backbones.registry import ADAPTERS
     from visionloom.backbones.tiny import PRESETS, build_preset
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     table = readme[readme.index("| family | preset | class |") :].split("\n\n")[0]
     preset_of = {type(build_preset(name)): name for name in PRESETS}
     for family in set(ADAPTERS.values()):

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from tests.conftest import QWEN_FAMILIES, cached_preset
+from tests.helpers import QWEN_FAMILIES, cached_preset
 from visionloom.backbones import ImageTokenMismatch, MultimodalInputs
 from visionloom.backbones.checks import check_attention_weights
 from visionloom.backbones.tiny import build_preset

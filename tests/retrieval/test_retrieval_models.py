@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import small_config
+from tests.helpers import small_config
 from visionloom.backbones.checks import ImageTokenMismatch
 from visionloom.data.pedes import read_pedes
 from visionloom.retrieval.build import ARCHITECTURES, create_model

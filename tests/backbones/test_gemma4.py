@@ -8,10 +8,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.conftest import cached_preset, doctor_error_after, edit_json
-from tests.test_generate import _keep_all_generation, _model_generate
-from tests.test_pruning import eager_weights_of
-from tests.test_registry import _drop_weights
+from tests.helpers import (
+    cached_preset,
+    doctor_error_after,
+    drop_weights,
+    eager_weights_of,
+    edit_json,
+    keep_all_generation,
+    model_generate,
+)
 from visionloom.backbones.checks import ImageTokenMismatch
 from visionloom.backbones.tiny import build_preset
 from visionloom.pruning.decision import Decision
@@ -129,9 +134,9 @@ def test_a_drop_before_the_first_layer_works_and_drops_inside_are_refused(small_
 
 def test_generation_with_per_layer_embeddings_and_kv_sharing_is_the_models_own(small_gemma4, image):
     adapter = small_gemma4
-    ours = _keep_all_generation(adapter, _inputs(adapter, image, "left"), 4)
+    ours = keep_all_generation(adapter, _inputs(adapter, image, "left"), 4)
     with torch.no_grad():
-        answers, logits = _model_generate(adapter, _inputs(adapter, image, "left"), 4)
+        answers, logits = model_generate(adapter, _inputs(adapter, image, "left"), 4)
     assert ours.tokens == answers
     for mine, theirs in zip(ours.logits, logits, strict=True):
         assert torch.equal(mine, theirs)
@@ -140,7 +145,7 @@ def test_generation_with_per_layer_embeddings_and_kv_sharing_is_the_models_own(s
 @pytest.mark.parametrize(
     "corrupt, expected",
     [
-        (lambda d: _drop_weights(d, "embed_vision"), "projector weights are missing"),
+        (lambda d: drop_weights(d, "embed_vision"), "projector weights are missing"),
         (
             lambda d: edit_json(
                 d / "processor_config.json", lambda c: c["image_processor"].update(pooling_kernel_size=3)

@@ -9,9 +9,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.conftest import cached_preset, doctor_error_after, edit_json
-from tests.test_pruning import eager_weights_of
-from tests.test_registry import _drop_weights
+from tests.helpers import cached_preset, doctor_error_after, drop_weights, eager_weights_of, edit_json
 from visionloom.backbones import load
 from visionloom.backbones.checks import ImageTokenMismatch
 from visionloom.backbones.internvl import InternVLAdapter
@@ -141,7 +139,7 @@ def test_keeping_the_class_token_is_refused():
 @pytest.mark.parametrize(
     "corrupt, expected",
     [
-        (lambda d: _drop_weights(d, "multi_modal_projector"), "projector weights are missing"),
+        (lambda d: drop_weights(d, "multi_modal_projector"), "projector weights are missing"),
         (
             lambda d: edit_json(d / "processor_config.json", lambda c: c.update(image_seq_length=256)),
             "image_seq_length=256 placeholders per tile",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import FAMILIES, QWEN_FAMILIES, cached_preset
+from tests.helpers import FAMILIES, QWEN_FAMILIES, assert_matches_model, cached_preset
 from visionloom.backbones.doctor import CallCounter
 from visionloom.backbones.tiny import build_preset
 
@@ -16,20 +16,6 @@ SIZES = [(90, 60), (50, 120)]
 def _batch(adapter, image):
     images = [image(*size, seed=i) for i, size in enumerate(SIZES)]
     return adapter.build_inputs(images, ["<image> describe it", "what is <image> here"])
-
-
-def assert_matches_model(adapter, inputs):
-    with CallCounter(adapter.vision_tower) as counter:
-        tokens = adapter.encode_images(inputs)
-    assert counter.calls == 1
-    inserted = adapter.model_inserted_embeds(inputs)
-    assert inserted.shape == tokens.embeds.shape
-    assert torch.equal(inserted, tokens.embeds)
-    # Random weights left at zero would make the equality vacuous: embeddings are non-zero and differ per image.
-    per_image = tokens.per_image()
-    assert all(e.abs().sum() > 0 for e in per_image)
-    assert not torch.equal(per_image[0][: per_image[1].shape[0]], per_image[1][: per_image[0].shape[0]])
-    return tokens
 
 
 @pytest.mark.parametrize("name", FAMILIES)

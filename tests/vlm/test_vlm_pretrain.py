@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tests.conftest import cached_preset
+from tests.helpers import cached_preset
 from visionloom.backbones import load
 from visionloom.data.scenes import read_scene_texts
 from visionloom.vlm.answers import AnswerCollate, answers_correct

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import small_config
+from tests.helpers import small_config
 from visionloom.engine import checkpoint as checkpoint_module
 from visionloom.engine.checkpoint import latest_checkpoint
 from visionloom.engine.samplers import IdentityBatches, RandomBatches
@@ -200,7 +200,7 @@ import json, sys
 from accelerate import Accelerator
 from visionloom.retrieval.datasets import make_sampler, TrainPairs
 from visionloom.data.pedes import read_pedes
-from tests.conftest import small_config
+from tests.helpers import small_config
 from visionloom.retrieval.build import create_model
 root, out = sys.argv[1], sys.argv[2]
 accelerator = Accelerator(cpu=True)
@@ -235,7 +235,7 @@ def test_accelerate_launch_two_cpu_processes(pedes_root, tmp_path):
     ]
     script = tmp_path / "shards.py"
     script.write_text(textwrap.dedent(SHARD_SCRIPT))
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     env = {"PYTHONPATH": str(repo), "PATH": str(Path(sys.executable).parent), "OMP_NUM_THREADS": "1"}
 
     def launched(*arguments: str) -> None:

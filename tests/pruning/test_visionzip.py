@@ -9,8 +9,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from tests.conftest import FAMILIES, QWEN_FAMILIES, cached_preset
-from tests.test_pruning import _encoded_batch, _out
+from tests.helpers import FAMILIES, QWEN_FAMILIES, cached_preset, encoded_batch, output_tensor
 from visionloom.pruning.prefill import forward_pruned
 from visionloom.pruning.pruners import TowerAttention, VisionZip, candidates
 
@@ -18,11 +17,11 @@ from visionloom.pruning.pruners import TowerAttention, VisionZip, candidates
 @pytest.mark.parametrize("name", FAMILIES)
 def test_visionzip_keeps_dominant_tokens_and_merges_the_rest_into_contextual_ones(name, image):
     adapter = cached_preset(name)
-    inputs, flags, tokens = _encoded_batch(adapter, image)
+    inputs, flags, tokens = encoded_batch(adapter, image)
     pruner = VisionZip(dominant_share=0.5)
     with torch.no_grad():
         decision = pruner.decide(adapter, inputs, tokens, 0.25)
-        output = _out(forward_pruned(adapter, inputs, tokens, decision, **flags))
+        output = output_tensor(forward_pruned(adapter, inputs, tokens, decision, **flags))
     assert output.isfinite().all()
     scores = TowerAttention().scores(adapter, tokens)
     assert decision.embeds is not None  # contextual tokens were merged
@@ -88,7 +87,7 @@ def captured_keys(adapter):
 )
 def test_tower_keys_are_the_towers_own_key_projections_mapped_onto_the_tokens(name, image):
     adapter = cached_preset(name)
-    inputs, _, tokens = _encoded_batch(adapter, image)
+    inputs, _, tokens = encoded_batch(adapter, image)
     with torch.no_grad(), captured_keys(adapter) as (seen, index):
         keys = adapter.tower_keys(tokens)
         adapter.vision_tower(inputs.model_inputs["pixel_values"].flatten(0, -4))  # the library's pass
@@ -122,7 +121,7 @@ def test_tower_keys_are_the_towers_own_key_projections_mapped_onto_the_tokens(na
 @pytest.mark.parametrize("qwen", QWEN_FAMILIES)
 def test_qwen_tower_keys_average_each_merge_unit(qwen, image):
     adapter = cached_preset(qwen)
-    _, _, tokens = _encoded_batch(adapter, image)
+    _, _, tokens = encoded_batch(adapter, image)
     from visionloom.backbones.qwen2_5_vl import qwen_block_qk
 
     with torch.no_grad():

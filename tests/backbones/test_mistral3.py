@@ -8,10 +8,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.conftest import cached_preset, doctor_error_after, edit_json
-from tests.test_equivalence import assert_matches_model
-from tests.test_pruning import eager_weights_of
-from tests.test_registry import _drop_weights
+from tests.helpers import (
+    assert_matches_model,
+    cached_preset,
+    doctor_error_after,
+    drop_weights,
+    eager_weights_of,
+    edit_json,
+)
 from visionloom.backbones._compat import pixtral_processor_class
 from visionloom.backbones.checks import ImageTokenMismatch
 from visionloom.backbones.mistral3 import Mistral3Adapter
@@ -126,7 +130,7 @@ def test_a_processor_with_its_default_merge_size_is_refused():
 @pytest.mark.parametrize(
     "corrupt, expected",
     [
-        (lambda d: _drop_weights(d, "patch_merger"), "projector weights are missing"),
+        (lambda d: drop_weights(d, "patch_merger"), "projector weights are missing"),
         (
             lambda d: edit_json(d / "processor_config.json", lambda c: c.pop("spatial_merge_size")),
             "processor spatial_merge_size=1",

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import cached_preset
+from tests.helpers import cached_preset
 from visionloom.data.refcoco import read_refcoco
 from visionloom.grounding.attention import collect, expression_token_count, merge_attention, pad_to_square
 from visionloom.grounding.config import GroundingConfig, HeadConfig, SamSettings, load_config

@@ -7,9 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.conftest import cached_preset, doctor_error_after, edit_json
-from tests.test_pruning import eager_weights_of
-from tests.test_registry import _drop_weights
+from tests.helpers import cached_preset, doctor_error_after, drop_weights, eager_weights_of, edit_json
 from visionloom.backbones import load
 from visionloom.backbones.checks import ImageTokenMismatch
 from visionloom.backbones.smolvlm import SmolVLMAdapter
@@ -93,7 +91,7 @@ def test_a_processor_count_other_than_the_towers_is_refused():
 @pytest.mark.parametrize(
     "corrupt, expected",
     [
-        (lambda d: _drop_weights(d, "connector"), "projector weights are missing"),
+        (lambda d: drop_weights(d, "connector"), "projector weights are missing"),
         (
             lambda d: edit_json(d / "processor_config.json", lambda c: c.update(image_seq_len=64)),
             "image_seq_len=64 placeholders per tile",

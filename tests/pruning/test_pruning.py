@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import math
-import sys
 from contextlib import contextmanager
 from dataclasses import replace
 
 import pytest
 import torch
-from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-from tests.conftest import FAMILIES, QWEN_FAMILIES, cached_preset
+from tests.helpers import (
+    FAMILIES,
+    QWEN_FAMILIES,
+    SIDES,
+    cached_preset,
+    eager_weights_of,
+    encoded_batch,
+    output_tensor,
+    padded_on,
+    two_sample_batch,
+)
 from visionloom.backbones.tiny import build_preset
 from visionloom.pruning.apply import prune_sequence
 from visionloom.pruning.decision import Decision
@@ -27,8 +34,6 @@ from visionloom.pruning.pruners import (
 )
 from visionloom.vlm.answers import AnswerCollate
 
-SIDES = ["right", "left"]
-
 
 class OnesSoft:
     """The soft-weight reference of the invariant: every token weighted 1 (tests only)."""
@@ -39,64 +44,27 @@ class OnesSoft:
         return Decision(weights=[torch.ones(count) for count in tokens.counts])
 
 
-@contextmanager
-def padded_on(adapter, side: str):
-    """Build inputs with the tokenizer padding on `side` (restored afterwards: presets are shared)."""
-    tokenizer = adapter.tokenizer
-    before, tokenizer.padding_side = tokenizer.padding_side, side
-    try:
-        yield
-    finally:
-        tokenizer.padding_side = before
-
-
-def _batch(adapter, image, side: str = "right"):
-    """Two samples of different lengths (so one is padded on `side`), one image each."""
-    with padded_on(adapter, side):
-        inputs = adapter.build_inputs(
-            [image(112, 112, 1), image(112, 112, 2)],
-            ["<image> what is this?", "and <image> a longer question here?"],
-        )
-    padded_first = not bool(inputs.attention_mask[0, 0])
-    assert (
-        padded_first == (side == "left") and inputs.attention_mask[0].sum() < inputs.attention_mask.shape[1]
-    )
-    flags = {"decoder_input_ids": torch.tensor([[1, 2], [1, 2]])} if adapter.family == "t5gemma2" else {}
-    return inputs, flags
-
-
-def _encoded_batch(adapter, image, side: str = "right"):
-    """`_batch` and its VisionTokens from the layer's one tower pass."""
-    inputs, flags = _batch(adapter, image, side)
-    with torch.no_grad():
-        return inputs, flags, adapter.encode_images(inputs)
-
-
-def _out(output):
-    return output.logits if output.logits is not None else output.last_hidden_state
-
-
 @pytest.mark.parametrize("side", SIDES)
 @pytest.mark.parametrize("name", FAMILIES)
 def test_keep_all_and_all_ones_are_bit_identical_to_the_unpruned_model(name, side, image):
     """Keep-all, all-ones soft weights and VisionZip at ratio 1 (every token dominant, nothing merged)."""
     adapter = cached_preset(name)
-    inputs, flags, tokens = _encoded_batch(adapter, image, side)
+    inputs, flags, tokens = encoded_batch(adapter, image, side)
     with torch.no_grad():
-        reference = _out(adapter.forward(inputs, tokens, **flags))
+        reference = output_tensor(adapter.forward(inputs, tokens, **flags))
         for pruner in (KeepAll(), OnesSoft(), VisionZip()):
             decision = pruner.decide(adapter, inputs, tokens, 1.0)
             assert decision.embeds is None, pruner.name
-            assert torch.equal(_out(forward_pruned(adapter, inputs, tokens, decision, **flags)), reference), (
-                pruner.name
-            )
+            assert torch.equal(
+                output_tensor(forward_pruned(adapter, inputs, tokens, decision, **flags)), reference
+            ), pruner.name
     assert inputs.attention_mask[0].sum() < inputs.attention_mask.shape[1]  # the batch really is padded
 
 
 def test_seed_004_cls_features_or_a_second_pass_do_not_reproduce_the_model_but_vision_tokens_do(image):
     """What cost the seed 7 points: keep-all built from the wrong features is not keep-all."""
     adapter = cached_preset("tiny-llava")
-    inputs, _, tokens = _encoded_batch(adapter, image)
+    inputs, _, tokens = encoded_batch(adapter, image)
     with torch.no_grad():
         reference = adapter.forward(inputs, tokens).logits
         assert torch.equal(
@@ -121,7 +89,7 @@ def test_seed_004_cls_features_or_a_second_pass_do_not_reproduce_the_model_but_v
 @pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2.5-vl", "tiny-llava-next", "tiny-gemma3"])
 def test_pruned_sequences_shrink_together_and_keep_full_sequence_positions(name, image):
     adapter = cached_preset(name)
-    inputs, _, tokens = _encoded_batch(adapter, image)
+    inputs, _, tokens = encoded_batch(adapter, image)
     keep = [RandomPruner(seed=1).decide(adapter, inputs, tokens, 0.5).keep[0], torch.arange(tokens.counts[1])]
     decision = Decision(keep=keep)  # the two samples keep different counts
     pruned = prune_sequence(adapter, inputs, tokens, decision)
@@ -153,7 +121,7 @@ def test_pruned_sequences_shrink_together_and_keep_full_sequence_positions(name,
 def test_qwen_positions_are_gathered_not_recomputed(qwen, image):
     """Recomputing 3-D rotary positions on the shortened ids would renumber everything after the image."""
     adapter = cached_preset(qwen)
-    inputs, _, tokens = _encoded_batch(adapter, image)
+    inputs, _, tokens = encoded_batch(adapter, image)
     decision = RandomPruner().decide(adapter, inputs, tokens, 0.25)
     pruned = prune_sequence(adapter, inputs, tokens, decision)
     positions = pruned.model_kwargs["position_ids"]  # [3, B, S']
@@ -178,7 +146,7 @@ def test_qwen_positions_are_gathered_not_recomputed(qwen, image):
 
 def test_llava_next_newlines_are_never_dropped(image):
     adapter = cached_preset("tiny-llava-next")
-    inputs, _, tokens = _encoded_batch(adapter, image)
+    inputs, _, tokens = encoded_batch(adapter, image)
     newlines = adapter.structural_offsets(tokens.geometries[0])
     assert len(newlines) == tokens.geometries[0].token_grid[0]
     decision = RandomPruner().decide(adapter, inputs, tokens, 0.11)
@@ -190,42 +158,13 @@ def test_llava_next_newlines_are_never_dropped(image):
 
 def test_keep_ratio_counts_and_bad_decisions(image):
     adapter = cached_preset("tiny-llava")
-    inputs, _, tokens = _encoded_batch(adapter, image)
+    inputs, _, tokens = encoded_batch(adapter, image)
     for ratio, expected in ((1.0, 64), (0.5, 32), (0.25, 16), (0.11, 8)):
         assert [len(k) for k in RandomPruner().decide(adapter, inputs, tokens, ratio).keep] == [expected] * 2
     with pytest.raises(ValueError, match="sorted and distinct"):
         prune_sequence(adapter, inputs, tokens, Decision(keep=[torch.tensor([3, 1]), torch.arange(64)]))
     with pytest.raises(ValueError, match="outside 0..63"):
         prune_sequence(adapter, inputs, tokens, Decision(keep=[torch.tensor([64]), torch.arange(64)]))
-
-
-@contextmanager
-def eager_weights_of(adapter, attention_module):
-    """Attention probabilities of one tower block from the model's own eager attention (a second pass).
-
-    Registered through transformers' AttentionInterface, so the reference is the library's code and
-    not ours. Test-only: the pruner never runs the tower twice.
-    """
-    captured = []
-
-    def capture(module, query, key, value, attention_mask, **kwargs):
-        eager = sys.modules[type(module).__module__].eager_attention_forward
-        output, weights = eager(module, query, key, value, attention_mask, **kwargs)
-        if module is attention_module:
-            captured.append(weights.float())
-        return output, weights
-
-    AttentionInterface.register("visionloom-capture", capture)
-    # and eager's masks for it: an implementation without a mask function gets no mask at all, which
-    # would let a tower with padding patches (Gemma 4) attend to them
-    AttentionMaskInterface.register("visionloom-capture", eager_mask)
-    config = adapter.vision_tower.config
-    previous = config._attn_implementation
-    config._attn_implementation = "visionloom-capture"
-    try:
-        yield captured
-    finally:
-        config._attn_implementation = previous
 
 
 def _encoder_attention(adapter, block):
@@ -251,7 +190,7 @@ def test_tower_scores_are_the_towers_own_attention_from_the_same_pass(name, imag
     from visionloom.backbones.llava import tiny_llava
 
     adapter = tiny_llava(vision="siglip") if name == "llava-with-siglip" else cached_preset(name)
-    inputs, _ = _batch(adapter, image)
+    inputs, _ = two_sample_batch(adapter, image)
     tokens, scores, weights = _scores_and_eager_weights(adapter, inputs, block=-2, reference_block=-2)
     expected = weights[:, :, 0, 1:].mean(1) if name == "tiny-llava" else weights.mean((1, 2))
     torch.testing.assert_close(scores, expected)
@@ -270,7 +209,7 @@ def test_tower_scores_are_the_towers_own_attention_from_the_same_pass(name, imag
 @pytest.mark.parametrize("name", ["tiny-gemma3", "tiny-t5gemma2"])
 def test_gemma_tower_scores_are_pooled_like_the_projector_pools_patches(name, image):
     adapter = cached_preset(name)
-    inputs, _ = _batch(adapter, image)
+    inputs, _ = two_sample_batch(adapter, image)
     tokens, scores, weights = _scores_and_eager_weights(adapter, inputs, block=None, reference_block=-1)
     per_patch = weights.mean((1, 2))  # [images, 256]: mean received attention, 16x16 patches
     rows, _ = tokens.geometries[0].patch_grid
@@ -330,12 +269,12 @@ def test_llava_next_tile_scores_follow_the_packed_layout_of_their_features(image
 @pytest.mark.parametrize("name", FAMILIES)
 def test_tower_attention_prunes_every_family(name, image):
     adapter = cached_preset(name)
-    inputs, flags, tokens = _encoded_batch(adapter, image)
+    inputs, flags, tokens = encoded_batch(adapter, image)
     with torch.no_grad():
         pruner = TowerAttention(merge=True)
         decision = pruner.decide(adapter, inputs, tokens, 0.25)
         merged = replace(tokens, embeds=decision.embeds)  # the merged embeddings travel in the decision
-        output = _out(forward_pruned(adapter, inputs, tokens, decision, **flags))
+        output = output_tensor(forward_pruned(adapter, inputs, tokens, decision, **flags))
     for image_index, keep in enumerate(decision.keep):
         layout = adapter.structural_offsets(tokens.geometries[image_index])
         assert set(layout) <= set(keep.tolist())
@@ -350,7 +289,7 @@ def test_tower_attention_prunes_every_family(name, image):
 
 def test_merging_moves_dropped_tokens_into_kept_ones(image):
     adapter = cached_preset("tiny-llava")
-    inputs, _, tokens = _encoded_batch(adapter, image)
+    inputs, _, tokens = encoded_batch(adapter, image)
     pruner = TowerAttention(merge=True)
     decision = pruner.decide(adapter, inputs, tokens, 0.25)
     merged = replace(tokens, embeds=decision.embeds)
@@ -369,7 +308,7 @@ def test_merging_moves_dropped_tokens_into_kept_ones(image):
 @pytest.mark.parametrize("side", SIDES)
 def test_text_attention_ranks_by_the_last_tokens_attention_at_layer_k(side, image):
     adapter = cached_preset("tiny-llava")
-    inputs, _, tokens = _encoded_batch(adapter, image, side)
+    inputs, _, tokens = encoded_batch(adapter, image, side)
     with torch.no_grad():
         full = adapter.forward(inputs, tokens, output_attentions=True)
         scores = TextAttention(layer=0).scores(adapter, inputs, tokens)
@@ -388,7 +327,7 @@ def test_pruned_rows_keep_the_padding_side_and_end_at_the_last_real_token(name, 
     keep = None
     last_logits = {}
     for side in SIDES:
-        inputs, _, tokens = _encoded_batch(adapter, image, side)
+        inputs, _, tokens = encoded_batch(adapter, image, side)
         keep = keep or [torch.arange(0, tokens.counts[0], 2), torch.arange(0, tokens.counts[1], 4)]
         pruned = prune_sequence(adapter, inputs, tokens, Decision(keep=keep))
         for row in range(2):
@@ -435,24 +374,26 @@ def sequence_lengths(adapter):
 def test_text_attention_drops_tokens_after_layer_k_only_and_keeping_all_is_the_model(name, side, image):
     """FastV at K=0: layer 0 sees every token, layer 1 the kept ones; keeping all changes nothing."""
     adapter = build_preset(name)
-    inputs, flags = _batch(adapter, image, side)
+    inputs, flags = two_sample_batch(adapter, image, side)
     full = inputs.input_ids.shape[1]
     pruner = TextAttention(layer=0)
     with torch.no_grad():
         tokens = adapter.encode_images(inputs)
         everything = pruner.decide(adapter, inputs, tokens, 1.0)
-        kept_all = _out(forward_pruned(adapter, inputs, tokens, everything, **flags))
-        reference = _out(adapter.forward(inputs, tokens, **flags))  # eager now, as in the shallow pass
+        kept_all = output_tensor(forward_pruned(adapter, inputs, tokens, everything, **flags))
+        reference = output_tensor(
+            adapter.forward(inputs, tokens, **flags)
+        )  # eager now, as in the shallow pass
         assert torch.equal(kept_all, reference)
 
         decision = pruner.decide(adapter, inputs, tokens, 0.25)
         assert decision.from_layer == 1
         with sequence_lengths(adapter) as seen:
-            pruned = _out(forward_pruned(adapter, inputs, tokens, decision, **flags))
+            pruned = output_tensor(forward_pruned(adapter, inputs, tokens, decision, **flags))
         short = seen[0][1]
         assert seen == [(1, short)] and short < full  # only layer 1 ran here, on the shorter sequence
         with sequence_lengths(adapter) as seen:  # no hidden state handed over: a shallow pass of its own
-            again = _out(
+            again = output_tensor(
                 forward_pruned(adapter, inputs, tokens, replace(decision, hidden_entering=None), **flags)
             )
         assert seen == [(0, full), (1, short)]
@@ -470,7 +411,7 @@ def test_later_layers_keep_their_own_attention_type(image):
     text = {"layer_types": ["full_attention", "sliding_attention"], "sliding_window": 4}
     adapter = build_preset("tiny-gemma3", text_overrides=text)
     config = adapter.language_module.config
-    inputs, _ = _batch(adapter, image)
+    inputs, _ = two_sample_batch(adapter, image)
     pruner = TextAttention(layer=0)
     with torch.no_grad():
         tokens = adapter.encode_images(inputs)
@@ -485,7 +426,7 @@ def test_later_layers_keep_their_own_attention_type(image):
 
 def test_soft_weights_cannot_start_at_a_later_layer_and_fastv_needs_a_layer_after_k(image):
     adapter = cached_preset("tiny-llava")
-    inputs, _, tokens = _encoded_batch(adapter, image)
+    inputs, _, tokens = encoded_batch(adapter, image)
     with pytest.raises(ValueError, match="must be 0..0"):
         TextAttention(layer=1).decide(adapter, inputs, tokens, 0.5)  # 2 layers: nothing after layer 1
     with pytest.raises(ValueError, match="later layer"):
@@ -494,7 +435,7 @@ def test_soft_weights_cannot_start_at_a_later_layer_and_fastv_needs_a_layer_afte
 
 def test_learned_scorer_is_soft_in_training_and_hard_at_inference(image):
     adapter = cached_preset("tiny-llava")
-    inputs, _, tokens = _encoded_batch(adapter, image)
+    inputs, _, tokens = encoded_batch(adapter, image)
     scorer = LearnedScorer(adapter.text_width)
     soft = scorer.soft(tokens)
     loss = forward_pruned(adapter, inputs, tokens, soft).logits.pow(2).mean()

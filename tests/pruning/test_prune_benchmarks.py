@@ -9,8 +9,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests import test_gqa, test_pope
-from tests.conftest import FAMILIES
+from tests.pruning import test_gqa, test_pope
+from tests.helpers import FAMILIES
 from tests.hub_checkpoints import checkpoint
 from visionloom.backbones import load
 from visionloom.backbones.tiny import build_preset
