@@ -247,6 +247,54 @@ def index_instances(instances_file: Path) -> tuple[dict, dict, list[str]]:
     return images, annotations, problems
 
 
+def ref_samples(
+    ref: object, split: str | None, images: dict, annotations: dict, image_dir: Path
+) -> tuple[list[RefSample], list[str]]:
+    """One ref's samples (one per sentence) and its problems; nothing for a ref of another split."""
+    if not isinstance(ref, dict) or not all(
+        k in ref for k in ("ref_id", "ann_id", "image_id", "split", "sentences")
+    ):
+        return [], [f"ref {str(ref)[:80]}: needs ref_id, ann_id, image_id, split and sentences"]
+    where = f"ref {ref['ref_id']}"
+    if not isinstance(ref["split"], str):
+        return [], [f"{where}: split {ref['split']!r} is not a name"]
+    if split is not None and ref["split"] != split:
+        return [], []
+    annotation = annotations.get(ref["ann_id"])
+    image = images.get(ref["image_id"])
+    if annotation is None:
+        return [], [f"{where}: annotation {ref['ann_id']} is not in instances.json (or was refused above)"]
+    if image is None or annotation["image_id"] != ref["image_id"]:
+        return [], [f"{where}: image_id {ref['image_id']!r} is not the image of annotation {ref['ann_id']}"]
+    path, why = resolve_inside(image_dir, image["file_name"])
+    if why:
+        return [], [f"{where}: {why}"]
+    sentences = ref["sentences"]
+    if not isinstance(sentences, list) or not sentences:
+        return [], [f"{where}: sentences must be a non-empty list"]
+    samples, problems = [], []
+    for number, sentence in enumerate(sentences):
+        text = sentence.get("sent") if isinstance(sentence, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            problems.append(f"{where} (annotation {ref['ann_id']}): sentence {number} has no text ('sent')")
+            continue
+        samples.append(
+            RefSample(
+                ref_id=ref["ref_id"],
+                sent_id=sentence.get("sent_id", -1),
+                image_id=ref["image_id"],
+                image_path=path,
+                expression=text.strip(),
+                split=ref["split"],
+                box=tuple(annotation["bbox"]),
+                height=image["height"],
+                width=image["width"],
+                segmentation=annotation["segmentation"],
+            )
+        )
+    return samples, problems
+
+
 def read_refcoco(
     root: str | Path,
     split: str | None = None,
@@ -280,58 +328,9 @@ def read_refcoco(
 
     samples = []
     for ref in refs:
-        if not isinstance(ref, dict) or not all(
-            k in ref for k in ("ref_id", "ann_id", "image_id", "split", "sentences")
-        ):
-            problems.append(f"ref {str(ref)[:80]}: needs ref_id, ann_id, image_id, split and sentences")
-            continue
-        where = f"ref {ref['ref_id']}"
-        if not isinstance(ref["split"], str):
-            problems.append(f"{where}: split {ref['split']!r} is not a name")
-            continue
-        if split is not None and ref["split"] != split:
-            continue
-        annotation = annotations.get(ref["ann_id"])
-        image = images.get(ref["image_id"])
-        if annotation is None:
-            problems.append(
-                f"{where}: annotation {ref['ann_id']} is not in instances.json (or was refused above)"
-            )
-            continue
-        if image is None or annotation["image_id"] != ref["image_id"]:
-            problems.append(
-                f"{where}: image_id {ref['image_id']!r} is not the image of annotation {ref['ann_id']}"
-            )
-            continue
-        path, why = resolve_inside(image_dir, image["file_name"])
-        if why:
-            problems.append(f"{where}: {why}")
-            continue
-        sentences = ref["sentences"]
-        if not isinstance(sentences, list) or not sentences:
-            problems.append(f"{where}: sentences must be a non-empty list")
-            continue
-        for number, sentence in enumerate(sentences):
-            text = sentence.get("sent") if isinstance(sentence, dict) else None
-            if not isinstance(text, str) or not text.strip():
-                problems.append(
-                    f"{where} (annotation {ref['ann_id']}): sentence {number} has no text ('sent')"
-                )
-                continue
-            samples.append(
-                RefSample(
-                    ref_id=ref["ref_id"],
-                    sent_id=sentence.get("sent_id", -1),
-                    image_id=ref["image_id"],
-                    image_path=path,
-                    expression=text.strip(),
-                    split=ref["split"],
-                    box=tuple(annotation["bbox"]),
-                    height=image["height"],
-                    width=image["width"],
-                    segmentation=annotation["segmentation"],
-                )
-            )
+        found, why = ref_samples(ref, split, images, annotations, image_dir)
+        samples += found
+        problems += why
     if problems:
         raise DatasetFormatError(
             f"{refs_file} / {instances_file.name}: {len(problems)} problem(s):{listing(problems)}"

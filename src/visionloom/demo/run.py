@@ -153,6 +153,28 @@ def plot_curves(runs: dict[str, Path], out: Path, columns: int = 3) -> Path:
     return out
 
 
+def draw_figures(runs: dict[str, Path], test_split, out: Path) -> None:
+    """OUT/loss_curves.png, and OUT/search_<run>.png: each run's top 10 for one test caption."""
+    from visionloom.retrieval.search import draw_grid, search
+
+    plot_curves(runs, out / "loss_curves.png")
+    query_image = test_split.images[0]
+    query = query_image.captions[0]
+    for name, run_dir in runs.items():
+        hits = search(load_trained(run_dir), test_split, query, top=10)
+        draw_grid(query, hits, out / f"search_{name}.png", true_pid=query_image.pid)
+
+
+def check_identities(identities: int, configs: list) -> None:
+    """Refuse --ids too few for one training batch of every config, naming the fewest that work."""
+    if identities < fewest_identities(configs):
+        raise ValueError(
+            f"--ids {identities}: the training split would hold fewer identities than a batch takes "
+            f"(data.ids_per_batch {max(c.data.ids_per_batch for c in configs)}); give --ids "
+            f"{fewest_identities(configs)} or more"
+        )
+
+
 def run_demo(
     out: Path | None = None,
     phases: list[str] | None = None,
@@ -176,13 +198,9 @@ def run_demo(
     started = time.perf_counter()
 
     length = [f"train.steps={steps}"] if steps else []
-    configs = [load_config(name, length) for name in [*([reference] if reference else []), *phases]]
-    if identities < fewest_identities(configs):
-        raise ValueError(
-            f"--ids {identities}: the training split would hold fewer identities than a batch takes "
-            f"(data.ids_per_batch {max(c.data.ids_per_batch for c in configs)}); give --ids "
-            f"{fewest_identities(configs)} or more"
-        )
+    check_identities(
+        identities, [load_config(name, length) for name in [*([reference] if reference else []), *phases]]
+    )
 
     console.rule(f"visionloom demo -> {out}")
     prepare_data(data, identities, seed, progress)
@@ -232,15 +250,7 @@ def run_demo(
     (out / "results.json").write_text(json.dumps(results, indent=1))
     runs = {reference: out / reference} if reference else {}
     runs |= {phase: out / "compare" / phase / f"seed{seed}" for phase in phases}
-    plot_curves(runs, out / "loss_curves.png")
-
-    from visionloom.retrieval.search import draw_grid, search
-
-    query_image = test_split.images[0]
-    query = query_image.captions[0]
-    for name, run_dir in runs.items():
-        hits = search(load_trained(run_dir), test_split, query, top=10)
-        draw_grid(query, hits, out / f"search_{name}.png", true_pid=query_image.pid)
+    draw_figures(runs, test_split, out)
     compared = ", compare/" if phases else ""
     console.print(f"report: {out}/table.md, loss_curves.png{compared}, search_*.png  ({total:.0f} s)")
     return {"out": str(out), **results}

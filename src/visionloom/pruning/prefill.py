@@ -164,6 +164,42 @@ def rank_stage(
     return chosen
 
 
+def fixed_keep(stage: DropStage, keep: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The indices a drop decided beforehand (FastV), each a subset of what is still kept."""
+    new_keep = [k.cpu() for k in stage.keep]
+    for image, (old, new) in enumerate(zip(keep, new_keep, strict=True)):
+        if not bool(torch.isin(new, old.cpu()).all()):
+            raise ValueError(f"image {image}: the drop at layer {stage.layer} keeps tokens already dropped")
+    return new_keep
+
+
+def drop_rows(
+    inputs: MultimodalInputs,
+    keep: list[torch.Tensor],
+    new_keep: list[torch.Tensor],
+    kept_rows: list[torch.Tensor],
+) -> list[torch.Tensor]:
+    """Each sample's remaining full-sequence positions, without the image tokens this drop removes."""
+    kept_rows = list(kept_rows)
+    for image, (sample, positions) in enumerate(inputs.placeholders()):
+        dropped = positions[keep[image][~torch.isin(keep[image].cpu(), new_keep[image])]]
+        kept_rows[sample] = kept_rows[sample][~torch.isin(kept_rows[sample].cpu(), dropped.cpu())]
+    return kept_rows
+
+
+def follow_tokens(
+    hidden: torch.Tensor, layout: torch.Tensor, new_layout: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """[B, S, D] hidden states laid out as `layout` -> [B, S_next, D] laid out as `new_layout`."""
+    # Where each new column sits in the current layout.
+    where = torch.full(attention_mask.shape, -1, dtype=torch.long)  # [B, S_full]
+    for row in range(layout.shape[0]):
+        present = layout[row] >= 0
+        where[row, layout[row][present]] = present.nonzero().flatten()
+    columns = gather_layout(where, new_layout, -1)  # [B, S_next]
+    return gather_layout(hidden.movedim(-1, 0), columns, 0.0).movedim(0, -1).contiguous()
+
+
 def prefill(
     adapter: ImageTokenAdapter,
     inputs: MultimodalInputs,
@@ -205,6 +241,7 @@ def prefill(
             f"{tuple(inputs.input_ids.shape)}"
         )
     for stage in stages:
+        # 1. run the layers up to the drop (capturing the attention that ranks, for PDrop)
         stretch = Stretch(start, stage.layer, gather_layout(inputs.attention_mask, layout, 0), kwargs)
         stretch.cache = segment_cache(adapter, start) if caching else None
         ranking = stage.keep is None
@@ -219,28 +256,18 @@ def prefill(
             hidden = run_stretch(adapter, stretch, hidden, kwargs, last=False)[1]
         stretches.append(stretch)
         lengths.append((stage.layer - start, stretch.attention_mask.sum(1)))
+        # 2. rank (PDrop) or take the decided indices; 3. drop those tokens' rows
         if ranking:
             new_keep = rank_stage(adapter, inputs, stage, keep, attention["weights"], layout, query_positions)
         else:
-            new_keep = [k.cpu() for k in stage.keep]
-            for image, (old, new) in enumerate(zip(keep, new_keep, strict=True)):
-                if not bool(torch.isin(new, old.cpu()).all()):
-                    raise ValueError(
-                        f"image {image}: the drop at layer {stage.layer} keeps tokens already dropped"
-                    )
-        for image, (sample, positions) in enumerate(inputs.placeholders()):
-            dropped = positions[keep[image][~torch.isin(keep[image].cpu(), new_keep[image])]]
-            kept_rows[sample] = kept_rows[sample][~torch.isin(kept_rows[sample].cpu(), dropped.cpu())]
+            new_keep = fixed_keep(stage, keep)
+        kept_rows = drop_rows(inputs, keep, new_keep, kept_rows)
         keep = new_keep
+        # 4. re-lay the batch on the rows that remain; the hidden states follow their tokens
         new_layout = sequence_layout(inputs.attention_mask, kept_rows)  # [B, S_next]
-        # Where each new column sits in the current layout: the hidden states follow their tokens.
-        where = torch.full(inputs.attention_mask.shape, -1, dtype=torch.long)  # [B, S]
-        for row in range(len(kept_rows)):
-            present = layout[row] >= 0
-            where[row, layout[row][present]] = present.nonzero().flatten()
-        columns = gather_layout(where, new_layout, -1)  # [B, S_next]
-        hidden = gather_layout(hidden.movedim(-1, 0), columns, 0.0).movedim(0, -1).contiguous()
+        hidden = follow_tokens(hidden, layout, new_layout, inputs.attention_mask)
         layout = new_layout
+        # 5. gather the per-token model inputs (positions, token types) for the next stretch
         kwargs = {
             key: gather_layout(value, layout, 0) if per_token(value, inputs) else value
             for key, value in full_kwargs.items()
