@@ -1055,6 +1055,8 @@ def test_file_system_errors_and_unexpected_ones_are_one_line(pedes_root, tmp_pat
         assert result.output.startswith("error: ")
         assert is_user_error(error) == (exit_code == 2)
     assert "unexpected TypeError: bad" in result.output and "--verbose" in result.output
+    for error, said in ((MemoryError(), "out of memory"), (RecursionError(), "nested too deeply")):
+        assert is_user_error(error) and said in describe_error(error)
 
 
 def test_deeply_nested_json_and_decompression_bombs_are_named(pedes, tmp_path):
