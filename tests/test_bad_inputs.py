@@ -406,6 +406,32 @@ def test_resume_on_another_data_set_or_config_names_the_difference(pedes_root, p
         )
 
 
+# The command line of small_config("baseline", ...) for `retrieval train`, with --resume.
+SMALL = [
+    "model.image_size=[64, 32]",
+    "train.batch_size=4",
+    "data.ids_per_batch=2",
+    "train.warmup_steps=1",
+    "train.checkpoint_every=2",
+    "train.log_every=1",
+]
+
+
+def resume_small(data: Path, run: Path, steps: int):
+    settings = [*SMALL, f"train.steps={steps}"]
+    return invoke(
+        "retrieval",
+        "train",
+        "baseline",
+        "--data",
+        data,
+        "--out",
+        run,
+        "--resume",
+        *[arg for setting in settings for arg in ("--set", setting)],
+    )
+
+
 def _phase1(*overrides):
     return small_config("phase1", "model.text.tiny={dropout_rate: 0.1}", "train.eval_every=1", *overrides)
 
@@ -469,30 +495,7 @@ def test_resume_takes_the_newest_complete_checkpoint_and_says_when_there_is_none
     assert latest_checkpoint(run / "checkpoints").name == "step_0000004"
     # Killed before the first checkpoint: the run directory exists, no checkpoint does.
     shutil.rmtree(run / "checkpoints")
-    result = invoke(
-        "retrieval",
-        "train",
-        "baseline",
-        "--data",
-        pedes_root,
-        "--out",
-        run,
-        "--resume",
-        "--set",
-        "model.image_size=[64, 32]",
-        "--set",
-        "train.steps=4",
-        "--set",
-        "train.batch_size=4",
-        "--set",
-        "data.ids_per_batch=2",
-        "--set",
-        "train.warmup_steps=1",
-        "--set",
-        "train.checkpoint_every=2",
-        "--set",
-        "train.log_every=1",
-    )
+    result = resume_small(pedes_root, run, steps=4)
     assert (
         result.exit_code == 2 and "no complete checkpoint" in result.output and "--overwrite" in result.output
     )
@@ -766,31 +769,9 @@ def test_a_resume_that_would_end_before_its_checkpoint_writes_nothing(pedes_root
     run = tmp_path / "run"
     train_retrieval(small_config("baseline"), pedes_root, run, progress=False, evaluate_test=False)
     before = _files(run)
-    result = invoke(
-        "retrieval",
-        "train",
-        "baseline",
-        "--data",
-        pedes_root,
-        "--out",
-        run,
-        "--resume",
-        *[arg for setting in SMALL for arg in ("--set", setting)],
-        "--set",
-        "train.steps=2",
-    )
+    result = resume_small(pedes_root, run, steps=2)
     assert result.exit_code == 2 and "the run is at step 4" in result.output and "at least 4" in result.output
     assert _files(run) == before  # config.yaml still says 4
-
-
-SMALL = [
-    "model.image_size=[64, 32]",
-    "train.batch_size=4",
-    "data.ids_per_batch=2",
-    "train.warmup_steps=1",
-    "train.checkpoint_every=2",
-    "train.log_every=1",
-]
 
 
 def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_partial_files(
@@ -841,19 +822,7 @@ def test_a_damaged_newest_checkpoint_is_named_and_the_one_before_is_taken(damage
         "state not JSON": newest / "state.json",
     }[damage]
     target.write_bytes(target.read_bytes()[: len(target.read_bytes()) // 2])
-    result = invoke(
-        "retrieval",
-        "train",
-        "baseline",
-        "--data",
-        pedes_root,
-        "--out",
-        run,
-        "--resume",
-        *[arg for setting in SMALL for arg in ("--set", setting)],
-        "--set",
-        "train.steps=6",
-    )
+    result = resume_small(pedes_root, run, steps=6)
     assert result.exit_code == 0, result.output
     log = (run / "train.log").read_text()
     assert f"resuming from {run / 'checkpoints' / 'step_0000002'}" in log and target.name in log

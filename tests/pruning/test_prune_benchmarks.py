@@ -9,9 +9,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.pruning import test_gqa, test_pope
 from tests.helpers import FAMILIES
 from tests.hub_checkpoints import checkpoint
+from tests.pruning import test_gqa, test_pope
 from visionloom.backbones import load
 from visionloom.backbones.tiny import build_preset
 from visionloom.cli import app
