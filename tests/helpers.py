@@ -154,7 +154,7 @@ def eager_weights_of(adapter, attention_module):
 
 
 def keep_all_generation(adapter, inputs, steps: int):
-    """Our generation with every token kept: tokens and every step's logits."""
+    """visionloom's generation with every token kept: tokens and every step's logits."""
     with torch.no_grad():
         tokens = adapter.encode_images(inputs)
         return generate(

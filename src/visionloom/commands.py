@@ -66,7 +66,7 @@ def one_line_errors(command: Callable, on_interrupt: Callable[[dict], str] | Non
         try:
             return command(*args, **kwargs)
         except (typer.Exit, typer.Abort, typer.BadParameter):
-            # typer's own (it carries its own copy of click): shown by typer, not turned into our line.
+            # typer's own (it carries its own copy of click): shown by typer, not turned into the one-line form.
             raise
         except KeyboardInterrupt as stop:
             if isinstance(stop, TrainingInterrupted):

@@ -12,8 +12,8 @@ from visionloom.backbones import ImageTokenMismatch
 @pytest.mark.parametrize(
     "size, patch_grid, token_grid, dropped_pixels, dropped_patches",
     [
-        ((384, 128), (27, 9), (6, 2), (6, 2), (3, 1)),  # seed 000's person images, option B
-        ((392, 112), (28, 8), (7, 2), (0, 0), (0, 0)),  # seed 000's option A: nothing dropped
+        ((384, 128), (27, 9), (6, 2), (6, 2), (3, 1)),  # person images at 384x128, pooled 4x4
+        ((392, 112), (28, 8), (7, 2), (0, 0), (0, 0)),  # 392x112: nothing dropped
     ],
 )
 def test_t5gemma2_native_geometry_matches_seed_000(

@@ -1,4 +1,4 @@
-"""splice puts an image's token span into ids tokenized elsewhere, stretching aligned arrays (seed 001)."""
+"""splice puts an image's token span into ids tokenized elsewhere, stretching aligned arrays (inputs built without image tokens are the bug it prevents)."""
 
 from __future__ import annotations
 

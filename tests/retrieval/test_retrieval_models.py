@@ -148,7 +148,7 @@ def test_t5gemma2_phase_takes_its_token_count_from_the_layer(pedes_root):
 
 
 def test_image_features_at_the_wrong_width_are_one_clear_error(pedes_root, monkeypatch):
-    """Seed 000 at the retrieval level: features that skipped a projection never reach the head."""
+    """The projection skipped, at the retrieval level: such features never reach the head."""
     model, batch, _ = _model_and_batch("phase2", pedes_root)
     encoder = model.image_encoder
     real_forward = encoder.forward

@@ -4,9 +4,9 @@
 `transformers.VideoProcessorMixin`. Without torchvision that name is not exported (the lazy import
 table lists it only under the torchvision branch) and the only video processor for Qwen needs
 torchvision, so the processor cannot be built at all, even for images. PyPI's torchvision does not
-load beside the CPU build of torch these machines use. So, only when the name is missing, we
-export the class from the module that defines it (importable without torchvision) and give the
-processor a video processor that refuses videos. Written by hand because no library covers it.
+load beside the CPU build of torch. So, only when the name is missing, the class is
+exported from the module that defines it (importable without torchvision) and the
+processor given a video processor that refuses videos. Written by hand because no library covers it.
 """
 
 from __future__ import annotations

@@ -591,9 +591,9 @@ class Trainer:
 
     def _say_step(self, step: int, loss: float, throughput: float) -> None:
         elapsed = self._seconds()
-        # The rate of this session only: a resumed run's earlier sessions may have run elsewhere.
-        session = time.perf_counter() - self._started
-        eta = session / max(1, step - self._first_step) * (self.total_steps - step)
+        # The rate of this process only: a resumed run's earlier processes may have run elsewhere.
+        running = time.perf_counter() - self._started
+        eta = running / max(1, step - self._first_step) * (self.total_steps - step)
         self._say(
             f"step {step}/{self.total_steps} ({100 * step // self.total_steps}%) | loss {loss:.4f} | lr "
             f"{self._base_lr():.2e} | {throughput:.1f} samples/s | elapsed {clock(elapsed)} | "
