@@ -197,16 +197,17 @@ class Run:
         data_root: Path | None = None,
         data_fingerprint: str | None = None,
     ) -> None:
-        """Check what a resume may change (config keys, length, data), then, on the main process
-        only: replace the old run when overwriting, and write RUN/config.yaml and RUN/data.json.
+        """On the main process (the one that writes, so no other reads a file while it is
+        rewritten): check what a resume may change (config keys, length, data), then replace the
+        old run when overwriting, and write RUN/config.yaml and RUN/data.json.
         `config_dir`: where config.yaml, data.json and checkpoints live (default the run directory)."""
         run_dir = config_dir or self.path
-        if self.resume and config is not None:
-            config_io.check_resumed_config(run_dir, config)
-            check_resume_length(run_dir, config.train)
-        if self.resume and data_fingerprint is not None:
-            check_same_data(run_dir, data_root, data_fingerprint, resume=True)
         if self.main:
+            if self.resume and config is not None:
+                config_io.check_resumed_config(run_dir, config)
+                check_resume_length(run_dir, config.train)
+            if self.resume and data_fingerprint is not None:
+                check_same_data(run_dir, data_root, data_fingerprint, resume=True)
             if self.overwrite and not self.begun:
                 _empty(self.path)
             if config is not None:
