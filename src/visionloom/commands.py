@@ -3,8 +3,8 @@
 
 Bad input never shows a traceback: every command runs inside `one_line_errors`, which turns the
 errors the project raises for bad files, entries and settings (`ValueError` and its kinds:
-`ConfigError`, `DatasetFormatError`, `ImageTokenMismatch`), the file system's (`OSError`: missing
-files, a full disk) and images too large to open into one line naming the cause, exit status 2.
+`ConfigError`, `DatasetFormatError`, `ImageTokenMismatch`, `ImageReadError`) and the file
+system's (`OSError`: missing files, a full disk) into one line naming the cause, exit status 2.
 Each system's commands live beside it (`<system>/cli.py`); `visionloom/cli.py` joins them.
 """
 
@@ -109,11 +109,10 @@ def verbose_errors() -> bool:
 
 def is_user_error(error: BaseException) -> bool:
     """An error of the user's input: a file, entry or setting (the project's errors are ValueErrors
-    naming it), a file that cannot be read or written (missing, a folder where a file was expected,
-    no space left), an image too large to open safely (PIL's DecompressionBombError, which is no
-    OSError), input nested too deeply to parse, or more than memory holds."""
-    bomb = getattr(sys.modules.get("PIL.Image"), "DecompressionBombError", ())
-    return isinstance(error, (ValueError, OSError, RecursionError, MemoryError, *([bomb] if bomb else [])))
+    naming it, images that cannot be opened safely among them: `images.read_rgb`), a file that
+    cannot be read or written (missing, a folder where a file was expected, no space left), input
+    nested too deeply to parse, or more than memory holds."""
+    return isinstance(error, (ValueError, OSError, RecursionError, MemoryError))
 
 
 def describe_error(error: BaseException) -> str:

@@ -406,11 +406,9 @@ def check_resumed_config(run_dir: Path, config: Any) -> None:
         )
 
 
-def save_run_config(run_dir: Path, config: Any, resume: bool) -> None:
-    """Write RUN/config.yaml, after `check_resumed_config` on --resume."""
+def save_run_config(run_dir: Path, config: Any) -> None:
+    """Write RUN/config.yaml (a resumed run checks it first: `check_resumed_config`)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    if resume:
-        check_resumed_config(run_dir, config)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
 

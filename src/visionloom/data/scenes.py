@@ -1,7 +1,9 @@
 """The synthetic scenes as text tasks for a VLM, and what lies under each image token.
 
+    read_scene_folder(root)         the folder checked: images inside ROOT/images, annotations decodable
     read_scene_texts(root, split)   captions, questions, and "locate <expression>" -> location
-    SceneCells(root)                per grid cell: the colour and shape covering it (warm-up labels)
+    read_scene_splits(folder, ...)  the same for several splits from one reading
+    SceneCells(folder)              per grid cell: the colour and shape covering it (warm-up labels)
 
 The scenes are written by `synth_scenes.generate` (RefCOCO-style refs.json and COCO instances.json,
 plus captions.json and qa.json). Pretraining, grounding and pruning all read them from here.
@@ -79,7 +81,7 @@ def _entries(path: Path, keys: tuple[str, ...], images: dict[int, dict]) -> list
     def check(index: int, entry: object) -> tuple[dict | None, list[str]]:
         if not isinstance(entry, dict) or any(key not in entry for key in keys):
             return None, [f"entry {index}: needs {', '.join(keys)}"]
-        if entry["image_id"] not in images:
+        if not isinstance(entry["image_id"], (int, str)) or entry["image_id"] not in images:
             return None, [f"entry {index}: image_id {entry['image_id']!r} is not in instances.json"]
         return entry, []
 
@@ -88,26 +90,31 @@ def _entries(path: Path, keys: tuple[str, ...], images: dict[int, dict]) -> list
 
 def read_scene_texts(root: str | Path, split: str) -> list[SceneText]:
     """Captions, questions and where-questions about the referring expressions of one split."""
-    folder = read_scene_folder(root)
+    return read_scene_splits(read_scene_folder(root), (split,))[split]
+
+
+def read_scene_splits(folder: SceneFolder, splits: tuple[str, ...]) -> dict[str, list[SceneText]]:
+    """`read_scene_texts` of several splits from one reading of the folder's files."""
     root, images, annotations = folder.root, folder.images, folder.annotations
+    texts: dict[str, list[SceneText]] = {split: [] for split in splits}
 
     def path(image_id: int) -> Path:
         return images[image_id]["path"]
 
-    texts = [
-        SceneText(path(c["image_id"]), "<image>\ndescribe the scene.", str(c["caption"]), "caption")
-        for c in _entries(root / "captions.json", ("image_id", "split", "caption"), images)
-        if c["split"] == split
-    ]
+    for c in _entries(root / "captions.json", ("image_id", "split", "caption"), images):
+        if c["split"] in texts:
+            texts[c["split"]].append(
+                SceneText(path(c["image_id"]), "<image>\ndescribe the scene.", str(c["caption"]), "caption")
+            )
     for qa in _entries(root / "qa.json", ("image_id", "split", "question", "answer"), images):
-        if qa["split"] == split:
+        if qa["split"] in texts:
             question = str(qa["question"])
             kind = question.split()[0] + ("-many" if question.startswith("how") else "") if question else ""
-            texts.append(
+            texts[qa["split"]].append(
                 SceneText(path(qa["image_id"]), f"<image>\n{question}", str(qa["answer"]), f"qa:{kind}")
             )
     for ref in _entries(root / "refs.json", ("image_id", "split", "ann_id", "sentences"), images):
-        if ref["split"] != split:
+        if ref["split"] not in texts:
             continue
         if ref["ann_id"] not in annotations:
             raise DatasetFormatError(
@@ -120,16 +127,12 @@ def read_scene_texts(root: str | Path, split: str) -> list[SceneText]:
             text = sentence.get("sent") if isinstance(sentence, dict) else None
             if not isinstance(text, str) or names_location(text):
                 continue  # no text, or the expression names its location (the answer in the question)
-            texts.append(
-                SceneText(
-                    path(ref["image_id"]),
-                    DEFAULT_PROMPT.format(expression=text),
-                    location,
-                    "where",
-                )
+            texts[ref["split"]].append(
+                SceneText(path(ref["image_id"]), DEFAULT_PROMPT.format(expression=text), location, "where")
             )
-    if not texts:
-        raise DatasetFormatError(f"{root}: nothing in split {split!r}")
+    for split, found in texts.items():
+        if not found:
+            raise DatasetFormatError(f"{root}: nothing in split {split!r}")
     return texts
 
 
@@ -170,9 +173,9 @@ class SceneCells:
     reads. The head that predicts them is not part of the saved VLM.
     """
 
-    def __init__(self, root: str | Path):
+    def __init__(self, folder: SceneFolder | str | Path):
         self.decode = decode_segmentation
-        folder = read_scene_folder(root)
+        folder = folder if isinstance(folder, SceneFolder) else read_scene_folder(folder)
         self.images = {image["path"]: image for image in folder.images.values()}
         self.annotations: dict[int, list[dict]] = defaultdict(list)
         for annotation in folder.annotations.values():

@@ -29,7 +29,13 @@ from typing import Any, TypeVar
 import torch
 
 from visionloom import config as config_io
-from visionloom.engine.checkpoint import load_weights
+from visionloom.engine.checkpoint import (
+    DamagedCheckpoint,
+    checkpoint_step,
+    latest_checkpoint,
+    load_weights,
+    read_state,
+)
 from visionloom.progress import is_terminal
 
 LOCK = ".lock"
@@ -102,16 +108,15 @@ def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
         )
 
 
-def refuse_to_replace(directory: Path, what: str, *, overwrite: bool, keep: Iterable[str] = ()) -> None:
-    """Refuse to write `what` into a `directory` that already holds files (other than `keep`),
-    unless `overwrite`: a data set, a checkpoint or a tokenizer someone has is never replaced
-    without being asked."""
+def refuse_to_replace(directory: Path, what: str, *, overwrite: bool) -> None:
+    """Refuse to write `what` into a `directory` that already holds files, unless `overwrite`: a
+    data set, a checkpoint or a tokenizer someone has is never replaced without being asked."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise RunDirectoryError(f"{directory} exists and is not a directory; give a folder for {what}")
     if overwrite or not directory.is_dir():
         return
-    held = sorted(p.name for p in directory.iterdir() if p.name not in set(keep))
+    held = sorted(p.name for p in directory.iterdir())
     if held:
         raise RunDirectoryError(
             f"{directory} already holds {', '.join(held[:5])}{' ...' if len(held) > 5 else ''}; writing "
@@ -119,10 +124,13 @@ def refuse_to_replace(directory: Path, what: str, *, overwrite: bool, keep: Iter
         )
 
 
-def fingerprint(files: Iterable[Path], sized: Iterable[Path] = ()) -> str:
-    """sha256 of the contents of `files` (annotations) and of the names and byte sizes of `sized`
-    (images: reading every one would cost minutes; a changed image set changes sizes or names)."""
+def fingerprint(files: Iterable[Path], sized: Iterable[Path] = (), named: Iterable[str] = ()) -> str:
+    """sha256 of the contents of `files` (annotations), of the names and byte sizes of `sized`
+    (images: reading every one would cost minutes; a changed image set changes sizes or names) and
+    of `named`, identities computed elsewhere (a VQ tokenizer's hash)."""
     digest = hashlib.sha256()
+    for name in named:
+        digest.update(name.encode())
     for path in files:
         digest.update(path.name.encode())
         with open(path, "rb") as handle:
@@ -133,18 +141,17 @@ def fingerprint(files: Iterable[Path], sized: Iterable[Path] = ()) -> str:
     return digest.hexdigest()[:16]
 
 
-def record_data(run_dir: Path, data_root: Path, data_fingerprint: str, *, resume: bool) -> None:
-    """Write RUN/data.json; on resume, refuse a data set other than the one the run started on."""
-    check_same_data(run_dir, data_root, data_fingerprint, resume=resume)
+def record_data(run_dir: Path, data_root: Path, data_fingerprint: str) -> None:
+    """Write RUN/data.json (a resumed run checks it first: `check_same_data`)."""
     (run_dir / "data.json").write_text(
         json.dumps({"root": str(data_root.resolve()), "fingerprint": data_fingerprint}, indent=1)
     )
 
 
-def check_same_data(run_dir: Path, data_root: Path, data_fingerprint: str, *, resume: bool) -> None:
+def check_same_data(run_dir: Path, data_root: Path, data_fingerprint: str) -> None:
     """On resume, refuse a data set (or VQ tokenizer) other than the one the run started on."""
     record = run_dir / "data.json"
-    if not (resume and record.is_file()):
+    if not record.is_file():
         return
     before = config_io.read_json(record, RunDirectoryError)
     if before.get("fingerprint") != data_fingerprint:
@@ -158,8 +165,6 @@ def check_same_data(run_dir: Path, data_root: Path, data_fingerprint: str, *, re
 def check_resume_length(run_dir: Path, train: Any) -> None:
     """Refuse, before anything is written, a --resume whose train.steps (or train.epochs) would end
     the run before the step its newest checkpoint reached."""
-    from visionloom.engine.checkpoint import checkpoint_step, latest_checkpoint, read_state
-
     checkpoint = latest_checkpoint(run_dir / "checkpoints")
     if checkpoint is None:
         return
@@ -170,8 +175,11 @@ def check_resume_length(run_dir: Path, train: Any) -> None:
             f"before that. Give at least {step} steps."
         )
     if train.epochs is not None:
-        epoch, batch_in_epoch = read_state(checkpoint)["epoch"], read_state(checkpoint)["batch_in_epoch"]
-        needed = epoch + (1 if batch_in_epoch else 0)
+        try:
+            state = read_state(checkpoint)
+        except DamagedCheckpoint:
+            return  # the trainer names it and resumes from the checkpoint before, checking that one
+        needed = state.get("epoch", 0) + (1 if state.get("batch_in_epoch") else 0)
         if train.epochs < needed:
             raise RunDirectoryError(
                 f"--resume: the run is in epoch {needed} at step {step} ({checkpoint}); "
@@ -207,13 +215,13 @@ class Run:
                 config_io.check_resumed_config(run_dir, config)
                 check_resume_length(run_dir, config.train)
             if self.resume and data_fingerprint is not None:
-                check_same_data(run_dir, data_root, data_fingerprint, resume=True)
+                check_same_data(run_dir, data_root, data_fingerprint)
             if self.overwrite and not self.begun:
                 _empty(self.path)
             if config is not None:
-                config_io.save_run_config(run_dir, config, self.resume)
+                config_io.save_run_config(run_dir, config)
             if data_fingerprint is not None:
-                record_data(run_dir, data_root, data_fingerprint, resume=self.resume)
+                record_data(run_dir, data_root, data_fingerprint)
         self.begun = True
 
 

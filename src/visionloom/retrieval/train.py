@@ -79,13 +79,11 @@ def ensure_tokenizers(
             ensure_vq(data_root, split, fit, directory, progress=progress, say=say)
 
 
-def _vq_files(config: RetrievalConfig, data_root: Path, cache) -> list[Path]:
-    """The tokenizer's own files (weights, configs) and its code cache, for the run's fingerprint."""
-    from visionloom.retrieval.vq import cache_path
+def _tokenizer_digest(config: RetrievalConfig, data_root: Path, cache) -> str:
+    """The VQ tokenizer's hash: the open code cache's, or computed when codes are encoded online."""
+    from visionloom.retrieval.vq import tokenizer_hash
 
-    directory = vq_directory(config, data_root)
-    files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors"))
-    return files + ([cache_path(data_root, cache.digest)] if cache is not None else [])
+    return cache.digest if cache is not None else tokenizer_hash(vq_directory(config, data_root))
 
 
 def prepare_vq(config: RetrievalConfig, data_root: Path):
@@ -131,8 +129,9 @@ def train_retrieval(
         vq_model, cache = prepare_vq(config, data_root) if needs_vq(config) else (None, None)
         model = create_model(config, train_split.num_identities, vq_model)
         images = [image.path for split in dataset.splits.values() for image in split.images]
-        # Phase 4 learns to predict the VQ tokenizer's codes: another tokenizer is other data.
-        vq_files = _vq_files(config, data_root, cache) if vq_model else []
+        # Phase 4 learns to predict the VQ tokenizer's codes: another tokenizer is other data. Its
+        # hash (the one its code cache is named by) stands for it and its codes.
+        vq_identity = [f"vq {_tokenizer_digest(config, data_root, cache)}"] if vq_model else []
         train_set = TrainPairs(train_split, model.input_spec, cache, augment=config.data.augment)
         sampler = make_sampler(
             train_set,
@@ -160,7 +159,7 @@ def train_retrieval(
             ),
             validate=lambda m: evaluate.evaluate_split(m, val_split),
             select_key="R1",
-            data_fingerprint=fingerprint([dataset.annotation_file, *vq_files], images),
+            data_fingerprint=fingerprint([dataset.annotation_file], images, vq_identity),
             evaluate=lambda best: (
                 {"test": _evaluate_test(best, dataset["test"], run_dir)} if evaluate_test else {}
             ),

@@ -21,7 +21,7 @@ from pathlib import Path
 from safetensors.torch import save_model
 from torch.utils.data import DataLoader
 
-from visionloom.data.scenes import SceneCells, read_scene_texts, require_readable
+from visionloom.data.scenes import SceneCells, read_scene_folder, read_scene_splits, require_readable
 from visionloom.engine.experiment import Setup, run_experiment
 from visionloom.engine.run import fingerprint
 from visionloom.engine.samplers import Items, RandomBatches
@@ -68,12 +68,13 @@ def pretrain(
 
     def prepare(_accelerator) -> Setup:
         # The data first: a run that cannot read it must leave nothing that looks like a run.
-        texts.update({split: read_scene_texts(root, split) for split in ("train", "val", "test")})
+        folder = read_scene_folder(root)
+        texts.update(read_scene_splits(folder, ("train", "val", "test")))
         require_readable([t.image_path for split in texts.values() for t in split], root)
         adapter = build_vlm(config)
         adapter.model.train()
         sampler = RandomBatches(len(texts["train"]), config.train.batch_size, config.train.seed)
-        cells = SceneCells(root) if config.cell_weight else None
+        cells = SceneCells(folder) if config.cell_weight else None
         return Setup(
             model=AnswerModel(adapter, config.cell_weight),
             loader=DataLoader(
