@@ -803,7 +803,7 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_partial_files
     )
     assert summary["steps"] == 4
     # Through the command: one line naming the disk, exit 2.
-    from visionloom.cli import describe_error, is_user_error
+    from visionloom.commands import describe_error, is_user_error
 
     error = NoSpaceError("no space left on the disk of /x: 3 MiB free, a checkpoint needs about 9 MiB")
     assert is_user_error(error) and describe_error(error) == str(error)
@@ -1002,7 +1002,7 @@ def test_the_demo_runs_at_its_fewest_identities(tmp_path):
 def test_file_system_errors_and_unexpected_ones_are_one_line(pedes_root, tmp_path, monkeypatch):
     import errno
 
-    from visionloom.cli import describe_error, is_user_error
+    from visionloom.commands import describe_error, is_user_error
     from visionloom.retrieval import train as retrieval_train
 
     full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))

@@ -16,8 +16,6 @@ from rich.logging import RichHandler
 from visionloom.backbones.cli import commands as backbone_commands
 from visionloom.backbones.cli import presets
 from visionloom.commands import Commands, console, error_console, set_option
-from visionloom.commands import describe_error as describe_error
-from visionloom.commands import is_user_error as is_user_error
 from visionloom.data.cli import data
 from visionloom.demo.cli import commands as demo_commands
 from visionloom.grounding.cli import ground

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 # Integer modes with more than 8 bits a sample, and the largest value each holds.
 WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535}
@@ -24,7 +24,8 @@ WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535}
 def to_rgb(image: Image.Image, source: str | Path = "image") -> Image.Image:
     """`image` upright (EXIF orientation) in 8-bit RGB; ValueError naming `source` for a mode
     whose range is unknown."""
-    image = ImageOps.exif_transpose(image)
+    if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:  # exif_transpose copies even when upright
+        image = ImageOps.exif_transpose(image)
     if image.mode in WIDE_MODES or image.mode == "I":
         samples = np.asarray(image, dtype=np.int64)
         # "I" is 32-bit: PNG's 16-bit greyscale opens in it on some PIL versions. Its range is

@@ -293,6 +293,6 @@ def forward_pruned(
     """The language model on the pruned sequence (decoder-only families and T5Gemma2's encoder).
 
     Drops inside the language model (FastV's `from_layer`, PDrop's stages) run in stretches of
-    layers, see `prefill.py`; a decision at layer 0 is one stretch.
+    layers (`prefill` above); a decision at layer 0 is one stretch.
     """
     return prefill(adapter, inputs, tokens, decision, **flags).output
