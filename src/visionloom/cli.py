@@ -13,6 +13,7 @@ import sys
 import typer
 from rich.logging import RichHandler
 
+import visionloom.results  # noqa: F401  (first: it reads the load average before any work starts)
 from visionloom.backbones.cli import commands as backbone_commands
 from visionloom.backbones.cli import presets
 from visionloom.commands import Commands, console, error_console, set_option

@@ -32,6 +32,7 @@ from rich.table import Table
 from visionloom.config import read_json
 from visionloom.data.pedes import read_pedes
 from visionloom.data.synth_pedes import MIN_IDENTITIES, generate, split_of
+from visionloom.results import write_results
 from visionloom.retrieval.build import ARCHITECTURES
 from visionloom.retrieval.compare import METRICS, Entry, run_comparison
 from visionloom.retrieval.config import load_config
@@ -247,7 +248,19 @@ def run_demo(
         "chance_R1": chance,
         "seconds": total,
     }
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_results(
+        out / "results.json",
+        "demo",
+        results,
+        seeds=list(range(seed, seed + seeds)),
+        config={
+            "phases": phases,
+            "reference": reference,
+            "identities": identities,
+            "steps": steps,
+            "vq_steps": vq_steps,
+        },
+    )
     runs = {reference: out / reference} if reference else {}
     runs |= {phase: out / "compare" / phase / f"seed{seed}" for phase in phases}
     draw_figures(runs, test_split, out)
