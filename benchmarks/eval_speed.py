@@ -34,6 +34,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from visionloom.results import write_results
 from visionloom.retrieval import metrics as evaluator
 
 
@@ -123,7 +124,7 @@ def agree(a: dict, b: dict, keys=("R1", "R5", "R10", "mAP", "mINP")) -> bool:
     return all(abs(a[k] - b[k]) < 1e-6 for k in keys)
 
 
-def compare(queries: int, gallery: int, dim: int, with_argsort: bool) -> float:
+def compare(queries: int, gallery: int, dim: int, with_argsort: bool) -> dict:
     data = problem(queries, gallery, dim)
     floor_seconds = min(
         median_cpu_seconds(floor, data[0], data[1], evaluator.DEFAULT_CHUNK_BYTES)[0],
@@ -142,17 +143,27 @@ def compare(queries: int, gallery: int, dim: int, with_argsort: bool) -> float:
         f"build {build_seconds:.1f} s), eager {eager_seconds:.2f} s ({eager_seconds / floor_seconds:.2f}x "
         f"floor); compiled and eager metrics identical: {compiled == eager}"
     )
+    figures = {
+        "floor_s": floor_seconds,
+        "compiled_s": compiled_seconds,
+        "eager_s": eager_seconds,
+        "build_s": build_seconds,
+        "compiled_ratio": compiled_seconds / floor_seconds,
+        "eager_ratio": eager_seconds / floor_seconds,
+        "identical": compiled == eager,
+    }
     if with_argsort:
         argsort_seconds, reference = cpu_seconds(argsort_metrics, *data)
+        figures |= {"argsort_s": argsort_seconds, "argsort_agrees": agree(reference, compiled)}
         print(
             f"  IRRA argsort {argsort_seconds:.1f} s = {argsort_seconds / compiled_seconds:.1f}x the compiled "
             f"evaluator, {argsort_seconds / eager_seconds:.1f}x the eager one; metrics agree: "
             f"{agree(reference, compiled)}  {json.dumps({k: round(v, 3) for k, v in compiled.items()})}"
         )
-    return compiled_seconds / floor_seconds
+    return figures
 
 
-def compare_torchmetrics(size: int) -> None:
+def compare_torchmetrics(size: int) -> dict:
     """On cosine scores near 0 (noise 0.9), where many relevant scores are negative."""
     query_features, gallery_features, query_pids, gallery_pids = problem(size, size, 64, noise=0.9)
     similarity = query_features @ gallery_features.t()
@@ -168,6 +179,15 @@ def compare_torchmetrics(size: int) -> None:
         f"{ours['mAP']:.3f}, torchmetrics {peer['mAP']:.3f} ({peer['mAP_shifted']:.3f} with every score + 2); "
         f"RetrievalRecall@5 {peer['recall@5']:.3f} vs R@5 {ours['R5']:.3f}"
     )
+    return {
+        "size": size,
+        "time_ratio": peer_seconds / ours_seconds,
+        "mAP": ours["mAP"],
+        "torchmetrics_mAP": peer["mAP"],
+        "torchmetrics_mAP_shifted": peer["mAP_shifted"],
+        "R5": ours["R5"],
+        "torchmetrics_recall5": peer["recall@5"],
+    }
 
 
 def child_full(size: int) -> None:
@@ -203,14 +223,20 @@ def main() -> None:
         help=f"timings of the floor and the evaluator; the median counts (default: {REPEATS})",
     )
     parser.add_argument("--child-full", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--results", help="also write the figures to this results file (JSON)")
     args = parser.parse_args()
     if args.child_full:
         child_full(args.child_full)
         return
     REPEATS = args.repeats
     print(f"torch threads: {torch.get_num_threads()}, median of {REPEATS} timings")
-    ratios = [compare(args.size, args.size, dim, not args.no_argsort) for dim in args.dims]
-    compare_torchmetrics(args.peer_size)
+    by_dim = {dim: compare(args.size, args.size, dim, not args.no_argsort) for dim in args.dims}
+    figures = {
+        "size": args.size,
+        "repeats": REPEATS,
+        "dims": by_dim,
+        "torchmetrics": compare_torchmetrics(args.peer_size),
+    }
     if args.full:
         out = subprocess.run(
             [sys.executable, __file__, "--child-full", str(args.full)],
@@ -223,8 +249,11 @@ def main() -> None:
             f"{args.full}x{args.full}, dim 64, default kernel: {result['seconds']:.0f} CPU s, peak RSS "
             f"{result['peak_mb']:.0f} MB  {json.dumps({k: round(v, 3) for k, v in result['metrics'].items()})}"
         )
-    worst = max(ratios)
+        figures["full"] = {"size": args.full, "cpu_s": result["seconds"], "peak_mb": result["peak_mb"]}
+    worst = max(figures["compiled_ratio"] for figures in by_dim.values())
     print(f"evaluator / floor (compiled kernel, worst of dims {args.dims}): {worst:.2f}")
+    if args.results:
+        write_results(args.results, "eval_speed", figures, seeds=[0])
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForCon
 
 from visionloom.backbones.doctor import test_image
 from visionloom.backbones.llava import LlavaAdapter, select_features, tiny_llava
+from visionloom.results import write_results
 
 
 def mid_sized_llava() -> LlavaAdapter:
@@ -58,6 +59,7 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed runs of each path; the median counts")
     parser.add_argument("--batch", type=int, default=2, help="images per batch")
+    parser.add_argument("--results", help="also write the figures to this results file (JSON)")
     args = parser.parse_args()
     torch.manual_seed(0)
     adapter = mid_sized_llava()
@@ -93,6 +95,9 @@ def main() -> None:
         f"{torch.get_num_threads()} threads)"
     )
     print(f"two_pass/one_pass time ratio: {t_two / t_one:.2f}")
+    if args.results:
+        figures = {"one_pass_s": t_one, "two_pass_s": t_two, "ratio": t_two / t_one, "batch": args.batch}
+        write_results(args.results, "one_pass", figures, seeds=[0])
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from visionloom.backbones.qwen2_5_vl import Qwen2_5_VLAdapter, build_qwen_proces
 from visionloom.backbones.tiny_parts import llava_tokenizer, qwen_tokenizer
 from visionloom.pruning.prefill import forward_pruned
 from visionloom.pruning.pruners import KeepAll, RandomPruner
+from visionloom.results import write_results
 
 
 def llava(layers: int) -> LlavaAdapter:
@@ -143,8 +144,10 @@ def main() -> None:
         default=5,
         help="timed prefills of each setting; the median counts (default: 5)",
     )
+    parser.add_argument("--results", help="also write the figures to this results file (JSON)")
     args = parser.parse_args()
     torch.manual_seed(0)
+    figures = {}
     for name, build, side in (("LLaVA-1.5 shape", llava, 336), ("Qwen2.5-VL shape", qwen, 672)):
         adapter = build(args.layers)
         count, full, pruned = measure(adapter, side, args.repeats)
@@ -152,7 +155,17 @@ def main() -> None:
             f"{name} ({args.layers} layers): prefill with all {count} image tokens / with 64 kept = "
             f"{full / pruned:.2f} ({full * 1000:.0f} ms vs {pruned * 1000:.0f} ms)"
         )
+        figures[name] = {
+            "image_tokens": count,
+            "kept": 64,
+            "full_ms": full * 1000,
+            "pruned_ms": pruned * 1000,
+            "ratio": full / pruned,
+            "layers": args.layers,
+        }
         del adapter
+    if args.results:
+        write_results(args.results, "prune_speed", figures, seeds=[0])
 
 
 if __name__ == "__main__":

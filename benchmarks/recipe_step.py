@@ -21,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from visionloom.results import write_results  # first: it reads the load average at start
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ("baseline", "phase1", "phase2", "phase3", "phase4", "phase3-t5gemma2")
 
@@ -85,12 +87,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2, help="pairs per step (default: 2)")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps after one warm-up (default: 3)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # the child process: measure one recipe, print JSON
+    parser.add_argument("--results", help="also write the figures to this results file (JSON)")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.one, args.batch_size, args.repeats)))
         return
     print(f"CUHK-PEDES recipes at full depth, batch {args.batch_size}, median of {args.repeats} steps")
-    steps = {}
+    steps, figures = {}, {}
     for recipe in args.recipe or RECIPES:
         command = [
             sys.executable,
@@ -106,6 +109,7 @@ def main() -> None:
             subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1]
         )
         steps[recipe] = result["step_s"]
+        figures[recipe] = result
         print(
             f"{recipe:16s} {result['parameters_M']:7.1f} M parameters  step {result['step_s']:6.2f} s  "
             f"peak memory {result['peak_rss_GB']:5.2f} GB  (gradient checkpointing "
@@ -116,6 +120,8 @@ def main() -> None:
             "step / baseline step: "
             + ", ".join(f"{name} {value / steps['baseline']:.2f}" for name, value in steps.items())
         )
+    if args.results:
+        write_results(args.results, "recipe_step", {"batch": args.batch_size, "recipes": figures}, seeds=[0])
 
 
 if __name__ == "__main__":

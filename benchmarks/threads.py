@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from visionloom.results import write_results  # first: it reads the load average at start
+
 CHILD = """
 import json, sys, time
 from pathlib import Path
@@ -58,6 +60,7 @@ def main() -> None:
     )
     parser.add_argument("--load", type=int, default=2, help="busy processes running meanwhile (default: 2)")
     parser.add_argument("--steps", type=int, default=20, help="VQ-fit steps per setting (default: 20)")
+    parser.add_argument("--results", help="also write the figures to this results file (JSON)")
     args = parser.parse_args()
     from visionloom.data.synth_pedes import generate
     from visionloom.threads import physical_cores_available
@@ -83,6 +86,15 @@ def main() -> None:
             f"{result['wall']:.2f} wall-s/step (load {args.load} on {cores} cores)"
         )
     print(f"spin / passive, CPU seconds per step: {results['spin']['cpu'] / results['passive']['cpu']:.2f}")
+    if args.results:
+        figures = {
+            **results,
+            "load": args.load,
+            "cores": cores,
+            "steps": args.steps,
+            "ratio": results["spin"]["cpu"] / results["passive"]["cpu"],
+        }
+        write_results(args.results, "threads", figures, seeds=[0])
 
 
 if __name__ == "__main__":

@@ -135,7 +135,10 @@ def test_demo_compares_phase4_with_phase3_over_seeds(tmp_path):
     arguments = ["demo", "--out", str(out), "--ids", "20", "--steps", "3", "--vq-steps", "2", "--seeds", "2"]
     result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 0, result.output
-    results = json.loads((out / "results.json").read_text())
+    record = json.loads((out / "results.json").read_text())
+    assert record["kind"] == "demo" and record["seeds"] == [0, 1] and record["config_sha256"]
+    assert record["machine"]["usable_cpus"] >= 1 and "load_average_at_start" in record["machine"]
+    results = record["figures"]
     assert set(results["reference"]["baseline"]["test"]) == {"R1", "R5", "R10", "mAP", "mINP"}
     entries = results["comparison"]["entries"]
     assert list(entries) == ["phase3", "phase4"]
@@ -161,7 +164,7 @@ def test_demo_quick_learns_well_above_chance(tmp_path):
     out = tmp_path / "quick"
     result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text())["figures"]
     assert results["comparison"] is None
     baseline = results["reference"]["baseline"]
     assert baseline["steps"] == 200

@@ -75,7 +75,7 @@ def test_sigint_in_the_demo_keeps_its_work_and_the_same_out_continues(tmp_path):
     assert finished.returncode == 0, finished.stderr
     assert "baseline: continuing from" in finished.stdout
     assert "drawing" not in finished.stdout  # the data set was kept
-    assert json.loads((out / "results.json").read_text())["reference"]["baseline"]["steps"] == 40
+    assert json.loads((out / "results.json").read_text())["figures"]["reference"]["baseline"]["steps"] == 40
 
 
 def test_ctrl_c_outside_the_loop_names_the_resume_command_only_for_a_run_that_exists(

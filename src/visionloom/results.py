@@ -9,8 +9,9 @@ A results file is one small JSON object:
                  "load_average_at_start": [0.1, 0.06, 0.39], "gpu": null, "platform": ..., ...},
      "seeds": [0, 1, 2], "config_sha256": "..."}
 
-The load average is read when this module is first imported, which the command line does before
-anything else runs, so it says how busy the machine was when the measurement began. The docs'
+The load average and the commit are read when this module is first imported, which the command
+line does before anything else runs: they say how busy the machine was when the measurement began
+and which code ran, whatever is committed meanwhile. The docs'
 tables are rendered from these files (`scripts/render_results.py`), never typed.
 """
 
@@ -49,27 +50,41 @@ def command_line() -> str:
     return shlex.join([program, *sys.argv[1:]])
 
 
+# What a figure depends on: a change elsewhere (the docs, the tests) does not make a measurement stale.
+CODE_PATHS = ("src", "benchmarks", "scripts", "pyproject.toml")
+
+
 def git_commit(directory: Path | None = None) -> tuple[str | None, bool]:
-    """The commit the code was run from and whether the tree had uncommitted changes.
+    """The commit the code runs from, and whether its code (`CODE_PATHS`) had uncommitted changes.
 
     (None, False) outside a git checkout, e.g. an installed wheel."""
     directory = directory or Path(__file__).resolve().parent
     try:
         head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, timeout=10
-        )
-        if head.returncode != 0:
-            return None, False
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "rev-parse", "HEAD", "--show-toplevel"],
             cwd=directory,
             capture_output=True,
             text=True,
             timeout=10,
         )
-        return head.stdout.strip(), bool(status.stdout.strip())
-    except (OSError, subprocess.SubprocessError):  # no git installed
+        if head.returncode != 0:
+            return None, False
+        commit, top = head.stdout.split()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
+            cwd=top,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return commit, bool(status.stdout.strip())
+    except (OSError, subprocess.SubprocessError, ValueError):  # no git installed
         return None, False
+
+
+# Read when the command starts, like the load average: the code that runs is the code of this moment,
+# whatever is committed while it runs.
+COMMIT_AT_START = git_commit()
 
 
 def _cpu_name() -> str:
@@ -114,7 +129,7 @@ def results_record(
     kind: str, figures: dict[str, Any], *, seeds: list[int] | None = None, config: Any = None
 ) -> dict[str, Any]:
     """The results file's content: `figures` and where they came from."""
-    commit, dirty = git_commit()
+    commit, dirty = COMMIT_AT_START
     return {
         "kind": kind,
         "figures": figures,

@@ -112,7 +112,9 @@ def test_gqa_from_the_cli_with_a_released_chat_template(tmp_path):
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    report = json.loads((out / "results.json").read_text())
+    record = json.loads((out / "results.json").read_text())
+    assert record["kind"] == "prune_eval" and record["seeds"] == [0]
+    report = record["figures"]
     assert report["answers"] == "generated, greedy, at most 2 tokens, chat prompt"
     questions = read_benchmark("gqa", root)
     adapter = load(vlm)

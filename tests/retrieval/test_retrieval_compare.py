@@ -190,6 +190,9 @@ def test_compare_from_the_command_line_names_a_bad_sweep_key_before_training(ped
     )
     assert result.exit_code == 0, result.output
     assert "phase1 − baseline" in result.output and (out / "compare.json").is_file()
+    record = json.loads((out / "results.json").read_text())
+    assert record["kind"] == "retrieval_compare" and record["seeds"] == [0]
+    assert record["figures"]["pairs"][0]["a"] == "phase1" and "command" in record and "commit" in record
     bad = CliRunner().invoke(app, [*arguments, "--sweep", "loss.gen_wieght=0,1", *small])
     assert bad.exit_code != 0
     assert "unknown key(s) loss.gen_wieght" in bad.output

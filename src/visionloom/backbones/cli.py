@@ -30,6 +30,9 @@ def doctor(
         "checkpoint's own on a GPU.",
     ),
     device: str = typer.Option("cpu", "--device", help="Where to run, e.g. cpu or cuda:0."),
+    results: Path | None = typer.Option(
+        None, "--results", help="Also write the report to this results file (JSON, with its provenance)."
+    ),
 ) -> None:
     """Report what the image-token layer does for MODEL and check it end to end."""
     import torch
@@ -40,6 +43,10 @@ def doctor(
     size = parse_size_option(image_size, "--image-size")
     resolve_dtype(dtype, torch.device("cpu"))  # the one rule for dtype names, checked before loading
     report = run_doctor(model, size, native=native, dtype=dtype, device=device)
+    if results is not None:
+        from visionloom.results import write_results
+
+        write_results(results, "doctor", report.to_dict())
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

@@ -81,7 +81,7 @@ def run_experiment(
         result = trainer.fit(resume=resume)
         summary = {**setup.description, "steps": result.step, "selected": result.best}
         if main:
-            summary = finish_run(run_dir, setup.model, result, setup.evaluate, setup.description)
+            summary = finish_run(run_dir, setup.model, result, setup.evaluate, setup.description, config)
             if after is not None:
                 summary = after(setup, summary)
         accelerator.wait_for_everyone()

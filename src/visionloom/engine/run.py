@@ -37,6 +37,7 @@ from visionloom.engine.checkpoint import (
     read_state,
 )
 from visionloom.progress import is_terminal
+from visionloom.results import write_results
 
 LOCK = ".lock"
 T = TypeVar("T")
@@ -297,10 +298,12 @@ def finish_run(
     result: Any,
     evaluate: Callable[[torch.nn.Module], dict[str, dict[str, float]]],
     description: dict[str, Any],
+    config: Any = None,
 ) -> dict[str, Any]:
     """The end of every run (main process): the weights selected on val loaded into `model`, each
-    evaluation split evaluated once with them, RUN/test_metrics.json (metrics per split) and
-    RUN/summary.json (the run, what was selected, and each split's metrics) written."""
+    evaluation split evaluated once with them, RUN/test_metrics.json (metrics per split),
+    RUN/summary.json (the run, what was selected, and each split's metrics) and RUN/results.json
+    (the summary with its provenance, `visionloom.results`) written."""
     weights = best_weights(run_dir)
     if not weights.is_file():
         raise FileNotFoundError(
@@ -323,4 +326,8 @@ def finish_run(
     }
     (run_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=1))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    seed = getattr(getattr(config, "train", None), "seed", None)
+    write_results(
+        run_dir / "results.json", "run", summary, seeds=None if seed is None else [seed], config=config
+    )
     return summary

@@ -30,6 +30,7 @@ from visionloom.pruning.generate import chat_prompt, generate
 from visionloom.pruning.prefill import prefill
 from visionloom.pruning.pruners import KeepAll, Pruner
 from visionloom.pruning.report import plot, write_table
+from visionloom.results import write_results
 from visionloom.vlm.answers import AnswerCollate, answers_correct
 
 
@@ -232,7 +233,7 @@ def evaluate_pruning(
         else "teacher-forced exact match",
         "results": results,
     }
-    (out / "results.json").write_text(json.dumps(report, indent=1))
+    write_results(out / "results.json", "prune_eval", report, seeds=[config.seed], config=config)
     write_table(report, out / "prune_table.md")
     plot(report, out / "accuracy_vs_tokens.png")
     return report

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from visionloom.data.pedes import read_pedes
+from visionloom.results import write_results
 from visionloom.retrieval.config import load_config
 from visionloom.retrieval.train import ensure_tokenizers, load_outcomes, train_or_continue
 
@@ -265,6 +266,20 @@ def run_comparison(
     ]
     report = {"data": str(data_root.resolve()), "seeds": seeds, "entries": results, "pairs": compared}
     (out / "compare.json").write_text(json.dumps(report, indent=1))
+    summary = {
+        "entries": {
+            name: {"summary": result["summary"], "per_seed": result["per_seed"]}
+            for name, result in results.items()
+        },
+        "pairs": compared,
+    }
+    write_results(
+        out / "results.json",
+        "retrieval_compare",
+        summary,
+        seeds=list(seed_values),
+        config={"entries": [[e.config, e.overrides] for e in entries], "common": common_overrides or []},
+    )
     write_tables(report, out)
     plot_comparison(report, out / "compare.png")
     return report
