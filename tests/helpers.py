@@ -129,7 +129,7 @@ def eager_weights_of(adapter, attention_module):
     """Attention probabilities of one tower block from the model's own eager attention (a second pass).
 
     Registered through transformers' AttentionInterface, so the reference is the library's code and
-    not ours. Test-only: the pruner never runs the tower twice.
+    not visionloom's. Test-only: the pruner never runs the tower twice.
     """
     captured = []
 

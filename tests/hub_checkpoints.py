@@ -7,7 +7,7 @@ the suite fast: the vision tower keeps its real width, patch size and image size
 two blocks, and the language model is one narrow layer (width 64) with the real vocabulary size.
 Every fact the image-token layer derives counts from (tower geometry, pooling, merge, processor
 settings, special token ids) is the release's. The weights are random, written with
-`save_pretrained` (safetensors). The tokenizer is ours, a byte-level BPE like the presets', with
+`save_pretrained` (safetensors). The tokenizer is trained here, a byte-level BPE like the presets', with
 each release's special tokens at their real ids; the real tokenizers cannot be downloaded here.
 """
 

@@ -5,7 +5,7 @@ CLIP ViT-B/16 (`CLIPModel`), t5-base (`T5ForConditionalGeneration`), SigLIP base
 (`SiglipModel`) and T5Gemma 2 270M. Unlike `tests/hub_checkpoints.py`, which narrows the language
 model, every width here is the release's; only the depth is cut (`LAYERS` blocks per tower), so a
 recipe builds with the real shapes at each seam (projections, the shared encoder's Linear, the
-decoder's cross-attention) in seconds. The tokenizers are ours, with each release's special tokens
+decoder's cross-attention) in seconds. The tokenizers are trained here, with each release's special tokens
 at its real ids and each release's way of ending a text.
 """
 

@@ -1,0 +1,316 @@
+"""Render the results tables in README.md and docs/ from the results files under docs/results/.
+
+A page asks for a table with a pair of markers; everything between them is this script's:
+
+    <!-- results: demo.json -->            (a path or a glob under docs/results/)
+    <!-- /results -->
+
+Each results file says its `kind` (`visionloom.results`), and one renderer per kind turns the
+files into Markdown: the table, then the command, commit, date and machine that measured it.
+Published figures (what a paper reports) are files of kind `published`, with their sources.
+
+    .venv/bin/python scripts/render_results.py           # rewrite the pages
+    .venv/bin/python scripts/render_results.py --check   # exit 1 if a page differs from its files
+
+Standard library only: the docs test runs it without importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import re
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results"
+MARKER = re.compile(r"(<!-- results: (?P<pattern>\S+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.DOTALL)
+METRICS = ("R1", "R5", "R10", "mAP", "mINP")
+METRIC_NAMES = {"R1": "R@1", "R5": "R@5", "R10": "R@10", "mAP": "mAP", "mINP": "mINP"}
+MEASURED_FIELDS = ("kind", "figures", "command", "commit", "date", "machine")
+
+
+def pages() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def read_record(path: Path) -> dict:
+    """A results file, with the fields its kind needs (a published figure needs its sources)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"{path}: not a readable results file ({error})") from None
+    required = ("kind", "figures", "sources") if record.get("kind") == "published" else MEASURED_FIELDS
+    missing = [key for key in required if key not in record]
+    if missing:
+        raise SystemExit(f"{path}: a results file of kind {record.get('kind')!r} needs {', '.join(missing)}")
+    return record
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+
+
+def provenance(records: list[dict]) -> str:
+    """One line: what measured these figures, where and when."""
+    first = records[0]
+    machine = first["machine"]
+    commit = (first["commit"] or "no git checkout")[:10] + (" with uncommitted code" if first.get("commit_dirty") else "")
+    command = f"`{first['command']}`" + (f" and {len(records) - 1} more like it" if len(records) > 1 else "")
+    where = f"{machine.get('usable_cpus')} usable CPUs ({machine.get('cpu')})"
+    if machine.get("torch_threads") is not None:
+        where += f", {machine['torch_threads']} torch threads"
+    if machine.get("gpu"):
+        where += f", {machine['gpu']}"
+    load = machine.get("load_average_at_start")
+    if load:
+        where += f", load average {load[0]:.2f} at start"
+    seeds = first.get("seeds")
+    seeds_text = f"; seeds {', '.join(map(str, seeds))}" if seeds else ""
+    return f"*Measured by {command} at commit `{commit}` on {first['date'][:10]}; {where}{seeds_text}.*"
+
+
+def _interval(interval: list[float] | None) -> str:
+    return "n/a" if interval is None else f"[{interval[0]:+.1f}, {interval[1]:+.1f}]"
+
+
+def render_demo(records: list[dict]) -> list[str]:
+    (record,) = records
+    figures = record["figures"]
+    header = ["run", "seeds", *(METRIC_NAMES[m] for m in METRICS), "train s (each)"]
+    rows = []
+    for name, summary in figures["reference"].items():
+        rows.append(
+            [f"{name} (reference)", 1, *(f"{summary['test'][m]:.1f}" for m in METRICS), f"{summary['train_seconds']:.0f}"]
+        )
+    comparison = figures.get("comparison") or {"entries": {}, "pairs": []}
+    for name, entry in comparison["entries"].items():
+        summary, runs = entry["summary"], entry["per_seed"]
+        seconds = statistics.fmean(run["seconds"] for run in runs)
+        rows.append(
+            [name, len(runs), *(f"{summary[m]['mean']:.1f} ± {summary[m]['std']:.1f}" for m in METRICS), f"{seconds:.0f}"]
+        )
+    lines = table(header, rows) + [""]
+    for pair in comparison["pairs"]:
+        per_seed = ", ".join(f"{value:+.1f}" for value in pair["per_seed_difference"])
+        lines.append(
+            f"**{pair['a']} − {pair['b']}: R@1 {pair['difference']:+.1f} points**, 95% paired bootstrap "
+            f"interval {_interval(pair['interval'])} resampling test queries and "
+            f"{_interval(pair.get('interval_by_identity'))} resampling test identities "
+            f"({pair['resamples']} resamples); seed by seed {per_seed}."
+        )
+        lines.append("")
+    lines.append(
+        f"Mean ± sample std over seeds; chance R@1 is {figures['chance_R1']:.1f}%. "
+        f"The whole demo took {figures['seconds']:.0f} s."
+    )
+    return lines + ["", provenance(records)]
+
+
+DOCTOR_COLUMNS = (
+    "family",
+    "vision tower",
+    "patch size",
+    "pooling / merge",
+    "CLS policy",
+    "feature layer(s)",
+    "tokens per image",
+    "vision width",
+    "text width",
+)
+
+
+def render_doctor(records: list[dict]) -> list[str]:
+    rows = []
+    for record in records:
+        report = record["figures"]
+        if not report["ok"]:
+            raise SystemExit(f"the doctor found {report['model']} not healthy: {report['error']}")
+        rows.append([report["facts"].get(column, "") for column in DOCTOR_COLUMNS])
+    return table(list(DOCTOR_COLUMNS), rows) + ["", provenance(records)]
+
+
+def render_one_pass(records: list[dict]) -> list[str]:
+    (record,) = records
+    f = record["figures"]
+    rows = [[f["batch"], f"{f['one_pass_s']:.3f}", f"{f['two_pass_s']:.3f}", f"**{f['ratio']:.2f}**"]]
+    header = ["images per batch", "one pass (s)", "two passes (s)", "two passes / one pass"]
+    return table(header, rows) + ["", provenance(records)]
+
+
+def render_prune_speed(records: list[dict]) -> list[str]:
+    (record,) = records
+    rows = [
+        [name, f["layers"], f["image_tokens"], f["kept"], f"{f['full_ms']:.0f}", f"{f['pruned_ms']:.0f}", f"**{f['ratio']:.2f}**"]
+        for name, f in record["figures"].items()
+    ]
+    header = ["model shape", "LM layers", "image tokens", "kept", "full prefill (ms)", "pruned (ms)", "full / pruned"]
+    return table(header, rows) + ["", provenance(records)]
+
+
+def render_eval_speed(records: list[dict]) -> list[str]:
+    (record,) = records
+    f = record["figures"]
+    rows = []
+    for dim, d in f["dims"].items():
+        argsort = f"{d['argsort_s'] / d['compiled_s']:.1f}×" if "argsort_s" in d else "not run"
+        rows.append(
+            [
+                dim,
+                f"{d['floor_s']:.2f}",
+                f"{d['compiled_s']:.2f} (**{d['compiled_ratio']:.2f}**)",
+                f"{d['eager_s']:.2f} ({d['eager_ratio']:.2f})",
+                f"{d['build_s']:.1f}",
+                argsort,
+                "yes" if d["identical"] and d.get("argsort_agrees", True) else "**no**",
+            ]
+        )
+    header = [
+        "dim",
+        "floor (CPU s)",
+        "compiled count (CPU s, / floor)",
+        "eager count (CPU s, / floor)",
+        "first call with the build (s)",
+        "IRRA's argsort / compiled",
+        "metrics identical",
+    ]
+    lines = table(header, rows)
+    if "full" in f:
+        full = f["full"]
+        lines += ["", f"{full['size']} × {full['size']} in one process: {full['cpu_s']:.0f} CPU s, peak RSS {full['peak_mb']:.0f} MB."]
+    t = f["torchmetrics"]
+    lines += [
+        "",
+        f"torchmetrics on {t['size']} × {t['size']} cosine scores near 0: {t['time_ratio']:.0f}× the eager "
+        f"evaluator's time; its `RetrievalMAP` {t['torchmetrics_mAP']:.3f} against the true mAP {t['mAP']:.3f} "
+        f"({t['torchmetrics_mAP_shifted']:.3f} once every score is shifted by +2); its `RetrievalRecall@5` "
+        f"{t['torchmetrics_recall5']:.3f} against R@5 {t['R5']:.3f}.",
+        "",
+        provenance(records),
+    ]
+    return lines
+
+
+def render_train_step(records: list[dict]) -> list[str]:
+    (record,) = records
+    f = record["figures"]
+    rows = [
+        [
+            f["vq"],
+            f["batch"],
+            f"{f['phase3_ms']:.0f}",
+            f"{f['phase4_cached_ms']:.0f}",
+            f"{f['phase4_online_ms']:.0f}",
+            f"**{f['ratio']:.2f}**",
+        ]
+    ]
+    header = ["VQ", "batch", "phase 3 (ms)", "phase 4, codes cached (ms)", "phase 4, encoded online (ms)", "online / cached"]
+    return table(header, rows) + ["", provenance(records)]
+
+
+def render_recipe_step(records: list[dict]) -> list[str]:
+    (record,) = records
+    recipes = record["figures"]["recipes"]
+    baseline = recipes.get("baseline", {}).get("step_s")
+    rows = [
+        [
+            f"`{name}`",
+            f"{r['parameters_M']:.1f} M",
+            f"{r['step_s']:.2f}",
+            f"{r['step_s'] / baseline:.2f}" if baseline else "",
+            f"{r['peak_rss_GB']:.2f}",
+            "on" if r["gradient_checkpointing"] else "off",
+        ]
+        for name, r in recipes.items()
+    ]
+    header = ["recipe", "parameters", "step (s)", "step / baseline's", "peak memory (GB)", "gradient checkpointing"]
+    return table(header, rows) + ["", provenance(records)]
+
+
+def render_threads(records: list[dict]) -> list[str]:
+    (record,) = records
+    f = record["figures"]
+    names = {"spin": "spinning (torch's default)", "passive": "sleeping (PASSIVE)", "one": "one thread, sleeping"}
+    rows = [
+        [names[key], f[key]["threads"], f"{f[key]['cpu']:.2f}", f"{f[key]['wall']:.2f}"] for key in ("spin", "passive", "one")
+    ]
+    header = ["waiting OpenMP threads", "threads", "CPU s per step", "wall s per step"]
+    lines = table(header, rows)
+    lines += [
+        "",
+        f"With {f['load']} busy processes beside it on {f['cores']} cores: spinning / sleeping, CPU seconds "
+        f"per step = **{f['ratio']:.2f}**.",
+        "",
+        provenance(records),
+    ]
+    return lines
+
+
+def render_published(records: list[dict]) -> list[str]:
+    (record,) = records
+    f = record["figures"]
+    lines = table(f["columns"], f["rows"])
+    sources = "; ".join(record["sources"])
+    return lines + ["", f"*{f['caption']} Sources: {sources}.*"]
+
+
+RENDERERS: dict[str, Callable[[list[dict]], list[str]]] = {
+    "demo": render_demo,
+    "doctor": render_doctor,
+    "one_pass": render_one_pass,
+    "prune_speed": render_prune_speed,
+    "eval_speed": render_eval_speed,
+    "train_step": render_train_step,
+    "recipe_step": render_recipe_step,
+    "threads": render_threads,
+    "published": render_published,
+}
+
+
+def render(pattern: str, where: Path) -> str:
+    """The Markdown between one pair of markers."""
+    files = sorted(Path(name) for name in glob.glob(str(RESULTS / pattern)))
+    if not files:
+        raise SystemExit(f"{where}: no results file matches docs/results/{pattern}")
+    records = [read_record(path) for path in files]
+    kinds = {record["kind"] for record in records}
+    if len(kinds) != 1:
+        raise SystemExit(f"{where}: docs/results/{pattern} mixes kinds {sorted(kinds)}")
+    (kind,) = kinds
+    if kind not in RENDERERS:
+        raise SystemExit(f"{where}: no renderer for results of kind {kind!r} (known: {', '.join(RENDERERS)})")
+    return "\n".join(RENDERERS[kind](records)) + "\n"
+
+
+def rendered(page: Path) -> str:
+    text = page.read_text()
+    return MARKER.sub(lambda m: m.group(1) + render(m.group("pattern"), page) + m.group(4), text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a page is stale")
+    args = parser.parse_args()
+    stale = []
+    for page in pages():
+        new = rendered(page)
+        if new != page.read_text():
+            stale.append(page.relative_to(ROOT))
+            if not args.check:
+                page.write_text(new)
+    if args.check and stale:
+        print(f"results tables differ from docs/results/ in: {', '.join(map(str, stale))}; "
+              "run scripts/render_results.py", file=sys.stderr)
+        return 1
+    if not args.check:
+        print(f"rendered {len(stale)} page(s)" + (f": {', '.join(map(str, stale))}" if stale else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
