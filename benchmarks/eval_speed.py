@@ -13,7 +13,7 @@ loaded machine where wall time does not:
 - IRRA's `rank` (a full stable argsort of each row), over query chunks of 1024 rows.
 - torchmetrics 1.9's `RetrievalMAP`, `RetrievalHitRate` and `RetrievalRecall`, on a problem small
   enough for its flat [queries x gallery] inputs, with cosine scores near 0; their values are
-  printed beside ours, and its mAP again with every score shifted by +2 (the same ranking).
+  printed beside visionloom's, and its mAP again with every score shifted by +2 (the same ranking).
 
 The metrics of every method are compared; the last line is the headline figure.
 

@@ -1,6 +1,6 @@
 """encode_images (one tower pass) against the common two-pass pattern, on a mid-sized LLaVA.
 
-The two-pass pattern (seed 004) calls the vision tower for raw features and then the model's
+The two-pass pattern calls the vision tower for raw features and then the model's
 image-feature method, which runs the tower again. Prints one figure: two-pass time / one-pass
 time, both measured in this run (median of --repeats), plus whether the two passes even agree.
 

@@ -151,7 +151,19 @@ def write_results(
     seeds: list[int] | None = None,
     config: Any = None,
 ) -> Path:
-    """Write a results file atomically (a temporary file renamed into place) and return its path."""
+    """Write a results file atomically (a temporary file renamed into place).
+
+    Args:
+        path: where to write it (folders are made).
+        kind: what measured the figures ("demo", "prune_eval", "one_pass", ...); it picks the
+            renderer of `scripts/render_results.py`.
+        figures: the measured figures, plain JSON data.
+        seeds: every seed the figures depend on.
+        config: the resolved config (a dataclass or plain data), recorded as its hash.
+
+    Returns:
+        The path written.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = results_record(kind, figures, seeds=seeds, config=config)

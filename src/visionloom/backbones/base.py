@@ -205,9 +205,23 @@ class ImageTokenAdapter(ABC):
     ):
         """Load model and processor from a local checkpoint directory; refuse missing weights.
 
-        `dtype=None` loads float32 on a CPU (half precision there is slow, and sums in it overflow)
-        and the checkpoint's own dtype (config.json) on a GPU; "auto", "float32", "float16",
-        "bfloat16" or a torch dtype choose one.
+        Args:
+            path: a checkpoint directory laid out as the hub ships it (`config.json`, weights,
+                processor and tokenizer files).
+            native_resolution: feed images at their own size where the family allows it (the
+                processor does not resize); `geometry` then follows the image's size.
+            dtype: None loads float32 on a CPU (half precision there is slow, and sums in it
+                overflow) and the checkpoint's own dtype (`config.json`) on a GPU; "auto",
+                "float32", "float16", "bfloat16" or a torch dtype choose one.
+            device: where the model goes (default: the CPU).
+            **model_kwargs: passed to the model class's `from_pretrained`.
+
+        Returns:
+            The adapter, its processor checked against the model.
+
+        Raises:
+            ValueError: weights are missing (e.g. the projector's) or have another shape than
+                `config.json` gives them, or the processor disagrees with the model.
         """
         resolved = resolve_dtype(dtype, torch.device(device or "cpu"))
         try:
@@ -303,11 +317,19 @@ class ImageTokenAdapter(ABC):
         return self.projector_path + (f" ({self.projector_steps})" if self.projector_steps else "")
 
     def project(self, raw: torch.Tensor, geometries: Sequence[ImageGeometry]) -> torch.Tensor:
-        """raw [R, C_vision] of one tower pass -> [T, D_text]: exactly the embeddings `encode_images`
-        gives for those images (`geometries`, batch order). One row-wise module for most families."""
+        """Project raw tower features to the language model's width, as the model does.
+
+        Args:
+            raw: [R, C_vision], the `raw` of one `encode_images` pass.
+            geometries: the images' geometries, batch order.
+
+        Returns:
+            [T, D_text]: exactly the `embeds` `encode_images` gives for those images.
+        """
         return self.projector(raw)
 
     def save_pretrained(self, path: str | Path) -> None:
+        """Write model and processor as an ordinary checkpoint directory that `load` reads back."""
         self.model.save_pretrained(str(path))
         self.processor.save_pretrained(str(path))
 
@@ -347,7 +369,8 @@ class ImageTokenAdapter(ABC):
         """The size the checkpoint's processor produces (the doctor's default)."""
 
     def describe(self) -> dict[str, str]:
-        """What the layer does for this checkpoint, for `visionloom doctor`."""
+        """What the layer does for this checkpoint (tower, pooling, CLS policy, widths, ...), as
+        `visionloom doctor` prints it."""
         return {
             "family": self.family,
             **self.describe_vision(),
@@ -396,9 +419,18 @@ class ImageTokenAdapter(ABC):
     # ------------------------------------------------------------------ geometry
     @abstractmethod
     def geometry(self, height: int, width: int) -> ImageGeometry:
-        """Token geometry of an image of this size as build_inputs receives it."""
+        """The token geometry of an image of this size, as `build_inputs` receives it.
+
+        Derived from the checkpoint's config and processor settings (never typed in): the pixel
+        tiles, the patch grid, the token grid and the number of placeholders.
+
+        Raises:
+            ImageTokenMismatch: the size does not fit the family (e.g. a fixed-size tower asked for
+                another size on the native path).
+        """
 
     def tokens_per_image(self, height: int, width: int) -> int:
+        """The number of placeholder tokens an image of this size gets (`geometry(...).num_tokens`)."""
         return self.geometry(height, width).num_tokens
 
     # ------------------------------------------------------------------ inputs
@@ -407,10 +439,21 @@ class ImageTokenAdapter(ABC):
         images: Sequence[Image.Image | np.ndarray] | Sequence[Sequence[Image.Image | np.ndarray]],
         texts: Sequence[str],
     ) -> MultimodalInputs:
-        """Tokenize texts and images together: one image per sample, or a list of images per sample.
+        """Tokenize texts and images together, with exactly the placeholders the tower will fill.
 
-        Each text holds one marker per image where the image goes: `<image>` works for every family,
-        and the family's own marker (e.g. Qwen's `<|vision_start|><|image_pad|><|vision_end|>`) too.
+        Args:
+            images: one image per sample, or a list of images per sample (PIL images or uint8
+                arrays [H, W, 3]).
+            texts: one text per sample, holding one marker per image where the image goes:
+                `<image>` works for every family, and the family's own marker (e.g. Qwen's
+                `<|vision_start|><|image_pad|><|vision_end|>`) too.
+
+        Returns:
+            `MultimodalInputs`: ids [B, S] padded on the tokenizer's side, the image masks, spans
+            and positions, each image's geometry and the model's pixel inputs.
+
+        Raises:
+            ValueError: the numbers of images and texts or markers disagree.
         """
         texts = list(texts)
         per_sample = [
@@ -537,11 +580,23 @@ class ImageTokenAdapter(ABC):
         aligned: dict[str, torch.Tensor] | None = None,
         fill: int = -1,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Replace each `marker_id` in a 1-D id sequence by an image's token span, in order.
+        """Replace each marker in a 1-D id sequence by an image's token span, in order.
 
-        For pipelines that tokenize text on their own (otherwise the ids hold no image token at all). Every per-token array in `aligned`
-        (such as the seed's `mask_ids`) is stretched with it, `fill` over the inserted span.
-        Returns the new ids and the stretched arrays.
+        For pipelines that tokenize text on their own (whose ids would otherwise hold no image token
+        at all).
+
+        Args:
+            input_ids: LongTensor [S] holding one `marker_id` per image.
+            geometries: one geometry per marker, in order (`geometry(h, w)`).
+            marker_id: the id that marks where an image goes.
+            aligned: per-token arrays [S] (labels, masks) to stretch with the ids.
+            fill: the value of the aligned arrays over each inserted span.
+
+        Returns:
+            The new ids [S'] and the stretched arrays [S'].
+
+        Raises:
+            ImageTokenMismatch: the number of markers differs from the number of geometries.
         """
         if input_ids.ndim != 1:
             raise ValueError(f"splice works on one sequence [S], got shape {tuple(input_ids.shape)}")
@@ -574,20 +629,42 @@ class ImageTokenAdapter(ABC):
     # ------------------------------------------------------------------ vision
     @abstractmethod
     def encode_images(self, inputs: MultimodalInputs) -> VisionTokens:
-        """One vision-tower pass: raw features and the projected embeddings the LM receives."""
+        """Run the vision tower once and project its features, as the model would.
+
+        Args:
+            inputs: from `build_inputs`.
+
+        Returns:
+            `VisionTokens`: `embeds` [T, D_text] (bit-identical to what the model inserts), `raw`
+            [R, C_vision] from the same pass, counts and geometries per image.
+        """
 
     def tower_attention_scores(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
-        """Per image [counts_i]: the attention its tokens receive in the vision tower at `block`.
+        """The attention each image token receives in the vision tower, from the one pass.
 
-        The scores come from the one pass's hidden states (see `tower_attention`). `block` defaults
-        to the family's choice, and NaN marks layout placeholders.
+        Recomputed from the block's own norm, queries and keys on `tokens.tower_hidden_states`, and
+        mapped onto the image tokens the way the projector maps patches.
+
+        Args:
+            tokens: from `encode_images`.
+            block: the tower block; None is the family's choice.
+
+        Returns:
+            Per image, [counts_i]; NaN on layout placeholders (never pruned).
         """
         raise NotImplementedError(f"{self.family}: no vision-tower attention scores for this family")
 
     def tower_keys(self, tokens: VisionTokens, block: int | None = None) -> list[torch.Tensor]:
-        """Per image [counts_i, C]: its tokens' attention keys in the vision tower at `block` (the block
-        `tower_attention_scores` uses by default), from the same pass and mapped onto the tokens the
-        same way (averaged over merged or pooled patches); NaN rows on layout placeholders."""
+        """The image tokens' attention keys in the vision tower, from the one pass.
+
+        Args:
+            tokens: from `encode_images`.
+            block: the tower block; None is the block `tower_attention_scores` uses by default.
+
+        Returns:
+            Per image, [counts_i, C]: keys mapped onto the tokens as the scores are (averaged over
+            merged or pooled patches); NaN rows on layout placeholders.
+        """
         raise NotImplementedError(f"{self.family}: no vision-tower keys for this family")
 
     # ------------------------------------------------------------------ the model's own path
@@ -637,7 +714,15 @@ class ImageTokenAdapter(ABC):
         return embedding(input_ids)
 
     def check(self, inputs: MultimodalInputs, tokens: VisionTokens) -> None:
-        """Everything the model would check, and what it would let through, before the LM runs."""
+        """Check vision tokens against the inputs before the language model runs.
+
+        Covers what the model checks and what it would let through: the width (a skipped
+        projector), the number of tokens per image (a kept CLS token, another resolution) and the
+        placeholders in the ids (inputs built without images).
+
+        Raises:
+            ImageTokenMismatch: naming what was expected and what was got.
+        """
         check_width(
             tokens.embeds,
             text_width=self.text_width,
@@ -649,7 +734,10 @@ class ImageTokenAdapter(ABC):
         )
 
     def insert(self, inputs: MultimodalInputs, tokens: VisionTokens) -> torch.Tensor:
-        """inputs_embeds [B, S, D] with the image embeddings at the placeholders, after the checks."""
+        """The language model's `inputs_embeds` [B, S, D_text], image embeddings at the placeholders.
+
+        Runs `check` first, so a mismatch is an error instead of a silent reshape.
+        """
         self.check(inputs, tokens)
         embeds = self.text_embeddings(inputs.input_ids)  # [B, S, D]
         mask = inputs.image_token_mask.to(embeds.device).unsqueeze(-1)  # [B, S, 1]
@@ -667,8 +755,21 @@ class ImageTokenAdapter(ABC):
     ) -> LayerOutput:
         """Run the language model on the given (possibly modified) vision tokens.
 
-        With `output_attentions`, also returns per image the attention from every position to the
-        image's token grid, [layers, heads, S, h, w].
+        Args:
+            inputs: from `build_inputs`.
+            vision_tokens: from `encode_images`, possibly edited; None runs `encode_images`.
+            output_attentions: also return attention weights (switches the language model to
+                eager attention) and, per image, the attention from every position to the image's
+                token grid, [layers, heads, S, h, w].
+            output_hidden_states: also return every layer's hidden states.
+            **model_kwargs: passed to the language model.
+
+        Returns:
+            `LayerOutput` with logits [B, S, V] and the hidden states of the model that holds the
+            image tokens.
+
+        Raises:
+            ImageTokenMismatch: the vision tokens do not fit the inputs (see `check`).
         """
         if vision_tokens is None:
             vision_tokens = self.encode_images(inputs)

@@ -14,7 +14,13 @@ from visionloom.backbones.types import MultimodalInputs, VisionTokens
 
 
 class ImageTokenMismatch(ValueError):
-    """Image placeholders in the ids and image features do not line up."""
+    """Image placeholders in the ids and image features do not line up.
+
+    A `ValueError`, raised before the language model runs, whose message says what was expected and
+    what was got: features at the vision width (the projector skipped), ids without image tokens
+    (inputs built without the images), one token too many per image (the CLS token kept), or
+    features from another resolution than the placeholders.
+    """
 
 
 def check_width(embeds: torch.Tensor, *, text_width: int, vision_width: int, projector: str) -> None:

@@ -72,7 +72,7 @@ class Gemma3Adapter(ImageTokenAdapter):
 
     def processor_image_token_id(self) -> int:
         # The processor's `image_token` is its begin-of-image marker; each expands into the
-        # tokenizer's image token (its `image_text`, and ours, write that).
+        # tokenizer's image token (its `image_text`, and the presets' tokenizers, write that).
         return int(self.tokenizer.image_token_id)
 
     def validate_config(self) -> None:

@@ -49,11 +49,25 @@ def load(
     device: str | torch.device | None = None,
     **kwargs: Any,
 ) -> ImageTokenAdapter:
-    """An adapter holding its model and processor, from a local checkpoint directory or a preset name.
+    """An adapter holding its model and processor: the one way in to the image-token layer.
 
-    Weights load in float32 on a CPU and in the checkpoint's own dtype on a GPU unless `dtype`
-    says otherwise (see `ImageTokenAdapter.from_pretrained`). Nothing is downloaded: a name that is
-    neither a preset nor a local directory is an error.
+    Args:
+        path_or_preset: a local checkpoint directory (its `config.json`'s `model_type` picks the
+            family) or a preset name (`visionloom preset list`).
+        native_resolution: feed images at their own size where the family allows it.
+        dtype: None loads float32 on a CPU and the checkpoint's own dtype on a GPU; "auto",
+            "float32", "float16", "bfloat16" or a torch dtype choose (see
+            `ImageTokenAdapter.from_pretrained`).
+        device: where the model goes (default: the CPU).
+        **kwargs: passed to the preset builder or the model's `from_pretrained`.
+
+    Returns:
+        The family's `ImageTokenAdapter`.
+
+    Raises:
+        FileNotFoundError: the name is neither a preset nor a local directory (nothing is
+            downloaded).
+        ValueError: the checkpoint's family is not supported, or its files do not fit together.
     """
     name = str(path_or_preset)
     if name in PRESETS:

@@ -16,20 +16,28 @@ import torch
 class ImageGeometry:
     """How one image of a given size becomes language-model tokens, derived from the config.
 
-    `token_grid` is the spatial grid (h, w) in language-model token space that attention maps and
-    masks live on; `grid_offsets` are the positions of its cells, in raster order, inside the
-    image's run of placeholder tokens (LLaVA-NeXT interleaves newline tokens and puts a base view
-    first, so the grid is not simply the first h*w placeholders).
+    Attributes:
+        image_size: (H, W) of the image handed to `build_inputs`.
+        pixel_size: (H, W) of one pixel tile entering the vision tower.
+        patch_grid: (rows, cols) of vision patches per tile.
+        token_grid: (h, w), the spatial grid in language-model token space that attention maps
+            and masks live on.
+        num_tokens: placeholder tokens in `input_ids` for this image (at least h * w: layout
+            tokens such as LLaVA-NeXT's row newlines and a base view come on top).
+        grid_offsets: positions of the grid's cells, in raster order, inside the image's run of
+            placeholders; None when the grid is placeholders 0 .. h*w-1.
+        dropped_pixels: pixel (rows, cols) the patch grid leaves out at the bottom/right edge.
+        dropped_patches: patch (rows, cols) the pooling leaves out.
     """
 
-    image_size: tuple[int, int]  # (H, W) of the image handed to build_inputs
-    pixel_size: tuple[int, int]  # (H, W) of one pixel tile entering the vision tower
-    patch_grid: tuple[int, int]  # (rows, cols) of vision patches per tile
-    token_grid: tuple[int, int]  # (h, w) in language-model token space
-    num_tokens: int  # placeholder tokens in input_ids for this image
-    grid_offsets: tuple[int, ...] | None = None  # None: the grid is placeholders 0 .. h*w-1
-    dropped_pixels: tuple[int, int] = (0, 0)  # pixel rows/cols the patch grid leaves out
-    dropped_patches: tuple[int, int] = (0, 0)  # patch rows/cols the pooling leaves out
+    image_size: tuple[int, int]
+    pixel_size: tuple[int, int]
+    patch_grid: tuple[int, int]
+    token_grid: tuple[int, int]
+    num_tokens: int
+    grid_offsets: tuple[int, ...] | None = None
+    dropped_pixels: tuple[int, int] = (0, 0)
+    dropped_patches: tuple[int, int] = (0, 0)
 
     def offsets(self) -> torch.Tensor:
         """LongTensor [h*w]: placeholder index of each grid cell, raster order."""
@@ -65,19 +73,29 @@ class ImageGeometry:
 class MultimodalInputs:
     """Token ids with exactly the right image placeholders, and the tensors the model needs.
 
-    Images are numbered in batch order: all images of sample 0, then sample 1, and so on.
+    Built by `ImageTokenAdapter.build_inputs`. Images are numbered in batch order: all images of
+    sample 0, then sample 1, and so on.
+
+    Attributes:
+        input_ids: LongTensor [B, S].
+        attention_mask: LongTensor [B, S], 1 on real tokens (padding on the tokenizer's side).
+        image_token_mask: BoolTensor [B, S], True on image placeholders.
+        image_spans: per sample, per image: [start, end) in the sequence, from its first
+            placeholder to its last.
+        geometries: per image, batch order.
+        model_inputs: what the family's model takes besides the ids (pixel_values, grids, ...).
+        image_positions: per image, batch order: LongTensor [num_tokens], the sequence positions
+            of its placeholders. One contiguous run for most families; Mistral3 writes a text
+            token after each row and SmolVLM text markers before each tile, so theirs come in runs
+            with text between.
     """
 
-    input_ids: torch.Tensor  # LongTensor [B, S]
-    attention_mask: torch.Tensor  # LongTensor [B, S]
-    image_token_mask: torch.Tensor  # BoolTensor [B, S], True on image placeholders
-    # per sample, per image: [start, end) in the sequence, from its first placeholder to its last
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    image_token_mask: torch.Tensor
     image_spans: list[list[tuple[int, int]]]
-    geometries: list[ImageGeometry]  # per image, batch order
-    model_inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # pixel_values, grids, ...
-    # per image, batch order: LongTensor [num_tokens], the sequence positions of its placeholders.
-    # One contiguous run for most families; Mistral3 writes a text token after each row and SmolVLM
-    # text markers before each tile, so theirs come in runs with text between.
+    geometries: list[ImageGeometry]
+    model_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     image_positions: list[torch.Tensor] = field(default_factory=list)
 
     @property
@@ -118,26 +136,37 @@ class MultimodalInputs:
 class VisionTokens:
     """What one vision-tower pass produced for every image of a batch.
 
-    `embeds` are exactly the vectors the language model receives at the image placeholders.
-    `raw` are the tower features they were projected from, after the model's own layer selection
-    and CLS policy, on the patch grid the projector consumed (for LLaVA and DeepSeek-VL one raw
-    row per embedding; for Qwen2.5-VL four rows per embedding, the 2x2 patches it merges; for
-    Gemma3/T5Gemma2 the full patch grid before average pooling; for LLaVA-NeXT every tile).
+    Attributes:
+        embeds: [T, D_text], T = sum(counts): exactly the vectors the language model receives at
+            the image placeholders, in placeholder order.
+        raw: [R, C_vision], R = sum(raw_counts): the tower features `embeds` were projected from,
+            after the model's own layer selection and CLS policy, on the patch grid the projector
+            consumed (LLaVA, DeepSeek-VL: one row per embedding; Qwen2.5-VL: four rows per
+            embedding, the 2x2 patches it merges; Gemma 3, T5Gemma 2: the full patch grid before
+            average pooling; LLaVA-NeXT: every tile).
+        counts: embeddings per image.
+        raw_counts: raw rows per image.
+        geometries: per image, batch order.
+        feature_source: what the tower output was, e.g. "hidden_states[-2], CLS dropped".
+        tower_hidden_states: every tower layer's hidden states from the same pass (for tower-side
+            pruners), or None.
+        deepstack: Qwen3-VL's DeepStack features: per early language layer k, [T, D_text] added to
+            the hidden state leaving layer k at each image token (row i belongs to `embeds` row
+            i); empty for other families.
     """
 
-    embeds: torch.Tensor  # [T, D_text], T = sum(counts)
-    raw: torch.Tensor  # [R, C_vision], R = sum(raw_counts)
-    counts: list[int]  # embeddings per image
-    raw_counts: list[int]  # raw rows per image
-    geometries: list[ImageGeometry]  # per image
-    feature_source: str  # what the tower output was, e.g. "hidden_states[-2], CLS dropped"
-    tower_hidden_states: tuple[torch.Tensor, ...] | None = None  # every tower layer, same pass
-    # Qwen3-VL's DeepStack: per early language layer k, [T, D_text] added to the hidden state leaving
-    # layer k at each image token (row i belongs to embeds row i); empty for other families.
+    embeds: torch.Tensor
+    raw: torch.Tensor
+    counts: list[int]
+    raw_counts: list[int]
+    geometries: list[ImageGeometry]
+    feature_source: str
+    tower_hidden_states: tuple[torch.Tensor, ...] | None = None
     deepstack: tuple[torch.Tensor, ...] = ()
 
     @property
     def grids(self) -> list[tuple[int, int]]:
+        """Per image, its token grid (h, w)."""
         return [g.token_grid for g in self.geometries]
 
     def per_image(self) -> list[torch.Tensor]:
@@ -150,13 +179,22 @@ class VisionTokens:
 
 @dataclass
 class LayerOutput:
-    """The language model's outputs on inputs with image tokens inserted."""
+    """The language model's outputs on inputs with image tokens inserted.
 
-    logits: torch.Tensor | None  # [B, S, V] (decoder positions for encoder-decoder models)
-    last_hidden_state: torch.Tensor  # [B, S, D] of the model that holds the image tokens
-    inputs_embeds: torch.Tensor  # [B, S, D] what went into that model
-    hidden_states: tuple[torch.Tensor, ...] | None = None  # per layer, [B, S, D]
-    attentions: tuple[torch.Tensor, ...] | None = None  # per layer, [B, heads, S, S]
-    # Per image, batch order: attention from every position of its sample to its token grid,
-    # [layers, heads, S, h, w].
+    Attributes:
+        logits: [B, S, V] (decoder positions for encoder-decoder models), or None.
+        last_hidden_state: [B, S, D] of the model that holds the image tokens (T5Gemma 2: the
+            encoder).
+        inputs_embeds: [B, S, D], what went into that model.
+        hidden_states: per layer [B, S, D], when asked for.
+        attentions: per layer [B, heads, S, S], when asked for.
+        image_attentions: per image, batch order: the attention from every position of its sample
+            to its token grid, [layers, heads, S, h, w], when attentions were asked for.
+    """
+
+    logits: torch.Tensor | None
+    last_hidden_state: torch.Tensor
+    inputs_embeds: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
     image_attentions: list[torch.Tensor] | None = None

@@ -25,9 +25,9 @@ from visionloom.data.errors import DatasetFormatError, listing, resolve_inside
 
 DEFAULT_SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
 
-# Where the images are looked for, relative to the data root (the folder with the refs file):
-# ours, the refer repository's (data/refcoco next to data/images/mscoco/images/train2014), and
-# COCO's own train2014 folder beside or inside the root.
+# Where the images are looked for, relative to the data root (the folder with the refs file): the
+# synthetic scenes' images/, the refer repository's layout (data/refcoco next to
+# data/images/mscoco/images/train2014), and COCO's own train2014 folder beside or inside the root.
 IMAGE_DIRS = (
     "images",
     "../images/mscoco/images/train2014",

@@ -25,6 +25,12 @@ def require_vlm(config: GroundingConfig) -> None:
 
 
 def load_vlm(config: GroundingConfig):
+    """The frozen VLM (`config.vlm`: a checkpoint directory, or a preset for a random-weight
+    control drawn from `config.vlm_seed`), in eval mode with no gradients.
+
+    Raises:
+        ValueError: no VLM was given.
+    """
     require_vlm(config)
     adapter = load(config.vlm, seed=config.vlm_seed) if not Path(config.vlm).is_dir() else load(config.vlm)
     adapter.model.eval().requires_grad_(False)
@@ -32,6 +38,8 @@ def load_vlm(config: GroundingConfig):
 
 
 def build_refiner(config: GroundingConfig) -> SamRefiner | None:
+    """SAM (`transformers`' `SamModel` from `config.sam.path`, or a tiny random one) wrapped to refine
+    coarse masks, or None when `config.sam.enabled` is false."""
     return SamRefiner(*load_sam(config.sam), config.sam) if config.sam.enabled else None
 
 
@@ -48,7 +56,20 @@ def read_samples(config: GroundingConfig, data_root: str | Path, split: str | No
 def read_splits(
     config: GroundingConfig, data_root: str | Path, required: tuple[str, ...] = ("train", "val")
 ) -> dict[str, list[RefSample]]:
-    """Every split's samples, read once before any work; the `required` splits must be there."""
+    """Every split's samples, read once before any work.
+
+    Args:
+        config: the grounding config (image folder, split scheme, whether pickles may be read).
+        data_root: a RefCOCO-style data set (refs, `instances.json`, images).
+        required: splits that must be present.
+
+    Returns:
+        Samples per split name.
+
+    Raises:
+        DatasetFormatError: a required split is missing (the message names the splits present),
+            or an entry is malformed (named with its ref and annotation).
+    """
     by_split = group_by_split(read_samples(config, data_root, None))
     missing = [split for split in required if split not in by_split]
     if missing:
@@ -62,7 +83,11 @@ def read_splits(
 def split_features(
     config, adapter, refiner, data_root: Path, split: str, progress: bool, samples=None
 ) -> list[SampleFeatures]:
-    """Frozen features of `samples`, else of the split's samples, with the config's prompt and merge."""
+    """The frozen VLM's features of `samples` (else of the split's samples), computed once.
+
+    Each sample's expression attention to the image-token grid, stacked over layers and heads
+    ([layers * heads, h, w]), and its hidden states, with the config's prompt and merge.
+    """
     if samples is None:
         samples = read_samples(config, data_root, split)
     return compute_features(
@@ -79,6 +104,8 @@ def split_features(
 
 
 def build_model(config: GroundingConfig, features: list[SampleFeatures], refiner) -> Grounder:
+    """The trainable grounder (U-Net head, text projection, SAM's mask decoder), sized from the
+    features' attention channels and hidden width, weights drawn from `config.train.seed`."""
     channels, text_width = features[0].attention.shape[0], features[0].hidden.shape[-1]
     torch.manual_seed(config.train.seed)
     return Grounder(channels, config.text_layers, text_width, config.head, refiner)

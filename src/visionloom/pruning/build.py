@@ -41,6 +41,20 @@ def make_pruner(
     train_texts: list[SceneText],
     work_dir: Path | None = None,
 ) -> Pruner:
+    """A pruner by name, its settings taken from the pruning config.
+
+    Args:
+        name: a key of `PRUNERS` (random, tower-attention, tower-attention-merge, text-attention,
+            visionzip, pdrop, learned).
+        config: the pruning config (tower block, FastV's layer, PDrop's layers, the scorer's
+            training settings, the seed).
+        adapter: the image-token layer of the VLM (the learned scorer trains on it, frozen).
+        train_texts: training questions for the learned scorer (unused by the others).
+        work_dir: where a pruner that trains writes its run (`work_dir/scorer`).
+
+    Raises:
+        ValueError: an unknown name.
+    """
     if name not in PRUNERS:
         raise ValueError(f"unknown pruner {name!r}; known: {', '.join(PRUNERS)}")
     return PRUNERS[name](config, adapter, train_texts, work_dir)

@@ -15,11 +15,14 @@ from visionloom.backbones.types import VisionTokens
 
 @dataclass
 class DropStage:
-    """One drop inside the language model: language-model layers `layer`.. run without the dropped tokens.
+    """One drop inside the language model: layers `layer`.. run without the dropped tokens.
 
-    Either `keep` fixes the kept indices per image (FastV, decided before), or `keep_ratio` keeps that
-    share of each image's remaining candidates, ranked by the attention the query token gives them
-    at layer `layer - 1` (PDrop), computed in the same prefill.
+    Attributes:
+        layer: the first language-model layer without the dropped tokens.
+        keep: per image, LongTensor [k_i] of kept indices, fixed beforehand (FastV); or None.
+        keep_ratio: the share of each image's remaining tokens to keep, ranked by the attention
+            the query token gives them at layer `layer - 1`, computed inside the same prefill
+            (PDrop); or None.
     """
 
     layer: int
@@ -29,17 +32,28 @@ class DropStage:
 
 @dataclass
 class Decision:
-    """Per image (batch order): kept token indices (sorted) and/or soft weights; None means all / ones."""
+    """What a pruner decided for a batch; every list is per image, in batch order.
 
-    keep: list[torch.Tensor] | None = None  # long [k_i], indices into the image's placeholders
-    weights: list[torch.Tensor] | None = None  # float [counts_i]
-    # [T, D_text]: embeddings that replace the layer's (PruMerge's merged tokens), same layout.
+    Attributes:
+        keep: LongTensor [k_i] of kept indices into each image's placeholders, sorted; None keeps
+            all.
+        weights: float [counts_i] soft weights on each image's embeddings; None is all ones.
+        embeds: [T, D_text] embeddings that replace the layer's (PruMerge's and VisionZip's merged
+            tokens), in the same layout; or None.
+        from_layer: the first language-model layer without the dropped tokens (0: dropped before
+            the language model; FastV: K + 1).
+        hidden_entering: [B, S, D_text], the full sequence entering `from_layer`, when the pruner
+            already computed it; or None.
+        stages: later drops inside the language model (PDrop), ranked while the prefill runs.
+    """
+
+    keep: list[torch.Tensor] | None = None
+    weights: list[torch.Tensor] | None = None
     embeds: torch.Tensor | None = None
-    from_layer: int = 0  # the first language-model layer without the dropped tokens
-    # [B, S, D]: the full sequence entering `from_layer`, when the pruner already computed it.
+    from_layer: int = 0
     hidden_entering: torch.Tensor | None = None
-    # PDrop: drops at later language-model layers, ranked while the prefill runs (see generate.py).
     stages: list[DropStage] = field(default_factory=list)
 
     def kept_counts(self, tokens: VisionTokens) -> list[int]:
+        """Image tokens each image keeps (all of them when `keep` is None)."""
         return [len(k) for k in self.keep] if self.keep is not None else list(tokens.counts)

@@ -140,7 +140,24 @@ def generate(
     max_new_tokens: int,
     keep_logits: bool = False,
 ) -> Generated:
-    """Greedy answers after the pruned prefill (see `Generated`)."""
+    """Greedy answers decoded from the pruned key/value cache.
+
+    The prefill runs on the kept tokens only (a cache per stretch of layers when tokens are dropped
+    inside the language model); every kept token keeps its position in the full sequence, and new
+    tokens continue from the largest one, as `generate` numbers them.
+
+    Args:
+        adapter: the image-token layer of the VLM.
+        inputs: from `adapter.build_inputs`, the prompts (padded on either side).
+        tokens: from `adapter.encode_images`.
+        decision: from a pruner's `decide` (keep-all gives the model's own `generate` output).
+        max_new_tokens: the most tokens to generate per sample; a sample stops at its end token.
+        keep_logits: also return every step's logits [B, V].
+
+    Returns:
+        `Generated`: per sample, the answer's token ids (without the end token), and the kept
+        tokens, stretch lengths and prefill time.
+    """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if adapter.model.config.is_encoder_decoder:

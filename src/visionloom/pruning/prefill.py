@@ -290,9 +290,20 @@ def forward_pruned(
     decision: Decision,
     **flags,
 ) -> LayerOutput:
-    """The language model on the pruned sequence (decoder-only families and T5Gemma2's encoder).
+    """Run the language model on the pruned sequence (decoder-only families, T5Gemma 2's encoder).
 
-    Drops inside the language model (FastV's `from_layer`, PDrop's stages) run in stretches of
-    layers (`prefill` above); a decision at layer 0 is one stretch.
+    Position ids and per-token ids are computed on the full sequence and gathered with the kept
+    embeddings; drops inside the language model (FastV's `from_layer`, PDrop's stages) run in
+    stretches of layers, a decision at layer 0 in one.
+
+    Args:
+        adapter: the image-token layer of the VLM.
+        inputs: from `adapter.build_inputs`.
+        tokens: from `adapter.encode_images`.
+        decision: from a pruner's `decide`.
+        **flags: `output_attentions`, `output_hidden_states`.
+
+    Returns:
+        `LayerOutput` over the kept sequence: logits [B, S_kept, V], padded on the batch's side.
     """
     return prefill(adapter, inputs, tokens, decision, **flags).output

@@ -36,6 +36,8 @@ from visionloom.pruning.decision import Decision, DropStage
 
 
 class Pruner(Protocol):
+    """What every pruner is: a name and a `decide` that turns one batch into a `Decision`."""
+
     name: str
 
     def decide(
@@ -46,7 +48,27 @@ class Pruner(Protocol):
         keep_ratio: float,
         *,
         query_positions: torch.Tensor | None = None,
-    ) -> Decision: ...
+    ) -> Decision:
+        """Decide which image tokens the language model keeps.
+
+        Args:
+            adapter: the image-token layer of the VLM.
+            inputs: from `adapter.build_inputs`.
+            tokens: from `adapter.encode_images` (one tower pass; pruners reuse it).
+            keep_ratio: the share of each image's prunable tokens to keep, in (0, 1]; layout
+                tokens (row newlines) are always kept.
+            query_positions: LongTensor [B], the position whose attention ranks the tokens
+                (the last prompt token) when the inputs also hold the answer; None: each sample's
+                last real token.
+
+        Returns:
+            The `Decision`: kept indices per image (sorted), and/or soft weights, merged
+            embeddings, or drops inside the language model.
+
+        Raises:
+            ValueError: a keep ratio outside (0, 1], or inputs the pruner cannot rank.
+        """
+        ...
 
 
 def candidates(adapter: ImageTokenAdapter, tokens: VisionTokens, image: int) -> torch.Tensor:
@@ -76,6 +98,8 @@ def keep_top(adapter, tokens: VisionTokens, scores: list[torch.Tensor], keep_rat
 
 
 class KeepAll:
+    """Every token kept: the reference every pruner is compared with (bit-identical to the model)."""
+
     name = "keep-all"
 
     def decide(self, adapter, inputs, tokens, keep_ratio: float = 1.0, *, query_positions=None) -> Decision:
@@ -83,6 +107,8 @@ class KeepAll:
 
 
 class RandomPruner:
+    """Tokens kept at random (seeded): the floor a pruner has to clear."""
+
     name = "random"
 
     def __init__(self, seed: int = 0):
@@ -305,7 +331,11 @@ class PDrop:
 
 # ---------------------------------------------------------------------------------------- learned
 class LearnedScorer(nn.Module):
-    """An MLP over each image token's embedding -> a score; soft (sigmoid weights) in training, hard at inference."""
+    """An MLP scoring each image token from its embedding, trained with the VLM frozen.
+
+    Soft in training (every token weighted by sigmoid(score), so the scorer gets gradients), hard
+    top-k at inference.
+    """
 
     name = "learned"
 

@@ -359,7 +359,22 @@ ARCHITECTURES: dict[str, Callable[[RetrievalConfig, int, nn.Module | None], Dual
 def create_model(
     config: RetrievalConfig, num_identities: int, vq_model: nn.Module | None = None
 ) -> DualEncoder:
-    """The model named by `config.model.architecture`, weights drawn from `config.train.seed`."""
+    """The retrieval model a config names: the one factory for every phase.
+
+    Args:
+        config: a resolved retrieval config (`load_config`); `model.architecture` picks baseline,
+            phase1..phase4 or phase3-t5gemma2, `model.*.path` the checkpoints.
+        num_identities: training identities, for the identity loss's classifier.
+        vq_model: the VQ tokenizer phase 4 predicts the codes of (None for the other phases).
+
+    Returns:
+        A `DualEncoder`, weights drawn from `config.train.seed`, gradient checkpointing on where
+        the config asks for it.
+
+    Raises:
+        KeyError: an unknown architecture.
+        ValueError: a checkpoint leaves weights missing or does not fit the config.
+    """
     architecture = config.model.architecture
     if architecture not in ARCHITECTURES:
         raise KeyError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")

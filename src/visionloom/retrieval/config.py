@@ -97,5 +97,18 @@ class RetrievalConfig:
 
 
 def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> RetrievalConfig:
+    """A shipped config by name (`visionloom config list`) or a YAML file, with overrides applied.
+
+    Args:
+        name_or_path: e.g. "phase4", or a path to a YAML file.
+        overrides: "key=value" items as `--set` takes them (values read as YAML 1.2).
+
+    Returns:
+        The typed config, every value checked against its declared type and range.
+
+    Raises:
+        ValueError: an unknown name or key, or a value of the wrong type or out of range (the
+            message names the file or the override, and the key).
+    """
     path = config_io.find_config("retrieval", name_or_path)
     return config_io.load(RetrievalConfig, path, overrides)

@@ -322,7 +322,18 @@ def retrieval_metrics(
     memory_budget_bytes: int = DEFAULT_CHUNK_BYTES,
     kernel: Kernel = "auto",
 ) -> dict[str, float]:
-    """{"R1", "R5", "R10", "mAP", "mINP"} in percent for a [queries, gallery] similarity matrix."""
+    """Text-to-image retrieval metrics as IRRA defines them, counted chunk by chunk.
+
+    Args:
+        similarity: [Q, G] scores of each query against each gallery item.
+        query_pids: [Q] identity of each query.
+        gallery_pids: [G] identity of each gallery item.
+        memory_budget_bytes: the size of the chunks the scores are counted in.
+        kernel: "eager", "compiled" (`torch.compile`) or "auto" (compiled from 2e9 scores up).
+
+    Returns:
+        {"R1", "R5", "R10", "mAP", "mINP"} in percent; ties are ranked as a stable sort would.
+    """
     if similarity.ndim != 2:
         raise ValueError(f"similarity must be [queries, gallery], got shape {tuple(similarity.shape)}")
     num_queries, gallery_size = similarity.shape
@@ -348,11 +359,23 @@ def retrieval_metrics_from_features(
     kernel: Kernel = "auto",
     outcomes: QueryOutcomes | None = None,
 ) -> dict[str, float]:
-    """The same metrics with the similarity (dot products) made one chunk of queries at a time.
+    """`retrieval_metrics` with the similarity (dot products) made one chunk of queries at a time.
 
-    query_features [Q, D], gallery_features [G, D], normalised by the caller: the [Q, G] matrix is
-    never held, so a million-image gallery needs memory for a chunk of rows only. `outcomes`
-    (`QueryOutcomes.empty(Q)`), when given, receives each query's own result.
+    The [Q, G] matrix is never held, so a million-image gallery needs memory for a chunk of rows
+    only.
+
+    Args:
+        query_features: [Q, D], normalised by the caller.
+        gallery_features: [G, D], normalised by the caller.
+        query_pids: [Q] identities.
+        gallery_pids: [G] identities.
+        memory_budget_bytes: the size of the chunks the similarity is formed in.
+        kernel: as `retrieval_metrics`.
+        outcomes: `QueryOutcomes.empty(Q)` to receive each query's own result (for paired
+            comparisons), or None.
+
+    Returns:
+        {"R1", "R5", "R10", "mAP", "mINP"} in percent.
     """
     num_queries, gallery_size = len(query_features), len(gallery_features)
     table, query_table_rows, order = _prepare(
