@@ -175,7 +175,7 @@ def compare_torchmetrics(size: int) -> dict:
     print(
         f"{size}x{size}, dim 64, scores near 0 ({100 * float((similarity[relevant] <= 0).float().mean()):.0f}% of "
         f"relevant scores <= 0): torchmetrics {peer_seconds:.1f} s = {peer_seconds / ours_seconds:.0f}x the eager "
-        f"evaluator; HitRate@1/5/10 = R@1/5/10: {agree(ours, peer, ('R1', 'R5', 'R10'))}; mAP ours "
+        f"evaluator; HitRate@1/5/10 = R@1/5/10: {agree(ours, peer, ('R1', 'R5', 'R10'))}; mAP visionloom "
         f"{ours['mAP']:.3f}, torchmetrics {peer['mAP']:.3f} ({peer['mAP_shifted']:.3f} with every score + 2); "
         f"RetrievalRecall@5 {peer['recall@5']:.3f} vs R@5 {ours['R5']:.3f}"
     )

@@ -60,7 +60,9 @@ def provenance(records: list[dict]) -> str:
     """One line: what measured these figures, where and when."""
     first = records[0]
     machine = first["machine"]
-    commit = (first["commit"] or "no git checkout")[:10] + (" with uncommitted code" if first.get("commit_dirty") else "")
+    commit = (first["commit"] or "no git checkout")[:10] + (
+        " with uncommitted code" if first.get("commit_dirty") else ""
+    )
     command = f"`{first['command']}`" + (f" and {len(records) - 1} more like it" if len(records) > 1 else "")
     where = f"{machine.get('usable_cpus')} usable CPUs ({machine.get('cpu')})"
     if machine.get("torch_threads") is not None:
@@ -86,14 +88,24 @@ def render_demo(records: list[dict]) -> list[str]:
     rows = []
     for name, summary in figures["reference"].items():
         rows.append(
-            [f"{name} (reference)", 1, *(f"{summary['test'][m]:.1f}" for m in METRICS), f"{summary['train_seconds']:.0f}"]
+            [
+                f"{name} (reference)",
+                1,
+                *(f"{summary['test'][m]:.1f}" for m in METRICS),
+                f"{summary['train_seconds']:.0f}",
+            ]
         )
     comparison = figures.get("comparison") or {"entries": {}, "pairs": []}
     for name, entry in comparison["entries"].items():
         summary, runs = entry["summary"], entry["per_seed"]
         seconds = statistics.fmean(run["seconds"] for run in runs)
         rows.append(
-            [name, len(runs), *(f"{summary[m]['mean']:.1f} ± {summary[m]['std']:.1f}" for m in METRICS), f"{seconds:.0f}"]
+            [
+                name,
+                len(runs),
+                *(f"{summary[m]['mean']:.1f} ± {summary[m]['std']:.1f}" for m in METRICS),
+                f"{seconds:.0f}",
+            ]
         )
     lines = table(header, rows) + [""]
     for pair in comparison["pairs"]:
@@ -146,10 +158,26 @@ def render_one_pass(records: list[dict]) -> list[str]:
 def render_prune_speed(records: list[dict]) -> list[str]:
     (record,) = records
     rows = [
-        [name, f["layers"], f["image_tokens"], f["kept"], f"{f['full_ms']:.0f}", f"{f['pruned_ms']:.0f}", f"**{f['ratio']:.2f}**"]
+        [
+            name,
+            f["layers"],
+            f["image_tokens"],
+            f["kept"],
+            f"{f['full_ms']:.0f}",
+            f"{f['pruned_ms']:.0f}",
+            f"**{f['ratio']:.2f}**",
+        ]
         for name, f in record["figures"].items()
     ]
-    header = ["model shape", "LM layers", "image tokens", "kept", "full prefill (ms)", "pruned (ms)", "full / pruned"]
+    header = [
+        "model shape",
+        "LM layers",
+        "image tokens",
+        "kept",
+        "full prefill (ms)",
+        "pruned (ms)",
+        "full / pruned",
+    ]
     return table(header, rows) + ["", provenance(records)]
 
 
@@ -182,7 +210,10 @@ def render_eval_speed(records: list[dict]) -> list[str]:
     lines = table(header, rows)
     if "full" in f:
         full = f["full"]
-        lines += ["", f"{full['size']} × {full['size']} in one process: {full['cpu_s']:.0f} CPU s, peak RSS {full['peak_mb']:.0f} MB."]
+        lines += [
+            "",
+            f"{full['size']} × {full['size']} in one process: {full['cpu_s']:.0f} CPU s, peak RSS {full['peak_mb']:.0f} MB.",
+        ]
     t = f["torchmetrics"]
     lines += [
         "",
@@ -209,7 +240,14 @@ def render_train_step(records: list[dict]) -> list[str]:
             f"**{f['ratio']:.2f}**",
         ]
     ]
-    header = ["VQ", "batch", "phase 3 (ms)", "phase 4, codes cached (ms)", "phase 4, encoded online (ms)", "online / cached"]
+    header = [
+        "VQ",
+        "batch",
+        "phase 3 (ms)",
+        "phase 4, codes cached (ms)",
+        "phase 4, encoded online (ms)",
+        "online / cached",
+    ]
     return table(header, rows) + ["", provenance(records)]
 
 
@@ -228,16 +266,28 @@ def render_recipe_step(records: list[dict]) -> list[str]:
         ]
         for name, r in recipes.items()
     ]
-    header = ["recipe", "parameters", "step (s)", "step / baseline's", "peak memory (GB)", "gradient checkpointing"]
+    header = [
+        "recipe",
+        "parameters",
+        "step (s)",
+        "step / baseline's",
+        "peak memory (GB)",
+        "gradient checkpointing",
+    ]
     return table(header, rows) + ["", provenance(records)]
 
 
 def render_threads(records: list[dict]) -> list[str]:
     (record,) = records
     f = record["figures"]
-    names = {"spin": "spinning (torch's default)", "passive": "sleeping (PASSIVE)", "one": "one thread, sleeping"}
+    names = {
+        "spin": "spinning (torch's default)",
+        "passive": "sleeping (PASSIVE)",
+        "one": "one thread, sleeping",
+    }
     rows = [
-        [names[key], f[key]["threads"], f"{f[key]['cpu']:.2f}", f"{f[key]['wall']:.2f}"] for key in ("spin", "passive", "one")
+        [names[key], f[key]["threads"], f"{f[key]['cpu']:.2f}", f"{f[key]['wall']:.2f}"]
+        for key in ("spin", "passive", "one")
     ]
     header = ["waiting OpenMP threads", "threads", "CPU s per step", "wall s per step"]
     lines = table(header, rows)
@@ -293,7 +343,9 @@ def rendered(page: Path) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a page is stale")
     args = parser.parse_args()
     stale = []
@@ -304,8 +356,11 @@ def main() -> int:
             if not args.check:
                 page.write_text(new)
     if args.check and stale:
-        print(f"results tables differ from docs/results/ in: {', '.join(map(str, stale))}; "
-              "run scripts/render_results.py", file=sys.stderr)
+        print(
+            f"results tables differ from docs/results/ in: {', '.join(map(str, stale))}; "
+            "run scripts/render_results.py",
+            file=sys.stderr,
+        )
         return 1
     if not args.check:
         print(f"rendered {len(stale)} page(s)" + (f": {', '.join(map(str, stale))}" if stale else ""))

@@ -80,7 +80,13 @@ def test_the_docs_site_builds_strictly(tmp_path):
     )
     assert built.returncode == 0, built.stderr[-3000:]
     api = (tmp_path / "site" / "api" / "layer" / "index.html").read_text()
-    for documented in ("build_inputs", "encode_images", "MultimodalInputs", "VisionTokens", "ImageTokenMismatch"):
+    for documented in (
+        "build_inputs",
+        "encode_images",
+        "MultimodalInputs",
+        "VisionTokens",
+        "ImageTokenMismatch",
+    ):
         assert documented in api, f"the API reference lost {documented}"
 
 
@@ -148,7 +154,10 @@ NARRATION = [
     (re.compile(r"\b[Ss]eed 0\d\d\b"), "an origin-note tag"),
     (re.compile(r"\b[Ii]ssue #?\d+"), "an issue number"),
     (re.compile(r"\b(this|previous|earlier|last|next) session\b", re.I), "narration of sessions"),
-    (re.compile(r"\bI(?:'m|'ve| have| had| checked| measured| ran| found| did| tried| saw| think)\b"), "first person"),
+    (
+        re.compile(r"\bI(?:'m|'ve| have| had| checked| measured| ran| found| did| tried| saw| think)\b"),
+        "first person",
+    ),
     (re.compile(r"\bWhat I\b|\bI have not\b"), "first person"),
     (re.compile(r"\b(?:[Ww]e|[Oo]ur|[Oo]urs|[Uu]s)\b"), "first person plural"),
     (re.compile(r"\bcommit [0-9a-f]{7,40}\b"), "a commit hash in prose"),
@@ -262,16 +271,15 @@ CONFIG_SYSTEMS = {"retrieval": "retrieval", "ground": "grounding", "prune": "pru
 
 def parse_visionloom(arguments: list[str], where: str) -> None:
     """Parse a visionloom command line without running it, and load every config it names."""
-    import click
     import typer
 
     from visionloom.cli import CONFIG_LOADERS, app
 
     command = typer.main.get_command(app)
-    context = click.Context(command, info_name="visionloom")
+    context = command.context_class(command, info_name="visionloom")
     words = list(arguments)
     path = []
-    while isinstance(command, click.Group) and words and not words[0].startswith("-"):
+    while hasattr(command, "get_command") and words and not words[0].startswith("-"):  # a group
         sub = command.get_command(context, words[0])
         assert sub is not None, f"{where}: visionloom has no command {' '.join([*path, words[0]])!r}"
         path.append(words.pop(0))
@@ -280,7 +288,11 @@ def parse_visionloom(arguments: list[str], where: str) -> None:
     system = CONFIG_SYSTEMS.get(path[0]) if path else None
     if system is None:
         return
-    names = [parsed.params.get("config"), parsed.params.get("reference"), *(parsed.params.get("configs") or [])]
+    names = [
+        parsed.params.get("config"),
+        parsed.params.get("reference"),
+        *(parsed.params.get("configs") or []),
+    ]
     loader = __import__(CONFIG_LOADERS[system], fromlist=["load_config"]).load_config
     for name in filter(None, names):
         loader(name, list(parsed.params.get("overrides") or []))
@@ -308,7 +320,9 @@ def run_command(words: list[str], block: Block, run: bool, where: str) -> None:
             return
         result = CliRunner().invoke(app, arguments)
         output = result.output + (result.stderr if result.stderr_bytes is not None else "")
-        assert result.exit_code == block.expect_exit, f"{where}: {shlex.join(words)} exited {result.exit_code}\n{output[-3000:]}"
+        assert result.exit_code == block.expect_exit, (
+            f"{where}: {shlex.join(words)} exited {result.exit_code}\n{output[-3000:]}"
+        )
     elif program == ".venv/bin/accelerate":
         assert arguments[0] == "launch" and "-m" in arguments, f"{where}: {shlex.join(words)}"
         module_at = arguments.index("-m")
@@ -345,7 +359,9 @@ def test_code_blocks_run(page, tmp_path, monkeypatch):
         if block.language == "python":
             run_python(block, namespace, where)
             continue
-        skipped_setup = block.code.startswith("bash scripts/setup.sh &&")  # the two commands: setup + job/suite
+        skipped_setup = block.code.startswith(
+            "bash scripts/setup.sh &&"
+        )  # the two commands: setup + job/suite
         for words in commands_of(block.code):
             run_command(words, block, run=block.not_run is None and not skipped_setup, where=where)
 
@@ -363,4 +379,6 @@ def test_parsing_catches_a_wrong_option_and_an_unknown_config():
     with pytest.raises(Exception, match="phase9"):
         parse_visionloom(["retrieval", "train", "phase9", "--data", "d", "--out", "o"], "here")
     with pytest.raises(Exception, match="train.stepz"):
-        parse_visionloom(["ground", "train", "llava", "--data", "d", "--out", "o", "--set", "train.stepz=2"], "here")
+        parse_visionloom(
+            ["ground", "train", "llava", "--data", "d", "--out", "o", "--set", "train.stepz=2"], "here"
+        )

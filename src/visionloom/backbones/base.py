@@ -202,7 +202,7 @@ class ImageTokenAdapter(ABC):
         dtype: str | torch.dtype | None = None,
         device: str | torch.device | None = None,
         **model_kwargs: Any,
-    ):
+    ) -> ImageTokenAdapter:
         """Load model and processor from a local checkpoint directory; refuse missing weights.
 
         Args:

@@ -288,7 +288,7 @@ def forward_pruned(
     inputs: MultimodalInputs,
     tokens: VisionTokens,
     decision: Decision,
-    **flags,
+    **flags: bool,
 ) -> LayerOutput:
     """Run the language model on the pruned sequence (decoder-only families, T5Gemma 2's encoder).
 
