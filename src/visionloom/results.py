@@ -43,11 +43,13 @@ LOAD_AVERAGE_AT_START = _load_average()
 def command_line() -> str:
     """The command as typed: the program's base name and its arguments, shell-quoted."""
     program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
-    if program.endswith(".py"):  # a script: say how it was run
-        program = f"python {sys.argv[0]}"
-    elif program == "__main__.py" or program == "-m":
-        program = "python -m visionloom.cli"
-    return shlex.join([program, *sys.argv[1:]])
+    if program.endswith(".py") and program != "__main__.py":  # a script: say how it was run
+        words = ["python", sys.argv[0]]
+    elif program in ("__main__.py", "-m"):
+        words = ["python", "-m", "visionloom.cli"]
+    else:
+        words = [program]
+    return shlex.join([*words, *sys.argv[1:]])
 
 
 # What a figure depends on: a change elsewhere (the docs, the tests) does not make a measurement stale.
