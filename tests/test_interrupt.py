@@ -24,7 +24,7 @@ def interrupt_when(
     `interrupt_when.seconds`."""
     env = {**os.environ, "COLUMNS": "80", **(env or {})}
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as job:
-        lines = []
+        lines, signalled = [], None
         for line in job.stdout:
             lines.append(line.rstrip("\n"))
             if line.startswith(marker):
@@ -32,6 +32,7 @@ def interrupt_when(
                 signalled = time.monotonic()
                 break
         out, err = job.communicate(timeout=120)
+        assert signalled is not None, f"no line started with {marker!r}:\n{err[-2000:]}"
         interrupt_when.seconds = time.monotonic() - signalled
         return job.returncode, lines + out.splitlines(), err
 
@@ -115,11 +116,11 @@ import visionloom.engine.run as run
 
 finish_run = run.finish_run
 
-def slow_finish_run(run_dir, model, result, evaluate, description):
+def slow_finish_run(run_dir, model, result, evaluate, *rest):
     def slow_evaluate(model):
         time.sleep(30)
         return evaluate(model)
-    return finish_run(run_dir, model, result, slow_evaluate, description)
+    return finish_run(run_dir, model, result, slow_evaluate, *rest)
 
 run.finish_run = slow_finish_run
 """
