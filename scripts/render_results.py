@@ -12,26 +12,26 @@ Published figures (what a paper reports) are files of kind `published`, with the
     .venv/bin/python scripts/render_results.py           # rewrite the pages
     .venv/bin/python scripts/render_results.py --check   # exit 1 if a page differs from its files
 
-Standard library only: the docs test runs it without importing torch.
+It imports no torch (`visionloom.results` is standard library only), so the docs test runs it fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
-import json
 import re
 import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from visionloom.results import read_results
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 MARKER = re.compile(r"(<!-- results: (?P<pattern>\S+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.DOTALL)
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 METRIC_NAMES = {"R1": "R@1", "R5": "R@5", "R10": "R@10", "mAP": "mAP", "mINP": "mINP"}
-MEASURED_FIELDS = ("kind", "figures", "command", "commit", "date", "machine")
 
 
 def pages() -> list[Path]:
@@ -39,16 +39,11 @@ def pages() -> list[Path]:
 
 
 def read_record(path: Path) -> dict:
-    """A results file, with the fields its kind needs (a published figure needs its sources)."""
+    """A results file (`visionloom.results.read_results`); a bad one stops the script, named."""
     try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise SystemExit(f"{path}: not a readable results file ({error})") from None
-    required = ("kind", "figures", "sources") if record.get("kind") == "published" else MEASURED_FIELDS
-    missing = [key for key in required if key not in record]
-    if missing:
-        raise SystemExit(f"{path}: a results file of kind {record.get('kind')!r} needs {', '.join(missing)}")
-    return record
+        return read_results(path)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -176,13 +176,19 @@ def write_results(
 
 
 def read_results(path: Path | str) -> dict[str, Any]:
-    """A results file, checked for the fields every renderer relies on."""
+    """A results file, checked for the fields every renderer relies on (a measured figure needs its
+    provenance; a published one, of kind "published", its sources)."""
     path = Path(path)
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise ValueError(f"{path}: not a readable results file ({error})") from None
-    required = ("kind", "figures", "command", "commit", "date", "machine")
+    published = isinstance(record, dict) and record.get("kind") == "published"
+    required = (
+        ("kind", "figures", "sources")
+        if published
+        else ("kind", "figures", "command", "commit", "date", "machine")
+    )
     missing = [key for key in required if key not in record] if isinstance(record, dict) else list(required)
     if missing:
         raise ValueError(f"{path}: a results file needs {', '.join(missing)}")
