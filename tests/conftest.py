@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 
-import numpy as np
-import pytest
-from PIL import Image
+# Before anything imports huggingface_hub (which reads it once): no test reaches a model hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
 
 @pytest.fixture
@@ -109,3 +113,24 @@ def refcoco_release(scenes_root, tmp_path_factory):
     (root / "refs(unc).json").write_text(json.dumps(refs))
     (root / "instances.json").write_text(json.dumps(instances))
     return root
+
+
+@pytest.fixture(autouse=True)
+def offline_hub(monkeypatch):
+    """No test reaches a model hub: huggingface_hub runs offline, whatever the machine allows."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture
+def hub_cache_dir(tmp_path, monkeypatch):
+    """An empty Hugging Face cache that huggingface_hub (and a child process) reads instead of the user's."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hf-cache" / "hub"
+    cache.mkdir(parents=True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache

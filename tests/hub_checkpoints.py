@@ -318,3 +318,25 @@ def sam_checkpoint(name: str = "sam-vit-base") -> Path:
     for file, content in files.items():
         (directory / file).write_text(json.dumps(content, indent=2))
     return directory
+
+
+def hub_cache(root: Path, repo_id: str, source: Path, *, commit: str, refs: tuple[str, ...] = ("main",)) -> Path:
+    """`source`'s files laid out in a Hugging Face cache under `root` as `huggingface_hub` writes
+    it: `models--org--name/blobs/<hash>` holding the bytes, `snapshots/<commit>/<file>` a relative
+    link to its blob, and `refs/<name>` holding the commit. Returns the snapshot directory."""
+    import hashlib
+
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    for file in sorted(p for p in source.rglob("*") if p.is_file()):
+        data = file.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snapshot / file.relative_to(source)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path("../" * (len(link.relative_to(repo).parts) - 1)) / "blobs" / blob.name)
+    for ref in refs:
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+    return snapshot

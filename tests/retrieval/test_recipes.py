@@ -159,7 +159,9 @@ def test_a_missing_checkpoint_names_the_setting_and_nothing_is_downloaded(tmp_pa
     monkeypatch.chdir(tmp_path)
     config = load_config("cuhk-pedes/baseline")
     with pytest.raises(
-        ConfigError, match=r"model.text.pretrained: checkpoints/clip-vit-base-patch16 \(relative to"
+        ConfigError,
+        match=r"model.text.pretrained: checkpoints/clip-vit-base-patch16: no local directory .* \(relative to .*"
+        r"as a hub id, not in the Hugging Face cache .*HF_HUB_OFFLINE=1 allows no download",
     ):
         create_model(config, num_identities=4)
 

@@ -60,7 +60,8 @@ def doctor(
                 styled("green", "ok ", check.name) if check.ok else styled("red", "FAIL ", check.name),
                 Text(check.detail),
             )
-        console.print(table)
+        if report.facts or report.checks:  # nothing to show when the checkpoint did not load
+            console.print(table)
         if report.error:
             console.print(styled("red", "error:", f" {report.error}"))
         console.print(styled("green", "healthy") if report.ok else styled("red", "not healthy"))

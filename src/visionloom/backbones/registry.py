@@ -12,6 +12,7 @@ import torch
 import visionloom.backbones as package
 from visionloom.backbones.base import REGISTERED, ImageTokenAdapter, place, read_json
 from visionloom.backbones.tiny_parts import PRESETS
+from visionloom.hub import CheckpointNotFound, checkpoint_path, split_hub_id
 
 # Modules of the package that are not families (they import this one, or are the command line).
 NOT_FAMILIES = {"cli", "doctor", "registry", "tiny"}
@@ -47,26 +48,29 @@ def load(
     native_resolution: bool = False,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
+    revision: str | None = None,
     **kwargs: Any,
 ) -> ImageTokenAdapter:
     """An adapter holding its model and processor: the one way in to the image-token layer.
 
     Args:
         path_or_preset: a local checkpoint directory (its `config.json`'s `model_type` picks the
-            family) or a preset name (`visionloom preset list`).
+            family), a hub id (`org/name`, from the Hugging Face cache or, online, downloaded as
+            `transformers` would) or a preset name (`visionloom preset list`).
         native_resolution: feed images at their own size where the family allows it.
         dtype: None loads float32 on a CPU and the checkpoint's own dtype on a GPU; "auto",
             "float32", "float16", "bfloat16" or a torch dtype choose (see
             `ImageTokenAdapter.from_pretrained`).
         device: where the model goes (default: the CPU).
+        revision: a branch, tag or commit of a hub id (default: main).
         **kwargs: passed to the preset builder or the model's `from_pretrained`.
 
     Returns:
         The family's `ImageTokenAdapter`.
 
     Raises:
-        FileNotFoundError: the name is neither a preset nor a local directory (nothing is
-            downloaded).
+        CheckpointNotFound: the name is neither a preset, a local directory nor a hub id in the
+            cache or in reach (with `HF_HUB_OFFLINE=1` nothing is downloaded).
         ValueError: the checkpoint's family is not supported, or its files do not fit together.
     """
     name = str(path_or_preset)
@@ -74,13 +78,14 @@ def load(
         adapter = build_preset(name, native_resolution=native_resolution, **kwargs)
         place(adapter.model, dtype, device)
         return adapter
-    if not Path(name).is_dir():
-        raise FileNotFoundError(
-            f"{name!r} is neither a local checkpoint directory nor a preset ({', '.join(PRESETS)}); "
-            f"visionloom never downloads weights"
+    if split_hub_id(name) is None and not Path(name).expanduser().is_dir():
+        raise CheckpointNotFound(
+            f"{name!r} is neither a local checkpoint directory, a hub id (org/name) nor a preset "
+            f"({', '.join(PRESETS)})"
         )
-    return adapter_for(name).from_pretrained(
-        name, native_resolution=native_resolution, dtype=dtype, device=device, **kwargs
+    directory = checkpoint_path(name, revision=revision)
+    return adapter_for(directory).from_pretrained(
+        directory, native_resolution=native_resolution, dtype=dtype, device=device, **kwargs
     )
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from visionloom.backbones import load
+from visionloom.backbones.tiny_parts import PRESETS
 from visionloom.data.errors import DatasetFormatError
 from visionloom.data.refcoco import RefSample, group_by_split, read_refcoco
 from visionloom.grounding.config import GroundingConfig
@@ -25,14 +26,14 @@ def require_vlm(config: GroundingConfig) -> None:
 
 
 def load_vlm(config: GroundingConfig):
-    """The frozen VLM (`config.vlm`: a checkpoint directory, or a preset for a random-weight
+    """The frozen VLM (`config.vlm`: a checkpoint directory or hub id, or a preset for a random-weight
     control drawn from `config.vlm_seed`), in eval mode with no gradients.
 
     Raises:
         ValueError: no VLM was given.
     """
     require_vlm(config)
-    adapter = load(config.vlm, seed=config.vlm_seed) if not Path(config.vlm).is_dir() else load(config.vlm)
+    adapter = load(config.vlm, seed=config.vlm_seed) if config.vlm in PRESETS else load(config.vlm)
     adapter.model.eval().requires_grad_(False)
     return adapter
 

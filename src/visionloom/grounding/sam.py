@@ -13,8 +13,6 @@ through the image processor's own `post_process_masks`.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from PIL import Image
 from torch import nn
@@ -23,6 +21,7 @@ from transformers import SamConfig, SamModel
 from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
 
 from visionloom.grounding.config import SamSettings
+from visionloom.hub import checkpoint_path
 
 
 def tiny_sam(seed: int = 0, image_size: int = 256) -> tuple[SamModel, SamImageProcessorPil]:
@@ -68,9 +67,9 @@ def tiny_sam(seed: int = 0, image_size: int = 256) -> tuple[SamModel, SamImagePr
 def load_sam(settings: SamSettings) -> tuple[SamModel, SamImageProcessorPil]:
     if settings.path is None:
         return tiny_sam(settings.seed)
-    path = Path(settings.path)
+    path = checkpoint_path(settings.path, setting="sam.path")
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"sam.path {path}: no config.json; expected a local SAM checkpoint directory")
+        raise FileNotFoundError(f"sam.path {path}: no config.json; expected a SAM checkpoint directory")
     return SamModel.from_pretrained(path).eval(), SamImageProcessorPil.from_pretrained(path)
 
 

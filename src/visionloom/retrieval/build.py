@@ -43,6 +43,7 @@ from transformers.image_utils import (
 )
 
 from visionloom import config as config_io
+from visionloom.hub import CheckpointNotFound, checkpoint_path
 from visionloom.retrieval import tiny
 from visionloom.retrieval.config import BackboneConfig, ModelConfig, RetrievalConfig
 from visionloom.retrieval.encoders import (
@@ -73,9 +74,12 @@ def _processor_stats(directory: str | None, default_mean, default_std) -> tuple[
 
 
 def local_checkpoint(path: str, setting: str) -> Path:
-    """`path` as a local checkpoint directory, or an error naming the setting: a path that is not
-    a directory would otherwise be taken for a hub id and downloaded."""
-    directory = Path(path).expanduser()
+    """`path` (a checkpoint directory or a hub id) as a local directory holding a config.json, or
+    an error naming the setting."""
+    try:
+        directory = checkpoint_path(path, setting=setting)
+    except CheckpointNotFound as error:
+        raise config_io.ConfigError(f"{error}; or give another with --set {setting}=DIR_OR_ID") from None
     if not (directory / "config.json").is_file():
         where = "" if directory.is_absolute() else f" (relative to the working directory {Path.cwd()})"
         raise config_io.ConfigError(
