@@ -179,7 +179,10 @@ def test_gemma_mm_tokens_per_image_that_does_not_divide_the_patch_grid():
         build_preset("tiny-gemma3", mm_tokens_per_image=9)
 
 
-def test_attention_maps_on_the_token_grid_switch_to_eager_once(image, caplog):
+def test_attention_maps_on_the_token_grid_switch_to_eager_once(image, caplog, monkeypatch):
+    from visionloom.backbones import base
+
+    monkeypatch.setattr(base, "_said", set())  # notices are said once per process: start afresh
     adapter = build_preset("tiny-llava-next")
     inputs = adapter.build_inputs([image(40, 90), image(100, 50, seed=1)], ["<image> a", "b <image>"])
     assert adapter.attention_implementation() == "sdpa"

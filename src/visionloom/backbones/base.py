@@ -479,13 +479,44 @@ class ImageTokenAdapter(ABC):
         encoded = self._process(texts, per_sample, geometries)
         input_ids = encoded.pop("input_ids")
         attention_mask = encoded.pop("attention_mask")
+        images_per_sample = [len(sample_images) for sample_images in per_sample]
+        return self.inputs_from_processed(input_ids, attention_mask, encoded, geometries, images_per_sample)
+
+    def inputs_from_processed(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        model_inputs: dict[str, Any],
+        geometries: Sequence[ImageGeometry],
+        images_per_sample: list[int] | None = None,
+    ) -> MultimodalInputs:
+        """`MultimodalInputs` from what the processor returned and each image's geometry.
+
+        Args:
+            input_ids: LongTensor [B, S], the processor's ids (placeholders already written).
+            attention_mask: LongTensor [B, S].
+            model_inputs: the processor's other outputs (pixel values, grids, sizes), as
+                `normalise_processed` leaves them.
+            geometries: one per image, batch order.
+            images_per_sample: how many images each sample holds; None: read from the ids, each
+                sample taking geometries in order until its placeholders are accounted for.
+
+        Raises:
+            ImageTokenMismatch: the placeholders in the ids disagree with the geometries.
+        """
+        geometries = list(geometries)
         image_token_mask = input_ids == self.image_token_id
-        counts = [
-            [g.num_tokens for g in geometries[i : i + len(s)]] for i, s in self._sample_offsets(per_sample)
-        ]
-        positions = self._placeholder_positions(image_token_mask, counts, geometries)
+        if images_per_sample is None:
+            per_sample_counts = self._counts_per_sample(image_token_mask, geometries)
+        else:
+            starts = [sum(images_per_sample[:sample]) for sample in range(len(images_per_sample))]
+            per_sample_counts = [
+                [g.num_tokens for g in geometries[start : start + count]]
+                for start, count in zip(starts, images_per_sample, strict=True)
+            ]
+        positions = self._placeholder_positions(image_token_mask, per_sample_counts, geometries)
         spans, owner = [], 0
-        for sample_counts in counts:
+        for sample_counts in per_sample_counts:
             sample_positions = positions[owner : owner + len(sample_counts)]
             spans.append([(int(p[0]), int(p[-1]) + 1) if len(p) else (0, 0) for p in sample_positions])
             owner += len(sample_counts)
@@ -495,9 +526,56 @@ class ImageTokenAdapter(ABC):
             image_token_mask=image_token_mask,
             image_spans=spans,
             geometries=geometries,
-            model_inputs=dict(encoded),
+            model_inputs=dict(model_inputs),
             image_positions=positions,
         )
+
+    def _counts_per_sample(self, image_token_mask: torch.Tensor, geometries: list[ImageGeometry]) -> list[list[int]]:
+        """Each sample's placeholder count per image: geometries are taken in batch order, as many
+        for a sample as its placeholders hold."""
+        counts: list[list[int]] = []
+        cursor = 0
+        for sample, found in enumerate(image_token_mask.sum(1).tolist()):
+            sample_counts: list[int] = []
+            while found > 0 and cursor < len(geometries):
+                sample_counts.append(geometries[cursor].num_tokens)
+                found -= geometries[cursor].num_tokens
+                cursor += 1
+            if found != 0:
+                raise ImageTokenMismatch(
+                    f"sample {sample}: the processor wrote {int(image_token_mask[sample].sum())} image placeholders "
+                    f"but the model config gives {sum(sample_counts)} tokens for its image(s) ({sample_counts}): "
+                    f"processor and model config disagree on the token count"
+                )
+            counts.append(sample_counts)
+        if cursor != len(geometries):
+            raise ImageTokenMismatch(
+                f"{len(geometries)} images but the ids hold placeholders for {cursor}: one image per marker"
+            )
+        return counts
+
+    def normalise_processed(self, encoded: dict[str, Any]) -> dict[str, Any]:
+        """The processor's outputs as the layer keeps them: what the image token mask already
+        says (token type ids) is dropped; families override. `input_ids`/`attention_mask` pass."""
+        return encoded
+
+    def geometries_from_processed(
+        self, input_ids: torch.Tensor, model_inputs: dict[str, Any], image_sizes: Any = None
+    ) -> list[ImageGeometry]:
+        """Each image's geometry, batch order, from what the processor returned (for code that ran
+        the processor itself, e.g. `visionloom.pruning.wrap`).
+
+        Args:
+            input_ids: LongTensor [B, S] with the placeholders.
+            model_inputs: the processor's other outputs.
+            image_sizes: (height, width) per image where the outputs do not carry the layout.
+
+        The default serves families whose every image has one geometry: one per pixel tensor.
+        """
+        if image_sizes is not None:
+            return [self.geometry(int(height), int(width)) for height, width in image_sizes]
+        count = len(model_inputs["pixel_values"]) if "pixel_values" in model_inputs else 0
+        return [self.geometry(*self.configured_image_size()) for _ in range(count)]
 
     def _family_markers(self, text: str) -> str:
         if self.marker != GENERIC_MARKER and GENERIC_MARKER not in self.tokenizer.get_vocab():
@@ -515,15 +593,7 @@ class ImageTokenAdapter(ABC):
         flat = [image for sample_images in images for image in sample_images]
         given = images if self.nested_images else flat or None
         encoded = self.processor(text=texts, images=given, padding=True, return_tensors="pt", **kwargs)
-        return dict(encoded)
-
-    @staticmethod
-    def _sample_offsets(per_sample: list[list]) -> list[tuple[int, list]]:
-        offsets, start = [], 0
-        for sample_images in per_sample:
-            offsets.append((start, sample_images))
-            start += len(sample_images)
-        return offsets
+        return self.normalise_processed(dict(encoded))
 
     def placeholder_runs(self, geometry: ImageGeometry) -> list[int]:
         """The lengths of the runs an image's placeholders come in, in order, with text tokens between

@@ -145,17 +145,18 @@ class Gemma3Adapter(ImageTokenAdapter):
     def image_span_ids(self, geometry: ImageGeometry) -> list[int]:
         return self.tokenizer.encode(self.image_text(geometry.num_tokens), add_special_tokens=False)
 
+    def normalise_processed(self, encoded: dict) -> dict:
+        encoded.pop("token_type_ids", None)  # forward derives it from the image token mask
+        return encoded
+
     def _process(self, texts, images, geometries) -> dict:
         if not self.native_resolution:
             # Gemma3's processor takes the images grouped per sample.
             has_images = any(images)
-            encoded = dict(
-                self.processor(
-                    text=texts, images=images if has_images else None, padding=True, return_tensors="pt"
-                )
+            encoded = self.processor(
+                text=texts, images=images if has_images else None, padding=True, return_tensors="pt"
             )
-            encoded.pop("token_type_ids", None)  # forward derives it from the image token mask
-            return encoded
+            return self.normalise_processed(dict(encoded))
         # The stock processor writes mm_tokens_per_image placeholders whatever the size, so at native
         # resolution the markers are expanded here from each image's geometry.
         sizes = {g.image_size for g in geometries}

@@ -224,8 +224,18 @@ class Gemma4Adapter(ImageTokenAdapter):
             num_tokens=rows * cols,
         )
 
-    def _process(self, texts, images, geometries) -> dict:
-        encoded = super()._process(texts, images, geometries)
+    def geometries_from_processed(self, input_ids, model_inputs, image_sizes=None) -> list[ImageGeometry]:
+        if image_sizes is not None:
+            return super().geometries_from_processed(input_ids, model_inputs, image_sizes)
+        # image_position_ids [N, P, 2]: each patch's (column, row), -1 on padding patches.
+        geometries = []
+        for positions in model_inputs["image_position_ids"]:
+            real = positions[(positions >= 0).all(-1)]
+            cols, rows = (int(value) + 1 for value in real.amax(0))
+            geometries.append(self.geometry(rows * self.patch, cols * self.patch))
+        return geometries
+
+    def normalise_processed(self, encoded: dict) -> dict:
         # Derived from the image token mask wherever the model needs them (image_token_types).
         encoded.pop("mm_token_type_ids", None)
         encoded.pop("num_soft_tokens_per_image", None)

@@ -166,6 +166,39 @@ class InternVLAdapter(ShuffledTilesAdapter):
         )
         return rows, cols
 
+    def tile_layouts(self, input_ids: torch.Tensor) -> list[tuple[int, int]]:
+        """Each image's placeholders are one run between <img> and </img>: its length gives the tile
+        count, and the tile grid follows where the count allows one grid only."""
+        tiling, per_tile = self.tiling(), self.token_side**2
+        layouts = []
+        for sample, ids in enumerate(input_ids):
+            positions = (ids == self.image_token_id).nonzero().flatten()
+            breaks = (positions.diff() != 1).nonzero().flatten() + 1
+            for run in positions.tensor_split(breaks.cpu()) if len(positions) else []:
+                tiles = len(run) // per_tile
+                if tiles * per_tile != len(run):
+                    raise ImageTokenMismatch(
+                        f"sample {sample}: an image has {len(run)} placeholders, not a whole number of "
+                        f"tiles of {per_tile}"
+                    )
+                if tiles == 1:
+                    layouts.append((1, 1))
+                    continue
+                grids = [
+                    (rows, (tiles - 1) // rows)
+                    for rows in range(1, tiles)
+                    if (tiles - 1) % rows == 0 and tiling["min_patches"] <= tiles - 1 <= tiling["max_patches"]
+                ]
+                if len(grids) != 1:
+                    shown = " or ".join(f"{rows}x{cols}" for rows, cols in grids) or "no grid"
+                    raise ValueError(
+                        f"sample {sample}: an image cut into {tiles - 1} tiles (+ the whole image) could be "
+                        f"laid out as {shown}; the processed outputs do not say which: pass "
+                        f"image_sizes=[(height, width), ...] (each image's own size, batch order)"
+                    )
+                layouts.append(grids[0])
+        return layouts
+
     def tiles(self, geometries) -> list[int]:
         return [g.num_tokens // self.token_side**2 for g in geometries]
 

@@ -79,6 +79,10 @@ class LlavaNextAdapter(LlavaAdapter):
             grid_offsets=offsets,
         )
 
+    def geometries_from_processed(self, input_ids, model_inputs, image_sizes=None) -> list[ImageGeometry]:
+        sizes = model_inputs["image_sizes"] if image_sizes is None else image_sizes  # each image's own size
+        return [self.geometry(int(height), int(width)) for height, width in sizes]
+
     def packed_grid(self, height: int, width: int) -> tuple[int, int]:
         """(rows, cols) of the stitched, unpadded tile features of an image of height x width."""
         vision = self.config.vision_config

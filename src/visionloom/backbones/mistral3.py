@@ -193,6 +193,11 @@ class Mistral3Adapter(ImageTokenAdapter):
         native = {"do_resize": False} if self.native_resolution else {}
         return super()._process(texts, images, geometries, **native)
 
+    def geometries_from_processed(self, input_ids, model_inputs, image_sizes=None) -> list[ImageGeometry]:
+        # The processor's image_sizes are the resized sizes, which the resizing keeps as they are.
+        sizes = model_inputs["image_sizes"] if image_sizes is None else image_sizes
+        return [self.geometry(int(height), int(width)) for height, width in sizes]
+
     def image_sizes(self, geometries) -> torch.Tensor:
         """[N, 2]: the pixel size each image enters the tower at, as the processor's `image_sizes`."""
         return torch.tensor([g.pixel_size for g in geometries])

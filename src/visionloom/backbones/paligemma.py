@@ -38,8 +38,7 @@ class PaliGemmaAdapter(PatchTokenAdapter):
     count_setting = "image_seq_length"
     projection_description = "none; one linear projection (prefix-LM: image and prompt attend both ways)"
 
-    def _process(self, texts, images, geometries) -> dict:
-        encoded = super()._process(texts, images, geometries)
+    def normalise_processed(self, encoded: dict) -> dict:
         types = encoded.pop("token_type_ids", None)
         if types is not None and bool((types != 0).any()):
             raise ValueError("prompts with a suffix (token_type_ids 1) are not inputs: give the prompt alone")

@@ -241,10 +241,22 @@ class Qwen2_5_VLAdapter(ImageTokenAdapter):
 
     def _process(self, texts, images, geometries) -> dict:
         native = {"do_resize": False} if self.native_resolution else {}
-        encoded = super()._process(texts, images, geometries, **native)
+        return super()._process(texts, images, geometries, **native)
+
+    def normalise_processed(self, encoded: dict) -> dict:
         # The image token mask carries the same information, and forward derives positions from it.
         encoded.pop("mm_token_type_ids", None)
         return encoded
+
+    def geometries_from_processed(self, input_ids, model_inputs, image_sizes=None) -> list[ImageGeometry]:
+        if image_sizes is not None:
+            return super().geometries_from_processed(input_ids, model_inputs, image_sizes)
+        # image_grid_thw [N, 3] counts patches of the resized image, which resizing keeps as it is.
+        patch = self.config.vision_config.patch_size
+        return [
+            self.geometry(int(rows) * patch, int(cols) * patch)
+            for _frames, rows, cols in model_inputs["image_grid_thw"].tolist()
+        ]
 
     def image_span_ids(self, geometry: ImageGeometry) -> list[int]:
         start = int(self.config.vision_start_token_id)

@@ -23,6 +23,7 @@ std never are.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,23 @@ class SmolVLMAdapter(ShuffledTilesAdapter):
             global_image_token=self.processor.global_image_token,
         )
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def tile_layouts(self, input_ids: torch.Tensor) -> list[tuple[int, int]]:
+        """From the markers the processor wrote: `<row_r_col_c>` before each tile, `<global-img>`
+        before an image's last (or only) tile."""
+        marker = re.compile(r"<row_(\d+)_col_(\d+)>")
+        global_token = self.processor.global_image_token
+        layouts = []
+        for ids in input_ids:
+            rows = cols = 0
+            for token in self.tokenizer.convert_ids_to_tokens(ids.tolist()):
+                found = marker.fullmatch(token)
+                if found:
+                    rows, cols = max(rows, int(found[1])), max(cols, int(found[2]))
+                elif token == global_token:
+                    layouts.append((rows, cols))
+                    rows = cols = 0
+        return layouts
 
     # ------------------------------------------------------------------ vision
     def encode_images(self, inputs: MultimodalInputs) -> VisionTokens:

@@ -90,6 +90,11 @@ class ShuffledTilesAdapter(ImageTokenAdapter):
 
     def geometry(self, height: int, width: int) -> ImageGeometry:
         rows, cols = self.tile_grid(height, width)
+        return self.layout_geometry(rows, cols, (height, width))
+
+    def layout_geometry(self, rows: int, cols: int, image_size: tuple[int, int]) -> ImageGeometry:
+        """The geometry of an image cut into rows x cols tiles (plus the whole-image tile when more than one)."""
+        height, width = image_size
         side = self.token_side
         mosaic = rows * cols > 1  # and then one whole-image tile after the others
         return ImageGeometry(
@@ -100,6 +105,19 @@ class ShuffledTilesAdapter(ImageTokenAdapter):
             num_tokens=(rows * cols + 1 if mosaic else 1) * side * side,
             grid_offsets=mosaic_offsets(rows, cols, side) if mosaic else None,
         )
+
+    def tile_layouts(self, input_ids: torch.Tensor) -> list[tuple[int, int]]:
+        """(rows, cols) of tiles per image, batch order, read from processed ids (families override)."""
+        raise NotImplementedError
+
+    def geometries_from_processed(self, input_ids, model_inputs, image_sizes=None) -> list[ImageGeometry]:
+        if image_sizes is not None:
+            return super().geometries_from_processed(input_ids, model_inputs, image_sizes)
+        # The tiles' own size stands for the image's, which the processed outputs do not keep.
+        return [
+            self.layout_geometry(rows, cols, (self.tile_size, self.tile_size))
+            for rows, cols in self.tile_layouts(input_ids)
+        ]
 
     def tile_layout(self, geometry: ImageGeometry) -> tuple[int, int]:
         """(rows, cols) of a geometry's mosaic, (0, 0) for an image that is one tile."""

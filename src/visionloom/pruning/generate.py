@@ -44,6 +44,9 @@ class Generated:
 
     tokens: list[list[int]]
     logits: list[torch.Tensor] | None = None
+    # [B, T]: the new tokens as `generate` returns them, each row's end token kept and the steps
+    # after it filled with the pad id.
+    sequences: torch.Tensor | None = None
     keep: list[torch.Tensor] | None = None  # per image, the placeholders left after the last drop
     lengths: list[tuple[int, torch.Tensor]] | None = None  # per stretch: layers, real tokens [B]
     prefill_seconds: float = 0.0  # wall clock of the pruned prefill
@@ -73,12 +76,22 @@ def chat_prompt(adapter: ImageTokenAdapter, question: str, style: str = "chat") 
 
 
 def stop_token_ids(adapter: ImageTokenAdapter) -> set[int]:
-    """The ids that end an answer: the generation config's end tokens and the tokenizer's."""
+    """The ids that end an answer: the generation config's end tokens, as `generate` stops. A
+    generation config without one runs to `max_new_tokens`, as `generate` does."""
     configured = adapter.model.generation_config.eos_token_id
-    ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
-    if adapter.tokenizer.eos_token_id is not None:
-        ids.add(int(adapter.tokenizer.eos_token_id))
-    return ids
+    return {int(i) for i in (configured if isinstance(configured, list) else [configured]) if i is not None}
+
+
+def pad_token_id(adapter: ImageTokenAdapter) -> int:
+    """The id `generate` writes after a row's end token: the generation config's pad id, else its
+    first end token, else the tokenizer's pad id."""
+    config = adapter.model.generation_config
+    if config.pad_token_id is not None:
+        return int(config.pad_token_id)
+    stops = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+    if stops and stops[0] is not None:
+        return int(stops[0])
+    return int(adapter.tokenizer.pad_token_id or 0)
 
 
 def sliding_window_layers(adapter: ImageTokenAdapter) -> bool:
@@ -215,23 +228,35 @@ def _decode(
 ) -> Generated:
     """Greedy decoding from the first logits [B, V]; `step(token [B], t)` gives the next logits."""
     stops = stop_token_ids(adapter)
+    pad = pad_token_id(adapter)
     batch = logits.shape[0]
     answers: list[list[int]] = [[] for _ in range(batch)]
     finished = [False] * batch
     kept: list[torch.Tensor] = []
+    columns: list[list[int]] = []  # per step, each row's token as generate writes it
     for t in range(max_new_tokens):
         if keep_logits:
             kept.append(logits)
         token = logits.argmax(-1)  # [B]
-        for row, value in enumerate(token.tolist()):
+        # One transfer per step: the stopping test needs the values on the host anyway.
+        values = token.tolist()
+        column = []
+        for row, value in enumerate(values):
+            if finished[row]:
+                column.append(pad)
+                continue
+            column.append(value)
+            finished[row] = value in stops
             if not finished[row]:
-                finished[row] = value in stops
-                if not finished[row]:
-                    answers[row].append(value)
+                answers[row].append(value)
+        columns.append(column)
         if all(finished) or t == max_new_tokens - 1:
             break
+        # A finished row is fed the pad id, as generate feeds it: its logits go on but are unused.
+        token = torch.tensor(column, dtype=token.dtype, device=token.device)
         logits = step(token, t)
-    return Generated(answers, kept if keep_logits else None)
+    sequences = torch.tensor(columns, dtype=torch.long).T.contiguous()  # [B, T]
+    return Generated(answers, kept if keep_logits else None, sequences=sequences)
 
 
 def _generate_encoder_decoder(adapter, inputs, tokens, decision, max_new_tokens, keep_logits) -> Generated:
