@@ -320,7 +320,9 @@ def sam_checkpoint(name: str = "sam-vit-base") -> Path:
     return directory
 
 
-def hub_cache(root: Path, repo_id: str, source: Path, *, commit: str, refs: tuple[str, ...] = ("main",)) -> Path:
+def hub_cache(
+    root: Path, repo_id: str, source: Path, *, commit: str, refs: tuple[str, ...] = ("main",)
+) -> Path:
     """`source`'s files laid out in a Hugging Face cache under `root` as `huggingface_hub` writes
     it: `models--org--name/blobs/<hash>` holding the bytes, `snapshots/<commit>/<file>` a relative
     link to its blob, and `refs/<name>` holding the commit. Returns the snapshot directory."""

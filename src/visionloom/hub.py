@@ -63,9 +63,13 @@ def checkpoint_path(name: str | Path, *, revision: str | None = None, setting: s
         )
     repo_id, named_revision = parsed
     if revision and named_revision and revision != named_revision:
-        raise CheckpointNotFound(f"{where}{text} names revision {named_revision!r} but {revision!r} was asked for")
+        raise CheckpointNotFound(
+            f"{where}{text} names revision {named_revision!r} but {revision!r} was asked for"
+        )
     # `checkpoints/llava` has the form of a hub id too: a miss names both readings.
-    local = "" if named_revision else f"no local directory {text} (relative to {Path.cwd()}) and, as a hub id, "
+    local = (
+        "" if named_revision else f"no local directory {text} (relative to {Path.cwd()}) and, as a hub id, "
+    )
     return _snapshot(repo_id, revision or named_revision, f"{where}{text}: {local}")
 
 
@@ -77,7 +81,9 @@ def _snapshot(repo_id: str, revision: str | None, missing: str) -> Path:
 
     try:
         return Path(
-            snapshot_download(repo_id, revision=revision, local_files_only=True, allow_patterns=CHECKPOINT_FILES)
+            snapshot_download(
+                repo_id, revision=revision, local_files_only=True, allow_patterns=CHECKPOINT_FILES
+            )
         )
     except HFValidationError as error:
         raise CheckpointNotFound(f"{missing}not a valid hub id ({error})") from None

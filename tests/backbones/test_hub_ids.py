@@ -55,7 +55,9 @@ def test_a_missing_model_offline_names_the_id_the_cache_folder_and_the_command(h
 
 def test_a_revision_missing_from_the_cache_is_named(hub_cache_dir):
     hub_cache(hub_cache_dir, REPO, checkpoint("llava-1.5-7b-hf"), commit=MAIN)
-    with pytest.raises(CheckpointNotFound, match=r"no snapshot for v9.*hf download llava-hf/llava-1.5-7b-hf --revision v9"):
+    with pytest.raises(
+        CheckpointNotFound, match=r"no snapshot for v9.*hf download llava-hf/llava-1.5-7b-hf --revision v9"
+    ):
         load(REPO, revision="v9")
 
 
@@ -72,7 +74,9 @@ def test_doctor_takes_a_hub_id_and_names_a_missing_one_in_one_line(hub_cache_dir
     missing = runner.invoke(app, ["doctor", "llava-hf/llava-1.5-13b-hf"])
     assert missing.exit_code == 1  # the doctor's verdict: not healthy, with the cause
     errors = [line for line in missing.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "llava-hf/llava-1.5-13b-hf" in errors[0] and "hf download" in errors[0], missing.output
+    assert len(errors) == 1 and "llava-hf/llava-1.5-13b-hf" in errors[0] and "hf download" in errors[0], (
+        missing.output
+    )
     assert "Traceback" not in missing.output and "┌" not in missing.output
 
 
@@ -83,5 +87,7 @@ def test_a_recipe_backbone_named_by_hub_id_resolves_through_the_cache(hub_cache_
     released = FIXTURES / "siglip-base-patch16-224"  # its config files: all that resolution reads
     snapshot = hub_cache(hub_cache_dir, "google/siglip-base-patch16-224", released, commit=MAIN)
     assert local_checkpoint("google/siglip-base-patch16-224", "model.vision.pretrained") == snapshot
-    with pytest.raises(ConfigError, match=r"model.vision.pretrained: google/siglip-so400m.*--set model.vision.pretrained="):
+    with pytest.raises(
+        ConfigError, match=r"model.vision.pretrained: google/siglip-so400m.*--set model.vision.pretrained="
+    ):
         local_checkpoint("google/siglip-so400m-patch14-384", "model.vision.pretrained")

@@ -35,7 +35,6 @@ def test_unsupported_model_type_lists_the_supported(tmp_path):
         adapter_for(tmp_path)
 
 
-
 def test_missing_projector_weights_are_refused(tmp_path):
     cached_preset("tiny-llava").save_pretrained(tmp_path)
     drop_weights(tmp_path, "multi_modal_projector")

@@ -54,14 +54,21 @@ def test_keep_all_through_the_wrapper_is_generate_token_for_token(name, side, im
     ours_in = processed(adapter, image, side)
     reference_side = side if model.config.is_encoder_decoder else "left"
     theirs_in = processed(adapter, image, reference_side)
-    options = {"max_new_tokens": STEPS, "do_sample": False, "return_dict_in_generate": True, "output_logits": True}
+    options = {
+        "max_new_tokens": STEPS,
+        "do_sample": False,
+        "return_dict_in_generate": True,
+        "output_logits": True,
+    }
     ours = wrap(model, adapter.processor, pruner="keep-all").generate(**ours_in, **options)
     theirs = model.generate(**theirs_in, **options)
     assert isinstance(ours, type(theirs))
     assert torch.equal(ours.sequences[:, : ours_in["input_ids"].shape[1]], ours_in["input_ids"]) or (
         model.config.is_encoder_decoder
     )
-    assert torch.equal(new_tokens(model, ours_in, ours.sequences), new_tokens(model, theirs_in, theirs.sequences))
+    assert torch.equal(
+        new_tokens(model, ours_in, ours.sequences), new_tokens(model, theirs_in, theirs.sequences)
+    )
     assert len(ours.logits) == len(theirs.logits) == STEPS
     for step, (mine, reference) in enumerate(zip(ours.logits, theirs.logits, strict=True)):
         torch.testing.assert_close(mine, reference, rtol=0, atol=1e-5, msg=f"step {step}")
@@ -75,9 +82,7 @@ def test_a_pruned_wrapper_generates_what_the_layer_generates_with_the_same_decis
     sequences = wrapped.generate(**outputs, max_new_tokens=STEPS)
     # The same batch through the layer's own path: inputs built, decided, generated.
     with padded_on(adapter, "left"):
-        inputs = adapter.build_inputs(
-            [image(112, 112, 1), image(112, 112, 2)], QUESTIONS
-        )
+        inputs = adapter.build_inputs([image(112, 112, 1), image(112, 112, 2)], QUESTIONS)
     with torch.no_grad():
         tokens = adapter.encode_images(inputs)
         decision = VisionZip().decide(adapter, inputs, tokens, 0.25)
@@ -119,7 +124,9 @@ def test_stopping_follows_the_generation_config_not_the_tokenizer(image):
     assert model.generation_config.eos_token_id is None
     outputs = processed(adapter, image, "left")
     free = model.generate(**outputs, max_new_tokens=STEPS, do_sample=False)
-    adapter.tokenizer.eos_token = adapter.tokenizer.convert_ids_to_tokens(int(new_tokens(model, outputs, free)[0, 1]))
+    adapter.tokenizer.eos_token = adapter.tokenizer.convert_ids_to_tokens(
+        int(new_tokens(model, outputs, free)[0, 1])
+    )
     ours = wrap(model, adapter.processor).generate(**outputs, max_new_tokens=STEPS)
     assert torch.equal(ours, model.generate(**outputs, max_new_tokens=STEPS, do_sample=False))
     assert new_tokens(model, outputs, ours).shape[1] == STEPS
@@ -180,10 +187,14 @@ def test_bad_names_inputs_and_ratios_are_refused_by_name(image):
     with pytest.raises(ValueError, match=r"keep_ratio 0 must be in \(0, 1\]"):
         wrap(adapter.model, adapter.processor, pruner="random", keep_ratio=0)
     wrapped = wrap(adapter.model, adapter.processor)
-    with pytest.raises(ValueError, match="pixel_mask: neither an input of LlavaForConditionalGeneration.forward"):
+    with pytest.raises(
+        ValueError, match="pixel_mask: neither an input of LlavaForConditionalGeneration.forward"
+    ):
         wrapped.generate(**outputs, pixel_mask=torch.ones(1), max_new_tokens=2)
     text_only = {k: v for k, v in outputs.items() if k != "pixel_values"}
-    text_only["input_ids"] = text_only["input_ids"].masked_fill(text_only["input_ids"] == adapter.image_token_id, 5)
+    text_only["input_ids"] = text_only["input_ids"].masked_fill(
+        text_only["input_ids"] == adapter.image_token_id, 5
+    )
     with pytest.raises(ValueError, match="no image .* nothing to prune"):
         wrapped.generate(**text_only, max_new_tokens=2)
 
@@ -191,7 +202,9 @@ def test_bad_names_inputs_and_ratios_are_refused_by_name(image):
 def test_an_unsupported_model_is_refused_by_name():
     from transformers import BertConfig, BertModel
 
-    model = BertModel(BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8))
+    model = BertModel(
+        BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)
+    )
     with pytest.raises(ValueError, match=r"BertModel \(model_type 'bert'\) is not a supported family"):
         wrap(model, None)
 
@@ -214,4 +227,8 @@ def test_the_output_class_is_transformers_own(image):
         **outputs, max_new_tokens=2, return_dict_in_generate=True, output_scores=True
     )
     assert isinstance(out, GenerateDecoderOnlyOutput)
-    assert out.logits is None and len(out.scores) == 2 and out.scores[0].shape == (2, adapter.model.config.text_config.vocab_size)
+    assert (
+        out.logits is None
+        and len(out.scores) == 2
+        and out.scores[0].shape == (2, adapter.model.config.text_config.vocab_size)
+    )

@@ -530,7 +530,9 @@ class ImageTokenAdapter(ABC):
             image_positions=positions,
         )
 
-    def _counts_per_sample(self, image_token_mask: torch.Tensor, geometries: list[ImageGeometry]) -> list[list[int]]:
+    def _counts_per_sample(
+        self, image_token_mask: torch.Tensor, geometries: list[ImageGeometry]
+    ) -> list[list[int]]:
         """Each sample's placeholder count per image: geometries are taken in batch order, as many
         for a sample as its placeholders hold."""
         counts: list[list[int]] = []

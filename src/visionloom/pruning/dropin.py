@@ -108,7 +108,9 @@ def make_named_pruner(adapter: ImageTokenAdapter, name: str, settings: dict[str,
     """A pruner by name with settings from `PRUNER_SETTINGS`; ValueError naming what is unknown."""
     unknown = sorted(set(settings) - set(PRUNER_SETTINGS))
     if unknown:
-        raise ValueError(f"unknown pruner setting(s) {', '.join(unknown)}; known: {', '.join(PRUNER_SETTINGS)}")
+        raise ValueError(
+            f"unknown pruner setting(s) {', '.join(unknown)}; known: {', '.join(PRUNER_SETTINGS)}"
+        )
     if name == "learned":
         raise ValueError(
             "pruner 'learned' is trained on the scene questions by `visionloom prune eval`; it cannot be "
@@ -209,7 +211,11 @@ class PrunedModel:
             )
         new = generated.sequences.to(input_ids.device)  # [B, T]
         if self.model.config.is_encoder_decoder:
-            start = config.decoder_start_token_id if config.decoder_start_token_id is not None else config.bos_token_id
+            start = (
+                config.decoder_start_token_id
+                if config.decoder_start_token_id is not None
+                else config.bos_token_id
+            )
             prefix = torch.full((new.shape[0], 1), int(start), dtype=new.dtype, device=new.device)
         else:
             prefix = input_ids
@@ -244,7 +250,11 @@ def refuse_unfollowed(config: GenerationConfig) -> None:
     """ValueError naming the first setting (passed or in the generation config) that the pruned
     greedy loop would not follow."""
     for key, value in config.to_diff_dict().items():
-        if key not in FOLLOWED and key not in SAMPLING_ONLY and not (key in NEUTRAL and value == NEUTRAL[key]):
+        if (
+            key not in FOLLOWED
+            and key not in SAMPLING_ONLY
+            and not (key in NEUTRAL and value == NEUTRAL[key])
+        ):
             raise ValueError(
                 f"{key}={value!r} (a generate option, or in the model's generation_config) is not followed by the "
                 f"pruned generation, which decodes greedily and stops at the end token or the length limit; "
