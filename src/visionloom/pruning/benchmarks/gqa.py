@@ -10,6 +10,11 @@ question id -> entry, and the images as `images/{imageId}.jpg`:
 in `image_dir` (default ROOT/images). The file is untrusted: every entry is checked (an object
 with a string imageId, question and answer; an image id that names a file inside the image folder,
 and that file exists) and all problems are reported at once, each with its question id.
+
+Where ROOT holds no JSON release but lmms-eval's parquet data set (`lmms-lab/GQA`), that is read
+instead: the questions from `testdev_balanced_instructions/testdev-*.parquet` (`id`, `imageId`,
+`question`, `answer`, `fullAnswer`, ...) and the images, embedded, from
+`testdev_balanced_images/testdev-*.parquet` (`id` = the imageId, `image`), with the same checks.
 """
 
 from __future__ import annotations
@@ -19,25 +24,37 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from visionloom.data.errors import DatasetFormatError, all_or_refuse, resolve_inside
+from visionloom.images import EmbeddedImage
+from visionloom.pruning.benchmarks.parquet import parquet_files, read_rows
 from visionloom.pruning.benchmarks.question import SHORT_ANSWER, BenchmarkQuestion
 
 QUESTION_FILE = "testdev_balanced_questions.json"
+# lmms-lab/GQA's two configurations of testdev-balanced, one folder of shards each.
+PARQUET_QUESTIONS, PARQUET_IMAGES, PARQUET_SHARDS = (
+    "testdev_balanced_instructions",
+    "testdev_balanced_images",
+    "testdev-*.parquet",
+)
 
 
 @dataclass(frozen=True)
 class GqaQuestion:
     question_id: str
-    image: Path  # resolved, inside the image folder
+    image: Path | EmbeddedImage  # resolved, inside the image folder; or the parquet row's bytes
     text: str
     answer: str  # the release's short answer, compared exactly (GQA's eval.py)
 
 
-def find_question_file(root: Path) -> Path:
+def find_question_file(root: Path) -> Path | None:
+    """The JSON release file, or None where ROOT holds the parquet data set instead."""
     for candidate in (root / QUESTION_FILE, root / "questions" / QUESTION_FILE):
         if candidate.is_file():
             return candidate
+    if parquet_files(root / PARQUET_QUESTIONS, PARQUET_SHARDS):
+        return None
     raise DatasetFormatError(
-        f"{root}: no {QUESTION_FILE} (looked in {root} and {root / 'questions'}); it is in GQA's questions1.2.zip"
+        f"{root}: no {QUESTION_FILE} (looked in {root} and {root / 'questions'}; it is in GQA's "
+        f"questions1.2.zip) and no lmms-lab/GQA parquet shards ({root / PARQUET_QUESTIONS / PARQUET_SHARDS})"
     )
 
 
@@ -62,6 +79,8 @@ def read_gqa(root: str | Path, image_dir: str | Path | None = None) -> list[GqaQ
     """Every testdev-balanced question, checked; one DatasetFormatError listing every problem."""
     root = Path(root)
     question_file = find_question_file(root)
+    if question_file is None:
+        return read_gqa_parquet(root)
     images = Path(image_dir) if image_dir is not None else root / "images"
     if not images.is_dir():
         raise DatasetFormatError(f"{images}: no image folder; GQA's images.zip unpacks to images/")
@@ -77,6 +96,39 @@ def read_gqa(root: str | Path, image_dir: str | Path | None = None) -> list[GqaQ
         raise DatasetFormatError(f"{question_file}: expected an object of question id -> question")
     checked = (_check_entry(question_id, entry, images) for question_id, entry in content.items())
     return all_or_refuse(question_file, checked, "questions")
+
+
+def read_gqa_parquet(root: Path) -> list[GqaQuestion]:
+    """testdev-balanced from lmms-lab/GQA's parquet shards, every row checked as a JSON entry is."""
+    image_shards = parquet_files(root / PARQUET_IMAGES, PARQUET_SHARDS)
+    if not image_shards:
+        raise DatasetFormatError(
+            f"{root / PARQUET_IMAGES}: no {PARQUET_SHARDS}; lmms-lab/GQA keeps the images in that configuration"
+        )
+    images: dict[str, EmbeddedImage | None] = {}
+    for row in read_rows(image_shards, ("id", "image"), image_column="image"):
+        images[str(row["id"])] = row["image"]
+    shards = parquet_files(root / PARQUET_QUESTIONS, PARQUET_SHARDS)
+    seen: set[str] = set()
+
+    def check(row: dict) -> tuple[GqaQuestion | None, list[str]]:
+        where = f"{row['_source']} (question {row['id']})"
+        problems = []
+        for key in ("id", "imageId", "question", "answer"):
+            if not isinstance(row.get(key), str) or not row[key].strip():
+                problems.append(f"{where}: {key} {row.get(key)!r} is not a non-empty string")
+        if problems:
+            return None, problems
+        if row["id"] in seen:
+            return None, [f"{where}: question id {row['id']} appears twice"]
+        seen.add(row["id"])
+        image = images.get(row["imageId"])
+        if image is None:
+            return None, [f"{where}: image {row['imageId']!r} is not in {root / PARQUET_IMAGES}"]
+        return GqaQuestion(row["id"], image, row["question"], row["answer"]), []
+
+    rows = read_rows(shards, ("id", "imageId", "question", "answer"))
+    return all_or_refuse(root / PARQUET_QUESTIONS, (check(row) for row in rows), "questions")
 
 
 def questions(root: Path, subset: str = "random", image_dir: str | None = None) -> list[BenchmarkQuestion]:

@@ -11,6 +11,13 @@ on 500 COCO val2014 images, half of them answered yes:
 four fields with their types, a label of yes or no, an image name that stays inside the image
 folder and exists, no repeated question id) and all problems are reported at once, each with
 its line number.
+
+Where ROOT holds no JSON release but lmms-eval's parquet data set (`lmms-lab/POPE`:
+`data/test-0000k-of-00003.parquet`, 9000 rows, all three subsets, the image embedded), that is
+read instead, row by row with the same checks, and the subset's rows kept by their `category`:
+
+    {"id": "0", "question_id": "1", "question": "Is there a snowboard in the image?", "answer": "yes",
+     "image_source": "COCO_val2014_000000310196", "image": {"bytes": ...}, "category": "random"}
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from visionloom.data.errors import DatasetFormatError, all_or_refuse, resolve_inside
+from visionloom.images import EmbeddedImage
+from visionloom.pruning.benchmarks.parquet import parquet_files, read_rows
 from visionloom.pruning.benchmarks.question import SHORT_ANSWER, BenchmarkQuestion
 
 SUBSETS = ("random", "popular", "adversarial")
@@ -29,23 +38,33 @@ LABELS = ("yes", "no")
 @dataclass(frozen=True)
 class PopeQuestion:
     question_id: int
-    image: Path  # resolved, inside the image folder
+    image: Path | EmbeddedImage  # resolved, inside the image folder; or the parquet row's bytes
     text: str
     label: str  # "yes" or "no"
-    line: int  # 1-based line in the question file, for messages
+    line: int  # 1-based line in the question file (parquet: row across the shards), for messages
 
 
-def find_question_file(root: Path, subset: str) -> Path:
+PARQUET_SHARDS = "test-*.parquet"  # lmms-lab/POPE keeps them in data/
+
+
+def find_question_file(root: Path, subset: str) -> Path | None:
+    """The subset's JSON release file, or None where ROOT holds the parquet data set instead."""
     if subset not in SUBSETS:
         raise ValueError(f"POPE subset {subset!r}; the release has {', '.join(SUBSETS)}")
     name = f"coco_pope_{subset}.json"
     for candidate in (root / name, root / "output" / "coco" / name):
         if candidate.is_file():
             return candidate
+    if parquet_shards(root):
+        return None
     raise DatasetFormatError(
-        f"{root}: no {name} (looked in {root} and {root / 'output' / 'coco'}); POPE's release has it "
-        "in output/coco/"
+        f"{root}: no {name} (looked in {root} and {root / 'output' / 'coco'}; POPE's release has it "
+        f"in output/coco/) and no lmms-lab/POPE parquet shards ({root / 'data' / PARQUET_SHARDS})"
     )
+
+
+def parquet_shards(root: Path) -> list[Path]:
+    return parquet_files(root / "data", PARQUET_SHARDS) or parquet_files(root, PARQUET_SHARDS)
 
 
 def _check_line(
@@ -85,6 +104,8 @@ def read_pope(
     """Every question of a POPE subset, checked; one DatasetFormatError listing every problem."""
     root = Path(root)
     question_file = find_question_file(root, subset)
+    if question_file is None:
+        return read_pope_parquet(root, subset)
     images = Path(image_dir) if image_dir is not None else root / "val2014"
     if not images.is_dir():
         raise DatasetFormatError(
@@ -101,6 +122,44 @@ def read_pope(
         _check_line(number, line, images, seen) for number, line in enumerate(lines, start=1) if line.strip()
     )
     return all_or_refuse(question_file, checked, "questions")
+
+
+def read_pope_parquet(root: Path, subset: str) -> list[PopeQuestion]:
+    """A subset's questions from lmms-lab/POPE's parquet shards, every row checked as a JSON line is."""
+    shards = parquet_shards(root)
+    rows = read_rows(shards, ("question_id", "question", "answer", "category", "image"), image_column="image")
+    seen: set[int] = set()
+
+    def check(number: int, row: dict) -> tuple[PopeQuestion | None, list[str]]:
+        where = row["_source"]
+        if row["category"] not in SUBSETS:
+            return None, [f"{where}: category {row['category']!r} is not one of {', '.join(SUBSETS)}"]
+        if row["category"] != subset:
+            return None, []
+        problems = []
+        raw_id = row["question_id"]
+        question_id = int(raw_id) if isinstance(raw_id, str) and raw_id.strip().isdigit() else raw_id
+        if isinstance(question_id, bool) or not isinstance(question_id, int):
+            problems.append(f"{where}: question_id {raw_id!r} is not an integer")
+        elif question_id in seen:
+            problems.append(f"{where}: question_id {raw_id!r} appears twice in the {subset} subset")
+        else:
+            seen.add(question_id)
+        text = row["question"]
+        if not isinstance(text, str) or not text.strip():
+            problems.append(f"{where}: question {text!r} is not a question")
+        # lmms-eval's rule for the gold answer: lower-cased, stripped.
+        label = row["answer"].lower().strip() if isinstance(row["answer"], str) else row["answer"]
+        if label not in LABELS:
+            problems.append(f"{where}: answer {row['answer']!r} is not yes or no")
+        if row["image"] is None:
+            problems.append(f"{where}: no image bytes")
+        if problems:
+            return None, problems
+        return PopeQuestion(question_id, row["image"], text, label, number), []
+
+    checked = (check(number, row) for number, row in enumerate(rows, start=1))
+    return all_or_refuse(shards[0].parent, checked, f"questions of the {subset} subset")
 
 
 def questions(root: Path, subset: str = "random", image_dir: str | None = None) -> list[BenchmarkQuestion]:
