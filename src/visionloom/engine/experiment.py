@@ -58,7 +58,7 @@ def run_experiment(
     finished run while it still holds the lock (save a checkpoint, write a report); its result
     is returned.
     """
-    accelerator = make_accelerator(config.train)
+    accelerator = make_accelerator(config.train, run_dir)
     main = accelerator.is_main_process
     with open_run(
         lock_dir or run_dir, resume=resume, overwrite=overwrite, main=main, data_root=data_root

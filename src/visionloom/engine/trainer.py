@@ -21,7 +21,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,6 +51,7 @@ from visionloom.engine.checkpoint import (
 )
 from visionloom.engine.interrupt import DeferredInterrupt, TrainingInterrupted
 from visionloom.engine.run import best_weights, say
+from visionloom.engine.trackers import Tracker, make_trackers, purge_after
 from visionloom.progress import PLAIN_LINES_PER_PHASE, clock, is_terminal
 
 logger = logging.getLogger("visionloom")
@@ -105,6 +106,8 @@ class TrainConfig:
     eval_every: NonNegativeInt = 0  # validate every N steps; 0 = only at the end
     num_workers: NonNegativeInt = 0
     seed: int = 0
+    # Where the curves go besides RUN/train_log.csv: tensorboard, wandb, mlflow, or a list ([] for none).
+    log_with: list[Tracker] | Tracker = "tensorboard"
 
     def __post_init__(self):
         if (self.steps is None) == (self.epochs is None):
@@ -150,13 +153,15 @@ def resolve_precision(precision: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
-def make_accelerator(config: TrainConfig) -> Accelerator:
-    """The Accelerator for `config`; without a GPU, processes started by `accelerate launch
-    --multi_gpu` (accelerate's torchrun launcher) train together on CPU over gloo."""
+def make_accelerator(config: TrainConfig, run_dir: Path | None = None) -> Accelerator:
+    """The Accelerator for `config`, logging to `config.log_with`'s trackers under `run_dir`;
+    without a GPU, processes started by `accelerate launch --multi_gpu` (accelerate's torchrun
+    launcher) train together on CPU over gloo."""
     return Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=resolve_precision(config.precision),
         gradient_accumulation_steps=config.grad_accum,
+        log_with=(make_trackers(config.log_with, run_dir) if run_dir is not None else None) or None,
     )
 
 
@@ -269,7 +274,7 @@ class Trainer:
     ):
         self.config = config
         self.run_dir = Path(run_dir)
-        self.accelerator = accelerator or make_accelerator(config)
+        self.accelerator = accelerator or make_accelerator(config, self.run_dir)
         self.loader = loader  # its batch_sampler has set_epoch(epoch, start)
         self.batches_per_epoch = len(loader.batch_sampler)
         if self.batches_per_epoch < config.grad_accum:
@@ -382,14 +387,17 @@ class Trainer:
             with open(log_file) as handle:
                 rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= start_step]
         self._csv_rows = rows
-        tensorboard = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=start_step + 1)
-        except ImportError:
-            pass
-        return log_file, tensorboard
+        trackers = list(self.accelerator.log_with)
+        if start_step > 0:
+            purge_after(trackers, start_step)
+        # The train settings go to the trackers that keep a run's configuration (W&B, MLflow).
+        self.accelerator.trackers = []  # a second fit on the same accelerator starts them afresh
+        self.accelerator.init_trackers("visionloom")
+        settings = {key: str(value) for key, value in asdict(self.config).items()}
+        for tracker in self.accelerator.trackers:
+            if tracker.name != "tensorboard":
+                tracker.store_init_configuration(settings)
+        return log_file, bool(trackers)
 
     def _write_csv(self, log_file: Path) -> None:
         if not self._csv_rows:
@@ -417,15 +425,14 @@ class Trainer:
             self._say(f"validation at step {step}: {shown}")
             row = {"step": step, **{f"val_{k}": round(v, 4) for k, v in metrics.items()}}
             self._csv_rows.append(row)
-            if self._tensorboard is not None:
-                for key, value in metrics.items():
-                    self._tensorboard.add_scalar(f"val/{key}", value, step)
+            if self._tracking:
+                self.accelerator.log({f"val/{key}": value for key, value in metrics.items()}, step=step)
 
     # ------------------------------------------------------------------ loop
     def fit(self, resume: bool = False) -> TrainResult:
         config = self.config
         state = self._restore() if resume else LoopState()
-        log_file, self._tensorboard = self._open_logs(state.step)
+        log_file, self._tracking = self._open_logs(state.step)
         self.model.train()
         started = self._started = time.perf_counter()
         self._seconds = lambda: state.seconds_before + time.perf_counter() - started
@@ -462,8 +469,11 @@ class Trainer:
             try:
                 if log_file is not None:
                     self._write_csv(log_file)
-                if self._tensorboard is not None:
-                    self._tensorboard.close()
+                if self._tracking:
+                    # Each tracker finished, not `end_training`, which would also end the process
+                    # group that the final evaluation still uses.
+                    for tracker in self.accelerator.trackers:
+                        tracker.finish()
             except OSError:
                 if not failing:  # else the error already on its way (a full disk) says it all
                     raise
@@ -660,7 +670,8 @@ class Trainer:
             "seconds": round(seconds, 2),
         }
         self._csv_rows.append(row)
-        if self._tensorboard is not None:
-            for key in ("loss", *losses, "lr", "samples_per_s"):
-                self._tensorboard.add_scalar(f"train/{key}", row[key], step)
+        if self._tracking:
+            self.accelerator.log(
+                {f"train/{key}": row[key] for key in ("loss", *losses, "lr", "samples_per_s")}, step=step
+            )
         return float(total.detach())
