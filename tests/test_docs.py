@@ -308,6 +308,23 @@ def check_script(words: list[str], where: str) -> None:
             assert f'"{word.split("=")[0]}"' in source, f"{where}: {words[0]} has no option {word}"
 
 
+def check_lmms_eval(arguments: list[str], where: str) -> None:
+    """`lmms-eval --model visionloom --model_args ...`: lmms-eval is installed and finds the model,
+    and every model argument is one the model takes."""
+    import inspect
+
+    from lmms_eval.models import get_model
+
+    from visionloom.pruning.dropin import PRUNER_SETTINGS
+
+    assert arguments[arguments.index("--model") + 1] == "visionloom", where
+    model = get_model("visionloom")
+    known = {*inspect.signature(model.__init__).parameters, *PRUNER_SETTINGS} - {"self", "settings"}
+    given = arguments[arguments.index("--model_args") + 1]
+    for pair in given.split(","):
+        assert pair.split("=")[0] in known, f"{where}: --model_args {pair}: the model takes {sorted(known)}"
+
+
 def run_command(words: list[str], block: Block, run: bool, where: str) -> None:
     from typer.testing import CliRunner
 
@@ -335,6 +352,8 @@ def run_command(words: list[str], block: Block, run: bool, where: str) -> None:
                     assert (ROOT / argument.split("::")[0]).exists(), f"{where}: no {argument}"
         else:
             check_script(arguments, where)
+    elif program == ".venv/bin/lmms-eval":
+        check_lmms_eval(arguments, where)
     elif program == "bash":
         assert (ROOT / arguments[0]).is_file(), f"{where}: no {arguments[0]}"
     elif program in ("mkdir", "cp", "ls"):

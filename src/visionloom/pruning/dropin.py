@@ -25,8 +25,10 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput, GenerateEnc
 
 from visionloom.backbones.base import ImageTokenAdapter
 from visionloom.backbones.registry import ADAPTERS
+from visionloom.backbones.types import MultimodalInputs
 from visionloom.pruning.build import PRUNERS
 from visionloom.pruning.config import PruneConfig
+from visionloom.pruning.generate import Generated
 from visionloom.pruning.generate import generate as pruned_generate
 from visionloom.pruning.pruners import KeepAll, Pruner
 
@@ -178,9 +180,7 @@ class PrunedModel:
                 not take, or inputs without an image.
         """
         options = {key: kwargs.pop(key) for key in list(kwargs) if hasattr(GenerationConfig(), key)}
-        config = copy.deepcopy(generation_config or self.model.generation_config)
-        config.update(**options)
-        refuse_unfollowed(config)
+        config = self.generation_config_for(generation_config, options)
         # Each image's (height, width): a processor output of some families, a hint for others.
         sizes = kwargs.get("image_sizes")
         if sizes is not None and "image_sizes" not in self._model_input_names:
@@ -193,22 +193,14 @@ class PrunedModel:
                 f"{', '.join(unknown)}: neither an input of {type(self.model).__name__}.forward nor a "
                 "generate option the pruned generation follows"
             )
-        device = self.model.device
         attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         geometries = adapter.geometries_from_processed(input_ids, model_inputs, sizes)
         if not geometries:
             raise ValueError(
                 "the inputs hold no image (no pixel values): nothing to prune; call the model's own generate"
             )
-        inputs = adapter.inputs_from_processed(input_ids, attention_mask, model_inputs, geometries).to(device)
-        max_new_tokens = self._max_new_tokens(config, input_ids.shape[1])
-        want_logits = bool(config.return_dict_in_generate and (config.output_scores or config.output_logits))
-        tokens = adapter.encode_images(inputs)
-        decision = self.pruner.decide(adapter, inputs, tokens, self.keep_ratio)
-        with _generation_config(self.model, config):
-            generated = pruned_generate(
-                adapter, inputs, tokens, decision, max_new_tokens=max_new_tokens, keep_logits=want_logits
-            )
+        inputs = adapter.inputs_from_processed(input_ids, attention_mask, model_inputs, geometries)
+        generated = self._generate(inputs, config)
         new = generated.sequences.to(input_ids.device)  # [B, T]
         if self.model.config.is_encoder_decoder:
             start = (
@@ -231,6 +223,45 @@ class PrunedModel:
         if self.model.config.is_encoder_decoder:
             return GenerateEncoderDecoderOutput(**fields_)
         return GenerateDecoderOnlyOutput(**fields_)
+
+    @torch.no_grad()
+    def generate_from_inputs(self, inputs: MultimodalInputs, **options: Any) -> Generated:
+        """The pruned generation of inputs the layer built (`adapter.build_inputs`), for code that
+        starts from images and texts rather than processor outputs (the lmms-eval model).
+
+        Args:
+            inputs: from `self.adapter.build_inputs` (padded on either side).
+            **options: generation options, as `generate` takes them.
+
+        Returns:
+            `Generated`: per sample the answer's ids up to its end token, and `sequences` [B, T].
+        """
+        return self._generate(inputs, self.generation_config_for(None, options))
+
+    def generation_config_for(
+        self, generation_config: GenerationConfig | None, options: dict
+    ) -> GenerationConfig:
+        """The model's (or the given) generation config updated with `options`; ValueError naming
+        a setting the pruned loop would not follow."""
+        unknown = sorted(key for key in options if not hasattr(GenerationConfig(), key))
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)}: not a generation option")
+        config = copy.deepcopy(generation_config or self.model.generation_config)
+        config.update(**options)
+        refuse_unfollowed(config)
+        return config
+
+    def _generate(self, inputs: MultimodalInputs, config: GenerationConfig) -> Generated:
+        adapter = self.adapter
+        inputs = inputs.to(self.model.device)
+        max_new_tokens = self._max_new_tokens(config, inputs.input_ids.shape[1])
+        want_logits = bool(config.return_dict_in_generate and (config.output_scores or config.output_logits))
+        tokens = adapter.encode_images(inputs)
+        decision = self.pruner.decide(adapter, inputs, tokens, self.keep_ratio)
+        with _generation_config(self.model, config):
+            return pruned_generate(
+                adapter, inputs, tokens, decision, max_new_tokens=max_new_tokens, keep_logits=want_logits
+            )
 
     def _max_new_tokens(self, config: GenerationConfig, prompt_length: int) -> int:
         """`max_new_tokens`, or what `max_length` leaves after the prompt (the decoder's start token)."""

@@ -52,11 +52,11 @@ class Generated:
     prefill_seconds: float = 0.0  # wall clock of the pruned prefill
 
 
-def chat_prompt(adapter: ImageTokenAdapter, question: str, style: str = "chat") -> str:
-    """The text for one image and one question: the checkpoint's chat template with a generation
-    prompt ("chat"), or `<image>\\n{question}` as the scene VLMs were trained ("plain")."""
+def chat_prompt(adapter: ImageTokenAdapter, question: str, style: str = "chat", images: int = 1) -> str:
+    """The text for `images` images and one question: the checkpoint's chat template with a
+    generation prompt ("chat"), or `<image>\\n{question}` as the scene VLMs were trained ("plain")."""
     if style == "plain":
-        return f"<image>\n{question}"
+        return "<image>\n" * images + question
     if style != "chat":
         raise ValueError(f"prompt style {style!r} is not one of {', '.join(PROMPT_STYLES)}")
     template = getattr(adapter.processor, "chat_template", None) or adapter.tokenizer.chat_template
@@ -65,7 +65,8 @@ def chat_prompt(adapter: ImageTokenAdapter, question: str, style: str = "chat") 
             f"{adapter.family}: the checkpoint has no chat template (chat_template.jinja or "
             f"chat_template.json); for a model trained without one, use the plain prompt (--set prompt=plain)"
         )
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    content = [{"type": "image"}] * images + [{"type": "text", "text": question}]
+    messages = [{"role": "user", "content": content}]
     text = adapter.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     tokenizer = adapter.tokenizer
     bos = tokenizer.bos_token
