@@ -17,7 +17,10 @@ presets = Commands(no_args_is_help=True, help="Tiny random-weight presets of eac
 
 @commands.command()
 def doctor(
-    model: str = typer.Argument(..., help="A local checkpoint directory or a preset name."),
+    model: str = typer.Argument(
+        ...,
+        help="A local checkpoint directory, a hub id (org/name, from the Hugging Face cache) or a preset name.",
+    ),
     image_size: str | None = typer.Option(None, "--image-size", help="HEIGHTxWIDTH of the test image."),
     native: bool = typer.Option(
         False, "--native", help="Feed pixels at their own size (no processor resize)."

@@ -30,7 +30,7 @@ def ground_train(
     ),
     out: Path = typer.Option(..., "--out", help="Run directory."),
     vlm: str | None = typer.Option(
-        None, "--vlm", help="Frozen VLM: a checkpoint directory or a preset name."
+        None, "--vlm", help="Frozen VLM: a checkpoint directory, a hub id (org/name) or a preset name."
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's latest checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in OUT."),

@@ -37,7 +37,7 @@ class SamSettings:
 @dataclass
 class GroundingConfig:
     name: str = "grounding"
-    vlm: str | None = None  # a local checkpoint directory, or a preset name (random weights: the control)
+    vlm: str | None = None  # a checkpoint directory or hub id, or a preset name (random weights: the control)
     vlm_seed: int = 0  # weights of a preset
     prompt: str = DEFAULT_PROMPT
     merge: Literal["mean", "max"] = "mean"  # how attention is merged over the expression's tokens

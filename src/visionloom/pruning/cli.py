@@ -22,7 +22,9 @@ def prune_eval(
         help="scenes: a synth-scenes directory; pope: the POPE release root; gqa: the GQA root.",
     ),
     out: Path = typer.Option(Path("runs/prune"), "--out", help="Folder for the table, plot and results."),
-    vlm: str | None = typer.Option(None, "--vlm", help="The VLM: a checkpoint directory."),
+    vlm: str | None = typer.Option(
+        None, "--vlm", help="The VLM: a checkpoint directory or a hub id (org/name)."
+    ),
     overrides: list[str] = set_option("max_questions=100"),
 ) -> None:
     """Accuracy (and POPE's precision, recall, F1, yes-ratio), prefill time and FLOPs for each pruner

@@ -34,7 +34,7 @@ PrunerName = Literal[
 @dataclass
 class PruneConfig:
     name: str = "scenes"
-    vlm: str | None = None  # a checkpoint directory (from `vlm pretrain`, or a real VLM)
+    vlm: str | None = None  # a checkpoint directory (from `vlm pretrain`, or a real VLM) or a hub id
     # scenes: the synthetic scene questions, teacher-forced; pope / gqa: the released benchmarks
     # (pruning/benchmarks/), answered by generating.
     benchmark: Literal["scenes", "pope", "gqa"] = "scenes"

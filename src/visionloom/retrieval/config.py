@@ -44,7 +44,7 @@ class VQFitConfig:
 
 @dataclass
 class BackboneConfig:
-    pretrained: str | None = None  # a local checkpoint directory; null = the tiny random-weight config
+    pretrained: str | None = None  # a checkpoint directory or hub id; null = the tiny random-weight config
     tiny: dict[str, Any] = field(default_factory=dict)  # overrides of the tiny config
 
 
