@@ -50,6 +50,18 @@ class Generated:
     keep: list[torch.Tensor] | None = None  # per image, the placeholders left after the last drop
     lengths: list[tuple[int, torch.Tensor]] | None = None  # per stretch: layers, real tokens [B]
     prefill_seconds: float = 0.0  # wall clock of the pruned prefill
+    cache_bytes: int = 0  # the key/value caches' size at the end (every stretch's layers)
+
+
+def cache_nbytes(cache) -> int:
+    """Bytes held by a transformers cache's keys and values (every layer that has them)."""
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for name in ("keys", "values"):
+            tensor = getattr(layer, name, None)
+            if isinstance(tensor, torch.Tensor):
+                total += tensor.numel() * tensor.element_size()
+    return total
 
 
 def chat_prompt(adapter: ImageTokenAdapter, question: str, style: str = "chat", images: int = 1) -> str:
@@ -202,7 +214,10 @@ def generate(
         lambda token, step: _step(adapter, state, token, position + step),
         keep_logits,
     )
-    return replace(generated, keep=state.keep, lengths=state.lengths, prefill_seconds=seconds)
+    held = sum(cache_nbytes(stretch.cache) for stretch in state.stretches if stretch.cache is not None)
+    return replace(
+        generated, keep=state.keep, lengths=state.lengths, prefill_seconds=seconds, cache_bytes=held
+    )
 
 
 def _step(
