@@ -45,14 +45,18 @@ def batch_inputs(adapter, side: int, batch: int):
     return adapter.build_inputs(images, [QUESTION] * batch)
 
 
-def median_seconds(run, repeats: int) -> float:
-    run()  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
+def median_seconds(runs: dict, repeats: int) -> dict[str, float]:
+    """Each run's median wall time over `repeats`, the runs taken in turn (A B A B ...) so that a
+    drift of the machine's speed falls on all of them alike; one warm-up each first."""
+    for run in runs.values():
         run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 @torch.no_grad()
@@ -77,17 +81,27 @@ def measure(adapter, side: int, batch: int, new_tokens: int, repeats: int) -> di
     def ours(wrapper: PrunedModel, steps: int):
         return lambda: wrapper.generate_from_inputs(inputs, max_new_tokens=steps)
 
-    reference = median_seconds(transformers_generate(new_tokens), repeats)
-    loop = median_seconds(ours(keep_all, new_tokens), repeats)
+    seconds = median_seconds(
+        {
+            "generate": transformers_generate(new_tokens),
+            "full": ours(keep_all, new_tokens),
+            "full first": ours(keep_all, 1),
+            "pruned": ours(pruned, new_tokens),
+            "pruned first": ours(pruned, 1),
+        },
+        repeats,
+    )
+    reference, loop = seconds["generate"], seconds["full"]
     figures = {"image_tokens": count, "batch": batch, "new_tokens": new_tokens}
     figures.update(generate_s=reference, loop_s=loop, loop_over_generate=loop / reference)
     for name, wrapper in (("full", keep_all), ("pruned", pruned)):
-        first = median_seconds(ours(wrapper, 1), repeats)
-        whole = median_seconds(ours(wrapper, new_tokens), repeats)
+        first, whole = seconds[f"{name} first"], seconds[name]
         generated = wrapper.generate_from_inputs(inputs, max_new_tokens=new_tokens)
         figures[name] = {
             "ttft_s": first,
-            "decode_tokens_per_s": batch * (new_tokens - 1) / max(whole - first, 1e-9),
+            "decode_tokens_per_s": batch * (new_tokens - 1) / (whole - first)
+            if whole > first
+            else float("nan"),
             "cache_bytes": generated.cache_bytes,
             "prefill_flops": prefill_flops(adapter, generated.lengths),
         }

@@ -263,6 +263,16 @@ def prune_sequence(
 
     kept = [keep_mask[row].nonzero().flatten() for row in range(batch)]
     rows = sequence_layout(inputs.attention_mask, kept)  # [B, S'] source position, -1 for fill
+    if rows.shape == (batch, length) and bool((rows == torch.arange(length)).all()):
+        # Nothing dropped: the layout is the batch itself, and gathering would only copy it.
+        return PrunedSequence(
+            inputs_embeds=embeds,
+            attention_mask=inputs.attention_mask,
+            model_kwargs=dict(kwargs),
+            kept_positions=kept,
+            image_token_mask=inputs.image_token_mask,
+            layout=rows,
+        )
 
     def gather(tensor: torch.Tensor, fill) -> torch.Tensor:
         return gather_layout(tensor, rows, fill)
