@@ -18,12 +18,21 @@ Neither wins everywhere, so every command:
   idle one, unless the user set a policy.
 
 Both must be in the environment before torch is imported, which the CLI's callback guarantees.
+
+A decision taken once at start does not survive a machine that fills up later: two threads on a
+machine where other processes took one core wait on each other for every descheduled sibling, and
+training slowed 5 to 15 times (`benchmarks/under_load.py`). So while a run trains, `ThreadGovernor`
+follows the load: every few seconds it reads how much CPU the other processes used (Linux's
+/proc/stat, less this process's own CPU time) and sets torch's thread count to the cores they
+left free, between 1 and the count chosen at start. A count the user chose (`--threads`,
+`OMP_NUM_THREADS`) is kept as it is.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 
@@ -50,6 +59,12 @@ def machine_is_busy(threads: int) -> bool:
         return False
 
 
+# "governed": the count was chosen here and may follow the load (not the user's `--threads` or
+# OMP_NUM_THREADS, which stay fixed; nor a process that never configured threads, e.g. a library
+# user's). "ours": the OMP_NUM_THREADS this module wrote, so a second call does not take it for the user's.
+_state: dict = {"governed": False, "ours": None}
+
+
 def configure_threads(requested: int | None = None) -> int:
     """Set the thread count (requested > OMP_NUM_THREADS > physical cores) and the wait policy.
 
@@ -57,12 +72,16 @@ def configure_threads(requested: int | None = None) -> int:
     """
     if requested is not None and requested < 1:
         raise ValueError(f"--threads must be at least 1, got {requested}")
+    given = os.environ.get("OMP_NUM_THREADS")
+    users = given if given != _state["ours"] else None
     if requested is not None:
         threads = requested
-    elif os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
-        threads = int(os.environ["OMP_NUM_THREADS"])
+    elif users is not None and users.isdigit() and int(users) > 0:
+        threads = int(users)
     else:
         threads = physical_cores_available()
+    _state["governed"] = requested is None and users is None
+    _state["ours"] = str(threads)
     # torch reads MKL_NUM_THREADS too and lets it win, so both say the same.
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     if "OMP_WAIT_POLICY" not in os.environ and machine_is_busy(threads):
@@ -70,3 +89,55 @@ def configure_threads(requested: int | None = None) -> int:
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
     return threads
+
+
+def _busy_seconds() -> float | None:
+    """CPU seconds every CPU of the machine spent busy since boot (/proc/stat), or None off Linux."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(value) for value in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle and iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class ThreadGovernor:
+    """Torch's thread count, following the load while a run goes on (see the module docstring).
+
+    `update()` is cheap to call every step: it measures only every `interval` seconds.
+    """
+
+    def __init__(self, interval: float = 2.0):
+        import torch
+
+        self.torch = torch
+        self.most = torch.get_num_threads()
+        self.cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self.enabled = _state["governed"] and self.most > 1 and _busy_seconds() is not None
+        self.interval = interval
+        self.changes: list[tuple[float, int]] = []  # (seconds into the run, threads) at each change
+        self._started = time.monotonic()
+        self._last = self._measure()
+
+    def _measure(self) -> tuple[float, float, float]:
+        return time.monotonic(), _busy_seconds() or 0.0, time.process_time()
+
+    def others(self, since: tuple[float, float, float], now: tuple[float, float, float]) -> float:
+        """Cores the other processes kept busy between two measurements."""
+        wall = max(now[0] - since[0], 1e-9)
+        return max(0.0, ((now[1] - since[1]) - (now[2] - since[2])) / wall)
+
+    def update(self) -> int:
+        """The thread count now; changed when the other processes' load says so."""
+        current = self.torch.get_num_threads()
+        if not self.enabled or time.monotonic() - self._last[0] < self.interval:
+            return current
+        now = self._measure()
+        free = self.cpus - self.others(self._last, now)
+        self._last = now
+        wanted = max(1, min(self.most, int(free + 0.5)))
+        if wanted != current:
+            self.torch.set_num_threads(wanted)
+            self.changes.append((round(now[0] - self._started, 1), wanted))
+        return wanted

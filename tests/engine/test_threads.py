@@ -17,6 +17,11 @@ def clean_env(monkeypatch):
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY"):
         monkeypatch.setenv(name, "")  # recorded, so the test's own changes are undone afterwards
         monkeypatch.delenv(name)
+    import visionloom.threads as threads
+
+    monkeypatch.setattr(
+        threads, "_state", dict(threads._state)
+    )  # whether threads are governed, restored after
     before = torch.get_num_threads()
     yield monkeypatch
     torch.set_num_threads(before)
@@ -70,3 +75,65 @@ def test_cli_threads_reach_torch_before_it_starts():
     }
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.split()[-2] == "1"  # the wait policy depends on the load: tested above
+
+
+class FakeMachine:
+    """The clocks the governor reads: wall time, the machine's busy CPU seconds, this process's."""
+
+    def __init__(self, monkeypatch):
+        import visionloom.threads as threads
+
+        self.wall = self.busy = self.own = 0.0
+        monkeypatch.setattr(threads.time, "monotonic", lambda: self.wall)
+        monkeypatch.setattr(threads.time, "process_time", lambda: self.own)
+        monkeypatch.setattr(threads, "_busy_seconds", lambda: self.busy)
+        monkeypatch.setattr(threads.os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+
+    def run(self, seconds: float, own_cores: float, other_cores: float) -> None:
+        self.wall += seconds
+        self.own += seconds * own_cores
+        self.busy += seconds * (own_cores + other_cores)
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_the_thread_count_follows_the_other_processes_while_a_run_goes_on(
+    monkeypatch, clean_env, two_threads
+):
+    import visionloom.threads as threads
+
+    configure_threads(None)  # chosen here: the count may follow the load
+    torch.set_num_threads(2)
+    machine = FakeMachine(monkeypatch)
+    governor = threads.ThreadGovernor(interval=2.0)
+    machine.run(2.0, own_cores=2.0, other_cores=0.0)
+    assert governor.update() == 2  # idle: all cores
+    machine.run(2.0, own_cores=1.0, other_cores=1.0)  # a busy process arrives and takes a core
+    assert governor.update() == 1 and torch.get_num_threads() == 1
+    machine.run(1.0, own_cores=1.0, other_cores=0.0)
+    assert governor.update() == 1  # measured only every 2 s
+    machine.run(2.0, own_cores=1.0, other_cores=0.0)  # it left
+    assert governor.update() == 2 and torch.get_num_threads() == 2
+    machine.run(2.0, own_cores=0.7, other_cores=1.3)  # two busy processes share the machine with it
+    assert governor.update() == 1
+    assert [threads for _, threads in governor.changes] == [1, 2, 1]
+
+
+def test_a_count_the_user_chose_stays_fixed_under_load(monkeypatch, clean_env, two_threads):
+    import visionloom.threads as threads
+
+    configure_threads(2)  # --threads 2
+    machine = FakeMachine(monkeypatch)
+    governor = threads.ThreadGovernor(interval=2.0)
+    machine.run(2.0, own_cores=1.0, other_cores=1.0)
+    assert governor.update() == 2 and governor.changes == []
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's environment, not a count visionloom wrote
+    monkeypatch.setitem(threads._state, "ours", None)
+    configure_threads(None)
+    assert not threads.ThreadGovernor().enabled

@@ -53,6 +53,7 @@ from visionloom.engine.interrupt import DeferredInterrupt, TrainingInterrupted
 from visionloom.engine.run import best_weights, say
 from visionloom.engine.trackers import Tracker, make_trackers, purge_after
 from visionloom.progress import PLAIN_LINES_PER_PHASE, clock, is_terminal
+from visionloom.threads import ThreadGovernor
 
 logger = logging.getLogger("visionloom")
 
@@ -433,6 +434,7 @@ class Trainer:
         config = self.config
         state = self._restore() if resume else LoopState()
         log_file, self._tracking = self._open_logs(state.step)
+        self._threads = ThreadGovernor()
         self.model.train()
         started = self._started = time.perf_counter()
         self._seconds = lambda: state.seconds_before + time.perf_counter() - started
@@ -582,6 +584,10 @@ class Trainer:
     def _after_step(self, state: LoopState, epoch: int, losses, total, progress, log_file) -> None:
         config, step = self.config, state.step
         at_end = step == self.total_steps
+        before = len(self._threads.changes)
+        threads = self._threads.update()  # follows the machine's load (visionloom.threads)
+        if len(self._threads.changes) > before:
+            self._say(f"threads: {threads} at step {step} (other processes left {threads} core(s) free)")
         if step % config.log_every == 0 or at_end:
             samples, since = self._window
             throughput = samples / max(1e-9, time.perf_counter() - since)
