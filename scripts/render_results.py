@@ -176,6 +176,50 @@ def render_prune_speed(records: list[dict]) -> list[str]:
     return table(header, rows) + ["", provenance(records)]
 
 
+def render_generate_speed(records: list[dict]) -> list[str]:
+    (record,) = records
+    rows = [
+        [
+            name,
+            f["layers"],
+            f"**{f['loop_over_generate']:.3f}**",
+            f"{f['full']['ttft_s'] * 1000:.0f} / {f['pruned']['ttft_s'] * 1000:.0f}",
+            f"{f['ttft_speedup']:.2f}",
+            f"{f['flops_ratio']:.2f}",
+            f"**{f['ttft_speedup_over_flops_ratio']:.2f}**",
+            f"{f['full']['decode_tokens_per_s']:.1f} / {f['pruned']['decode_tokens_per_s']:.1f}",
+            f"{f['full']['cache_bytes'] / 2**20:.0f} / {f['pruned']['cache_bytes'] / 2**20:.0f}",
+        ]
+        for name, f in record["figures"].items()
+    ]
+    header = [
+        "model shape, batch",
+        "LM layers",
+        "loop / generate",
+        "first token, full / 64 kept (ms)",
+        "speed-up",
+        "FLOPs ratio",
+        "speed-up / FLOPs ratio",
+        "decoding, full / pruned (tokens/s)",
+        "KV cache, full / pruned (MiB)",
+    ]
+    return table(header, rows) + ["", provenance(records)]
+
+
+def render_under_load(records: list[dict]) -> list[str]:
+    (record,) = records
+    rows = []
+    for policy, by_load in record["figures"].items():
+        cells = [policy, f"{by_load['0']['seconds_per_step'] * 1000:.0f}"]
+        for competitors in ("1", "2"):
+            cells.append(
+                f"{by_load[competitors]['seconds_per_step'] * 1000:.0f} (**{by_load[competitors]['slowdown']:.2f}x**)"
+            )
+        rows.append(cells)
+    header = ["thread policy", "idle (ms/step)", "beside 1 busy process", "beside 2 busy processes"]
+    return table(header, rows) + ["", provenance(records)]
+
+
 def render_eval_speed(records: list[dict]) -> list[str]:
     (record,) = records
     f = record["figures"]
@@ -309,6 +353,8 @@ RENDERERS: dict[str, Callable[[list[dict]], list[str]]] = {
     "doctor": render_doctor,
     "one_pass": render_one_pass,
     "prune_speed": render_prune_speed,
+    "generate_speed": render_generate_speed,
+    "under_load": render_under_load,
     "eval_speed": render_eval_speed,
     "train_step": render_train_step,
     "recipe_step": render_recipe_step,
