@@ -3,6 +3,9 @@ CPU-bound processes that this script starts and stops itself, under visionloom's
 (the count follows the load while the run goes on) and under a fixed count of all cores (torch's
 default, and the policy before it followed the load).
 
+The busy processes are, by default, other torch jobs (matrix products on torch's default threads)
+in sessions of their own, as when two people train on one machine; `--competitor python` makes them
+plain Python loops, `--same-session` starts them in this script's session.
 Each run is `visionloom retrieval train phase3` in a fresh process; its speed is read from the
 run's own log (seconds between two logged steps after the warm-up), so start-up and data loading
 are left out. Prints the slowdown against the idle run of the same policy.
@@ -25,7 +28,12 @@ from pathlib import Path
 
 from visionloom.results import write_results  # first: it reads the load average at start
 
-BUSY = "while True:\n    pass\n"  # one core's worth of work that never sleeps
+# The processes beside the run: another torch job (matrix products on torch's default threads,
+# which spin while they wait, as a second training run does), or a plain Python loop (one core).
+COMPETITORS = {
+    "torch": "import torch\na = torch.randn(384, 384)\nwhile True:\n    a @ a\n",
+    "python": "while True:\n    pass\n",
+}
 WARM_UP = 5  # steps left out of the timing
 
 
@@ -59,6 +67,15 @@ def main() -> None:
     parser.add_argument(
         "--ids", type=int, default=120, help="identities of the synthetic data (default: 120)"
     )
+    parser.add_argument(
+        "--competitor", choices=sorted(COMPETITORS), default="torch",
+        help="what the busy processes run: another torch job (default) or a Python loop",
+    )  # fmt: skip
+    parser.add_argument(
+        "--same-session", action="store_true",
+        help="start the busy processes in this session (as one person's own jobs from one shell); by "
+        "default each has its own, as other people's jobs do (Linux shares the CPU between sessions first)",
+    )  # fmt: skip
     parser.add_argument("--results", help="also write the figures to this results file (JSON)")
     args = parser.parse_args()
     figures: dict = {}
@@ -82,9 +99,14 @@ def main() -> None:
         for policy, fixed in (("follows the load", False), ("fixed, all cores", True)):
             row = {}
             for competitors in (0, 1, 2):
-                busy = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(competitors)]
+                busy = [
+                    subprocess.Popen(
+                        [sys.executable, "-c", COMPETITORS[args.competitor]], start_new_session=True
+                    )
+                    for _ in range(competitors)
+                ]
                 try:
-                    time.sleep(1.0 if competitors else 0.0)  # let them take their share first
+                    time.sleep(3.0 if competitors else 0.0)  # let them start and take their share first
                     out = work / f"run-{int(fixed)}-{competitors}"
                     seconds, changes = train_seconds(data, out, args.steps, fixed)
                 finally:
@@ -95,13 +117,14 @@ def main() -> None:
                 slowdown = seconds / row[0]["seconds_per_step"]
                 row[competitors]["slowdown"] = slowdown
                 print(
-                    f"{policy}: beside {competitors} busy process(es): {seconds * 1000:.0f} ms per step, "
+                    f"{policy}: beside {competitors} busy {args.competitor} process(es): {seconds * 1000:.0f} ms per step, "
                     f"slowdown {slowdown:.2f}x" + (f" ({changes})" if changes else ""),
                     flush=True,
                 )
             figures[policy] = row
     if args.results:
-        write_results(args.results, "under_load", figures, seeds=[0])
+        setting = {"competitor": args.competitor, "same_session": args.same_session}
+        write_results(args.results, "under_load", {**setting, **figures}, seeds=[0])
 
 
 if __name__ == "__main__":

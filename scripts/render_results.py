@@ -207,17 +207,23 @@ def render_generate_speed(records: list[dict]) -> list[str]:
 
 
 def render_under_load(records: list[dict]) -> list[str]:
-    (record,) = records
-    rows = []
-    for policy, by_load in record["figures"].items():
-        cells = [policy, f"{by_load['0']['seconds_per_step'] * 1000:.0f}"]
-        for competitors in ("1", "2"):
-            cells.append(
-                f"{by_load[competitors]['seconds_per_step'] * 1000:.0f} (**{by_load[competitors]['slowdown']:.2f}x**)"
-            )
-        rows.append(cells)
-    header = ["thread policy", "idle (ms/step)", "beside 1 busy process", "beside 2 busy processes"]
-    return table(header, rows) + ["", provenance(records)]
+    lines = []
+    for record in records:
+        figures = dict(record["figures"])
+        competitor, same = figures.pop("competitor"), figures.pop("same_session")
+        where = "in the run's own session" if same else "each in a session of its own"
+        lines += [f"Busy processes: {competitor} jobs, {where}.", ""]
+        rows = []
+        for policy, by_load in figures.items():
+            cells = [policy, f"{by_load['0']['seconds_per_step'] * 1000:.0f}"]
+            for competitors in ("1", "2"):
+                cells.append(
+                    f"{by_load[competitors]['seconds_per_step'] * 1000:.0f} (**{by_load[competitors]['slowdown']:.2f}x**)"
+                )
+            rows.append(cells)
+        header = ["thread policy", "idle (ms/step)", "beside 1 busy process", "beside 2 busy processes"]
+        lines += table(header, rows) + [""]
+    return lines + [provenance(records)]
 
 
 def render_eval_speed(records: list[dict]) -> list[str]:
