@@ -13,9 +13,11 @@ Neither wins everywhere, so every command:
 
 - uses as many threads as the physical cores this process may run on (its CPU affinity), or
   what `--threads` or `OMP_NUM_THREADS` says;
-- lets waiting threads sleep (`OMP_WAIT_POLICY=PASSIVE`) when the machine is already busy at
-  start (1-minute load average at least the thread count), and keeps OpenMP's spinning on an
-  idle one, unless the user set a policy.
+- lets waiting threads sleep (`OMP_WAIT_POLICY=PASSIVE`) when the user fixed the count and the
+  machine is already busy at start (1-minute load average at least the thread count), and keeps
+  OpenMP's spinning otherwise, unless the user set a policy. A count chosen here follows the load
+  instead (below), which a decision taken once at start cannot: a load average still high from
+  work that has finished made whole runs wait passively on an idle machine, about a quarter slower.
 
 Both must be in the environment before torch is imported, which the CLI's callback guarantees.
 
@@ -84,7 +86,10 @@ def configure_threads(requested: int | None = None) -> int:
     _state["ours"] = str(threads)
     # torch reads MKL_NUM_THREADS too and lets it win, so both say the same.
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
-    if "OMP_WAIT_POLICY" not in os.environ and machine_is_busy(threads):
+    # A count that follows the load drops to one thread when the machine fills up, and one thread
+    # waits on no sibling: spinning costs nothing there and is faster idle. A fixed count cannot
+    # adapt, so there waiting threads sleep when the machine is busy at start.
+    if "OMP_WAIT_POLICY" not in os.environ and not _state["governed"] and machine_is_busy(threads):
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)

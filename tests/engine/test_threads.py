@@ -37,7 +37,7 @@ def test_requested_beats_environment_beats_cores(clean_env):
     assert os.environ["OMP_NUM_THREADS"] == "1"  # child processes inherit the choice
 
 
-def test_waiting_threads_sleep_only_on_a_busy_machine(clean_env):
+def test_waiting_threads_sleep_only_on_a_busy_machine_with_a_fixed_count(clean_env):
     import os
 
     from visionloom import threads
@@ -46,7 +46,9 @@ def test_waiting_threads_sleep_only_on_a_busy_machine(clean_env):
     configure_threads(2)
     assert "OMP_WAIT_POLICY" not in os.environ  # idle: OpenMP's own spinning, the faster there
     clean_env.setattr(threads.os, "getloadavg", lambda: (5.0, 5.0, 5.0))
-    configure_threads(2)
+    configure_threads(None)  # a count that follows the load: it drops to one thread instead
+    assert "OMP_WAIT_POLICY" not in os.environ
+    configure_threads(2)  # --threads 2: fixed, so its waiting threads sleep on a busy machine
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
 
 

@@ -40,7 +40,7 @@ from visionloom.retrieval.train import ensure_tokenizers, load_trained, train_or
 
 # The default: phase 4 against phase 3 (the first phase is what the others are compared with),
 # 3 seeds each, and the baseline once as the reference row. 150 steps per run keeps the seven
-# runs, the VQ fit and the evaluations inside the 10 minutes the demo may take on 2 CPU cores.
+# runs, the VQ fit and the evaluations inside the 5 minutes the demo may take on 2 idle CPU cores.
 DEFAULT = {"phases": "phase3,phase4", "reference": "baseline", "ids": 300, "steps": 150, "seeds": 3}
 # `demo --quick`: the pipeline end to end in under a minute on 2 cores: the reference alone. Phase 4
 # is left out: its VQ fit and generative head take minutes at any size that learns (measured: 120
