@@ -73,7 +73,7 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument(
         "--same-session", action="store_true",
-        help="start the busy processes in this session (as one person's own jobs from one shell); by "
+        help="start the busy processes in the script's own login session (one person's jobs from one shell); by "
         "default each has its own, as other people's jobs do (Linux shares the CPU between sessions first)",
     )  # fmt: skip
     parser.add_argument("--results", help="also write the figures to this results file (JSON)")

@@ -63,8 +63,8 @@ def machine_is_busy(threads: int) -> bool:
 
 # "governed": the count was chosen here and may follow the load (not the user's `--threads` or
 # OMP_NUM_THREADS, which stay fixed; nor a process that never configured threads, e.g. a library
-# user's). "ours": the OMP_NUM_THREADS this module wrote, so a second call does not take it for the user's.
-_state: dict = {"governed": False, "ours": None}
+# user's). "written": the OMP_NUM_THREADS this module wrote, so a second call does not take it for the user's.
+_state: dict = {"governed": False, "written": None}
 
 
 def configure_threads(requested: int | None = None) -> int:
@@ -75,7 +75,7 @@ def configure_threads(requested: int | None = None) -> int:
     if requested is not None and requested < 1:
         raise ValueError(f"--threads must be at least 1, got {requested}")
     given = os.environ.get("OMP_NUM_THREADS")
-    users = given if given != _state["ours"] else None
+    users = given if given != _state["written"] else None
     if requested is not None:
         threads = requested
     elif users is not None and users.isdigit() and int(users) > 0:
@@ -83,7 +83,7 @@ def configure_threads(requested: int | None = None) -> int:
     else:
         threads = physical_cores_available()
     _state["governed"] = requested is None and users is None
-    _state["ours"] = str(threads)
+    _state["written"] = str(threads)
     # torch reads MKL_NUM_THREADS too and lets it win, so both say the same.
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     # A count that follows the load drops to one thread when the machine fills up, and one thread

@@ -136,6 +136,6 @@ def test_a_count_the_user_chose_stays_fixed_under_load(monkeypatch, clean_env, t
     machine.run(2.0, own_cores=1.0, other_cores=1.0)
     assert governor.update() == 2 and governor.changes == []
     monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's environment, not a count visionloom wrote
-    monkeypatch.setitem(threads._state, "ours", None)
+    monkeypatch.setitem(threads._state, "written", None)
     configure_threads(None)
     assert not threads.ThreadGovernor().enabled
