@@ -1,7 +1,8 @@
 """Training on a shared machine: a fixed slice of phase-3 training, idle and beside one and two
 CPU-bound processes that this script starts and stops itself, under visionloom's thread policy
-(the count follows the load while the run goes on) and under a fixed count of all cores (torch's
-default, and the policy before it followed the load).
+(the count follows the load while the run goes on), under a fixed count of all cores (the policy
+before it followed the load), and under a fixed count whose waiting threads spin
+(`OMP_WAIT_POLICY=ACTIVE`).
 
 The busy processes are, by default, other torch jobs (matrix products on torch's default threads)
 in sessions of their own, as when two people train on one machine; `--competitor python` makes them
@@ -37,13 +38,21 @@ COMPETITORS = {
 WARM_UP = 5  # steps left out of the timing
 
 
-def train_seconds(data: Path, out: Path, steps: int, fixed: bool) -> tuple[float, str]:
+# Thread policies: what the run's environment sets. visionloom's own (the count follows the load);
+# all cores fixed, as visionloom chooses the wait policy; all cores fixed, spinning while waiting.
+POLICIES = {
+    "follows the load": {},
+    "fixed, all cores": {"OMP_NUM_THREADS": str(os.cpu_count())},
+    "fixed, all cores, spinning": {"OMP_NUM_THREADS": str(os.cpu_count()), "OMP_WAIT_POLICY": "ACTIVE"},
+}
+
+
+def train_seconds(data: Path, out: Path, steps: int, policy: dict[str, str]) -> tuple[float, str]:
     """Seconds per step after the warm-up, and the thread changes the run logged."""
     env = dict(os.environ)
     env.pop("OMP_NUM_THREADS", None)
     env.pop("OMP_WAIT_POLICY", None)
-    if fixed:
-        env["OMP_NUM_THREADS"] = str(os.cpu_count())
+    env.update(policy)
     command = [
         sys.executable, "-m", "visionloom.cli", "retrieval", "train", "phase3", "--data", str(data),
         "--out", str(out), "--set", f"train.steps={steps}", "--set", "train.log_every=1",
@@ -96,7 +105,7 @@ def main() -> None:
             check=True,
             capture_output=True,
         )
-        for policy, fixed in (("follows the load", False), ("fixed, all cores", True)):
+        for number, (policy, settings) in enumerate(POLICIES.items()):
             row = {}
             for competitors in (0, 1, 2):
                 busy = [
@@ -107,8 +116,8 @@ def main() -> None:
                 ]
                 try:
                     time.sleep(3.0 if competitors else 0.0)  # let them start and take their share first
-                    out = work / f"run-{int(fixed)}-{competitors}"
-                    seconds, changes = train_seconds(data, out, args.steps, fixed)
+                    out = work / f"run-{number}-{competitors}"
+                    seconds, changes = train_seconds(data, out, args.steps, settings)
                 finally:
                     for process in busy:
                         process.kill()
