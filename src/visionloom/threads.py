@@ -17,13 +17,13 @@ Neither wins everywhere, so every command:
   machine is already busy at start (1-minute load average at least the thread count), and keeps
   OpenMP's spinning otherwise, unless the user set a policy. A count chosen here follows the load
   instead (below), which a decision taken once at start cannot: a load average still high from
-  work that has finished made whole runs wait passively on an idle machine, about a quarter slower.
+  work that has finished made whole runs wait passively on an idle machine, and slower.
 
 Both must be in the environment before torch is imported, which the CLI's callback guarantees.
 
 A decision taken once at start does not survive a machine that fills up later: two threads on a
-machine where other processes took one core wait on each other for every descheduled sibling, and
-training slowed 5 to 15 times (`benchmarks/under_load.py`). So while a run trains, `ThreadGovernor`
+machine where other processes took one core wait on each other for every descheduled sibling,
+several times slower when they spin (`benchmarks/under_load.py`). So while a run trains, `ThreadGovernor`
 follows the load: every few seconds it reads how much CPU the other processes used (Linux's
 /proc/stat, less this process's own CPU time) and sets torch's thread count to the cores they
 left free, between 1 and the count chosen at start. A count the user chose (`--threads`,
