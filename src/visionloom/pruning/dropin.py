@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-from dataclasses import fields
 from typing import Any
 
 import torch
@@ -37,6 +36,9 @@ ALIASES = {"fastv": "text-attention", "prumerge": "tower-attention-merge"}
 
 # Pruner settings `wrap` passes on (the rest of a PruneConfig concerns `prune eval`'s benchmark runs).
 PRUNER_SETTINGS = ("tower_block", "text_layer", "pdrop_layers", "seed")
+
+# GenerationConfig's defaults: which names are generation options, and each one's default.
+DEFAULTS = GenerationConfig()
 
 # Generation settings the pruned loop follows; the sampling settings below only matter when sampling,
 # and `generate` ignores them too when decoding greedily.
@@ -123,8 +125,7 @@ def make_named_pruner(adapter: ImageTokenAdapter, name: str, settings: dict[str,
         return KeepAll()
     if canonical not in PRUNERS:
         raise ValueError(f"unknown pruner {name!r}; known: {', '.join(pruner_names())}")
-    defaults = {f.name: f.default for f in fields(PruneConfig) if f.name in PRUNER_SETTINGS}
-    config = PruneConfig(**{**defaults, **settings})
+    config = PruneConfig(**settings)
     if canonical in ("text-attention", "pdrop"):
         adapter.use_eager_attention()  # they rank by attention weights, which only eager attention returns
     return PRUNERS[canonical](config, adapter, [], None)
@@ -179,7 +180,7 @@ class PrunedModel:
             ValueError: an option the pruned generation does not follow, an input the model does
                 not take, or inputs without an image.
         """
-        options = {key: kwargs.pop(key) for key in list(kwargs) if hasattr(GenerationConfig(), key)}
+        options = {key: kwargs.pop(key) for key in list(kwargs) if hasattr(DEFAULTS, key)}
         config = self.generation_config_for(generation_config, options)
         # Each image's (height, width): a processor output of some families, a hint for others.
         sizes = kwargs.get("image_sizes")
@@ -243,7 +244,7 @@ class PrunedModel:
     ) -> GenerationConfig:
         """The model's (or the given) generation config updated with `options`; ValueError naming
         a setting the pruned loop would not follow."""
-        unknown = sorted(key for key in options if not hasattr(GenerationConfig(), key))
+        unknown = sorted(key for key in options if not hasattr(DEFAULTS, key))
         if unknown:
             raise ValueError(f"{', '.join(unknown)}: not a generation option")
         config = copy.deepcopy(generation_config or self.model.generation_config)
@@ -258,10 +259,15 @@ class PrunedModel:
         want_logits = bool(config.return_dict_in_generate and (config.output_scores or config.output_logits))
         tokens = adapter.encode_images(inputs)
         decision = self.pruner.decide(adapter, inputs, tokens, self.keep_ratio)
-        with _generation_config(self.model, config):
-            return pruned_generate(
-                adapter, inputs, tokens, decision, max_new_tokens=max_new_tokens, keep_logits=want_logits
-            )
+        return pruned_generate(
+            adapter,
+            inputs,
+            tokens,
+            decision,
+            max_new_tokens=max_new_tokens,
+            keep_logits=want_logits,
+            generation_config=config,
+        )
 
     def _max_new_tokens(self, config: GenerationConfig, prompt_length: int) -> int:
         """`max_new_tokens`, or what `max_length` leaves after the prompt (the decoder's start token)."""
@@ -295,18 +301,4 @@ def refuse_unfollowed(config: GenerationConfig) -> None:
 
 def _neutral(key: str) -> str:
     """The value that turns a setting off (else GenerationConfig's own default, mostly None)."""
-    return f"{key}={NEUTRAL.get(key, getattr(GenerationConfig(), key, None))!r}"
-
-
-class _generation_config:
-    """The model's generation config replaced for one call (the pruned loop reads its end and pad ids)."""
-
-    def __init__(self, model: PreTrainedModel, config: GenerationConfig):
-        self.model, self.config = model, config
-
-    def __enter__(self) -> None:
-        self.saved = self.model.generation_config
-        self.model.generation_config = self.config
-
-    def __exit__(self, *exc: object) -> None:
-        self.model.generation_config = self.saved
+    return f"{key}={NEUTRAL.get(key, getattr(DEFAULTS, key, None))!r}"

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, replace
 
 import torch
-from transformers import DynamicCache, EncoderDecoderCache
+from transformers import DynamicCache, EncoderDecoderCache, GenerationConfig
 from transformers.modeling_outputs import BaseModelOutput
 
 from visionloom.backbones.base import ImageTokenAdapter
@@ -88,23 +88,26 @@ def chat_prompt(adapter: ImageTokenAdapter, question: str, style: str = "chat", 
     return text
 
 
-def stop_token_ids(adapter: ImageTokenAdapter) -> set[int]:
-    """The ids that end an answer: the generation config's end tokens, as `generate` stops. A
-    generation config without one runs to `max_new_tokens`, as `generate` does."""
-    configured = adapter.model.generation_config.eos_token_id
-    return {int(i) for i in (configured if isinstance(configured, list) else [configured]) if i is not None}
+def _end_ids(config: GenerationConfig) -> list[int]:
+    """The generation config's end tokens (one id or a list), in order."""
+    ids = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+    return [int(i) for i in ids if i is not None]
 
 
-def pad_token_id(adapter: ImageTokenAdapter) -> int:
+def stop_token_ids(adapter: ImageTokenAdapter, config: GenerationConfig | None = None) -> set[int]:
+    """The ids that end an answer: the generation config's end tokens (default: the model's), as
+    `generate` stops. A generation config without one runs to `max_new_tokens`, as `generate` does."""
+    return set(_end_ids(config or adapter.model.generation_config))
+
+
+def pad_token_id(adapter: ImageTokenAdapter, config: GenerationConfig | None = None) -> int:
     """The id `generate` writes after a row's end token: the generation config's pad id, else its
     first end token, else the tokenizer's pad id."""
-    config = adapter.model.generation_config
+    config = config or adapter.model.generation_config
     if config.pad_token_id is not None:
         return int(config.pad_token_id)
-    stops = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
-    if stops and stops[0] is not None:
-        return int(stops[0])
-    return int(adapter.tokenizer.pad_token_id or 0)
+    ends = _end_ids(config)
+    return ends[0] if ends else int(adapter.tokenizer.pad_token_id or 0)
 
 
 def sliding_window_layers(adapter: ImageTokenAdapter) -> bool:
@@ -165,6 +168,7 @@ def generate(
     *,
     max_new_tokens: int,
     keep_logits: bool = False,
+    generation_config: GenerationConfig | None = None,
 ) -> Generated:
     """Greedy answers decoded from the pruned key/value cache.
 
@@ -179,6 +183,8 @@ def generate(
         decision: from a pruner's `decide` (keep-all gives the model's own `generate` output).
         max_new_tokens: the most tokens to generate per sample; a sample stops at its end token.
         keep_logits: also return every step's logits [B, V].
+        generation_config: where the end, pad and decoder start ids come from (default: the
+            model's own).
 
     Returns:
         `Generated`: per sample, the answer's token ids (without the end token), and the kept
@@ -186,8 +192,11 @@ def generate(
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    config = generation_config or adapter.model.generation_config
     if adapter.model.config.is_encoder_decoder:
-        return _generate_encoder_decoder(adapter, inputs, tokens, decision, max_new_tokens, keep_logits)
+        return _generate_encoder_decoder(
+            adapter, inputs, tokens, decision, max_new_tokens, keep_logits, config
+        )
     if sliding_window_layers(adapter):
         inputs = left_padded(inputs)
     # Under left padding every row ends in the last column (`sequence_layout`), and only that one
@@ -209,6 +218,7 @@ def generate(
     position = next_positions(state, inputs.attention_mask)  # [B]
     generated = _decode(
         adapter,
+        config,
         logits,
         max_new_tokens,
         lambda token, step: _step(adapter, state, token, position + step),
@@ -240,11 +250,16 @@ def _step(
 
 
 def _decode(
-    adapter: ImageTokenAdapter, logits: torch.Tensor, max_new_tokens: int, step, keep_logits: bool
+    adapter: ImageTokenAdapter,
+    config: GenerationConfig,
+    logits: torch.Tensor,
+    max_new_tokens: int,
+    step,
+    keep_logits: bool,
 ) -> Generated:
     """Greedy decoding from the first logits [B, V]; `step(token [B], t)` gives the next logits."""
-    stops = stop_token_ids(adapter)
-    pad = pad_token_id(adapter)
+    stops = stop_token_ids(adapter, config)
+    pad = pad_token_id(adapter, config)
     batch = logits.shape[0]
     answers: list[list[int]] = [[] for _ in range(batch)]
     finished = [False] * batch
@@ -275,13 +290,14 @@ def _decode(
     return Generated(answers, kept if keep_logits else None, sequences=sequences)
 
 
-def _generate_encoder_decoder(adapter, inputs, tokens, decision, max_new_tokens, keep_logits) -> Generated:
+def _generate_encoder_decoder(
+    adapter, inputs, tokens, decision, max_new_tokens, keep_logits, config: GenerationConfig
+) -> Generated:
     """T5Gemma2: the pruned prefill is the encoder; the decoder cross-attends to what it kept."""
     started = time.perf_counter()
     state = prefill(adapter, inputs, tokens, decision, generation=True)
     seconds = time.perf_counter() - started
     encoded = BaseModelOutput(last_hidden_state=state.output.last_hidden_state)
-    config = adapter.model.generation_config
     # generate's rule: the decoder starts from decoder_start_token_id, or else from bos_token_id.
     start = (
         config.decoder_start_token_id if config.decoder_start_token_id is not None else config.bos_token_id
@@ -305,5 +321,7 @@ def _generate_encoder_decoder(adapter, inputs, tokens, decision, max_new_tokens,
         return out.logits[:, -1]
 
     first = torch.full((inputs.batch_size,), int(start), dtype=torch.long, device=state.attention_mask.device)
-    generated = _decode(adapter, run(first), max_new_tokens, lambda token, step: run(token), keep_logits)
+    generated = _decode(
+        adapter, config, run(first), max_new_tokens, lambda token, step: run(token), keep_logits
+    )
     return replace(generated, keep=state.keep, lengths=state.lengths, prefill_seconds=seconds)
