@@ -122,6 +122,7 @@ class ThreadGovernor:
         self.enabled = _state["governed"] and self.most > 1 and _busy_seconds() is not None
         self.interval = interval
         self.changes: list[tuple[float, int]] = []  # (seconds into the run, threads) at each change
+        self.busy_elsewhere = 0.0  # CPUs the other processes kept busy in the last measured window
         self._started = time.monotonic()
         self._last = self._measure()
 
@@ -139,7 +140,8 @@ class ThreadGovernor:
         if not self.enabled or time.monotonic() - self._last[0] < self.interval:
             return current
         now = self._measure()
-        free = self.cpus - self.others(self._last, now)
+        self.busy_elsewhere = self.others(self._last, now)
+        free = self.cpus - self.busy_elsewhere
         self._last = now
         wanted = max(1, min(self.most, int(free + 0.5)))
         if wanted != current:

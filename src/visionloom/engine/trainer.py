@@ -587,7 +587,10 @@ class Trainer:
         before = len(self._threads.changes)
         threads = self._threads.update()  # follows the machine's load (visionloom.threads)
         if len(self._threads.changes) > before:
-            self._say(f"threads: {threads} at step {step} (other processes left {threads} core(s) free)")
+            self._say(
+                f"threads: {threads} at step {step} (other processes busy on "
+                f"{self._threads.busy_elsewhere:.1f} of {self._threads.cpus} CPUs)"
+            )
         if step % config.log_every == 0 or at_end:
             samples, since = self._window
             throughput = samples / max(1e-9, time.perf_counter() - since)
