@@ -8,7 +8,10 @@ and row they came from, for the benchmark's own checks to name.
 
 from __future__ import annotations
 
+import logging
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,18 @@ from visionloom.images import EmbeddedImage
 def parquet_files(folder: Path, pattern: str) -> list[Path]:
     """The shards `pattern` matches in `folder`, in name order (`test-00000-of-00003.parquet`, ...)."""
     return sorted(folder.glob(pattern)) if folder.is_dir() else []
+
+
+@contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """A library's logger silenced for the block."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def read_rows(
@@ -36,9 +51,10 @@ def read_rows(
         # A private cache, removed after reading: the shards are read once, into memory.
         with tempfile.TemporaryDirectory(prefix="visionloom-parquet-") as cache:
             try:
-                table = load_dataset(
-                    "parquet", data_files=str(file), split="train", cache_dir=cache, keep_in_memory=True
-                )
+                with _quiet("datasets"):  # its own report of a bad file would repeat the line below
+                    table = load_dataset(
+                        "parquet", data_files=str(file), split="train", cache_dir=cache, keep_in_memory=True
+                    )
             except Exception as error:  # noqa: BLE001 - pyarrow's and datasets' errors: a file that is not parquet
                 first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 raise DatasetFormatError(f"{file}: not a readable parquet file ({first})") from None
