@@ -112,6 +112,10 @@ def render_demo(records: list[dict]) -> list[str]:
             f"({pair['resamples']} resamples); seed by seed {per_seed}."
         )
         lines.append("")
+    if figures.get("selection"):
+        from visionloom.demo.run import selection_line
+
+        lines += [selection_line(figures["selection"]), ""]
     lines.append(
         f"Mean ± sample std over seeds; chance R@1 is {figures['chance_R1']:.1f}%. "
         f"The whole demo took {figures['seconds']:.0f} s."

@@ -388,6 +388,25 @@ def differing_keys(before: Any, after: Any, prefix: str = "") -> list[tuple[str,
     return [] if before == after else [(prefix.rstrip("."), before, after)]
 
 
+def _fill_missing(saved: Any, defaults: Any) -> Any:
+    if not (isinstance(saved, dict) and isinstance(defaults, dict)):
+        return saved
+    filled = {key: _fill_missing(value, defaults.get(key)) for key, value in saved.items()}
+    return {**{key: value for key, value in defaults.items() if key not in saved}, **filled}
+
+
+def saved_config(path: Path, config: Any) -> dict:
+    """A run's config.yaml as a mapping, with the keys that `config`'s type gained since the run
+    was written filled with their defaults: a run from before a new setting compares equal to one
+    that keeps its default."""
+    saved = read_yaml(path) or {}
+    try:
+        defaults = to_dict(type(config)())
+    except TypeError:  # a config type without defaults for every field: nothing to fill
+        return saved
+    return _fill_missing(saved, defaults)
+
+
 def check_resumed_config(run_dir: Path, config: Any) -> None:
     """On --resume, only RESUMABLE_KEYS may differ from what RUN/config.yaml was trained with (a
     longer train.steps extends the run); any other change is refused, naming the key."""
@@ -396,7 +415,7 @@ def check_resumed_config(run_dir: Path, config: Any) -> None:
         return
     refused = [
         f"{key}: {old!r} -> {new!r}"
-        for key, old, new in differing_keys(read_yaml(saved) or {}, to_dict(config))
+        for key, old, new in differing_keys(saved_config(saved, config), to_dict(config))
         if key not in RESUMABLE_KEYS
     ]
     if refused:

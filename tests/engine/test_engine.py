@@ -142,6 +142,53 @@ def test_selection_uses_val_and_test_is_evaluated_once_at_the_end(pedes_root, tm
     assert set(summary["test"]) == {"R1", "R5", "R10", "mAP", "mINP"}
 
 
+def test_select_last_keeps_the_last_weights_whatever_validation_says(pedes_root, tmp_path, monkeypatch):
+    scores = iter([90.0, 10.0, 5.0])  # validation gets worse after the first check
+
+    def falling(model, split, *args, **kwargs):
+        return {"R1": next(scores), "R5": 0.0, "R10": 0.0, "mAP": 0.0, "mINP": 0.0}
+
+    monkeypatch.setattr(evaluate, "evaluate_split", falling)
+    best = _train(pedes_root, tmp_path / "best", "train.eval_every=1", "train.steps=3")
+    scores = iter([90.0, 10.0, 5.0])
+    last = _train(pedes_root, tmp_path / "last", "train.eval_every=1", "train.steps=3", "train.select=last")
+    assert best["selected"]["step"] == 1 and best["selected"]["R1"] == 90.0
+    assert last["selected"]["step"] == 3 and last["selected"]["R1"] == 5.0
+    kept = _weights(tmp_path / "last" / "best")
+    latest = _weights(tmp_path / "last" / "checkpoints" / "step_0000003")
+    assert kept.keys() == latest.keys() and all(torch.equal(kept[k], latest[k]) for k in kept)
+    notes = json.loads((tmp_path / "last" / "run.json").read_text())["notes"]
+    assert any("train.select=last" in note for note in notes)
+    assert "last" not in best  # evaluated only when asked
+
+
+def test_evaluate_last_tests_the_last_weights_beside_the_selected_ones(pedes_root, tmp_path, monkeypatch):
+    from visionloom.retrieval.compare import selection_check
+    from visionloom.retrieval.train import load_outcomes
+
+    scores = iter([90.0, 10.0, 5.0])
+    real = evaluate.evaluate_split
+
+    def falling(model, split, *args, **kwargs):
+        if split.name == "val":
+            return {"R1": next(scores), "R5": 0.0, "R10": 0.0, "mAP": 0.0, "mINP": 0.0}
+        return real(model, split, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "evaluate_split", falling)
+    run = tmp_path / "run"
+    summary = _train(pedes_root, run, "train.eval_every=1", "train.steps=3", "train.evaluate_last=true")
+    assert summary["selected"]["step"] == 1 and summary["last"]["step"] == 3
+    # each is what its own weights give on test; the outcomes file is the selected weights'
+    from visionloom.data.pedes import read_pedes
+    from visionloom.retrieval.train import load_trained
+
+    last = load_trained(run / "checkpoints" / "step_0000003")
+    assert real(last, read_pedes(pedes_root)["test"]) == pytest.approx(summary["last"]["test"])
+    assert 100 * float(load_outcomes(run).hits(1).double().mean()) == pytest.approx(summary["test"]["R1"])
+    check = selection_check(run, summary)
+    assert check == {"last_step": 3, "last_val_R1": 5.0, "last_test_R1": summary["last"]["test"]["R1"]}
+
+
 def test_trainer_sums_only_loss_keys(pedes_root, tmp_path):
     _train(pedes_root, tmp_path / "run", evaluate_test=False)
     with open(tmp_path / "run" / "train_log.csv") as handle:

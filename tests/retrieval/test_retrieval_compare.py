@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from visionloom.retrieval import compare
+from visionloom.engine import compare
 from visionloom.retrieval.compare import (
     Entry,
     compare_pair,

@@ -42,9 +42,14 @@ def data_check(
 @data.command("synth-pedes")
 def data_synth_pedes(
     out: Path = typer.Argument(..., help="Directory to write (CUHK-PEDES layout)."),
-    ids: int = typer.Option(300, "--ids", help="Number of identities (70% train, 10% val, 20% test)."),
+    ids: int = typer.Option(
+        300, "--ids", help="Number of identities (70% train, 10% val, 20% test by default)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the drawing: the same seed, the same data set."),
     images_per_id: int = typer.Option(4, "--images-per-id", min=1, help="Images of each identity."),
+    val_share: float = typer.Option(
+        0.1, "--val-share", help="Share of identities in val, taken from train (test stays the last 20%)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into OUT though it holds files."),
 ) -> None:
     """Draw a synthetic pedestrian data set: 384x128 images, two captions each."""
@@ -53,9 +58,10 @@ def data_synth_pedes(
 
     refuse_to_replace(out, "a synthetic data set", overwrite=overwrite)
     try:
-        annotation = generate(out, ids, seed=seed, images_per_identity=images_per_id)
+        annotation = generate(out, ids, seed=seed, images_per_identity=images_per_id, val_share=val_share)
     except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--ids") from None
+        hint = "--val-share" if "--val-share" in str(error) else "--ids"
+        raise typer.BadParameter(str(error), param_hint=hint) from None
     console.print(f"wrote {ids * images_per_id} images of {ids} identities; annotations in {annotation}")
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -345,10 +346,17 @@ def caption(person: Pedestrian, rng: random.Random, partial: bool = False) -> st
 MIN_IDENTITIES = 10  # the fewest that give every split an identity
 
 
-def split_of(identity: int, total: int) -> str:
-    """70% train, 10% val, 20% test by identity (identities never cross splits)."""
-    fraction = identity / total
-    return "train" if fraction < 0.7 else "val" if fraction < 0.8 else "test"
+TEST_SHARE = Fraction(1, 5)
+DEFAULT_VAL_SHARE = 0.1
+
+
+def split_of(identity: int, total: int, val_share: float = DEFAULT_VAL_SHARE) -> str:
+    """By identity (identities never cross splits): the last 20% test, the `val_share` before them
+    val (10% by default), the rest train. A larger validation split takes its identities from
+    train, so the test split stays the same. Exact fractions: no identity moves by rounding."""
+    fraction = Fraction(identity, total)
+    val_start = 1 - TEST_SHARE - Fraction(val_share).limit_denominator(10_000)
+    return "train" if fraction < val_start else "val" if fraction < 1 - TEST_SHARE else "test"
 
 
 def generate(
@@ -357,11 +365,21 @@ def generate(
     seed: int = 0,
     images_per_identity: int = 4,
     progress: bool = True,
+    val_share: float = DEFAULT_VAL_SHARE,
 ) -> Path:
     """Write the data set to `out` (CUHK-PEDES layout) and return the annotation file."""
     if identities < MIN_IDENTITIES:
         raise ValueError(
             f"--ids {identities}: need at least {MIN_IDENTITIES} identities to fill train, val and test"
+        )
+    counts = {
+        name: sum(split_of(i, identities, val_share) == name for i in range(identities))
+        for name in ("train", "val")
+    }
+    if not 0 < val_share < 1 - TEST_SHARE or not all(counts.values()):
+        raise ValueError(
+            f"--val-share {val_share}: needs a share above 0 and below {float(1 - TEST_SHARE)} that leaves "
+            f"{identities} identities at least one in train and in val (gives train {counts['train']}, val {counts['val']})"
         )
     rng = random.Random(seed)
     people: list[Pedestrian] = []
@@ -394,7 +412,12 @@ def generate(
             caption(person, sample_rng, partial=sample_rng.random() < 0.4),
         ]
         annotations.append(
-            {"split": split_of(pid, identities), "captions": captions, "file_path": file_path, "id": pid + 1}
+            {
+                "split": split_of(pid, identities, val_share),
+                "captions": captions,
+                "file_path": file_path,
+                "id": pid + 1,
+            }
         )
     annotation_file = out / "reid_raw.json"
     annotation_file.write_text(json.dumps(annotations, indent=1))

@@ -292,6 +292,22 @@ def say(run_dir: Path, line: str, echo: bool | None = None) -> None:
         print(line, flush=True)
 
 
+def _evaluate_last(run_dir: Path, model: torch.nn.Module, result: Any, evaluate, config: Any) -> dict | None:
+    """With `train.evaluate_last`, the last step's weights evaluated like the selected ones when
+    validation chose an earlier step: {"step", split: metrics}. Evaluated before the selected
+    weights, so what an evaluation writes beside its metrics is the selected weights'."""
+    train = getattr(config, "train", None)
+    if not getattr(train, "evaluate_last", False) or not result.best or result.best["step"] == result.step:
+        return None
+    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    if checkpoint is None or checkpoint_step(checkpoint) != result.step:
+        return None
+    load_weights(model, checkpoint / "model.safetensors")
+    model.eval()
+    say(run_dir, f"evaluating the last step's weights (step {result.step}) beside the selected ones")
+    return {"step": result.step, **evaluate(model)}
+
+
 def finish_run(
     run_dir: Path,
     model: torch.nn.Module,
@@ -309,6 +325,7 @@ def finish_run(
         raise FileNotFoundError(
             f"{run_dir}: no selected weights in best/ (did training finish a validation?)"
         )
+    last = _evaluate_last(run_dir, model, result, evaluate, config)
     load_weights(model, weights)
     model.eval()
     selected = f" (selected at step {result.best['step']})" if result.best else ""
@@ -324,6 +341,8 @@ def finish_run(
         "evaluated": list(metrics),
         **metrics,
     }
+    if last is not None:
+        summary["last"] = last
     (run_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=1))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     seed = getattr(getattr(config, "train", None), "seed", None)

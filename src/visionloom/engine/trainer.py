@@ -105,6 +105,13 @@ class TrainConfig:
     checkpoint_every: PositiveInt = 100
     log_every: PositiveInt = 10
     eval_every: NonNegativeInt = 0  # validate every N steps; 0 = only at the end
+    # Which weights the run keeps in RUN/best and evaluates at the end: the validation's best
+    # (`best`), or the last step's (`last`: validation still runs and is logged, but does not choose;
+    # for a validation split too small to choose well).
+    select: Literal["best", "last"] = "best"
+    # With select=best: also evaluate the last step's weights when validation chose earlier ones, as
+    # summary["last"] (what selection changed on test; costs one more evaluation).
+    evaluate_last: bool = False
     num_workers: NonNegativeInt = 0
     seed: int = 0
     # Where the curves go besides RUN/train_log.csv: tensorboard, wandb, mlflow, or a list ([] for none).
@@ -362,7 +369,7 @@ class Trainer:
                     f"validation gave {sorted(metrics)}, not the selection metric {self.select_key!r}"
                 )
             value = metrics[self.select_key]
-            if best is None or value > best[self.select_key]:
+            if best is None or value > best[self.select_key] or self.config.select == "last":
                 best = {"step": step, **metrics}
                 weights = best_weights(self.run_dir)
                 weights.parent.mkdir(parents=True, exist_ok=True)

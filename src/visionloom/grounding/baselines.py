@@ -85,12 +85,17 @@ BASELINES = {"prior-box": predict_box, "prior-mask": predict_mask}
 
 def evaluate_baselines(priors: Priors, samples: list[RefSample]) -> dict[str, dict[str, float]]:
     """{baseline: {"cIoU", "mIoU", "P@0.5"}} on `samples`, with priors from `fit_priors(train)`."""
+    return {name: scored.result() for name, scored in score_baselines(priors, samples).items()}
+
+
+def score_baselines(priors: Priors, samples: list[RefSample]) -> dict[str, MaskMetrics]:
+    """Each baseline's `MaskMetrics` on `samples` (its per-sample outcomes included)."""
     results = {}
     for name, predict in BASELINES.items():
         metrics = MaskMetrics()
         for sample in samples:
             metrics.update(predict(priors, sample.height, sample.width), torch.from_numpy(sample.mask()))
-        results[name] = metrics.result()
+        results[name] = metrics
     return results
 
 

@@ -1,4 +1,4 @@
-"""`visionloom ground`: train, evaluate and show referring segmentation from a frozen VLM."""
+"""`visionloom ground`: train, compare, evaluate and show referring segmentation from a frozen VLM."""
 
 from __future__ import annotations
 
@@ -49,6 +49,55 @@ def ground_train(
         {split: summary[split] for split in summary["evaluated"]},
     )
     console.print(f"images: {summary['image_dir']}\nrun: {out}", highlight=False)
+
+
+@ground.command("compare")
+def ground_compare(
+    configs: list[str] = typer.Argument(
+        ...,
+        metavar="CONFIG",
+        help="Config names under configs/grounding or YAML paths, and the baselines prior-box and prior-mask.",
+    ),
+    data: Path = typer.Option(..., "--data", help="RefCOCO-style root (one data set for every run)."),
+    out: Path = typer.Option(..., "--out", help="Report folder; each run trains into OUT/ENTRY/seedK."),
+    vlm: str | None = typer.Option(
+        None, "--vlm", help="The frozen VLM of every config that names none (a checkpoint, hub id or preset)."
+    ),
+    seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds per config: train.seed = sam.seed = 0..N-1."),
+    split: str = typer.Option(
+        "test", "--split", help="The split compared (test; testA or testB for RefCOCO)."
+    ),
+    pairs: list[str] = typer.Option(
+        [],
+        "--pair",
+        metavar="A,B",
+        help="A,B: report A minus B (repeatable; entry names as given). Default: each entry against the first.",
+    ),
+    resamples: int = typer.Option(
+        10_000, "--resamples", min=100, help="Bootstrap resamples of the test expressions."
+    ),
+    overrides: list[str] = set_option("train.steps=100"),
+) -> None:
+    """Train each config with N seeds on the same data; test once each; mean ± std per metric and
+    paired bootstrap intervals of cIoU, mIoU and P@0.5 for each pair. Rerun with the same OUT to continue."""
+    from visionloom.engine.compare import make_entries, parse_pairs
+    from visionloom.grounding.compare import run_comparison
+
+    entries = make_entries(configs)
+    run_comparison(
+        entries,
+        data,
+        out,
+        seeds=seeds,
+        split=split,
+        vlm=vlm,
+        pairs=parse_pairs(pairs, entries),
+        common_overrides=overrides,
+        resamples=resamples,
+        say=lambda line: console.print(line, highlight=False),
+    )
+    console.print((out / "compare.md").read_text(), highlight=False, markup=False)
+    console.print(f"wrote {out}/compare.json, compare.md, results.json, compare.png")
 
 
 @ground.command("eval")

@@ -18,9 +18,17 @@ from visionloom.grounding.metrics import MaskMetrics
 from visionloom.grounding.model import Grounder
 
 
-@torch.no_grad()
 def evaluate(model: Grounder, features: list[SampleFeatures], batch_size: int = 64) -> dict[str, float]:
     """cIoU, mIoU and P@0.5 of the coarse masks, and of the refined ones when SAM is used (percent)."""
+    return evaluate_outcomes(model, features, batch_size)[0]
+
+
+@torch.no_grad()
+def evaluate_outcomes(
+    model: Grounder, features: list[SampleFeatures], batch_size: int = 64
+) -> tuple[dict[str, float], dict]:
+    """(`evaluate`'s metrics, each sample's outcome): {"samples": names, "coarse": {"intersection",
+    "union"}, ["refined": ...]}, in pixels, in the order of `features`."""
     model.eval()
     coarse, refined = MaskMetrics(), MaskMetrics()
     for start in range(0, len(features), batch_size):
@@ -31,9 +39,11 @@ def evaluate(model: Grounder, features: list[SampleFeatures], batch_size: int = 
             if prediction.refined is not None:
                 refined.update(prediction.refined[i] > 0, target)
     metrics = {f"coarse_{key}": value for key, value in coarse.result().items()}
+    outcomes = {"samples": [f.name for f in features], "coarse": coarse.outcomes()}
     if refined.ious:
         metrics.update({f"refined_{key}": value for key, value in refined.result().items()})
-    return metrics
+        outcomes["refined"] = refined.outcomes()
+    return metrics, outcomes
 
 
 def read_run_config(run_dir: str | Path) -> GroundingConfig:

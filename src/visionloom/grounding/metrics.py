@@ -17,6 +17,8 @@ class MaskMetrics:
         self.intersection = 0
         self.union = 0
         self.ious: list[float] = []
+        self.intersections: list[int] = []  # per sample, in pixels: what a paired comparison resamples
+        self.unions: list[int] = []
 
     def update(self, predicted: torch.Tensor, target: torch.Tensor) -> None:
         """predicted, target: bool [H, W] of one sample (sizes may differ between samples)."""
@@ -28,6 +30,8 @@ class MaskMetrics:
         union = int((predicted | target).sum())
         self.intersection += intersection
         self.union += union
+        self.intersections.append(intersection)
+        self.unions.append(union)
         self.ious.append(intersection / union if union else 1.0)
 
     def result(self) -> dict[str, float]:
@@ -39,3 +43,16 @@ class MaskMetrics:
             "mIoU": 100.0 * float(ious.mean()),
             "P@0.5": 100.0 * float((ious > 0.5).float().mean()),
         }
+
+    def outcomes(self) -> dict[str, list[int]]:
+        """Each sample's intersection and union in pixels, in the order scored."""
+        return {"intersection": list(self.intersections), "union": list(self.unions)}
+
+
+def metrics_from_outcomes(intersection: torch.Tensor, union: torch.Tensor) -> torch.Tensor:
+    """[..., Q] per-sample pixels -> [..., 3]: cIoU, mIoU, P@0.5 in percent, as `MaskMetrics`."""
+    intersection, union = intersection.double(), union.double()
+    ious = torch.where(union > 0, intersection / union.clamp(min=1), torch.ones_like(union))
+    return 100.0 * torch.stack(
+        [intersection.sum(-1) / union.sum(-1).clamp(min=1), ious.mean(-1), (ious > 0.5).double().mean(-1)], -1
+    )

@@ -10,10 +10,13 @@ RUN/best/              the weights selected on the validation split, and why
 RUN/train_log.csv      per-step losses; RUN/tensorboard/ the same
 RUN/test_metrics.json  every evaluation split the data set has (val, test or testA and testB),
                        evaluated once with the selected weights
+RUN/sample_outcomes.json  the same evaluation per expression (intersection and union in pixels):
+                       what `ground compare` pairs runs by
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from torch.utils.data import DataLoader
@@ -32,9 +35,11 @@ from visionloom.grounding.build import (
     split_features,
 )
 from visionloom.grounding.config import GroundingConfig
-from visionloom.grounding.evaluate import evaluate
+from visionloom.grounding.evaluate import evaluate, evaluate_outcomes
 from visionloom.grounding.features import collate
 from visionloom.grounding.model import Grounder
+
+SAMPLE_OUTCOMES = "sample_outcomes.json"
 
 
 def train_grounding(
@@ -73,11 +78,14 @@ def train_grounding(
         )
 
         def evaluate_splits(best: Grounder) -> dict[str, dict[str, float]]:
-            """Every split the data set has, as F-LMM reports them (val is the one selection used)."""
-            return {
-                split: evaluate(best, val_features if split == "val" else features(split))
-                for split in evaluation_splits(splits)
-            }
+            """Every split the data set has, as F-LMM reports them (val is the one selection used);
+            each expression's outcome goes to RUN/sample_outcomes.json."""
+            metrics, outcomes = {}, {}
+            for split in evaluation_splits(splits):
+                scored = val_features if split == "val" else features(split)
+                metrics[split], outcomes[split] = evaluate_outcomes(best, scored)
+            (run_dir / SAMPLE_OUTCOMES).write_text(json.dumps(outcomes))
+            return metrics
 
         refs_file = find_refs_file(data_root, config.split_by)
         return Setup(

@@ -30,7 +30,7 @@ from visionloom.pruning.generate import chat_prompt, generate
 from visionloom.pruning.prefill import prefill
 from visionloom.pruning.pruners import KeepAll, Pruner
 from visionloom.pruning.report import plot, write_table
-from visionloom.results import write_results
+from visionloom.results import config_sha256, write_results
 from visionloom.vlm.answers import AnswerCollate, answers_correct
 
 
@@ -80,7 +80,8 @@ def run_pruner(
 ) -> dict:
     """The scene questions, teacher-forced: accuracy is exact match under greedy decoding."""
     loader = DataLoader(Items(texts), batch_size=batch_size, collate_fn=AnswerCollate(adapter))
-    correct, seconds, flops, kept_tokens, images = 0, 0.0, 0.0, 0, 0
+    hits: list[int] = []
+    seconds, flops, kept_tokens, images = 0.0, 0.0, 0, 0
     for batch in loader:
         inputs = batch["inputs"]
         started = time.perf_counter()
@@ -93,15 +94,16 @@ def run_pruner(
         # The answer's labels follow their tokens to wherever the layout put them (both padding sides).
         source = batch["answer_labels"].gather(1, state.layout.clamp(min=0))  # [B, S']
         labels = source.masked_fill(state.layout < 0, -100)
-        correct += int(answers_correct(state.output.logits, labels).sum())
+        hits += answers_correct(state.output.logits, labels).int().tolist()
         kept_tokens += sum(len(keep) for keep in state.keep)
         images += len(state.keep)
         flops += prefill_flops(adapter, state.lengths)
     return {
-        "accuracy": 100.0 * correct / len(texts),
+        "accuracy": 100.0 * sum(hits) / len(texts),
         "prefill_ms_per_question": 1000.0 * seconds / len(texts),
         "mflops_per_question": flops / len(texts) / 1e6,
         "image_tokens_kept": kept_tokens / images,
+        "hits": hits,  # 1 where question i was answered exactly; `evaluate_pruning` files them apart
     }
 
 
@@ -162,11 +164,35 @@ def run_generated(
     }
 
 
+QUESTION_OUTCOMES = "question_outcomes.json"
+
+
+def question_key(text: SceneText) -> str:
+    """What names a scene question in OUT/question_outcomes.json: its image and prompt."""
+    return f"{text.image_path.name}|{text.prompt}"
+
+
+def write_question_outcomes(config: PruneConfig, texts: list[SceneText], results: dict, path: Path) -> None:
+    """OUT/question_outcomes.json: each row's per-question hits (moved out of `results`), the
+    questions they belong to, and the config's hash; what `prune compare` pairs runs by."""
+    hits = {
+        name: {ratio: row.pop("hits") for ratio, row in by_ratio.items()}
+        for name, by_ratio in results.items()
+    }
+    record = {
+        "config_sha256": config_sha256(config),
+        "questions": [question_key(t) for t in texts],
+        "hits": hits,
+    }
+    path.write_text(json.dumps(record))
+
+
 def evaluate_pruning(
     config: PruneConfig, data_root: str | Path, out: str | Path, progress: bool = True
 ) -> dict:
     """Every pruner at every keep ratio on the config's benchmark; writes results.json,
-    prune_table.md, accuracy_vs_tokens.png (and the generated answers, answers/*.jsonl)."""
+    prune_table.md, accuracy_vs_tokens.png (and the generated answers, answers/*.jsonl, or the
+    scene questions' own outcomes, question_outcomes.json)."""
     if config.vlm is None:
         raise ValueError("no VLM: give --vlm DIR (from `visionloom vlm pretrain`, or a real checkpoint)")
     generated = config.benchmark != "scenes"
@@ -223,6 +249,8 @@ def evaluate_pruning(
         if name not in pruners:
             pruners[name] = make_pruner(name, config, adapter, train_texts, out)
         results.setdefault(name, {})[str(ratio)] = evaluate(name, pruners[name], ratio)
+    if not generated:
+        write_question_outcomes(config, texts, results, out / QUESTION_OUTCOMES)
     report = {
         "vlm": config.vlm,
         "benchmark": config.benchmark + (f" ({config.subset})" if config.benchmark == "pope" else ""),

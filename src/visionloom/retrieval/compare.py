@@ -26,140 +26,31 @@ import csv
 import json
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from visionloom.data.pedes import read_pedes
+from visionloom.engine import compare
+from visionloom.engine.compare import (  # noqa: F401  (the comparison's names, as callers import them)
+    DEFAULT_RESAMPLES,
+    Entry,
+    interval_text,
+    make_entries,
+    paired_bootstrap,
+    parse_pairs,
+    parse_sweep,
+)
 from visionloom.results import write_results
 from visionloom.retrieval.config import load_config
 from visionloom.retrieval.train import ensure_tokenizers, load_outcomes, train_or_continue
 
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
-DEFAULT_RESAMPLES = 10_000
-# Resamples drawn per [chunk, Q] index matrix: bounded memory for any number of queries.
-RESAMPLE_CHUNK_ELEMENTS = 2**24
-
-
-@dataclass
-class Entry:
-    """One configuration of the comparison: a named config with its overrides."""
-
-    name: str  # how tables and folders call it, e.g. "phase4" or "phase4 loss.gen_weight=0.1"
-    config: str  # a config name or YAML path
-    overrides: list[str] = field(default_factory=list)
-
-    @property
-    def folder(self) -> str:
-        return "".join(c if c.isalnum() or c in "-._" else "_" for c in self.name.replace(" ", "__"))
-
-
-def parse_sweep(sweep: str) -> tuple[str, list[str]]:
-    """ "loss.gen_weight=0,0.1,0.5" -> ("loss.gen_weight", ["0", "0.1", "0.5"])."""
-    key, _, values = sweep.partition("=")
-    choices = [value.strip() for value in values.split(",") if value.strip()]
-    if not key or not choices:
-        raise ValueError(f"--sweep {sweep!r}: expected KEY=V1,V2,..., e.g. loss.gen_weight=0,0.1,0.5")
-    return key.strip(), choices
-
-
-def _entry_name(config: str) -> str:
-    return Path(config).stem if config.endswith((".yaml", ".yml")) else config
-
-
-def make_entries(configs: list[str], sweep: str | None = None, reference: str | None = None) -> list[Entry]:
-    """One entry per config, or, with a sweep, one per (config, value); a `reference` config
-    (not swept) comes first, so by default every other entry is compared with it."""
-    if not configs:
-        raise ValueError("name at least one config to compare, e.g. phase3 phase4")
-    if sweep is None:
-        entries = [Entry(_entry_name(name), name) for name in configs]
-    else:
-        key, values = parse_sweep(sweep)
-        entries = [
-            Entry(
-                f"{_entry_name(name)} {key}={value}",
-                name,
-                [f"{key}={value}"],
-            )
-            for name in configs
-            for value in values
-        ]
-    if reference is not None:
-        entries.insert(0, Entry(_entry_name(reference), reference))
-    names = [entry.name for entry in entries]
-    if len(set(names)) != len(names):
-        raise ValueError(f"the entries must differ: {', '.join(names)}")
-    return entries
-
-
-def parse_pairs(pairs: list[str], entries: list[Entry]) -> list[tuple[str, str]]:
-    """ "A,B" means A minus B. With none given: every entry against the first."""
-    names = [entry.name for entry in entries]
-    if not pairs:
-        return [(name, names[0]) for name in names[1:]]
-    parsed = []
-    for pair in pairs:
-        first, _, second = pair.partition(",")
-        first, second = first.strip(), second.strip()
-        unknown = [name for name in (first, second) if name not in names]
-        if not second or unknown:
-            raise ValueError(
-                f"--pair {pair!r}: expected A,B with A and B among the entries: {'; '.join(names)}"
-            )
-        parsed.append((first, second))
-    return parsed
-
-
-# ------------------------------------------------------------------------------------ statistics
-def paired_bootstrap(
-    differences: torch.Tensor,
-    resamples: int = DEFAULT_RESAMPLES,
-    seed: int = 0,
-    level: float = 0.95,
-    groups: torch.Tensor | None = None,
-) -> tuple[float, float]:
-    """The percentile interval of the mean of `differences` [Q] over `resamples` bootstrap draws
-    (torch's generator seeded with `seed`, drawn in order, chunk by chunk).
-
-    Without `groups` the Q values are drawn with replacement. With `groups` [Q] (each query's
-    identity) whole groups are drawn instead, and each draw's mean is over all the queries of the
-    groups drawn: a cluster bootstrap, for queries that are not independent within a group.
-    """
-    values = differences.double().flatten()
-    if len(values) == 0:
-        raise ValueError("a bootstrap needs at least one query")
-    if groups is None:
-        sums, counts = values, torch.ones_like(values)
-    else:
-        _, member = torch.unique(groups.flatten(), return_inverse=True)  # [Q] -> 0..G-1
-        sums = torch.zeros(int(member.max()) + 1, dtype=torch.float64).index_add_(0, member, values)
-        counts = torch.bincount(member).double()
-    units = len(sums)
-    generator = torch.Generator().manual_seed(seed)
-    chunk = max(1, RESAMPLE_CHUNK_ELEMENTS // units)
-    means = []
-    for start in range(0, resamples, chunk):
-        draws = torch.randint(
-            units, (min(chunk, resamples - start), units), generator=generator
-        )  # [c, units]
-        means.append(sums[draws].sum(1) / counts[draws].sum(1))
-    means = torch.cat(means)  # [resamples]
-    tail = (1.0 - level) / 2
-    low, high = torch.quantile(means, torch.tensor([tail, 1.0 - tail], dtype=torch.float64)).tolist()
-    return low, high
 
 
 def summarise(per_seed: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    """{metric: {"mean", "std"}} over seeds; std is the sample standard deviation (0 for one seed)."""
-    return {
-        metric: {
-            "mean": statistics.fmean(run[metric] for run in per_seed),
-            "std": statistics.stdev([run[metric] for run in per_seed]) if len(per_seed) > 1 else 0.0,
-        }
-        for metric in METRICS
-    }
+    """{metric: {"mean", "std"}} of every retrieval metric over seeds."""
+    return compare.summarise(per_seed, METRICS)
 
 
 def compare_pair(
@@ -171,27 +62,35 @@ def compare_pair(
 ) -> dict[str, object]:
     """A minus B in R@1 points from per-seed hits [seeds, Q] of each (same queries, same order);
     with `query_pids`, also the interval of a bootstrap over identities."""
-    if hits_a.shape[1] != hits_b.shape[1]:
-        raise ValueError(
-            f"the two entries were evaluated on different queries ({hits_a.shape[1]} and {hits_b.shape[1]}); "
-            "a paired comparison needs the same test split"
-        )
-    differences = 100.0 * (hits_a.double().mean(0) - hits_b.double().mean(0))  # [Q]
-    low, high = paired_bootstrap(differences, resamples, seed)
-    by_identity = (
-        list(paired_bootstrap(differences, resamples, seed, groups=query_pids))
-        if query_pids is not None
-        else None
-    )
-    per_seed = [
-        100.0 * float(a.mean() - b.mean()) for a, b in zip(hits_a.double(), hits_b.double(), strict=False)
-    ]
+    try:
+        result = compare.compare_outcomes(hits_a, hits_b, resamples, seed, groups=query_pids)
+    except ValueError as error:
+        raise ValueError(str(error).replace("items", "queries")) from None
+    by_identity = result.pop("interval_by_group")
     return {
-        "difference": float(differences.mean()),
-        "interval": [low, high],  # resampling queries
+        "difference": result["difference"],
+        "interval": result["interval"],  # resampling queries
         "interval_by_identity": by_identity,  # resampling identities with all their queries
         "resamples": resamples,
-        "per_seed_difference": per_seed,  # seed k of A against seed k of B
+        "per_seed_difference": result["per_seed_difference"],  # seed k of A against seed k of B
+    }
+
+
+def selection_check(run_dir: Path, summary: dict) -> dict[str, float | int | None]:
+    """The last step's validation and test R@1 beside the selected weights' (`train.evaluate_last`):
+    the evidence for selecting on validation or keeping the last weights. Empty without it."""
+    if "last" in summary:
+        last_step, last_test = summary["last"]["step"], summary["last"]["test"]["R1"]
+    elif summary.get("selected") and summary["selected"]["step"] == summary["steps"]:
+        last_step, last_test = summary["steps"], summary["test"]["R1"]  # validation chose the last step
+    else:
+        return {}
+    with open(run_dir / "train_log.csv", newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("val_R1") and int(row["step"]) == last_step]
+    return {
+        "last_step": last_step,
+        "last_val_R1": float(rows[-1]["val_R1"]) if rows else None,
+        "last_test_R1": last_test,
     }
 
 
@@ -213,8 +112,7 @@ def run_comparison(
     """Train and test every entry with train.seed = first_seed .. first_seed + seeds - 1 (the VQ
     tokenizers they need prepared first, `vq_fit_overrides` over their vq.fit), then the
     statistics and the report files."""
-    if seeds < 1:
-        raise ValueError(f"--seeds {seeds}: at least 1")
+    compare.check_seeds(seeds)
     data_root, out = Path(data_root), Path(out)
     read_pedes(data_root)  # a data root that cannot be read is named before any folder is made
     out.mkdir(parents=True, exist_ok=True)
@@ -250,6 +148,7 @@ def run_comparison(
                     "selected_step": selected.get("step"),
                     "val_R1": selected.get("R1"),
                     **summary["test"],
+                    **selection_check(run_dir, summary),
                 }
             )
         results[entry.name] = {"config": entry.config, "overrides": entry.overrides, "per_seed": runs}
@@ -318,14 +217,10 @@ def write_tables(report: dict, out: Path) -> None:
         for pair in report["pairs"]:
             seeds = ", ".join(f"{value:+.1f}" for value in pair["per_seed_difference"])
             lines.append(
-                f"| {pair['a']} − {pair['b']} | {pair['difference']:+.1f} | {_interval(pair['interval'])} | "
-                f"{_interval(pair['interval_by_identity'])} | {seeds} |"
+                f"| {pair['a']} − {pair['b']} | {pair['difference']:+.1f} | {interval_text(pair['interval'])} | "
+                f"{interval_text(pair['interval_by_identity'])} | {seeds} |"
             )
     (out / "compare.md").write_text("\n".join(lines) + "\n")
-
-
-def _interval(interval: list[float] | None) -> str:
-    return "n/a" if interval is None else f"[{interval[0]:+.1f}, {interval[1]:+.1f}]"
 
 
 def plot_comparison(report: dict, path: Path) -> Path:

@@ -144,7 +144,9 @@ def train_retrieval(
         notes = [
             *val_split.notes,
             *model.input_spec.notes,
-            "best weights selected on the validation split; the test split is evaluated once, at the end",
+            "best weights selected on the validation split; the test split is evaluated once, at the end"
+            if config.train.select == "best"
+            else "the last step's weights kept (train.select=last); the test split is evaluated once, at the end",
         ]
         run_record = {
             "data_root": str(data_root.resolve()),
@@ -208,7 +210,7 @@ def train_or_continue(
     checkpoint starts over. What `demo` and `retrieval compare` run each configuration through."""
     summary = run_dir / "summary.json"
     if summary.is_file() and (run_dir / QUERY_OUTCOMES).is_file():
-        saved = config_io.read_yaml(run_dir / "config.yaml") or {}
+        saved = config_io.saved_config(run_dir / "config.yaml", config)
         # phase 4's codebook size and grid are filled from the VQ model when training starts
         filled = ("model.codebook_size", "model.code_grid")
         changed = [

@@ -1,4 +1,4 @@
-"""`visionloom vlm pretrain`: the scene VLM that grounding and pruning evaluate."""
+"""`visionloom vlm pretrain` and `vlm compare`: the scene VLM that grounding and pruning evaluate."""
 
 from __future__ import annotations
 
@@ -39,3 +39,30 @@ def vlm_pretrain(
     console.print(
         f"saved to {out} ({report['train_seconds']:.0f} s of training); report in {out / 'pretrain.json'}"
     )
+
+
+@vlm.command("compare")
+def vlm_compare(
+    configs: list[str] = typer.Argument(
+        ..., metavar="CONFIG", help="Configs under configs/vlm (llava, qwen2.5-vl) or YAML paths."
+    ),
+    data: Path = typer.Option(..., "--data", help="A synth-scenes directory."),
+    out: Path = typer.Option(..., "--out", help="Report folder; seed K pretrains into OUT/CONFIG/seedK."),
+    seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds per config: seed = train.seed = 0..N-1."),
+    overrides: list[str] = set_option("train.steps=1000"),
+) -> None:
+    """Pretrain each config with N seeds; held-out accuracy per seed, mean ± std, and each seed's
+    validation where-accuracy by step. Rerun with the same OUT to continue."""
+    from visionloom.engine.compare import make_entries
+    from visionloom.vlm.compare import run_comparison
+
+    run_comparison(
+        make_entries(configs),
+        data,
+        out,
+        seeds=seeds,
+        common_overrides=overrides,
+        say=lambda line: console.print(line, highlight=False),
+    )
+    console.print((out / "compare.md").read_text(), highlight=False, markup=False)
+    console.print(f"wrote {out}/compare.json, compare.md, results.json, compare.png")
