@@ -358,7 +358,45 @@ def render_published(records: list[dict]) -> list[str]:
     return lines + ["", f"*{f['caption']} Sources: {sources}.*"]
 
 
+def render_vlm_compare(records: list[dict]) -> list[str]:
+    (record,) = records
+    tasks = ("all", "where", "qa")
+    header = [
+        "scene VLM",
+        "seed",
+        "all questions %",
+        "where-questions %",
+        "scene questions %",
+        "val where % by step 1000 / 3000 / 5000",
+    ]
+    rows = []
+    for name, entry in record["figures"]["entries"].items():
+        for run in entry["per_seed"]:
+            curve = dict((int(step), value) for step, value in run["val_where_by_step"])
+            by_step = " / ".join(
+                f"{curve[step]:.0f}" if step in curve else "–" for step in (1000, 3000, 5000)
+            )
+            rows.append([name, run["seed"], *(f"{run[task]:.1f}" for task in tasks), by_step])
+        summary = entry["summary"]
+        rows.append(
+            [
+                f"**{name}**",
+                "mean ± std",
+                *(f"{summary[t]['mean']:.1f} ± {summary[t]['std']:.1f}" for t in tasks),
+                "",
+            ]
+        )
+    lines = table(header, rows)
+    lines += [
+        "",
+        "Held-out exact-match accuracy of each seed (`seed` = `train.seed`), 5000 steps each, and "
+        "mean ± sample std over seeds.",
+    ]
+    return lines + ["", provenance(records)]
+
+
 RENDERERS: dict[str, Callable[[list[dict]], list[str]]] = {
+    "vlm_compare": render_vlm_compare,
     "demo": render_demo,
     "doctor": render_doctor,
     "one_pass": render_one_pass,
