@@ -395,7 +395,40 @@ def render_vlm_compare(records: list[dict]) -> list[str]:
     return lines + ["", provenance(records)]
 
 
+def render_prune_compare(records: list[dict]) -> list[str]:
+    lines = []
+    for record in records:
+        report = record["figures"]
+        ratios = sorted({r for rows in report["rows"].values() for r in rows}, key=float, reverse=True)
+        header = ["pruner", *(f"keep {float(r):.0%}" for r in ratios)]
+        rows = [
+            [name, *(f"{by[r]['mean']:.1f} ± {by[r]['std']:.1f}" if r in by else "–" for r in ratios)]
+            for name, by in report["rows"].items()
+        ]
+        lines += [
+            f"**{report['vlm']}**: accuracy %, {report['questions']} questions about {report['images']} images",
+            "",
+        ]
+        lines += table(header, rows) + [""]
+        pairs = [
+            [
+                f"{p['a']} − {p['b']}",
+                f"{p['difference']:+.1f}",
+                _interval(p["interval_by_group"]),
+                p["supports_by_image"],
+            ]
+            for p in report["pairs"]
+        ]
+        lines += table(["A − B", "points", "95% interval (images)", "supports"], pairs) + [""]
+    lines.append(
+        "Mean ± sample std over seeds (the random pruner's draws and the learned scorer's training; the "
+        "other pruners repeat exactly); paired bootstrap over test images, all of an image's questions together."
+    )
+    return lines + ["", provenance(records)]
+
+
 RENDERERS: dict[str, Callable[[list[dict]], list[str]]] = {
+    "prune_compare": render_prune_compare,
     "vlm_compare": render_vlm_compare,
     "demo": render_demo,
     "doctor": render_doctor,
