@@ -65,6 +65,9 @@ def test_compare_reports_each_seed_and_pairs_each_pruner_with_random_and_keep_al
     low, high = versus["interval_by_group"]
     expected = "no difference shown" if low <= 0 <= high else versus["supports_by_image"]
     assert versus["supports_by_image"] == expected
+    filed = json.loads((tmp_path / "results.json").read_text())["figures"]
+    assert filed["pairs"][0]["difference"] == round(report["pairs"][0]["difference"], 2)
+    assert filed["rows"]["random"]["0.25"]["mean"] == round(random_row["mean"], 2)
     table = (tmp_path / "compare.md").read_text()
     assert "| tower-attention 25% − random 25% |" in table and (tmp_path / "compare.png").stat().st_size > 0
 

@@ -125,10 +125,28 @@ def run_comparison(
         "pairs": pairs,
     }
     (out / "compare.json").write_text(json.dumps(report, indent=1))
-    write_results(out / "results.json", "prune_compare", report, seeds=list(seed_values), config=config)
+    write_results(
+        out / "results.json", "prune_compare", _compact(report), seeds=list(seed_values), config=config
+    )
     write_tables(report, out / "compare.md")
     plot_comparison(report, out / "compare.png", tokens_kept(out / "seed0"))
     return report
+
+
+def _compact(value):
+    """The report for OUT/results.json: figures to 0.01 point, pairs without their per-seed lists
+    (compare.json keeps everything at full precision)."""
+    if isinstance(value, float):
+        return round(value, 2)
+    if isinstance(value, list):
+        return [_compact(item) for item in value]
+    if isinstance(value, dict):
+        return {
+            key: _compact(item)
+            for key, item in value.items()
+            if key not in ("per_seed_difference", "resamples")
+        }
+    return value
 
 
 def tokens_kept(run_dir: Path) -> dict[str, dict[str, float]]:
