@@ -350,3 +350,40 @@ def finish_run(
         run_dir / "results.json", "run", summary, seeds=None if seed is None else [seed], config=config
     )
     return summary
+
+
+def train_or_continue(
+    run_dir: Path,
+    config: Any,
+    train: Callable[..., dict],
+    finished: Path,
+    *,
+    also_finished: tuple[Path, ...] = (),
+    filled_keys: tuple[str, ...] = (),
+    replaces: Path | None = None,
+    say: Callable[[str], None] = print,
+) -> dict:
+    """Run `train(resume=..., overwrite=...)` for `config` into `run_dir`, continuing what an
+    interrupted run left there; what every comparison and the demo run each (config, seed) through.
+
+    A run whose `finished` report (and `also_finished` files) exist and whose RUN/config.yaml holds
+    the same settings (`filled_keys`: those training fills in itself) is read back: the report's
+    JSON. One with a checkpoint resumes; one stopped before its first checkpoint starts over,
+    replacing `replaces` (the run directory by default)."""
+    saved = run_dir / "config.yaml"
+    if all(path.is_file() for path in (finished, *also_finished, saved)):
+        changed = [
+            key
+            for key, _, _ in config_io.differing_keys(
+                config_io.saved_config(saved, config), config_io.to_dict(config)
+            )
+            if key not in filled_keys
+        ]
+        if not changed:
+            say(f"{run_dir}: finished in an earlier run ({finished})")
+            return json.loads(finished.read_text())
+    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    if checkpoint is not None:
+        say(f"{run_dir}: continuing from {checkpoint}")
+        return train(resume=True, overwrite=False)
+    return train(resume=False, overwrite=(replaces or run_dir).exists())

@@ -27,9 +27,8 @@ from pathlib import Path
 
 import torch
 
-from visionloom import config as config_io
 from visionloom.engine import compare
-from visionloom.engine.checkpoint import latest_checkpoint
+from visionloom.engine import run as engine_run
 from visionloom.engine.compare import DEFAULT_RESAMPLES, Entry, interval_text, mean_std_text
 from visionloom.grounding.baselines import BASELINES, fit_priors, score_baselines
 from visionloom.grounding.build import read_splits
@@ -47,16 +46,14 @@ def train_or_continue(
     config: GroundingConfig, data_root: Path, run_dir: Path, progress: bool, say: Callable[[str], None]
 ) -> dict:
     """Train `config` into `run_dir`, continuing what an interrupted run left there."""
-    summary = run_dir / "summary.json"
-    if summary.is_file() and (run_dir / SAMPLE_OUTCOMES).is_file():
-        saved = config_io.saved_config(run_dir / "config.yaml", config)
-        if not config_io.differing_keys(saved, config_io.to_dict(config)):
-            say(f"{run_dir}: finished in an earlier run")
-            return json.loads(summary.read_text())
-    if latest_checkpoint(run_dir / "checkpoints") is not None:
-        say(f"{run_dir}: continuing from its latest checkpoint")
-        return train_grounding(config, data_root, run_dir, resume=True, progress=progress)
-    return train_grounding(config, data_root, run_dir, overwrite=run_dir.exists(), progress=progress)
+    return engine_run.train_or_continue(
+        run_dir,
+        config,
+        lambda **how: train_grounding(config, data_root, run_dir, progress=progress, **how),
+        run_dir / "summary.json",
+        also_finished=(run_dir / SAMPLE_OUTCOMES,),
+        say=say,
+    )
 
 
 def _outcome_tensors(outcomes: list[dict], mask: str) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from visionloom import config as config_io
 from visionloom.data.check import require_usable
+from visionloom.engine import run as engine_run
 from visionloom.engine.checkpoint import latest_checkpoint, load_weights
 from visionloom.engine.experiment import Setup, run_experiment
 from visionloom.engine.run import (
@@ -205,27 +205,18 @@ def load_outcomes(run_dir: Path) -> QueryOutcomes:
 def train_or_continue(
     config: RetrievalConfig, data_root: Path, run_dir: Path, *, progress: bool = True, say=print
 ) -> dict:
-    """Train `config` into `run_dir`, continuing what an interrupted run left there: a finished
-    run (same steps) is read back, one with a checkpoint resumes, one stopped before its first
-    checkpoint starts over. What `demo` and `retrieval compare` run each configuration through."""
-    summary = run_dir / "summary.json"
-    if summary.is_file() and (run_dir / QUERY_OUTCOMES).is_file():
-        saved = config_io.saved_config(run_dir / "config.yaml", config)
+    """Train `config` into `run_dir`, continuing what an interrupted run left there
+    (`engine.run.train_or_continue`). What `demo` and `retrieval compare` run each configuration through."""
+    return engine_run.train_or_continue(
+        run_dir,
+        config,
+        lambda **how: train_retrieval(config, data_root, run_dir, progress=progress, **how),
+        run_dir / "summary.json",
+        also_finished=(run_dir / QUERY_OUTCOMES,),
         # phase 4's codebook size and grid are filled from the VQ model when training starts
-        filled = ("model.codebook_size", "model.code_grid")
-        changed = [
-            key
-            for key, _, _ in config_io.differing_keys(saved, config_io.to_dict(config))
-            if key not in filled
-        ]
-        if not changed:
-            say(f"{run_dir}: finished in an earlier run ({summary})")
-            return json.loads(summary.read_text())
-    checkpoint = latest_checkpoint(run_dir / "checkpoints")
-    if checkpoint is not None:
-        say(f"{run_dir}: continuing from {checkpoint}")
-        return train_retrieval(config, data_root, run_dir, resume=True, progress=progress)
-    return train_retrieval(config, data_root, run_dir, overwrite=run_dir.exists(), progress=progress)
+        filled_keys=("model.codebook_size", "model.code_grid"),
+        say=say,
+    )
 
 
 def find_run(path: str | Path) -> tuple[Path, Path]:

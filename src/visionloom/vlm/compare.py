@@ -18,10 +18,9 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from visionloom import config as config_io
 from visionloom.data.scenes import read_scene_folder
 from visionloom.engine import compare
-from visionloom.engine.checkpoint import latest_checkpoint
+from visionloom.engine import run as engine_run
 from visionloom.engine.compare import Entry, mean_std_text
 from visionloom.results import write_results
 from visionloom.vlm.config import PretrainConfig, load_config
@@ -34,16 +33,14 @@ def pretrain_or_continue(
     config: PretrainConfig, data_root: Path, out: Path, progress: bool, say: Callable[[str], None]
 ) -> dict:
     """`vlm pretrain` into `out`, or its report when `out` finished with the same settings."""
-    report = out / "pretrain.json"
-    if report.is_file() and (out / "run" / "config.yaml").is_file():
-        saved = config_io.saved_config(out / "run" / "config.yaml", config)
-        if not config_io.differing_keys(saved, config_io.to_dict(config)):
-            say(f"{out}: finished in an earlier run")
-            return json.loads(report.read_text())
-    if latest_checkpoint(out / "run" / "checkpoints") is not None:
-        say(f"{out}: continuing from its latest checkpoint")
-        return pretrain(data_root, out, config, resume=True, progress=progress)
-    return pretrain(data_root, out, config, overwrite=out.exists(), progress=progress)
+    return engine_run.train_or_continue(
+        out / "run",
+        config,
+        lambda **how: pretrain(data_root, out, config, progress=progress, **how),
+        out / "pretrain.json",
+        replaces=out,
+        say=say,
+    )
 
 
 def validation_curve(run_dir: Path, task: str = "where") -> list[list[float]]:
