@@ -112,3 +112,7 @@ def test_compare_refuses_what_it_cannot_pair(scenes_root, scene_vlm, tmp_path):
         app, ["prune", "compare", "--data", str(scenes_root), "--out", str(tmp_path / "d")]
     )
     assert result.exit_code != 0 and "no VLM: give --vlm" in result.output
+    args = ["--data", str(tmp_path / "none"), "--out", str(tmp_path / "e"), "--vlm", str(directory)]
+    result = runner.invoke(app, ["prune", "compare", *args])
+    assert result.exit_code != 0 and "no instances.json" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "e").exists()

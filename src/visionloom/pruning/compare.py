@@ -26,7 +26,7 @@ import torch
 from visionloom.engine import compare
 from visionloom.engine.compare import DEFAULT_RESAMPLES, interval_text, mean_std_text
 from visionloom.pruning.config import PruneConfig
-from visionloom.pruning.evaluate import QUESTION_OUTCOMES, evaluate_pruning
+from visionloom.pruning.evaluate import QUESTION_OUTCOMES, evaluate_pruning, read_questions
 from visionloom.results import config_sha256, write_results
 
 KEEP_ALL = "keep-all"
@@ -83,6 +83,7 @@ def run_comparison(
     if config.vlm is None:
         raise ValueError("no VLM: give --vlm DIR (from `visionloom vlm pretrain`, or a real checkpoint)")
     data_root, out = Path(data_root), Path(out)
+    read_questions(config, data_root)  # a data root that cannot be read is named before any folder is made
     out.mkdir(parents=True, exist_ok=True)
     records = []
     for seed in seed_values:
