@@ -395,6 +395,16 @@ def render_vlm_compare(records: list[dict]) -> list[str]:
     return lines + ["", provenance(records)]
 
 
+def _supports(pair: dict, key: str) -> str:
+    """What the interval lets a report say (as `engine.compare.supported`, which needs numpy)."""
+    low, high = pair[key]
+    if low > 0:
+        return f"{pair['a']} above {pair['b']}"
+    if high < 0:
+        return f"{pair['a']} below {pair['b']}"
+    return "no difference shown"
+
+
 def render_prune_compare(records: list[dict]) -> list[str]:
     lines = []
     for record in records:
@@ -415,7 +425,7 @@ def render_prune_compare(records: list[dict]) -> list[str]:
                 f"{p['a']} − {p['b']}",
                 f"{p['difference']:+.1f}",
                 _interval(p["interval_by_group"]),
-                p["supports_by_image"],
+                _supports(p, "interval_by_group"),
             ]
             for p in report["pairs"]
         ]

@@ -4,6 +4,7 @@ and a comparison that reads finished seeds back."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,6 +69,16 @@ def test_compare_reports_each_seed_and_pairs_each_pruner_with_random_and_keep_al
     filed = json.loads((tmp_path / "results.json").read_text())["figures"]
     assert filed["pairs"][0]["difference"] == round(report["pairs"][0]["difference"], 2)
     assert filed["rows"]["random"]["0.25"]["mean"] == round(random_row["mean"], 2)
+    # the filed form drops what it can be rebuilt from: constant per-seed lists, the sentences
+    assert "per_seed" not in filed["rows"]["tower-attention"]["0.25"]
+    assert "supports" not in filed["pairs"][0] and "supports_by_image" not in filed["pairs"][0]
+    if len(set(random_row["per_seed"])) > 1:
+        assert filed["rows"]["random"]["0.25"]["per_seed"] == [round(v, 2) for v in random_row["per_seed"]]
+    # the docs' renderer says from the filed intervals what compare.json says
+    rendered = "\n".join(_renderer().render_prune_compare([json.loads((tmp_path / "results.json").read_text())]))
+    for pair in report["pairs"]:
+        assert f"| {pair['a']} − {pair['b']} |" in rendered
+        assert f"| {pair['supports_by_image']} |" in rendered
     table = (tmp_path / "compare.md").read_text()
     assert "| tower-attention 25% − random 25% |" in table and (tmp_path / "compare.png").stat().st_size > 0
 
@@ -116,3 +127,13 @@ def test_compare_refuses_what_it_cannot_pair(scenes_root, scene_vlm, tmp_path):
     result = runner.invoke(app, ["prune", "compare", *args])
     assert result.exit_code != 0 and "no instances.json" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "e").exists()
+
+
+def _renderer():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "render_results.py"
+    spec = importlib.util.spec_from_file_location("render_results", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -135,17 +135,20 @@ def run_comparison(
 
 
 def _compact(value):
-    """The report for OUT/results.json: figures to 0.01 point, pairs without their per-seed lists
-    (compare.json keeps everything at full precision)."""
+    """The report for OUT/results.json: figures to 0.01 point; without the pairs' per-seed lists,
+    the "supports" sentences (their intervals decide them) and a row's per-seed list where every
+    seed gave the same figure (compare.json keeps everything at full precision)."""
     if isinstance(value, float):
         return round(value, 2)
     if isinstance(value, list):
         return [_compact(item) for item in value]
     if isinstance(value, dict):
+        constant = "per_seed" in value and len(set(value["per_seed"])) == 1
         return {
             key: _compact(item)
             for key, item in value.items()
-            if key not in ("per_seed_difference", "resamples")
+            if key not in ("per_seed_difference", "resamples", "supports", "supports_by_image")
+            and not (key == "per_seed" and constant)
         }
     return value
 
