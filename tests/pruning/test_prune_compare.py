@@ -75,7 +75,9 @@ def test_compare_reports_each_seed_and_pairs_each_pruner_with_random_and_keep_al
     if len(set(random_row["per_seed"])) > 1:
         assert filed["rows"]["random"]["0.25"]["per_seed"] == [round(v, 2) for v in random_row["per_seed"]]
     # the docs' renderer says from the filed intervals what compare.json says
-    rendered = "\n".join(_renderer().render_prune_compare([json.loads((tmp_path / "results.json").read_text())]))
+    rendered = "\n".join(
+        _renderer().render_prune_compare([json.loads((tmp_path / "results.json").read_text())])
+    )
     for pair in report["pairs"]:
         assert f"| {pair['a']} − {pair['b']} |" in rendered
         assert f"| {pair['supports_by_image']} |" in rendered
