@@ -405,6 +405,56 @@ def _supports(pair: dict, key: str) -> str:
     return "no difference shown"
 
 
+def render_ground_compare(records: list[dict]) -> list[str]:
+    (record,) = records
+    report = record["figures"]
+    masks = [
+        m
+        for m in ("coarse", "refined")
+        if any(f"{m}_cIoU" in e["summary"] for e in report["entries"].values())
+    ]
+    columns = [f"{mask}_{metric}" for mask in masks for metric in ("cIoU", "mIoU", "P@0.5")]
+    rows = [
+        [
+            name,
+            len(entry["per_seed"]),
+            *(
+                f"{entry['summary'][c]['mean']:.1f} ± {entry['summary'][c]['std']:.1f}"
+                if c in entry["summary"]
+                else "–"
+                for c in columns
+            ),
+        ]
+        for name, entry in report["entries"].items()
+    ]
+    lines = table(["entry", "seeds", *(c.replace("_", " ") for c in columns)], rows) + [""]
+    pairs = [
+        [
+            f"{pair['a']} − {pair['b']}",
+            f"{mask} {metric}",
+            f"{found['difference']:+.1f}",
+            _interval(found["interval"]),
+            _interval(found["interval_by_group"]),
+            _supports({"a": pair["a"], "b": pair["b"], **found}, "interval_by_group"),
+        ]
+        for pair in report["pairs"]
+        for mask in masks
+        for metric, found in pair.get(mask, {}).items()
+    ]
+    lines += table(
+        ["A − B", "metric", "points", "95% interval (expressions)", "95% interval (images)", "supports"],
+        pairs,
+    )
+    lines += [
+        "",
+        f"Split `{report['split']}`: {report['expressions']} expressions about {report['images']} images. "
+        "Mean ± sample std over seeds (a baseline is one fit); cIoU differences pool every seed's "
+        f"intersections and unions. Paired bootstrap ({report['resamples']} resamples); what the image "
+        "interval supports.",
+    ]
+    return lines + ["", provenance(records)]
+
+
 def render_prune_compare(records: list[dict]) -> list[str]:
     lines = []
     for record in records:
@@ -439,6 +489,7 @@ def render_prune_compare(records: list[dict]) -> list[str]:
 
 RENDERERS: dict[str, Callable[[list[dict]], list[str]]] = {
     "prune_compare": render_prune_compare,
+    "ground_compare": render_ground_compare,
     "vlm_compare": render_vlm_compare,
     "demo": render_demo,
     "doctor": render_doctor,

@@ -204,3 +204,14 @@ def assert_matches_model(adapter, inputs):
     assert all(e.abs().sum() > 0 for e in per_image)
     assert not torch.equal(per_image[0][: per_image[1].shape[0]], per_image[1][: per_image[0].shape[0]])
     return tokens
+
+
+def results_renderer():
+    """scripts/render_results.py as a module (a script, not part of the package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "render_results.py"
+    spec = importlib.util.spec_from_file_location("render_results", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -9,6 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from tests.helpers import results_renderer
 from visionloom.cli import app
 from visionloom.engine.compare import make_entries, ratio_difference_bootstrap
 from visionloom.grounding import compare
@@ -90,6 +91,17 @@ def test_compare_trains_each_seed_scores_baselines_and_pairs_expressions(
         json.loads((tmp_path / "llava" / "seed0" / "sample_outcomes.json").read_text())["test"]["samples"]
     )
     assert "| llava-control − llava | coarse | cIoU |" in (tmp_path / "compare.md").read_text()
+    # the results file drops what it can be rebuilt from, and the docs' renderer rebuilds it
+    filed = json.loads((tmp_path / "results.json").read_text())
+    assert filed["kind"] == "ground_compare"
+    filed_pair = filed["figures"]["pairs"][0]["coarse"]["cIoU"]
+    assert "supports" not in filed_pair and "per_seed_difference" not in filed_pair
+    rendered = "\n".join(results_renderer().render_ground_compare([filed]))
+    for pair in report["pairs"]:
+        for mask in ("coarse", "refined"):
+            for metric, found in pair.get(mask, {}).items():
+                row = f"| {pair['a']} − {pair['b']} | {mask} {metric} | {found['difference']:+.1f} |"
+                assert row in rendered and found["supports"] in rendered.split(row)[1].split("\n")[0]
     assert (tmp_path / "compare.png").stat().st_size > 0
 
     def refuse(*args, **kwargs):

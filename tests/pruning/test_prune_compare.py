@@ -4,12 +4,12 @@ and a comparison that reads finished seeds back."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
+from tests.helpers import results_renderer
 from visionloom.cli import app
 from visionloom.engine.compare import paired_bootstrap
 from visionloom.pruning import compare, evaluate
@@ -76,7 +76,7 @@ def test_compare_reports_each_seed_and_pairs_each_pruner_with_random_and_keep_al
         assert filed["rows"]["random"]["0.25"]["per_seed"] == [round(v, 2) for v in random_row["per_seed"]]
     # the docs' renderer says from the filed intervals what compare.json says
     rendered = "\n".join(
-        _renderer().render_prune_compare([json.loads((tmp_path / "results.json").read_text())])
+        results_renderer().render_prune_compare([json.loads((tmp_path / "results.json").read_text())])
     )
     for pair in report["pairs"]:
         assert f"| {pair['a']} − {pair['b']} |" in rendered
@@ -129,13 +129,3 @@ def test_compare_refuses_what_it_cannot_pair(scenes_root, scene_vlm, tmp_path):
     result = runner.invoke(app, ["prune", "compare", *args])
     assert result.exit_code != 0 and "no instances.json" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "e").exists()
-
-
-def _renderer():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[2] / "scripts" / "render_results.py"
-    spec = importlib.util.spec_from_file_location("render_results", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module

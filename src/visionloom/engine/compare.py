@@ -250,3 +250,28 @@ def interval_text(interval: Sequence[float] | None) -> str:
 
 def mean_std_text(summary: dict[str, float], digits: int = 1) -> str:
     return f"{summary['mean']:.{digits}f} ± {summary['std']:.{digits}f}"
+
+
+def filed_form(value):
+    """A compare report as a results file keeps it (`visionloom.results`): figures to 0.01 point;
+    without the pairs' per-seed differences, the "supports" sentences (their
+    intervals decide them), and a per-seed list of figures where every seed gave the same one. The report
+    beside it (OUT/compare.json) keeps everything at full precision."""
+    if isinstance(value, float):
+        return round(value, 2)
+    if isinstance(value, list):
+        return [filed_form(item) for item in value]
+    if isinstance(value, dict):
+        figures = value.get("per_seed")
+        constant = (
+            isinstance(figures, list)
+            and all(isinstance(figure, float | int) for figure in figures)
+            and len(set(figures)) == 1
+        )
+        return {
+            key: filed_form(item)
+            for key, item in value.items()
+            if key not in ("per_seed_difference", "supports", "supports_by_image")
+            and not (key == "per_seed" and constant)
+        }
+    return value

@@ -227,7 +227,7 @@ def run_comparison(
     write_results(
         out / "results.json",
         "ground_compare",
-        report,
+        compare.filed_form(report),
         seeds=list(seed_values),
         config={
             "entries": [[e.config, e.overrides] for e in entries],

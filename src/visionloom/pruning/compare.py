@@ -127,30 +127,15 @@ def run_comparison(
     }
     (out / "compare.json").write_text(json.dumps(report, indent=1))
     write_results(
-        out / "results.json", "prune_compare", _compact(report), seeds=list(seed_values), config=config
+        out / "results.json",
+        "prune_compare",
+        compare.filed_form(report),
+        seeds=list(seed_values),
+        config=config,
     )
     write_tables(report, out / "compare.md")
     plot_comparison(report, out / "compare.png", tokens_kept(out / "seed0"))
     return report
-
-
-def _compact(value):
-    """The report for OUT/results.json: figures to 0.01 point; without the pairs' per-seed lists,
-    the "supports" sentences (their intervals decide them) and a row's per-seed list where every
-    seed gave the same figure (compare.json keeps everything at full precision)."""
-    if isinstance(value, float):
-        return round(value, 2)
-    if isinstance(value, list):
-        return [_compact(item) for item in value]
-    if isinstance(value, dict):
-        constant = "per_seed" in value and len(set(value["per_seed"])) == 1
-        return {
-            key: _compact(item)
-            for key, item in value.items()
-            if key not in ("per_seed_difference", "resamples", "supports", "supports_by_image")
-            and not (key == "per_seed" and constant)
-        }
-    return value
 
 
 def tokens_kept(run_dir: Path) -> dict[str, dict[str, float]]:
