@@ -296,15 +296,27 @@ def selection_evidence(comparison: dict | None) -> dict | None:
 
 
 def selection_line(evidence: dict) -> str:
+    runs, earlier = evidence["runs"], evidence["earlier_step_selected"]
+    if earlier == 0:
+        # Validation chose the last step everywhere: one set of weights, nothing to tell apart.
+        return (
+            f"Selection: validation chose the last step in all {runs} runs, so the selected weights are "
+            f"the last ones; their validation R@1 was {evidence['gap_selected']:.1f} points from test "
+            "(mean over runs)."
+        )
+    gaps = evidence["gap_selected"], evidence["gap_last"]
     closer = (
-        "the selected weights'" if evidence["gap_selected"] < evidence["gap_last"] else "the last weights'"
+        "neither"
+        if gaps[0] == gaps[1]
+        else "the selected weights' validation"
+        if gaps[0] < gaps[1]
+        else "the last weights' validation"
     )
     return (
-        f"Selection: validation chose an earlier step than the last in {evidence['earlier_step_selected']} of "
-        f"{evidence['runs']} runs; test R@1 {evidence['test_R1_selected']:.1f} with the selected weights, "
-        f"{evidence['test_R1_last']:.1f} with the last (mean over runs); validation R@1 was "
-        f"{evidence['gap_selected']:.1f} points from test for the selected weights and "
-        f"{evidence['gap_last']:.1f} for the last ({closer} validation is the closer estimate)."
+        f"Selection: validation chose an earlier step than the last in {earlier} of {runs} runs; test "
+        f"R@1 {evidence['test_R1_selected']:.1f} with the selected weights, {evidence['test_R1_last']:.1f} "
+        f"with the last (mean over runs); validation R@1 was {gaps[0]:.1f} points from test for the "
+        f"selected weights and {gaps[1]:.1f} for the last ({closer} is the closer estimate)."
     )
 
 
