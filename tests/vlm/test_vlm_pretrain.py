@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tests.helpers import cached_preset
@@ -93,3 +94,28 @@ def test_cell_labels_follow_the_masks(scenes_root):
     assert (shapes[mostly] == annotation["category_id"]).all()
     places = cell_places((3, 3))
     assert [PLACES[i] for i in places.tolist()] == PLACES
+
+
+def test_accuracy_by_kind_of_question_adds_up_to_the_tasks(scenes_root, scene_vlm):
+    directory, _ = scene_vlm
+    texts = read_scene_texts(scenes_root, "val")
+    kinds = {text.task for text in texts if text.task.startswith("qa:")}
+    assert {"qa:what-color", "qa:what-shape", "qa:where", "qa:is", "qa:how-many"} >= kinds
+    assert {"qa:what-color", "qa:where"} <= kinds
+    accuracy = answer_accuracy(load(directory), texts, by_kind=True)
+    counts = {kind: sum(text.task == kind for text in texts) for kind in kinds}
+    pooled = sum(accuracy[kind] * counts[kind] for kind in kinds) / sum(counts.values())
+    assert accuracy["qa"] == pytest.approx(pooled)
+
+    from typer.testing import CliRunner
+
+    from visionloom.cli import app
+
+    result = CliRunner().invoke(
+        app, ["vlm", "accuracy", str(directory), "--data", str(scenes_root)], terminal_width=200
+    )
+    assert result.exit_code == 0, result.output
+    for kind in kinds:
+        assert kind in result.output
+    bad = CliRunner().invoke(app, ["vlm", "accuracy", str(directory), "--data", str(scenes_root / "missing")])
+    assert bad.exit_code != 0 and "missing" in bad.output and "Traceback" not in bad.output

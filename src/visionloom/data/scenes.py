@@ -109,7 +109,9 @@ def read_scene_splits(folder: SceneFolder, splits: tuple[str, ...]) -> dict[str,
     for qa in _entries(root / "qa.json", ("image_id", "split", "question", "answer"), images):
         if qa["split"] in texts:
             question = str(qa["question"])
-            kind = question.split()[0] + ("-many" if question.startswith("how") else "") if question else ""
+            words = question.split()
+            # qa:how-many, qa:what-color, qa:what-shape, qa:is, qa:where
+            kind = "-".join(words[:2]) if words[:1] in (["how"], ["what"]) else "".join(words[:1])
             texts[qa["split"]].append(
                 SceneText(path(qa["image_id"]), f"<image>\n{question}", str(qa["answer"]), f"qa:{kind}")
             )

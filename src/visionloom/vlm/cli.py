@@ -1,4 +1,4 @@
-"""`visionloom vlm pretrain` and `vlm compare`: the scene VLM that grounding and pruning evaluate."""
+"""`visionloom vlm pretrain`, `vlm accuracy` and `vlm compare`: the scene VLM that grounding and pruning evaluate."""
 
 from __future__ import annotations
 
@@ -39,6 +39,35 @@ def vlm_pretrain(
     console.print(
         f"saved to {out} ({report['train_seconds']:.0f} s of training); report in {out / 'pretrain.json'}"
     )
+
+
+@vlm.command("accuracy")
+def vlm_accuracy(
+    checkpoint: str = typer.Argument(
+        ..., help="A scene VLM (vlm pretrain's OUT) or any checkpoint it loads."
+    ),
+    data: Path = typer.Option(..., "--data", help="A synth-scenes directory."),
+    split: str = typer.Option("val", "--split", help="train | val | test"),
+) -> None:
+    """Exact-match accuracy per task and per kind of question on one split: what the VLM reads
+    from its image tokens (colour, shape, count, location) and what it does not."""
+    from visionloom.backbones import load
+    from visionloom.data.scenes import read_scene_texts
+    from visionloom.vlm.evaluate import answer_accuracy
+
+    texts = read_scene_texts(data, split)
+    adapter = load(checkpoint)
+    adapter.model.eval()
+    accuracy = answer_accuracy(adapter, texts, progress=True, by_kind=True)
+    from rich.table import Table
+
+    table = Table(title=f"{checkpoint}: exact-match accuracy on {split}")
+    for column in ("task", "texts", "accuracy %"):
+        table.add_column(column, justify="left" if column == "task" else "right")
+    for task, value in accuracy.items():
+        texts_of_task = sum(task in ("all", t.task, t.task.split(":")[0]) for t in texts)
+        table.add_row(task, str(texts_of_task), f"{value:.1f}")
+    console.print(table)
 
 
 @vlm.command("compare")

@@ -21,8 +21,11 @@ def answer_accuracy(
     texts: list[SceneText],
     batch_size: int = 64,
     progress: bool = False,
+    by_kind: bool = False,
 ) -> dict[str, float]:
-    """Exact-match accuracy (%) overall and per task."""
+    """Exact-match accuracy (%) overall and per task (caption, qa, where); with `by_kind` also per
+    kind of question (qa:what-color, qa:where, ...), which tells what a VLM reads from the image
+    tokens and what it does not."""
     collate = AnswerCollate(adapter)
     loader = DataLoader(Items(texts), batch_size=batch_size, collate_fn=collate)
     correct: dict[str, list[bool]] = defaultdict(list)
@@ -39,5 +42,7 @@ def answer_accuracy(
         for text, hit in zip(texts[offset : offset + len(hits)], hits, strict=True):
             correct["all"].append(hit)
             correct[text.task.split(":")[0]].append(hit)
+            if by_kind and ":" in text.task:
+                correct[text.task].append(hit)
         offset += len(hits)
     return {task: 100.0 * float(np.mean(values)) for task, values in sorted(correct.items())}
