@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from tests.helpers import cached_preset
 from visionloom.backbones import load
@@ -119,3 +120,32 @@ def test_accuracy_by_kind_of_question_adds_up_to_the_tasks(scenes_root, scene_vl
         assert kind in result.output
     bad = CliRunner().invoke(app, ["vlm", "accuracy", str(directory), "--data", str(scenes_root / "missing")])
     assert bad.exit_code != 0 and "missing" in bad.output and "Traceback" not in bad.output
+
+
+def test_worker_processes_give_the_same_training(scenes_root, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from visionloom.vlm import train
+    from visionloom.vlm.config import PretrainConfig
+    from visionloom.vlm.train import pretrain
+
+    workers_used = []
+
+    def loader(*args, **kwargs):  # the real DataLoader, with the worker count it was given noted
+        workers_used.append(kwargs.get("num_workers", 0))
+        return DataLoader(*args, **kwargs)
+
+    monkeypatch.setattr(train, "DataLoader", loader)
+    weights = []
+    for workers in (0, 1):
+        config = PretrainConfig(family="llava")
+        config.train.steps, config.train.batch_size, config.train.warmup_steps = 2, 4, 1
+        config.train.checkpoint_every = config.train.eval_every = 2
+        config.train.num_workers = workers
+        out = tmp_path / f"workers{workers}"
+        pretrain(scenes_root, out, config, progress=False)
+        weights.append(load_file(out / "model.safetensors"))
+    assert workers_used == [0, 1]  # train.num_workers reached the loader
+    assert weights[0].keys() == weights[1].keys()
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name
