@@ -300,6 +300,32 @@ def render_train_step(records: list[dict]) -> list[str]:
     return table(header, rows) + ["", provenance(records)]
 
 
+def render_vlm_step(records: list[dict]) -> list[str]:
+    (record,) = records
+    figures = record["figures"]
+    rows = [
+        [
+            family,
+            f"{f['in_step_samples_per_s']:.1f}",
+            f"{f['worker_samples_per_s']:.1f}",
+            f"**{f['ratio']:.2f}**",
+        ]
+        for family, f in figures["families"].items()
+    ]
+    header = [
+        "scene VLM",
+        "batch prepared in the step (samples/s)",
+        "one worker (samples/s)",
+        "worker / in step",
+    ]
+    lines = table(header, rows)
+    lines += [
+        "",
+        f"Median of the trainer's logged rates over {figures['steps']} steps, batch 32, the first interval left out.",
+    ]
+    return lines + ["", provenance(records)]
+
+
 def render_recipe_step(records: list[dict]) -> list[str]:
     (record,) = records
     recipes = record["figures"]["recipes"]
@@ -499,6 +525,7 @@ RENDERERS: dict[str, Callable[[list[dict]], list[str]]] = {
     "under_load": render_under_load,
     "eval_speed": render_eval_speed,
     "train_step": render_train_step,
+    "vlm_step": render_vlm_step,
     "recipe_step": render_recipe_step,
     "threads": render_threads,
     "published": render_published,
