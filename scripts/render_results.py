@@ -386,37 +386,48 @@ def render_published(records: list[dict]) -> list[str]:
 
 def render_vlm_compare(records: list[dict]) -> list[str]:
     (record,) = records
-    tasks = ("all", "where", "qa")
+    # (column, key): the locate prompts ("where"), all scene questions, then three kinds of them
+    columns = [
+        ("all %", "all"),
+        ("locate %", "where"),
+        ("scene questions %", "qa"),
+        ("where is …? %", "qa:where"),
+        ("what colour …? %", "qa:what-color"),
+        ("what shape …? %", "qa:what-shape"),
+    ]
+    columns = [
+        (title, key)
+        for title, key in columns
+        if any(key in entry["summary"] for entry in record["figures"]["entries"].values())
+    ]
     header = [
         "scene VLM",
         "seed",
-        "all questions %",
-        "where-questions %",
-        "scene questions %",
-        "val where % by step 1000 / 3000 / 5000",
+        *(title for title, _ in columns),
+        "val locate % by step 1000 / 3000 / 5000",
     ]
     rows = []
     for name, entry in record["figures"]["entries"].items():
+        overrides = " ".join(entry.get("overrides") or [])
+        label = f"{name} {overrides}".strip()
         for run in entry["per_seed"]:
             curve = dict((int(step), value) for step, value in run["val_where_by_step"])
             by_step = " / ".join(
                 f"{curve[step]:.0f}" if step in curve else "–" for step in (1000, 3000, 5000)
             )
-            rows.append([name, run["seed"], *(f"{run[task]:.1f}" for task in tasks), by_step])
+            cells = [f"{run[key]:.1f}" if key in run else "–" for _, key in columns]
+            rows.append([label, run["seed"], *cells, by_step])
         summary = entry["summary"]
-        rows.append(
-            [
-                f"**{name}**",
-                "mean ± std",
-                *(f"{summary[t]['mean']:.1f} ± {summary[t]['std']:.1f}" for t in tasks),
-                "",
-            ]
-        )
+        cells = [
+            f"{summary[key]['mean']:.1f} ± {summary[key]['std']:.1f}" if key in summary else "–"
+            for _, key in columns
+        ]
+        rows.append([f"**{label}**", "mean ± std", *cells, ""])
     lines = table(header, rows)
     lines += [
         "",
         "Held-out exact-match accuracy of each seed (`seed` = `train.seed`), 5000 steps each, and "
-        "mean ± sample std over seeds.",
+        "mean ± sample std over seeds. Locate: `locate <expression>` → its location.",
     ]
     return lines + ["", provenance(records)]
 

@@ -39,10 +39,8 @@ def test_seeds_differ_report_their_spread_and_finished_seeds_are_read_back(
     runs = report["entries"]["llava"]["per_seed"]
     for seed, run in enumerate(runs):
         pretrained = json.loads((tmp_path / "llava" / f"seed{seed}" / "pretrain.json").read_text())
-        assert (
-            run["all"] == pretrained["test_accuracy"]["all"]
-            and run["where"] == pretrained["test_accuracy"]["where"]
-        )
+        for task in ("all", "where", "qa:what-color", "qa:where"):
+            assert run[task] == pretrained["test_accuracy"][task], task
         assert run["val_where_by_step"] == [
             [2, pytest.approx(run["val_where_by_step"][0][1])],
             [4, pytest.approx(run["val_where_by_step"][1][1])],
@@ -91,6 +89,21 @@ def test_seeds_differ_report_their_spread_and_finished_seeds_are_read_back(
         say=lambda _: None,
     )
     assert older["entries"] == report["entries"]
+    # a run whose report predates the kinds of question: its checkpoint answers the test split again
+    pretrained = tmp_path / "llava" / "seed1" / "pretrain.json"
+    filed = json.loads(pretrained.read_text())
+    filed["test_accuracy"] = {k: v for k, v in filed["test_accuracy"].items() if ":" not in k}
+    pretrained.write_text(json.dumps(filed))
+    kinds_again = compare.run_comparison(
+        make_entries(["llava"]),
+        scenes_root,
+        tmp_path,
+        seeds=2,
+        common_overrides=SMALL,
+        progress=False,
+        say=lambda _: None,
+    )
+    assert kinds_again["entries"] == report["entries"]
 
 
 def test_an_interrupted_seed_resumes_from_its_checkpoint(scenes_root, tmp_path, monkeypatch):

@@ -34,10 +34,12 @@ def vlm_pretrain(
     settings = load_config(config or family, overrides)
     family = settings.family
     report = pretrain(data, out, settings, resume=resume, overwrite=overwrite)
-    print_metrics(f"{family}: answer accuracy on held-out scenes (%)", report["test_accuracy"])
+    tasks = {task: value for task, value in report["test_accuracy"].items() if ":" not in task}
+    print_metrics(f"{family}: answer accuracy on held-out scenes (%)", tasks)
     print_metrics("the same model with random weights (%)", report["test_accuracy_random_weights"])
     console.print(
-        f"saved to {out} ({report['train_seconds']:.0f} s of training); report in {out / 'pretrain.json'}"
+        f"saved to {out} ({report['train_seconds']:.0f} s of training); report in {out / 'pretrain.json'}, "
+        f"accuracy per kind of question there and from `visionloom vlm accuracy {out} --data {data}`"
     )
 
 

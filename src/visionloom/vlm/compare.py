@@ -18,15 +18,19 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from visionloom.data.scenes import read_scene_folder
+from visionloom.backbones import load
+from visionloom.data.scenes import read_scene_folder, read_scene_texts
 from visionloom.engine import compare
 from visionloom.engine import run as engine_run
 from visionloom.engine.compare import Entry, mean_std_text
 from visionloom.results import write_results
 from visionloom.vlm.config import PretrainConfig, load_config
+from visionloom.vlm.evaluate import answer_accuracy
 from visionloom.vlm.train import pretrain
 
 TASKS = ("all", "where", "qa", "caption")
+# What a seed reads from its image tokens: colour and shape of a named object, and where it is.
+KINDS = ("qa:what-color", "qa:what-shape", "qa:where")
 
 
 def pretrain_or_continue(
@@ -83,13 +87,18 @@ def run_comparison(
             checkpoint = out / entry.folder / f"seed{seed}"
             say(f"{entry.name}, seed {seed} -> {checkpoint}")
             report = pretrain_or_continue(configs[entry.name, seed], data_root, checkpoint, progress, say)
+            accuracy = report["test_accuracy"]
+            if not all(kind in accuracy for kind in KINDS):  # a run from before the kinds were kept
+                accuracy = answer_accuracy(
+                    load(checkpoint), read_scene_texts(data_root, "test"), by_kind=True
+                )
             runs.append(
                 {
                     "seed": seed,
                     "checkpoint": str(checkpoint),
                     "seconds": report["train_seconds"],
                     "selected_step": (report.get("selected") or {}).get("step"),
-                    **{task: report["test_accuracy"].get(task, float("nan")) for task in TASKS},
+                    **{task: accuracy.get(task, float("nan")) for task in (*TASKS, *KINDS)},
                     "val_where_by_step": validation_curve(checkpoint / "run"),
                 }
             )
@@ -97,7 +106,7 @@ def run_comparison(
             "config": entry.config,
             "overrides": entry.overrides,
             "per_seed": runs,
-            "summary": compare.summarise(runs, TASKS),
+            "summary": compare.summarise(runs, (*TASKS, *KINDS)),
         }
     report = {"data": str(data_root.resolve()), "seeds": list(seed_values), "entries": results}
     (out / "compare.json").write_text(json.dumps(report, indent=1))
@@ -117,18 +126,18 @@ def write_table(report: dict, path: Path) -> None:
     lines = [
         "Held-out answer accuracy (%), exact match, per seed and mean ± sample std over seeds.",
         "",
-        "| VLM | seed | " + " | ".join(TASKS) + " | selected step | train s |",
-        "|---|---|" + "---|" * (len(TASKS) + 2),
+        "| VLM | seed | " + " | ".join((*TASKS, *KINDS)) + " | selected step | train s |",
+        "|---|---|" + "---|" * (len(TASKS) + len(KINDS) + 2),
     ]
     for name, result in report["entries"].items():
         for run in result["per_seed"]:
-            cells = [f"{run[task]:.1f}" for task in TASKS]
+            cells = [f"{run[task]:.1f}" for task in (*TASKS, *KINDS)]
             lines.append(
                 f"| {name} | {run['seed']} | "
                 + " | ".join(cells)
                 + f" | {run['selected_step']} | {run['seconds']:.0f} |"
             )
-        cells = [mean_std_text(result["summary"][task]) for task in TASKS]
+        cells = [mean_std_text(result["summary"][task]) for task in (*TASKS, *KINDS)]
         lines.append(f"| **{name}** | mean ± std | " + " | ".join(cells) + " | | |")
     path.write_text("\n".join(lines) + "\n")
 

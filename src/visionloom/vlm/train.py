@@ -90,7 +90,9 @@ def pretrain(
             validate=lambda _model: answer_accuracy(adapter, texts["val"]),
             select_key="all",
             data_fingerprint=fingerprint(sorted(root.glob("*.json"))),
-            evaluate=lambda _best: {"test": answer_accuracy(adapter, texts["test"], progress=progress)},
+            evaluate=lambda _best: {
+                "test": answer_accuracy(adapter, texts["test"], progress=progress, by_kind=True)
+            },
             description={"family": config.family},
         )
 
