@@ -63,15 +63,19 @@ def test_seeds_differ_report_their_spread_and_finished_seeds_are_read_back(
         raise AssertionError("a finished seed was pretrained again")
 
     monkeypatch.setattr(compare, "pretrain", refuse)
-    again = compare.run_comparison(
-        make_entries(["llava"]),
-        scenes_root,
-        tmp_path,
-        seeds=2,
-        common_overrides=SMALL,
-        progress=False,
-        say=lambda _: None,
-    )
+
+    def compare_again() -> dict:  # the same comparison read back, with nothing left to pretrain
+        return compare.run_comparison(
+            make_entries(["llava"]),
+            scenes_root,
+            tmp_path,
+            seeds=2,
+            common_overrides=SMALL,
+            progress=False,
+            say=lambda _: None,
+        )
+
+    again = compare_again()
     assert again["entries"] == report["entries"]
     # a run written before a setting existed compares equal while that setting keeps its default
     saved = tmp_path / "llava" / "seed0" / "run" / "config.yaml"
@@ -79,30 +83,14 @@ def test_seeds_differ_report_their_spread_and_finished_seeds_are_read_back(
         saved.read_text().replace("  select: best\n", "").replace("  evaluate_last: false\n", "")
     )
     assert "select:" not in saved.read_text()
-    older = compare.run_comparison(
-        make_entries(["llava"]),
-        scenes_root,
-        tmp_path,
-        seeds=2,
-        common_overrides=SMALL,
-        progress=False,
-        say=lambda _: None,
-    )
+    older = compare_again()
     assert older["entries"] == report["entries"]
     # a run whose report predates the kinds of question: its checkpoint answers the test split again
     pretrained = tmp_path / "llava" / "seed1" / "pretrain.json"
     filed = json.loads(pretrained.read_text())
     filed["test_accuracy"] = {k: v for k, v in filed["test_accuracy"].items() if ":" not in k}
     pretrained.write_text(json.dumps(filed))
-    kinds_again = compare.run_comparison(
-        make_entries(["llava"]),
-        scenes_root,
-        tmp_path,
-        seeds=2,
-        common_overrides=SMALL,
-        progress=False,
-        say=lambda _: None,
-    )
+    kinds_again = compare_again()
     assert kinds_again["entries"] == report["entries"]
 
 
