@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 
 # Before anything imports huggingface_hub (which reads it once): no test reaches a model hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -11,6 +12,15 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
+
+
+@pytest.fixture
+def sigint_from_a_terminal():
+    """SIGINT at Python's default (KeyboardInterrupt) for a test that sends one to its own process,
+    even when the test run was started with SIGINT ignored (as a script's background job is)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -29,6 +30,13 @@ QWEN_FAMILIES = ["tiny-qwen2.5-vl", "tiny-qwen2-vl", "tiny-qwen3-vl"]
 
 
 @functools.cache
+def sigint_as_from_a_terminal() -> None:
+    """`preexec_fn` for a child process that a test interrupts: SIGINT at its default, as Ctrl-C on
+    a terminal finds it, even when the test run itself was started with SIGINT ignored (as a
+    script's background job is), which the child would otherwise inherit and keep."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def cached_preset(name: str, native: bool = False):
     """A preset shared by tests that do not change it (use build_preset for one you change)."""
     return build_preset(name, native_resolution=native)

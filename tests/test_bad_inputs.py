@@ -21,7 +21,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from tests.helpers import small_config
+from tests.helpers import sigint_as_from_a_terminal, small_config
 from visionloom.cli import app
 from visionloom.config import ConfigError
 from visionloom.data.check import check_pedes
@@ -446,7 +446,7 @@ def _equal(a: dict, b: dict) -> bool:
 
 @pytest.mark.parametrize("where", ["during validation", "inside the optimizer step"])
 def test_ctrl_c_saves_a_consistent_checkpoint_and_the_resumed_run_equals_an_uninterrupted_one(
-    where, pedes_root, tmp_path, monkeypatch
+    where, pedes_root, tmp_path, monkeypatch, sigint_from_a_terminal
 ):
     full = tmp_path / "full"
     summary_full = train_retrieval(_phase1(), pedes_root, full, progress=False)
@@ -536,6 +536,7 @@ def test_a_real_ctrl_c_says_what_was_saved_and_how_to_continue(pedes_root, tmp_p
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "COLUMNS": "200"},
+        preexec_fn=sigint_as_from_a_terminal,
     )
     deadline = time.time() + 120
     while not list(run.glob("tensorboard/*")) and time.time() < deadline:

@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from tests.helpers import sigint_as_from_a_terminal
+
 CLI = [sys.executable, "-m", "visionloom.cli", "--threads", "1"]
 
 
@@ -23,7 +25,14 @@ def interrupt_when(
     with `marker`; (exit code, stdout, stderr). The seconds from the signal to the exit are kept in
     `interrupt_when.seconds`."""
     env = {**os.environ, "COLUMNS": "80", **(env or {})}
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as job:
+    with subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=sigint_as_from_a_terminal,
+    ) as job:
         lines, signalled = [], None
         for line in job.stdout:
             lines.append(line.rstrip("\n"))

@@ -23,13 +23,18 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 class DeferredInterrupt:
     """Ctrl-C raises at once, except inside `critical()` (the optimizer's update of the weights),
-    where it is held until the block ends, so a checkpoint never holds half-updated weights."""
+    where it is held until the block ends, so a checkpoint never holds half-updated weights.
+
+    A process started with SIGINT ignored (`nohup`, a background job of a script) keeps ignoring
+    it here too: otherwise it would stop on SIGINT while training and not while evaluating."""
 
     def __init__(self):
         self.inside, self.pending, self.previous = False, False, None
 
     def __enter__(self) -> DeferredInterrupt:
-        if threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
             self.previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
