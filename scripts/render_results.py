@@ -326,6 +326,14 @@ def render_vlm_step(records: list[dict]) -> list[str]:
     return lines + ["", provenance(records)]
 
 
+def render_patch_embed(records: list[dict]) -> list[str]:
+    (record,) = records
+    f = record["figures"]
+    rows = [[f["batch"], f"{f['conv3d_ms']:.0f}", f"{f['product_ms']:.0f}", f"**{f['ratio']:.2f}**"]]
+    header = ["batch", "Conv3d step (ms)", "matrix-product step (ms)", "Conv3d / product"]
+    return table(header, rows) + ["", provenance(records)]
+
+
 def render_recipe_step(records: list[dict]) -> list[str]:
     (record,) = records
     recipes = record["figures"]["recipes"]
@@ -537,6 +545,7 @@ RENDERERS: dict[str, Callable[[list[dict]], list[str]]] = {
     "eval_speed": render_eval_speed,
     "train_step": render_train_step,
     "vlm_step": render_vlm_step,
+    "patch_embed": render_patch_embed,
     "recipe_step": render_recipe_step,
     "threads": render_threads,
     "published": render_published,

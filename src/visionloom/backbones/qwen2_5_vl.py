@@ -38,6 +38,7 @@ from visionloom.backbones.base import (
     read_chat_template,
 )
 from visionloom.backbones.checks import ImageTokenMismatch
+from visionloom.backbones.patch_embed import patch_convolutions_as_matmul
 from visionloom.backbones.tiny_parts import HEADS, LAYERS, WIDTH, narrow_text, preset, qwen_tokenizer
 from visionloom.backbones.tower_attention import attention_received, block_index, require_hidden_states
 from visionloom.backbones.types import ImageGeometry, MultimodalInputs, VisionTokens
@@ -152,6 +153,11 @@ class Qwen2_5_VLAdapter(ImageTokenAdapter):
     projector_path = "model.visual.merger"  # 2x2 patches -> one token: raw has 4 rows per embedding
     processor_class: ClassVar[type] = Qwen2_5_VLProcessor
     video_processor_type: ClassVar[str] = "Qwen2VLVideoProcessor"  # recorded on save, see save_pretrained
+
+    def __init__(self, model, processor, *, native_resolution: bool = False):
+        super().__init__(model, processor, native_resolution=native_resolution)
+        # The same maths, without PyTorch's slow generic Conv3d path (see patch_embed).
+        patch_convolutions_as_matmul(self.vision_tower)
 
     @classmethod
     def load_processor(cls, path: Path, config: Any = None) -> Qwen2_5_VLProcessor:
