@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from visionloom.results import read_results
+from visionloom.results import read_results, supported
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
@@ -440,16 +440,6 @@ def render_vlm_compare(records: list[dict]) -> list[str]:
     return lines + ["", provenance(records)]
 
 
-def _supports(pair: dict, key: str) -> str:
-    """What the interval lets a report say (as `engine.compare.supported`, which needs numpy)."""
-    low, high = pair[key]
-    if low > 0:
-        return f"{pair['a']} above {pair['b']}"
-    if high < 0:
-        return f"{pair['a']} below {pair['b']}"
-    return "no difference shown"
-
-
 def render_ground_compare(records: list[dict]) -> list[str]:
     (record,) = records
     report = record["figures"]
@@ -480,7 +470,7 @@ def render_ground_compare(records: list[dict]) -> list[str]:
             f"{found['difference']:+.1f}",
             _interval(found["interval"]),
             _interval(found["interval_by_group"]),
-            _supports({"a": pair["a"], "b": pair["b"], **found}, "interval_by_group"),
+            supported({"a": pair["a"], "b": pair["b"], **found}, "interval_by_group"),
         ]
         for pair in report["pairs"]
         for mask in masks
@@ -520,7 +510,7 @@ def render_prune_compare(records: list[dict]) -> list[str]:
                 f"{p['a']} − {p['b']}",
                 f"{p['difference']:+.1f}",
                 _interval(p["interval_by_group"]),
-                _supports(p, "interval_by_group"),
+                supported(p, "interval_by_group"),
             ]
             for p in report["pairs"]
         ]

@@ -126,7 +126,9 @@ def test_results_files_are_small_and_say_where_they_come_from():
     files = sorted(RESULTS.rglob("*.json"))
     assert files
     for path in files:
-        assert path.stat().st_size < 8_000, f"{path.name}: keep results files to a few KB"
+        # A comparison's file (per-cell means, every stated pair's intervals) takes ~12 KB; per-item
+        # outcomes (thousands of rows) belong in the run's own folder, never here.
+        assert path.stat().st_size < 16_000, f"{path.name}: keep results files to a few KB"
         record = json.loads(path.read_text())
         if record["kind"] == "published":
             assert record["sources"], path

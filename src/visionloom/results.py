@@ -175,6 +175,18 @@ def write_results(
     return path
 
 
+def supported(pair: dict[str, Any], interval_key: str = "interval") -> str:
+    """What a compared pair's interval lets a report say: "A above B", "A below B" or "no
+    difference shown". Results files keep the interval, not the sentence: the docs' renderer and
+    the compare commands both decide it here, so they cannot disagree."""
+    low, high = pair[interval_key]
+    if low > 0:
+        return f"{pair['a']} above {pair['b']}"
+    if high < 0:
+        return f"{pair['a']} below {pair['b']}"
+    return "no difference shown"
+
+
 def read_results(path: Path | str) -> dict[str, Any]:
     """A results file, checked for the fields every renderer relies on (a measured figure needs its
     provenance; a published one, of kind "published", its sources)."""

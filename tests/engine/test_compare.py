@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from visionloom.engine import compare
-from visionloom.engine.compare import compare_outcomes, ratio_difference_bootstrap, supported
+from visionloom.engine.compare import compare_outcomes, ratio_difference_bootstrap
+from visionloom.results import supported
 
 
 def _masks(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

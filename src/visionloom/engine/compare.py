@@ -234,16 +234,6 @@ def compare_outcomes(
     }
 
 
-def supported(pair: dict, interval_key: str = "interval") -> str:
-    """What a pair's interval lets a report say: "A above B", "A below B" or "no difference shown"."""
-    low, high = pair[interval_key]
-    if low > 0:
-        return f"{pair['a']} above {pair['b']}"
-    if high < 0:
-        return f"{pair['a']} below {pair['b']}"
-    return "no difference shown"
-
-
 def interval_text(interval: Sequence[float] | None) -> str:
     return "n/a" if interval is None else f"[{interval[0]:+.1f}, {interval[1]:+.1f}]"
 

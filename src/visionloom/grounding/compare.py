@@ -36,7 +36,7 @@ from visionloom.grounding.config import GroundingConfig, load_config
 from visionloom.grounding.features import sample_name
 from visionloom.grounding.metrics import metrics_from_outcomes
 from visionloom.grounding.train import SAMPLE_OUTCOMES, train_grounding
-from visionloom.results import write_results
+from visionloom.results import supported, write_results
 
 METRICS = ("cIoU", "mIoU", "P@0.5")
 MASKS = ("coarse", "refined")
@@ -210,7 +210,7 @@ def run_comparison(
                 continue
             pair[mask] = compare_masks(sides[0], sides[1], images, resamples)
             for found in pair[mask].values():
-                found["supports"] = compare.supported({"a": a, "b": b, **found}, "interval_by_group")
+                found["supports"] = supported({"a": a, "b": b, **found}, "interval_by_group")
         compared.append(pair)
 
     report = {

@@ -27,7 +27,7 @@ from visionloom.engine import compare
 from visionloom.engine.compare import DEFAULT_RESAMPLES, interval_text, mean_std_text
 from visionloom.pruning.config import PruneConfig
 from visionloom.pruning.evaluate import QUESTION_OUTCOMES, evaluate_pruning, read_questions
-from visionloom.results import config_sha256, write_results
+from visionloom.results import config_sha256, supported, write_results
 
 KEEP_ALL = "keep-all"
 
@@ -57,8 +57,8 @@ def _pair(
 ) -> dict:
     result = compare.compare_outcomes(hits[a], hits[b], resamples, groups=images)
     pair = {"a": f"{a[0]} {float(a[1]):.0%}", "b": f"{b[0]} {float(b[1]):.0%}", "keep": float(a[1]), **result}
-    pair["supports"] = compare.supported(pair)
-    pair["supports_by_image"] = compare.supported(pair, "interval_by_group")
+    pair["supports"] = supported(pair)
+    pair["supports_by_image"] = supported(pair, "interval_by_group")
     return pair
 
 
