@@ -408,11 +408,15 @@ def render_vlm_compare(records: list[dict]) -> list[str]:
         for title, key in columns
         if any(key in entry["summary"] for entry in record["figures"]["entries"].values())
     ]
+    runs = [run for entry in record["figures"]["entries"].values() for run in entry["per_seed"]]
+    # Files written before the steps were kept: the last validation is the last step.
+    steps = sorted({run.get("steps") or max(step for step, _ in run["val_where_by_step"]) for run in runs})
+    shown_steps = (steps[0] // 5, 3 * steps[0] // 5, steps[0])
     header = [
         "scene VLM",
         "seed",
         *(title for title, _ in columns),
-        "val locate % by step 1000 / 3000 / 5000",
+        "val locate % by step " + " / ".join(str(step) for step in shown_steps),
     ]
     rows = []
     for name, entry in record["figures"]["entries"].items():
@@ -420,9 +424,7 @@ def render_vlm_compare(records: list[dict]) -> list[str]:
         label = f"{name} {overrides}".strip()
         for run in entry["per_seed"]:
             curve = dict((int(step), value) for step, value in run["val_where_by_step"])
-            by_step = " / ".join(
-                f"{curve[step]:.0f}" if step in curve else "–" for step in (1000, 3000, 5000)
-            )
+            by_step = " / ".join(f"{curve[step]:.0f}" if step in curve else "–" for step in shown_steps)
             cells = [f"{run[key]:.1f}" if key in run else "–" for _, key in columns]
             rows.append([label, run["seed"], *cells, by_step])
         summary = entry["summary"]
@@ -434,7 +436,8 @@ def render_vlm_compare(records: list[dict]) -> list[str]:
     lines = table(header, rows)
     lines += [
         "",
-        "Held-out exact-match accuracy of each seed (`seed` = `train.seed`), 5000 steps each, and "
+        f"Held-out exact-match accuracy of each seed (`seed` = `train.seed`), "
+        f"{' or '.join(str(step) for step in steps)} steps each, and "
         "mean ± sample std over seeds. Locate: `locate <expression>` → its location.",
     ]
     return lines + ["", provenance(records)]

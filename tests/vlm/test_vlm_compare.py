@@ -10,6 +10,7 @@ import statistics
 import pytest
 from typer.testing import CliRunner
 
+from tests.helpers import results_renderer
 from visionloom.cli import app
 from visionloom.engine.compare import make_entries
 from visionloom.vlm import compare
@@ -56,7 +57,14 @@ def test_seeds_differ_report_their_spread_and_finished_seeds_are_read_back(
     assert summary["mean"] == pytest.approx(statistics.fmean(r["where"] for r in runs))
     assert summary["std"] == pytest.approx(statistics.stdev(r["where"] for r in runs))
     assert "| **llava** | mean ± std |" in (tmp_path / "compare.md").read_text()
-    assert json.loads((tmp_path / "results.json").read_text())["kind"] == "vlm_compare"
+    filed = json.loads((tmp_path / "results.json").read_text())
+    assert filed["kind"] == "vlm_compare"
+    assert [run["steps"] for run in filed["figures"]["entries"]["llava"]["per_seed"]] == [4, 4]
+    # The docs' table names the run length and shows the curve at a fifth, three fifths and the end.
+    rendered = "\n".join(results_renderer().render_vlm_compare([filed]))
+    assert "val locate % by step 0 / 2 / 4" in rendered and "4 steps each" in rendered
+    curve = runs[0]["val_where_by_step"]
+    assert f"| – / {curve[0][1]:.0f} / {curve[1][1]:.0f} |" in rendered
     assert (tmp_path / "compare.png").stat().st_size > 0
 
     def refuse(*args, **kwargs):

@@ -96,6 +96,7 @@ def run_comparison(
                 {
                     "seed": seed,
                     "checkpoint": str(checkpoint),
+                    "steps": report["steps"],
                     "seconds": report["train_seconds"],
                     "selected_step": (report.get("selected") or {}).get("step"),
                     **{task: accuracy.get(task, float("nan")) for task in (*TASKS, *KINDS)},
