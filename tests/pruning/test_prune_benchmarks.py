@@ -103,15 +103,21 @@ def test_gqa_from_the_cli_with_a_released_chat_template(tmp_path):
     root = test_gqa.write_release(tmp_path / "gqa")
     vlm = checkpoint("llava-1.5-7b-hf")
     out = tmp_path / "out"
-    result = CliRunner().invoke(
-        app,
-        [
-            "prune", "eval", "gqa", "--data", str(root), "--vlm", str(vlm), "--out", str(out),
-            "--set", "pruners=[random,visionzip]", "--set", "keep_ratios=[1.0,0.25]",
-            "--set", "max_new_tokens=2", "--set", "batch_size=2",
-        ],
-    )  # fmt: skip
+    command = [
+        "prune", "eval", "gqa", "--data", str(root), "--vlm", str(vlm), "--out", str(out),
+        "--set", "pruners=[random,visionzip]", "--set", "keep_ratios=[1.0,0.25]",
+        "--set", "max_new_tokens=2", "--set", "batch_size=2",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, command)
     assert result.exit_code == 0, result.output
+    # The same OUT again: refused in one line, what it holds untouched; --overwrite replaces it.
+    written = (out / "results.json").read_text()
+    again = CliRunner().invoke(app, command)
+    assert again.exit_code != 0 and "Traceback" not in again.output
+    assert f"{out} already holds" in " ".join(again.output.split()) and "--overwrite" in again.output
+    assert (out / "results.json").read_text() == written
+    replaced = CliRunner().invoke(app, [*command, "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
     record = json.loads((out / "results.json").read_text())
     assert record["kind"] == "prune_eval" and record["seeds"] == [0]
     report = record["figures"]

@@ -26,15 +26,18 @@ def prune_eval(
         None, "--vlm", help="The VLM: a checkpoint directory or a hub id (org/name)."
     ),
     overrides: list[str] = set_option("max_questions=100"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace what OUT already holds."),
 ) -> None:
     """Accuracy (and POPE's precision, recall, F1, yes-ratio), prefill time and FLOPs for each pruner
     at each keep ratio of the config."""
+    from visionloom.engine.run import refuse_to_replace
     from visionloom.pruning.config import load_config
     from visionloom.pruning.evaluate import evaluate_pruning
 
     settings = load_config(config, overrides)
     if vlm is not None:
         settings.vlm = vlm
+    refuse_to_replace(out, "a pruning evaluation", overwrite=overwrite)
     evaluate_pruning(settings, data, out)
     console.print((out / "prune_table.md").read_text())
     console.print(f"plot: {out / 'accuracy_vs_tokens.png'}")
