@@ -29,7 +29,6 @@ FAMILIES = list(PRESETS)
 QWEN_FAMILIES = ["tiny-qwen2.5-vl", "tiny-qwen2-vl", "tiny-qwen3-vl"]
 
 
-@functools.cache
 def sigint_as_from_a_terminal() -> None:
     """`preexec_fn` for a child process that a test interrupts: SIGINT at its default, as Ctrl-C on
     a terminal finds it, even when the test run itself was started with SIGINT ignored (as a
@@ -37,6 +36,7 @@ def sigint_as_from_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@functools.cache
 def cached_preset(name: str, native: bool = False):
     """A preset shared by tests that do not change it (use build_preset for one you change)."""
     return build_preset(name, native_resolution=native)
