@@ -21,8 +21,8 @@ class PretrainConfig:
         default_factory=lambda: TrainConfig(
             steps=5000,
             batch_size=32,
-            lr=3e-3,
-            warmup_steps=100,
+            lr=1e-3,
+            warmup_steps=500,
             checkpoint_every=500,
             eval_every=500,
             log_every=20,
