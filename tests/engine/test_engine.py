@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from tests.helpers import small_config
 from visionloom.engine import checkpoint as checkpoint_module
 from visionloom.engine.checkpoint import latest_checkpoint
 from visionloom.engine.samplers import IdentityBatches, RandomBatches
-from visionloom.engine.trainer import warmup_cosine
+from visionloom.engine.trainer import TrainConfig, warmup_cosine
 from visionloom.retrieval import evaluate
 from visionloom.retrieval.train import train_retrieval
 
@@ -35,6 +36,33 @@ def test_warmup_then_cosine_to_zero():
     assert rates[:4] == [0.25, 0.5, 0.75, 1.0]
     assert rates[4] == pytest.approx(1.0) and rates[8] == pytest.approx(0.5)
     assert scheduler.get_last_lr()[0] == pytest.approx(0.0)
+
+
+def test_warm_restart_decays_to_zero_then_follows_the_whole_runs_cosine():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = warmup_cosine(optimizer, warmup_steps=2, total_steps=12, restart_at=6)
+    rates = []
+    for _ in range(12):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert rates[:2] == [0.5, 1.0]
+    # Up to the restart: the cosine of a run that ends at step 6 (half-way at step 4).
+    assert rates[4] == pytest.approx(0.5)
+    assert rates[5] == pytest.approx(0.5 * (1 + math.cos(math.pi * 3 / 4)))
+    # From the restart on: the 12-step run's cosine, back up at step 6, half-way at step 7.
+    assert rates[6] == pytest.approx(0.5 * (1 + math.cos(math.pi * 4 / 10)))
+    assert rates[7] == pytest.approx(0.5)
+    assert rates[6] > rates[5]
+    assert scheduler.get_last_lr()[0] == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize(
+    ("share", "steps", "expected"), [(0.5, 10000, 5000), (0.5, 3, 1), (0.3, 2, None), (1.0, 8, None)]
+)
+def test_the_restart_step_is_the_share_of_the_run_and_none_at_its_ends(share, steps, expected):
+    assert TrainConfig(restart_at=share).restart_step(steps) == expected
+    assert TrainConfig().restart_step(steps) is None
 
 
 def test_identity_batches_are_balanced_and_shards_are_disjoint_and_complete():
@@ -240,6 +268,36 @@ def test_resume_with_more_steps_extends_a_finished_run_on_the_longer_schedule(
     assert used == pytest.approx([expected[step] for step in range(4, 8)], rel=1e-6)
     with pytest.raises(ValueError, match=r"the run is at step 8 .* train\.steps=6 would end it before"):
         _train(pedes_root, run, "train.steps=6", resume=True, evaluate_test=False)
+
+
+def test_one_run_with_a_warm_restart_equals_a_finished_run_continued_with_more_steps(pedes_root, tmp_path):
+    # The two-stage recipe as one run: 8 steps restarting at step 4 ...
+    restarted = tmp_path / "restarted"
+    _train(pedes_root, restarted, "train.steps=8", "train.restart_at=0.5", evaluate_test=False)
+    # ... against a 4-step run, finished, then resumed with train.steps=8.
+    staged = tmp_path / "staged"
+    _train(pedes_root, staged, evaluate_test=False)
+    _train(pedes_root, staged, "train.steps=8", resume=True, evaluate_test=False)
+    with open(restarted / "train_log.csv") as handle:
+        restarted_rates = [(row["step"], row["lr"]) for row in csv.DictReader(handle) if row["lr"]]
+    with open(staged / "train_log.csv") as handle:
+        staged_rates = [(row["step"], row["lr"]) for row in csv.DictReader(handle) if row["lr"]]
+    # The logged lr is the rate the next step applies: at step 4 the finished 4-step run logged its
+    # schedule's end (0), the restarted run the rate step 5 applies in both.
+    assert restarted_rates[:3] == staged_rates[:3] and restarted_rates[4:] == staged_rates[4:]
+    assert staged_rates[3] == ("4", "0.0") and float(restarted_rates[3][1]) > 0
+    assert _losses(restarted) == _losses(staged)
+    final_restarted = _weights(restarted / "checkpoints" / "step_0000008")
+    final_staged = _weights(staged / "checkpoints" / "step_0000008")
+    assert final_restarted.keys() == final_staged.keys()
+    for name in final_restarted:
+        assert torch.equal(final_restarted[name], final_staged[name]), name
+    # Without the restart the rates differ from step 5 on: the test can tell the two apart.
+    plain = tmp_path / "plain"
+    _train(pedes_root, plain, "train.steps=8", evaluate_test=False)
+    with open(plain / "train_log.csv") as handle:
+        plain_rates = [(row["step"], row["lr"]) for row in csv.DictReader(handle) if row["lr"]]
+    assert plain_rates != restarted_rates
 
 
 SHARD_SCRIPT = """

@@ -36,6 +36,7 @@ from visionloom.config import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    ShareOfOne,
 )
 from visionloom.engine.checkpoint import (
     DamagedCheckpoint,
@@ -96,6 +97,11 @@ class TrainConfig:
     param_groups: list[ParamGroup] = field(default_factory=list)
     warmup_steps: NonNegativeInt | None = 50
     warmup_epochs: NonNegativeFloat | None = None
+    # A warm restart at this share of the run's steps, R = floor(share x steps): the cosine first
+    # decays to 0 at step R as if the run ended there, and from R on the rate is the schedule over
+    # the whole run's (so it jumps back up). One run then equals an R-step run continued with
+    # --resume and the longer train.steps. null: one cosine.
+    restart_at: ShareOfOne | None = None
     # The warm-up rises linearly from this fraction of each group's lr (IRRA: 0.1) to all of it.
     warmup_start: Fraction = 0.0
     grad_clip: NonNegativeFloat = 1.0  # max gradient norm; 0 = off
@@ -147,6 +153,13 @@ class TrainConfig:
         )
         return total, warmup
 
+    def restart_step(self, total_steps: int) -> int | None:
+        """The optimizer step of the warm restart in a run of `total_steps`, or None for none."""
+        if self.restart_at is None:
+            return None
+        step = math.floor(self.restart_at * total_steps)
+        return step if 0 < step < total_steps else None
+
 
 def resolve_precision(precision: str) -> str:
     """accelerate's mixed_precision for train.precision; fp16 without a GPU is refused (accelerate
@@ -174,17 +187,24 @@ def make_accelerator(config: TrainConfig, run_dir: Path | None = None) -> Accele
 
 
 def warmup_cosine(
-    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, warmup_start: float = 0.0
+    optimizer: torch.optim.Optimizer,
+    warmup_steps: int,
+    total_steps: int,
+    warmup_start: float = 0.0,
+    restart_at: int | None = None,
 ):
     """Each group's lr times: a linear warm-up from `warmup_start`, then a cosine to 0 at `total_steps`.
 
     Step s < W takes start + (1 - start) (s + 1) / W, so with start 0 no step is spent at lr 0.
+    With `restart_at` R, steps s < R follow this schedule as if the run ended at R, and steps from
+    R on follow it over `total_steps` (what resuming a finished R-step run with more steps does).
     """
 
     def factor(step: int) -> float:
+        end = restart_at if restart_at is not None and step < restart_at else total_steps
         if step < warmup_steps:
             return warmup_start + (1.0 - warmup_start) * (step + 1) / max(1, warmup_steps)
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        progress = (step - warmup_steps) / max(1, end - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -291,10 +311,14 @@ class Trainer:
             )
         # train.steps, or train.epochs in steps of this loader (the warm-up likewise).
         self.total_steps, self.warmup_steps = config.schedule(self.batches_per_epoch)
+        # The step of the warm restart (None: one cosine); a restart at step 0 or at the end is none.
+        self.restart_step = config.restart_step(self.total_steps)
         optimizer = make_optimizer(model, config)
         # The scheduler is stepped here once per optimizer step, not through accelerate, which
         # would step it once per process.
-        self.scheduler = warmup_cosine(optimizer, self.warmup_steps, self.total_steps, config.warmup_start)
+        self.scheduler = warmup_cosine(
+            optimizer, self.warmup_steps, self.total_steps, config.warmup_start, self.restart_step
+        )
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         if validate is not None and select_key is None:
             raise ValueError(
@@ -332,9 +356,13 @@ class Trainer:
     def _length(self) -> str:
         """How the run's length was given, in words."""
         per_epoch = self.config.steps_per_epoch(self.batches_per_epoch)
+        restart = "" if self.restart_step is None else f", warm restart at step {self.restart_step}"
         if self.config.epochs is not None:
-            return f"{self.config.epochs} epoch(s) of {per_epoch} steps, warm-up {self.warmup_steps} steps"
-        return f"{self.total_steps / per_epoch:.3g} epoch(s) of {per_epoch} steps"
+            return (
+                f"{self.config.epochs} epoch(s) of {per_epoch} steps, warm-up {self.warmup_steps} steps"
+                + restart
+            )
+        return f"{self.total_steps / per_epoch:.3g} epoch(s) of {per_epoch} steps" + restart
 
     def _ends_at(self) -> str:
         if self.config.epochs is not None:

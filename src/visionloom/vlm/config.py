@@ -19,10 +19,11 @@ class PretrainConfig:
     family: Literal["llava", "qwen2.5-vl"] = "llava"
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            steps=5000,
+            steps=10000,
             batch_size=32,
             lr=1e-3,
             warmup_steps=500,
+            restart_at=0.5,
             checkpoint_every=500,
             eval_every=500,
             log_every=20,
