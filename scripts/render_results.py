@@ -503,8 +503,15 @@ def render_prune_compare(records: list[dict]) -> list[str]:
             [name, *(f"{by[r]['mean']:.1f} ± {by[r]['std']:.1f}" if r in by else "–" for r in ratios)]
             for name, by in report["rows"].items()
         ]
+        pretraining = report.get("vlm_pretraining")
+        vlm = (
+            f"**the {pretraining['family']} scene VLM** ({pretraining['steps']} pretraining steps; "
+            f"held-out accuracy {pretraining['all']:.1f} %, locate {pretraining['locate']:.1f} %)"
+            if pretraining
+            else f"**{report['vlm']}**"
+        )
         lines += [
-            f"**{report['vlm']}**: accuracy %, {report['questions']} questions about {report['images']} images",
+            f"{vlm}: accuracy %, {report['questions']} questions about {report['images']} images",
             "",
         ]
         lines += table(header, rows) + [""]

@@ -78,6 +78,14 @@ def test_compare_reports_each_seed_and_pairs_each_pruner_with_random_and_keep_al
     rendered = "\n".join(
         results_renderer().render_prune_compare([json.loads((tmp_path / "results.json").read_text())])
     )
+    # the VLM is named by its pretraining, read from the checkpoint's pretrain.json
+    pretrained = json.loads((directory / "pretrain.json").read_text())
+    assert (
+        filed["vlm_pretraining"]["family"] == "llava"
+        and filed["vlm_pretraining"]["steps"] == pretrained["steps"]
+    )
+    assert filed["vlm_pretraining"]["locate"] == round(pretrained["test_accuracy"]["where"], 2)
+    assert f"**the llava scene VLM** ({pretrained['steps']} pretraining steps;" in rendered
     for pair in report["pairs"]:
         assert f"| {pair['a']} − {pair['b']} |" in rendered
         assert f"| {pair['supports_by_image']} |" in rendered
@@ -100,6 +108,15 @@ def test_compare_reports_each_seed_and_pairs_each_pruner_with_random_and_keep_al
         changed, scenes_root, tmp_path, seeds=1, resamples=200, progress=False, say=lambda _: None
     )
     assert shorter["questions"] == 6
+
+
+def test_a_vlm_without_a_pretrain_report_is_named_by_its_path_and_a_broken_report_is_refused(tmp_path):
+    assert compare.vlm_pretraining(None) is None
+    assert compare.vlm_pretraining("org/released-vlm") is None
+    assert compare.vlm_pretraining(str(tmp_path)) is None
+    (tmp_path / "pretrain.json").write_text('{"family": "llava"}')
+    with pytest.raises(ValueError, match=r"pretrain\.json: not a `vlm pretrain` report"):
+        compare.vlm_pretraining(str(tmp_path))
 
 
 def test_compare_refuses_what_it_cannot_pair(scenes_root, scene_vlm, tmp_path):

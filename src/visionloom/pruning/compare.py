@@ -119,6 +119,7 @@ def run_comparison(
 
     report = {
         "vlm": config.vlm,
+        "vlm_pretraining": vlm_pretraining(config.vlm),
         "questions": len(questions),
         "images": len(set(image_names)),
         "seeds": list(seed_values),
@@ -136,6 +137,28 @@ def run_comparison(
     write_tables(report, out / "compare.md")
     plot_comparison(report, out / "compare.png", tokens_kept(out / "seed0"))
     return report
+
+
+def vlm_pretraining(vlm: str | None) -> dict | None:
+    """What `vlm pretrain` wrote about the VLM (family, steps, held-out accuracy and locate
+    accuracy, %), so a table can name the VLM by more than its folder; None for a checkpoint it did
+    not write (a released VLM, a hub id)."""
+    report_path = Path(vlm) / "pretrain.json" if vlm is not None else None
+    if report_path is None or not report_path.is_file():
+        return None
+    try:
+        report = json.loads(report_path.read_text())
+        accuracy = report["test_accuracy"]
+        return {
+            "family": str(report["family"]),
+            "steps": int(report["steps"]),
+            "all": float(accuracy["all"]),
+            "locate": float(accuracy["where"]),
+        }
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"{report_path}: not a `vlm pretrain` report (family, steps, test_accuracy all/where): {error}"
+        ) from None
 
 
 def tokens_kept(run_dir: Path) -> dict[str, dict[str, float]]:
