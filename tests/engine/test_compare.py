@@ -64,3 +64,14 @@ def test_a_report_says_only_what_the_interval_supports():
     assert supported({**pair, "interval": [0.2, 3.0]}) == "A above B"
     assert supported({**pair, "interval": [-3.0, -0.1]}) == "A below B"
     assert supported({**pair, "interval": [-0.5, 2.0]}) == "no difference shown"
+
+
+@pytest.mark.parametrize("value", [-1.4496, -1.4504, 0.0449, 12.3456, 2.25])
+def test_a_figure_prints_the_same_from_the_report_and_from_its_results_file(value):
+    # A table written from the full-precision report and one rendered from the filed (0.01 point)
+    # figure must print the same digits; rounding straight to 0.1 prints -1.4 for -1.4496 while its
+    # filed -1.45 prints -1.5 (or the reverse), and the docs would disagree with compare.md.
+    filed = compare.filed_form({"difference": value})["difference"]
+    assert compare.points_text(value) == f"{filed:+.1f}"
+    assert compare.interval_text([value, -value]) == f"[{filed:+.1f}, {-filed:+.1f}]"
+    assert compare.mean_std_text({"mean": value, "std": abs(value)}) == f"{filed:.1f} ± {abs(filed):.1f}"

@@ -97,11 +97,18 @@ def test_compare_trains_each_seed_scores_baselines_and_pairs_expressions(
     filed_pair = filed["figures"]["pairs"][0]["coarse"]["cIoU"]
     assert "supports" not in filed_pair and "per_seed_difference" not in filed_pair
     rendered = "\n".join(results_renderer().render_ground_compare([filed]))
+    local_table = (tmp_path / "compare.md").read_text()
+    filed_pairs = {(pair["a"], pair["b"]): pair for pair in filed["figures"]["pairs"]}
     for pair in report["pairs"]:
         for mask in ("coarse", "refined"):
             for metric, found in pair.get(mask, {}).items():
-                row = f"| {pair['a']} − {pair['b']} | {mask} {metric} | {found['difference']:+.1f} |"
+                # the docs (from the results file) and compare.md (from the full-precision report)
+                # print the same digits: both from the figure as filed
+                difference = filed_pairs[pair["a"], pair["b"]][mask][metric]["difference"]
+                assert difference == pytest.approx(found["difference"], abs=0.005)
+                row = f"| {pair['a']} − {pair['b']} | {mask} {metric} | {difference:+.1f} |"
                 assert row in rendered and found["supports"] in rendered.split(row)[1].split("\n")[0]
+                assert f"| {pair['a']} − {pair['b']} | {mask} | {metric} | {difference:+.1f} |" in local_table
     assert (tmp_path / "compare.png").stat().st_size > 0
 
     def refuse(*args, **kwargs):

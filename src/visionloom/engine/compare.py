@@ -234,12 +234,24 @@ def compare_outcomes(
     }
 
 
+def filed(value: float) -> float:
+    """A figure as a results file keeps it (0.01 point). Tables print figures from this, so a table
+    written from the full-precision report and one rendered from the results file show the same
+    digits (rounding -1.4496 to one decimal gives -1.4, rounding its filed -1.45 may give -1.5)."""
+    return round(value, 2)
+
+
+def points_text(value: float) -> str:
+    """A difference in points, signed, to 0.1."""
+    return f"{filed(value):+.1f}"
+
+
 def interval_text(interval: Sequence[float] | None) -> str:
-    return "n/a" if interval is None else f"[{interval[0]:+.1f}, {interval[1]:+.1f}]"
+    return "n/a" if interval is None else f"[{points_text(interval[0])}, {points_text(interval[1])}]"
 
 
 def mean_std_text(summary: dict[str, float], digits: int = 1) -> str:
-    return f"{summary['mean']:.{digits}f} ± {summary['std']:.{digits}f}"
+    return f"{filed(summary['mean']):.{digits}f} ± {filed(summary['std']):.{digits}f}"
 
 
 def filed_form(value):
@@ -248,7 +260,7 @@ def filed_form(value):
     intervals decide them), and a per-seed list of figures where every seed gave the same one. The report
     beside it (OUT/compare.json) keeps everything at full precision."""
     if isinstance(value, float):
-        return round(value, 2)
+        return filed(value)
     if isinstance(value, list):
         return [filed_form(item) for item in value]
     if isinstance(value, dict):

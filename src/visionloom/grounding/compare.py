@@ -29,7 +29,7 @@ import torch
 
 from visionloom.engine import compare
 from visionloom.engine import run as engine_run
-from visionloom.engine.compare import DEFAULT_RESAMPLES, Entry, interval_text, mean_std_text
+from visionloom.engine.compare import DEFAULT_RESAMPLES, Entry, interval_text, mean_std_text, points_text
 from visionloom.grounding.baselines import BASELINES, fit_priors, score_baselines
 from visionloom.grounding.build import read_splits
 from visionloom.grounding.config import GroundingConfig, load_config
@@ -265,7 +265,7 @@ def write_tables(report: dict, path: Path) -> None:
             for mask in MASKS:
                 for metric, found in pair.get(mask, {}).items():
                     lines.append(
-                        f"| {pair['a']} − {pair['b']} | {mask} | {metric} | {found['difference']:+.1f} | "
+                        f"| {pair['a']} − {pair['b']} | {mask} | {metric} | {points_text(found['difference'])} | "
                         f"{interval_text(found['interval'])} | {interval_text(found['interval_by_group'])} | "
                         f"{found['supports']} |"
                     )

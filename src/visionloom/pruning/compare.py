@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from visionloom.engine import compare
-from visionloom.engine.compare import DEFAULT_RESAMPLES, interval_text, mean_std_text
+from visionloom.engine.compare import DEFAULT_RESAMPLES, interval_text, mean_std_text, points_text
 from visionloom.pruning.config import PruneConfig
 from visionloom.pruning.evaluate import QUESTION_OUTCOMES, evaluate_pruning, read_questions
 from visionloom.results import config_sha256, supported, write_results
@@ -193,7 +193,7 @@ def write_tables(report: dict, path: Path) -> None:
     ]
     for pair in report["pairs"]:
         lines.append(
-            f"| {pair['a']} − {pair['b']} | {pair['difference']:+.1f} | {interval_text(pair['interval'])} | "
+            f"| {pair['a']} − {pair['b']} | {points_text(pair['difference'])} | {interval_text(pair['interval'])} | "
             f"{interval_text(pair['interval_by_group'])} | {pair['supports_by_image']} |"
         )
     path.write_text("\n".join(lines) + "\n")

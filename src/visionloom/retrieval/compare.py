@@ -37,9 +37,11 @@ from visionloom.engine.compare import (  # noqa: F401  (the comparison's names, 
     Entry,
     interval_text,
     make_entries,
+    mean_std_text,
     paired_bootstrap,
     parse_pairs,
     parse_sweep,
+    points_text,
 )
 from visionloom.results import write_results
 from visionloom.retrieval.config import load_config
@@ -201,7 +203,7 @@ def write_tables(report: dict, out: Path) -> None:
         "|---|" + "---|" * (len(METRICS) + 1),
     ]
     for name, result in report["entries"].items():
-        cells = [f"{result['summary'][m]['mean']:.1f} ± {result['summary'][m]['std']:.1f}" for m in METRICS]
+        cells = [mean_std_text(result["summary"][m]) for m in METRICS]
         seconds = statistics.fmean(run["seconds"] for run in result["per_seed"])
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {seconds:.0f} |")
     if report["pairs"]:
@@ -215,9 +217,9 @@ def write_tables(report: dict, out: Path) -> None:
             "|---|---|---|---|---|",
         ]
         for pair in report["pairs"]:
-            seeds = ", ".join(f"{value:+.1f}" for value in pair["per_seed_difference"])
+            seeds = ", ".join(points_text(value) for value in pair["per_seed_difference"])
             lines.append(
-                f"| {pair['a']} − {pair['b']} | {pair['difference']:+.1f} | {interval_text(pair['interval'])} | "
+                f"| {pair['a']} − {pair['b']} | {points_text(pair['difference'])} | {interval_text(pair['interval'])} | "
                 f"{interval_text(pair['interval_by_identity'])} | {seeds} |"
             )
     (out / "compare.md").write_text("\n".join(lines) + "\n")
