@@ -300,6 +300,30 @@ def test_one_run_with_a_warm_restart_equals_a_finished_run_continued_with_more_s
     assert plain_rates != restarted_rates
 
 
+DENORMAL_SCRIPT = """
+import torch
+from torch.utils.data import DataLoader
+from visionloom.engine.samplers import Items, RandomBatches
+from visionloom.engine.trainer import TrainConfig, Trainer
+subnormal = torch.tensor([1e-39])
+before = bool((subnormal * 1.0 != 0).item())
+loader = DataLoader(Items(list(range(4))), batch_sampler=RandomBatches(4, 2, 0))
+Trainer(torch.nn.Linear(2, 1), loader, TrainConfig(steps=1, log_with=[]), sys.argv[1], progress=False)
+after = bool((subnormal * 1.0 != 0).item())
+print(before, after)
+"""
+
+
+def test_a_cpu_trainer_flushes_subnormal_floats_to_zero(tmp_path):
+    # Subnormals make x86 arithmetic many times slower; a confident model produces them.
+    script = "import sys\n" + DENORMAL_SCRIPT
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "run")], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "False"]
+
+
 SHARD_SCRIPT = """
 import json, sys
 from accelerate import Accelerator
