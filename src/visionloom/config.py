@@ -12,6 +12,7 @@ allowed and what was given.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.resources
 import json
@@ -395,13 +396,27 @@ def _fill_missing(saved: Any, defaults: Any) -> Any:
     return {**{key: value for key, value in defaults.items() if key not in saved}, **filled}
 
 
+def _field_defaults(config: Any) -> dict:
+    """Each field's own default, a nested config's taken from its own type: what a key means when
+    it is absent. A parent that builds a nested config with other values (the scene-VLM config's
+    `train` with its warm restart) states a recipe, not what a run written before the key did."""
+    defaults = to_dict(type(config)())
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            # a nested type without defaults for every field keeps the parent's
+            with contextlib.suppress(TypeError):
+                defaults[item.name] = _field_defaults(value)
+    return defaults
+
+
 def saved_config(path: Path, config: Any) -> dict:
     """A run's config.yaml as a mapping, with the keys that `config`'s type gained since the run
-    was written filled with their defaults: a run from before a new setting compares equal to one
-    that keeps its default."""
+    was written filled with their fields' own defaults: a run from before a new setting compares
+    equal to one that leaves it at its default."""
     saved = read_yaml(path) or {}
     try:
-        defaults = to_dict(type(config)())
+        defaults = _field_defaults(config)
     except TypeError:  # a config type without defaults for every field: nothing to fill
         return saved
     return _fill_missing(saved, defaults)

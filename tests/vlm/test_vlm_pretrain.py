@@ -157,3 +157,20 @@ def test_worker_processes_give_the_same_batches(scenes_root, tmp_path, monkeypat
             assert torch.equal(a[key], b[key]), key
         assert torch.equal(a["inputs"].input_ids, b["inputs"].input_ids)
         assert torch.equal(a["inputs"].model_inputs["pixel_values"], b["inputs"].model_inputs["pixel_values"])
+
+
+def test_a_run_from_before_the_warm_restart_resumes_as_one_without_it(tmp_path):
+    # The scene-VLM config restarts half-way; a run whose config.yaml predates `train.restart_at`
+    # trained without a restart, and resuming it must say so rather than take the recipe's value.
+    from visionloom.config import ConfigError, check_resumed_config, save_run_config
+    from visionloom.vlm.config import load_config
+
+    config = load_config("llava")
+    assert config.train.restart_at == 0.5
+    save_run_config(tmp_path, config)
+    saved = tmp_path / "config.yaml"
+    saved.write_text(saved.read_text().replace("  restart_at: 0.5\n", ""))
+    assert "restart_at" not in saved.read_text()
+    with pytest.raises(ConfigError, match=r"train\.restart_at: None -> 0\.5"):
+        check_resumed_config(tmp_path, config)
+    check_resumed_config(tmp_path, load_config("llava", ["train.restart_at=null"]))
