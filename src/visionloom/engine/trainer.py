@@ -306,7 +306,7 @@ class Trainer:
         if self.accelerator.device.type == "cpu":
             # Subnormal floats (below ~1e-38 in float32) take a slow path in x86 arithmetic. A model
             # that grows confident produces them (softmax tails, their gradients), and a scene-VLM
-            # pretraining on a CPU went from 0.34 s to over 6 s a step once its warm-up loss neared 0.
+            # pretraining on a CPU went from 0.34 s to 6-12 s a step once its warm-up loss neared 0.
             # Flushed to zero they cost nothing; no figure a run reports is that small.
             torch.set_flush_denormal(True)
         self.loader = loader  # its batch_sampler has set_epoch(epoch, start)
