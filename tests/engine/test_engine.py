@@ -25,27 +25,27 @@ from visionloom.retrieval import evaluate
 from visionloom.retrieval.train import train_retrieval
 
 
-def test_warmup_then_cosine_to_zero():
+def _schedule_rates(steps: int, **schedule) -> list[float]:
+    """The rate warmup_cosine (lr 1) gives before each of `steps` steps, and after the last."""
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = warmup_cosine(optimizer, warmup_steps=4, total_steps=12)
+    scheduler = warmup_cosine(optimizer, **schedule)
     rates = []
-    for _ in range(12):
+    for _ in range(steps):
         rates.append(scheduler.get_last_lr()[0])
         optimizer.step()
         scheduler.step()
+    return [*rates, scheduler.get_last_lr()[0]]
+
+
+def test_warmup_then_cosine_to_zero():
+    rates = _schedule_rates(12, warmup_steps=4, total_steps=12)
     assert rates[:4] == [0.25, 0.5, 0.75, 1.0]
     assert rates[4] == pytest.approx(1.0) and rates[8] == pytest.approx(0.5)
-    assert scheduler.get_last_lr()[0] == pytest.approx(0.0)
+    assert rates[12] == pytest.approx(0.0)
 
 
 def test_warm_restart_decays_to_zero_then_follows_the_whole_runs_cosine():
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = warmup_cosine(optimizer, warmup_steps=2, total_steps=12, restart_at=6)
-    rates = []
-    for _ in range(12):
-        rates.append(scheduler.get_last_lr()[0])
-        optimizer.step()
-        scheduler.step()
+    rates = _schedule_rates(12, warmup_steps=2, total_steps=12, restart_step=6)
     assert rates[:2] == [0.5, 1.0]
     # Up to the restart: the cosine of a run that ends at step 6 (half-way at step 4).
     assert rates[4] == pytest.approx(0.5)
@@ -54,7 +54,7 @@ def test_warm_restart_decays_to_zero_then_follows_the_whole_runs_cosine():
     assert rates[6] == pytest.approx(0.5 * (1 + math.cos(math.pi * 4 / 10)))
     assert rates[7] == pytest.approx(0.5)
     assert rates[6] > rates[5]
-    assert scheduler.get_last_lr()[0] == pytest.approx(0.0)
+    assert rates[12] == pytest.approx(0.0)
 
 
 @pytest.mark.parametrize(
@@ -97,6 +97,12 @@ def _train(root, run_dir, *overrides, **kwargs):
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "model.safetensors"))
+
+
+def _logged_rates(run_dir: Path) -> list[tuple[str, str]]:
+    """(step, lr) of each row of RUN/train_log.csv that logs a rate."""
+    with open(run_dir / "train_log.csv") as handle:
+        return [(row["step"], row["lr"]) for row in csv.DictReader(handle) if row["lr"]]
 
 
 def _losses(run_dir: Path) -> list[tuple[str, str]]:
@@ -251,8 +257,7 @@ def test_resume_with_more_steps_extends_a_finished_run_on_the_longer_schedule(
     assert "steps: 8" in (run / "config.yaml").read_text()
     # From the resume point on, the learning rate is the 8-step schedule's, not the finished 4-step
     # one's (which had reached 0): warm-up 1 step, then cosine to 0 at step 8.
-    with open(run / "train_log.csv") as handle:
-        logged = {int(row["step"]): float(row["lr"]) for row in csv.DictReader(handle) if row["lr"]}
+    logged = {int(step): float(rate) for step, rate in _logged_rates(run)}
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([parameter], lr=1e-3)
     schedule = warmup_cosine(optimizer, 1, 8)
@@ -278,10 +283,8 @@ def test_one_run_with_a_warm_restart_equals_a_finished_run_continued_with_more_s
     staged = tmp_path / "staged"
     _train(pedes_root, staged, evaluate_test=False)
     _train(pedes_root, staged, "train.steps=8", resume=True, evaluate_test=False)
-    with open(restarted / "train_log.csv") as handle:
-        restarted_rates = [(row["step"], row["lr"]) for row in csv.DictReader(handle) if row["lr"]]
-    with open(staged / "train_log.csv") as handle:
-        staged_rates = [(row["step"], row["lr"]) for row in csv.DictReader(handle) if row["lr"]]
+    restarted_rates = _logged_rates(restarted)
+    staged_rates = _logged_rates(staged)
     # The logged lr is the rate the next step applies: at step 4 the finished 4-step run logged its
     # schedule's end (0), the restarted run the rate step 5 applies in both.
     assert restarted_rates[:3] == staged_rates[:3] and restarted_rates[4:] == staged_rates[4:]
@@ -295,8 +298,7 @@ def test_one_run_with_a_warm_restart_equals_a_finished_run_continued_with_more_s
     # Without the restart the rates differ from step 5 on: the test can tell the two apart.
     plain = tmp_path / "plain"
     _train(pedes_root, plain, "train.steps=8", evaluate_test=False)
-    with open(plain / "train_log.csv") as handle:
-        plain_rates = [(row["step"], row["lr"]) for row in csv.DictReader(handle) if row["lr"]]
+    plain_rates = _logged_rates(plain)
     assert plain_rates != restarted_rates
 
 
@@ -504,14 +506,8 @@ def test_a_rule_that_matches_nothing_or_is_no_regex_is_an_error(pedes_root, tmp_
 
 
 def test_warmup_starts_at_its_fraction():
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = warmup_cosine(optimizer, warmup_steps=4, total_steps=12, warmup_start=0.1)
-    rates = []
-    for _ in range(5):
-        rates.append(scheduler.get_last_lr()[0])
-        optimizer.step()
-        scheduler.step()
-    assert rates == pytest.approx([0.325, 0.55, 0.775, 1.0, 1.0])
+    rates = _schedule_rates(5, warmup_steps=4, total_steps=12, warmup_start=0.1)
+    assert rates[:5] == pytest.approx([0.325, 0.55, 0.775, 1.0, 1.0])
 
 
 def _irra_epochs(root, run_dir, **kwargs):

@@ -191,17 +191,17 @@ def warmup_cosine(
     warmup_steps: int,
     total_steps: int,
     warmup_start: float = 0.0,
-    restart_at: int | None = None,
+    restart_step: int | None = None,
 ):
     """Each group's lr times: a linear warm-up from `warmup_start`, then a cosine to 0 at `total_steps`.
 
     Step s < W takes start + (1 - start) (s + 1) / W, so with start 0 no step is spent at lr 0.
-    With `restart_at` R, steps s < R follow this schedule as if the run ended at R, and steps from
+    With `restart_step` R, steps s < R follow this schedule as if the run ended at R, and steps from
     R on follow it over `total_steps` (what resuming a finished R-step run with more steps does).
     """
 
     def factor(step: int) -> float:
-        end = restart_at if restart_at is not None and step < restart_at else total_steps
+        end = restart_step if restart_step is not None and step < restart_step else total_steps
         if step < warmup_steps:
             return warmup_start + (1.0 - warmup_start) * (step + 1) / max(1, warmup_steps)
         progress = (step - warmup_steps) / max(1, end - warmup_steps)
