@@ -110,13 +110,21 @@ def test_compare_reports_each_seed_and_pairs_each_pruner_with_random_and_keep_al
     assert shorter["questions"] == 6
 
 
-def test_a_vlm_without_a_pretrain_report_is_named_by_its_path_and_a_broken_report_is_refused(tmp_path):
+def test_a_vlm_without_a_pretrain_report_is_named_by_its_path_and_a_broken_report_is_refused(
+    scenes_root, tmp_path
+):
     assert compare.vlm_pretraining(None) is None
     assert compare.vlm_pretraining("org/released-vlm") is None
     assert compare.vlm_pretraining(str(tmp_path)) is None
     (tmp_path / "pretrain.json").write_text('{"family": "llava"}')
     with pytest.raises(ValueError, match=r"pretrain\.json: not a `vlm pretrain` report"):
         compare.vlm_pretraining(str(tmp_path))
+    # prune compare names it before it evaluates anything or makes a folder
+    with pytest.raises(ValueError, match=r"pretrain\.json: not a `vlm pretrain` report"):
+        compare.run_comparison(
+            PruneConfig(vlm=str(tmp_path)), scenes_root, tmp_path / "out", seeds=1, progress=False
+        )
+    assert not (tmp_path / "out").exists()
 
 
 def test_compare_refuses_what_it_cannot_pair(scenes_root, scene_vlm, tmp_path):

@@ -84,6 +84,7 @@ def run_comparison(
         raise ValueError("no VLM: give --vlm DIR (from `visionloom vlm pretrain`, or a real checkpoint)")
     data_root, out = Path(data_root), Path(out)
     read_questions(config, data_root)  # a data root that cannot be read is named before any folder is made
+    pretraining = vlm_pretraining(config.vlm)  # and a broken pretrain.json before the evaluations
     out.mkdir(parents=True, exist_ok=True)
     records = []
     for seed in seed_values:
@@ -119,7 +120,7 @@ def run_comparison(
 
     report = {
         "vlm": config.vlm,
-        "vlm_pretraining": vlm_pretraining(config.vlm),
+        "vlm_pretraining": pretraining,
         "questions": len(questions),
         "images": len(set(image_names)),
         "seeds": list(seed_values),
@@ -143,8 +144,10 @@ def vlm_pretraining(vlm: str | None) -> dict | None:
     """What `vlm pretrain` wrote about the VLM (family, steps, held-out accuracy and locate
     accuracy, %), so a table can name the VLM by more than its folder; None for a checkpoint it did
     not write (a released VLM, a hub id)."""
-    report_path = Path(vlm) / "pretrain.json" if vlm is not None else None
-    if report_path is None or not report_path.is_file():
+    if vlm is None:
+        return None
+    report_path = Path(vlm) / "pretrain.json"
+    if not report_path.is_file():
         return None
     try:
         report = json.loads(report_path.read_text())
